@@ -1,0 +1,149 @@
+//! One suite of behaviour that every [`Store`] implementation must show.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::memory::MemoryStore;
+use super::sled::{SledOptions, SledStore};
+use super::{Condition, Durability, Op, Outcome, Store, StoreError, Txn};
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }
+}
+
+fn txn(ops: Vec<Op>, conditions: Vec<Condition>) -> Txn {
+    Txn { conditions, ops, change: b"change".to_vec() }
+}
+
+async fn commit(store: &dyn Store, t: Txn) -> Outcome {
+    store.commit(t).await.expect("commit")
+}
+
+async fn suite(store: Arc<dyn Store>) {
+    assert_eq!(store.revision(), 0);
+    assert_eq!(store.get(b"a/1").unwrap(), None);
+
+    // Several writes in one transaction share its revision and its change entry.
+    let out = commit(&*store, txn(vec![put("a/1", "one"), put("a/2", "two"), put("b/1", "other")], vec![])).await;
+    assert_eq!(out, Outcome::Committed { revision: 1 });
+    let a1 = store.get(b"a/1").unwrap().unwrap();
+    assert_eq!((a1.mod_revision, a1.value.as_slice()), (1, &b"one"[..]));
+    assert_eq!(store.changes(1, 10).unwrap(), vec![(1, b"change".to_vec())]);
+
+    // A failed condition writes nothing: no key, no revision, no change entry.
+    let stale = Condition::ModRevision { key: b"a/1".to_vec(), equals: 7 };
+    assert_eq!(commit(&*store, txn(vec![put("a/1", "lost"), put("a/3", "lost")], vec![stale])).await, Outcome::ConditionFailed);
+    assert_eq!(store.get(b"a/1").unwrap().unwrap().value, b"one");
+    assert_eq!(store.get(b"a/3").unwrap(), None);
+    assert_eq!(store.revision(), 1);
+    assert_eq!(store.changes(0, 10).unwrap().len(), 1);
+
+    // Absent keys have revision 0: create-if-absent.
+    let absent = Condition::ModRevision { key: b"a/3".to_vec(), equals: 0 };
+    assert_eq!(commit(&*store, txn(vec![put("a/3", "three")], vec![absent.clone()])).await, Outcome::Committed { revision: 2 });
+    assert_eq!(commit(&*store, txn(vec![put("a/3", "again")], vec![absent])).await, Outcome::ConditionFailed);
+
+    // NoneWrittenAfter sees additions under the prefix.
+    let quiet = Condition::NoneWrittenAfter { prefix: b"a/".to_vec(), revision: 1 };
+    assert_eq!(commit(&*store, txn(vec![put("c/1", "x")], vec![quiet])).await, Outcome::ConditionFailed);
+    let quiet = Condition::NoneWrittenAfter { prefix: b"b/".to_vec(), revision: 1 };
+    assert_eq!(commit(&*store, txn(vec![put("c/1", "x")], vec![quiet])).await, Outcome::Committed { revision: 3 });
+
+    // Scans stay in their prefix, start where asked, stop at the limit.
+    let keys = |v: Vec<(Vec<u8>, super::Entry)>| v.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>();
+    assert_eq!(keys(store.scan(b"a/", b"", 10).unwrap()), ["a/1", "a/2", "a/3"]);
+    assert_eq!(keys(store.scan(b"a/", &super::key_after(b"a/1"), 1).unwrap()), ["a/2"]);
+    assert_eq!(keys(store.scan(b"b/", b"", 10).unwrap()), ["b/1"]);
+
+    // Deletes.
+    assert_eq!(commit(&*store, txn(vec![Op::Delete { key: b"a/2".to_vec() }], vec![])).await, Outcome::Committed { revision: 4 });
+    assert_eq!(store.get(b"a/2").unwrap(), None);
+    assert_eq!(store.changes(3, 10).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), [3, 4]);
+
+    // Concurrent writers each get a distinct revision, with no gap.
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 0..25 {
+                match store.commit(txn(vec![put(&format!("w/{w}/{i}"), "v")], vec![])).await.unwrap() {
+                    Outcome::Committed { revision } => revs.push(revision),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            revs
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(all, (5..=404).collect());
+    assert_eq!(store.revision(), 404);
+    store.wait_durable(404).await.unwrap();
+
+    store.close().unwrap();
+    assert_eq!(store.commit(txn(vec![put("z", "z")], vec![])).await, Err(StoreError::Closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_conforms() {
+    suite(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_keeps_data_and_revision_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    for durability in [Durability::Fsync, Durability::Flush] {
+        let options = SledOptions { durability, ..SledOptions::default() };
+        let store = SledStore::open(dir.path(), options.clone()).unwrap();
+        let before = store.revision();
+        let out = store.commit(txn(vec![put("k", "v")], vec![])).await.unwrap();
+        assert_eq!(out, Outcome::Committed { revision: before + 1 });
+        store.close().unwrap();
+        drop(store);
+        let reopened = SledStore::open(dir.path(), options).unwrap();
+        assert_eq!(reopened.revision(), before + 1);
+        assert_eq!(reopened.get(b"k").unwrap().unwrap().mod_revision, before + 1);
+        assert_eq!(reopened.changes(before + 1, 5).unwrap().len(), 1);
+        reopened.close().unwrap();
+    }
+}
+
+#[test]
+fn sled_store_refuses_foreign_newer_and_locked_dirs() {
+    // A sled database written by another program.
+    let foreign = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(foreign.path()).unwrap();
+        db.insert(b"somebody", b"else").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(foreign.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("format marker")), "{err}");
+
+    // A store of a newer schema.
+    let newer = tempfile::tempdir().unwrap();
+    SledStore::open(newer.path(), SledOptions::default()).unwrap().close().unwrap();
+    {
+        let db = sled::open(newer.path()).unwrap();
+        db.insert(b"mschema", &(super::sled::SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(newer.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("newer")), "{err}");
+
+    // A store already open in this process (sled locks the directory).
+    let locked = tempfile::tempdir().unwrap();
+    let first = SledStore::open(locked.path(), SledOptions::default()).unwrap();
+    let err = SledStore::open(locked.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    first.close().unwrap();
+}

@@ -1,0 +1,102 @@
+//! An in-memory [`Store`] with the same semantics as the sled one: for tests of the
+//! layers above, and the model the shared conformance suite holds both to.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{BoxFuture, Condition, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
+
+#[derive(Default)]
+struct State {
+    keys: BTreeMap<Vec<u8>, Entry>,
+    changes: BTreeMap<u64, Vec<u8>>,
+    revision: u64,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl State {
+    fn holds(&self, condition: &Condition) -> bool {
+        match condition {
+            Condition::ModRevision { key, equals } => {
+                self.keys.get(key).map(|e| e.mod_revision).unwrap_or(0) == *equals
+            }
+            Condition::NoneWrittenAfter { prefix, revision } => self
+                .keys
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .all(|(_, e)| e.mod_revision <= *revision),
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
+        Ok(self.state.lock().expect("state lock").keys.get(key).cloned())
+    }
+
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
+        let state = self.state.lock().expect("state lock");
+        let from = if start.is_empty() { prefix.to_vec() } else { start.to_vec() };
+        Ok(state
+            .keys
+            .range(from..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect())
+    }
+
+    fn revision(&self) -> u64 {
+        self.state.lock().expect("state lock").revision
+    }
+
+    fn wait_durable(&self, _revision: u64) -> BoxFuture<'static, StoreResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>> {
+        let mut state = self.state.lock().expect("state lock");
+        let outcome = if state.closed {
+            Err(StoreError::Closed)
+        } else if !txn.conditions.iter().all(|c| state.holds(c)) {
+            Ok(Outcome::ConditionFailed)
+        } else {
+            state.revision += 1;
+            let revision = state.revision;
+            for op in txn.ops {
+                match op {
+                    Op::Put { key, value } => {
+                        state.keys.insert(key, Entry { mod_revision: revision, value });
+                    }
+                    Op::Delete { key } => {
+                        state.keys.remove(&key);
+                    }
+                }
+            }
+            state.changes.insert(revision, txn.change);
+            Ok(Outcome::Committed { revision })
+        };
+        Box::pin(async move { outcome })
+    }
+
+    fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        let state = self.state.lock().expect("state lock");
+        Ok(state.changes.range(from_revision..).take(limit).map(|(r, c)| (*r, c.clone())).collect())
+    }
+
+    fn close(&self) -> StoreResult<()> {
+        self.state.lock().expect("state lock").closed = true;
+        Ok(())
+    }
+}

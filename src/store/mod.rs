@@ -1,0 +1,136 @@
+//! The storage contract: ordered keys, one global revision, atomic conditional
+//! transactions and a change log, the model etcd also has, so another engine can
+//! sit behind it without touching the layers above. Nothing above this module
+//! knows which engine is in use.
+
+pub mod memory;
+pub mod sled;
+
+#[cfg(test)]
+mod conformance;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future, so `Store` stays usable as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A stored value and the revision of the transaction that last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub mod_revision: u64,
+    pub value: Vec<u8>,
+}
+
+/// A precondition checked, with the writes, as one atomic step.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// The key was last written at exactly this revision; 0 means it must be absent.
+    ModRevision { key: Vec<u8>, equals: u64 },
+    /// No key under the prefix was written after this revision. Written keys include
+    /// new ones, so this guards "nothing was added here since I looked".
+    NoneWrittenAfter { prefix: Vec<u8>, revision: u64 },
+}
+
+/// One write of a transaction.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// Conditions, writes and the change-log entry of one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Txn {
+    pub conditions: Vec<Condition>,
+    pub ops: Vec<Op>,
+    /// Stored in the change log under the revision this transaction gets.
+    pub change: Vec<u8>,
+}
+
+/// What became of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied and durable at this revision.
+    Committed { revision: u64 },
+    /// A condition did not hold; nothing was written.
+    ConditionFailed,
+}
+
+/// How much a write has survived when it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The engine's log is flushed and the data file fsynced: survives a power loss.
+    #[default]
+    Fsync,
+    /// The engine's log is flushed to the operating system: survives a crash of this
+    /// process, not of the machine.
+    Flush,
+    /// Nothing waited for: the engine writes in the background (sled: every 500 ms).
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The engine failed to read or write.
+    Storage(String),
+    /// The data on disk is not ours, or of a schema this build cannot read.
+    Incompatible(String),
+    /// Another process holds the data dir.
+    Locked(String),
+    /// The store was shut down, or stopped after a failed write.
+    Closed,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Storage(m) => write!(f, "storage error: {m}"),
+            StoreError::Incompatible(m) => write!(f, "{m}"),
+            StoreError::Locked(m) => write!(f, "data dir is in use by another process: {m}"),
+            StoreError::Closed => write!(f, "the store is closed"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An ordered key-value store with one global revision.
+///
+/// Reads may observe a transaction shortly before it is durable; callers that
+/// must not show such data wait with [`Store::wait_durable`] for the highest
+/// `mod_revision` they read.
+pub trait Store: Send + Sync + 'static {
+    /// The entry under `key`.
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>>;
+
+    /// Up to `limit` entries with keys under `prefix`, from `start` (inclusive, and
+    /// itself under `prefix` or empty for the first) in ascending key order.
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>>;
+
+    /// The revision of the last applied transaction (0 for an empty store).
+    fn revision(&self) -> u64;
+
+    /// Resolves once every transaction up to `revision` is durable.
+    fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>>;
+
+    /// Checks the conditions and applies the writes and the change-log entry as
+    /// one atomic step at the next revision; resolves once that is durable.
+    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>>;
+
+    /// Up to `limit` change-log entries from `from_revision` (inclusive), oldest first.
+    fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+
+    /// Waits for pending writes, flushes everything and refuses later writes.
+    fn close(&self) -> StoreResult<()>;
+}
+
+/// The smallest key greater than every key that starts with `key` followed by
+/// anything: used to resume a scan after `key`.
+pub fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}

@@ -1,0 +1,439 @@
+//! The sled engine (0.34.7) behind [`Store`].
+//!
+//! Layout: one sled tree, so that a transaction's writes, the revision counter and
+//! the change-log entry go to disk in one atomic batch. Keys are prefixed:
+//! `m` meta (format, schema, revision), `k` user keys, `c` change log by revision.
+//! A value is the 8-byte big-endian revision that wrote it, then the user bytes.
+//!
+//! Writes go through one writer thread that applies transactions in order and
+//! group-commits: it applies every transaction waiting, flushes once (sled's
+//! `flush_async` deadlocks under concurrent awaiting writers, sled #1308) and then
+//! acknowledges them all.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    BoxFuture, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn,
+};
+
+/// Written in the meta keys; a data dir without them, or with other values, is refused.
+const FORMAT: &[u8] = b"cooperation-registry/sled";
+/// Bump when the on-disk layout changes incompatibly.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META_FORMAT: &[u8] = b"mformat";
+const META_SCHEMA: &[u8] = b"mschema";
+const META_REVISION: &[u8] = b"mrevision";
+const USER: u8 = b'k';
+const CHANGE: u8 = b'c';
+
+/// Most transactions applied before one flush.
+const MAX_GROUP: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct SledOptions {
+    pub durability: Durability,
+    /// Bytes of page cache sled may keep.
+    pub cache_capacity: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions { durability: Durability::Fsync, cache_capacity: 256 * 1024 * 1024 }
+    }
+}
+
+struct Pending {
+    txn: Txn,
+    reply: oneshot::Sender<StoreResult<Outcome>>,
+}
+
+enum Message {
+    Write(Pending),
+    Close(mpsc::SyncSender<StoreResult<()>>),
+}
+
+pub struct SledStore {
+    tree: sled::Db,
+    applied: Arc<AtomicU64>,
+    durable: watch::Receiver<u64>,
+    sender: Mutex<Option<mpsc::Sender<Message>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`. Refuses a directory that holds
+    /// something else, or a store of a newer schema.
+    pub fn open(dir: &Path, options: SledOptions) -> StoreResult<SledStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let tree = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_capacity)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        check_or_init_format(&tree, dir)?;
+        let revision = match tree.get(META_REVISION).map_err(storage)? {
+            Some(bytes) => decode_u64(&bytes)
+                .ok_or_else(|| StoreError::Incompatible("the revision counter is corrupt".into()))?,
+            None => 0,
+        };
+        let data_file = dir.join("db");
+        let sync_file = match options.durability {
+            Durability::Fsync => Some(File::open(&data_file).map_err(|e| {
+                StoreError::Storage(format!("cannot open {} for fsync: {e}", data_file.display()))
+            })?),
+            _ => None,
+        };
+        let applied = Arc::new(AtomicU64::new(revision));
+        let (durable_tx, durable) = watch::channel(revision);
+        let (sender, receiver) = mpsc::channel();
+        let writer = Writer {
+            tree: tree.clone(),
+            revision,
+            applied: applied.clone(),
+            durable: durable_tx,
+            durability: options.durability,
+            sync_file,
+            data_file,
+            failed: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(SledStore {
+            tree,
+            applied,
+            durable,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Bytes the engine uses on disk.
+    pub fn size_on_disk(&self) -> StoreResult<u64> {
+        self.tree.size_on_disk().map_err(storage)
+    }
+
+    fn send(&self, message: Message) -> Result<(), StoreError> {
+        let guard = self.sender.lock().expect("sender lock");
+        match guard.as_ref() {
+            Some(sender) => sender.send(message).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("lock") {
+        StoreError::Locked(format!("{}: {text}", dir.display()))
+    } else if matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_)) {
+        StoreError::Incompatible(format!(
+            "{} is not a readable sled database: {text}",
+            dir.display()
+        ))
+    } else {
+        StoreError::Storage(format!("cannot open {}: {text}", dir.display()))
+    }
+}
+
+fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
+    match tree.get(META_FORMAT).map_err(storage)? {
+        Some(format) if format.as_ref() == FORMAT => {
+            let schema = tree
+                .get(META_SCHEMA)
+                .map_err(storage)?
+                .and_then(|b| decode_u64(&b))
+                .ok_or_else(|| StoreError::Incompatible(format!("{}: schema version missing", dir.display())))?;
+            if schema > SCHEMA_VERSION {
+                return Err(StoreError::Incompatible(format!(
+                    "{} holds schema version {schema}, newer than the {SCHEMA_VERSION} this build reads; \
+                     run a newer cooperation-registry",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Some(_) => Err(StoreError::Incompatible(format!(
+            "{} is a sled database of another program, not a cooperation-registry data dir",
+            dir.display()
+        ))),
+        None if tree.is_empty() => {
+            let mut batch = sled::Batch::default();
+            batch.insert(META_FORMAT, FORMAT);
+            batch.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
+            tree.apply_batch(batch).map_err(storage)?;
+            tree.flush().map_err(storage)?;
+            Ok(())
+        }
+        None => Err(StoreError::Incompatible(format!(
+            "{} holds data without the cooperation-registry format marker",
+            dir.display()
+        ))),
+    }
+}
+
+fn storage(e: sled::Error) -> StoreError {
+    StoreError::Storage(e.to_string())
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn user_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(USER);
+    k.extend_from_slice(key);
+    k
+}
+
+fn change_key(revision: u64) -> [u8; 9] {
+    let mut k = [CHANGE; 9];
+    k[1..].copy_from_slice(&revision.to_be_bytes());
+    k
+}
+
+fn decode_entry(raw: &[u8]) -> StoreResult<Entry> {
+    if raw.len() < 8 {
+        return Err(StoreError::Storage("stored value shorter than its revision header".into()));
+    }
+    let (rev, value) = raw.split_at(8);
+    Ok(Entry { mod_revision: decode_u64(rev).unwrap_or_default(), value: value.to_vec() })
+}
+
+impl Store for SledStore {
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
+        match self.tree.get(user_key(key)).map_err(storage)? {
+            Some(raw) => decode_entry(&raw).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
+        let full_prefix = user_key(prefix);
+        let from = if start.is_empty() { full_prefix.clone() } else { user_key(start) };
+        let mut out = Vec::new();
+        for item in self.tree.range(from..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(&full_prefix) {
+                break;
+            }
+            out.push((k[1..].to_vec(), decode_entry(&v)?));
+        }
+        Ok(out)
+    }
+
+    fn revision(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
+        let mut durable = self.durable.clone();
+        Box::pin(async move {
+            durable.wait_for(|d| *d >= revision).await.map(|_| ()).map_err(|_| StoreError::Closed)
+        })
+    }
+
+    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.send(Message::Write(Pending { txn, reply }));
+        Box::pin(async move {
+            sent?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for item in self.tree.range(change_key(from_revision)..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(storage)?;
+            if k.first() != Some(&CHANGE) {
+                break;
+            }
+            let revision = decode_u64(&k[1..]).unwrap_or_default();
+            out.push((revision, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn close(&self) -> StoreResult<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let sent = self.send(Message::Close(reply));
+        self.sender.lock().expect("sender lock").take();
+        let result = match sent {
+            Ok(()) => answer.recv().unwrap_or(Err(StoreError::Closed)),
+            Err(_) => Ok(()),
+        };
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+        result
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if self.writer.lock().map(|w| w.is_some()).unwrap_or(false) {
+            let _ = self.close();
+        }
+    }
+}
+
+/// The single writer: applies transactions in arrival order and acknowledges them
+/// after one flush per group.
+struct Writer {
+    tree: sled::Db,
+    revision: u64,
+    applied: Arc<AtomicU64>,
+    durable: watch::Sender<u64>,
+    durability: Durability,
+    sync_file: Option<File>,
+    data_file: PathBuf,
+    /// Set after a failed write or flush: the state on disk is unknown, so every
+    /// later write is refused rather than risk acknowledging on top of it.
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: mpsc::Receiver<Message>) {
+        while let Ok(first) = receiver.recv() {
+            let mut group = Vec::new();
+            let mut close = None;
+            match first {
+                Message::Write(p) => group.push(p),
+                Message::Close(reply) => close = Some(reply),
+            }
+            while close.is_none() && group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(Message::Write(p)) => group.push(p),
+                    Ok(Message::Close(reply)) => close = Some(reply),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+            if let Some(reply) = close {
+                let result = self.flush(Durability::Fsync);
+                let _ = reply.send(result);
+                return;
+            }
+        }
+        let _ = self.flush(Durability::Fsync);
+    }
+
+    fn commit_group(&mut self, group: Vec<Pending>) {
+        if group.is_empty() {
+            return;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        let mut wrote = false;
+        for pending in group {
+            let result = match &self.failed {
+                Some(reason) => Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}"))),
+                None => self.apply(&pending.txn),
+            };
+            if matches!(result, Ok(Outcome::Committed { .. })) {
+                wrote = true;
+            }
+            answers.push((pending.reply, result));
+        }
+        if wrote && let Err(e) = self.flush(self.durability) {
+            self.failed = Some(e.to_string());
+            for (_, result) in answers.iter_mut() {
+                if matches!(result, Ok(Outcome::Committed { .. })) {
+                    *result = Err(e.clone());
+                }
+            }
+        }
+        if self.failed.is_none() {
+            self.durable.send_replace(self.revision);
+        }
+        for (reply, result) in answers {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn apply(&mut self, txn: &Txn) -> StoreResult<Outcome> {
+        for condition in &txn.conditions {
+            if !self.holds(condition)? {
+                return Ok(Outcome::ConditionFailed);
+            }
+        }
+        let revision = self.revision + 1;
+        let header = revision.to_be_bytes();
+        let mut batch = sled::Batch::default();
+        for op in &txn.ops {
+            match op {
+                Op::Put { key, value } => {
+                    let mut stored = Vec::with_capacity(8 + value.len());
+                    stored.extend_from_slice(&header);
+                    stored.extend_from_slice(value);
+                    batch.insert(user_key(key), stored);
+                }
+                Op::Delete { key } => batch.remove(user_key(key)),
+            }
+        }
+        batch.insert(&META_REVISION[..], &header[..]);
+        batch.insert(&change_key(revision)[..], txn.change.as_slice());
+        if let Err(e) = self.tree.apply_batch(batch) {
+            let error = storage(e);
+            self.failed = Some(error.to_string());
+            return Err(error);
+        }
+        self.revision = revision;
+        self.applied.store(revision, Ordering::Release);
+        Ok(Outcome::Committed { revision })
+    }
+
+    fn holds(&self, condition: &Condition) -> StoreResult<bool> {
+        match condition {
+            Condition::ModRevision { key, equals } => {
+                let current = match self.tree.get(user_key(key)).map_err(storage)? {
+                    Some(raw) => decode_entry(&raw)?.mod_revision,
+                    None => 0,
+                };
+                Ok(current == *equals)
+            }
+            Condition::NoneWrittenAfter { prefix, revision } => {
+                for item in self.tree.scan_prefix(user_key(prefix)) {
+                    let (_, raw) = item.map_err(storage)?;
+                    if decode_entry(&raw)?.mod_revision > *revision {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    fn flush(&mut self, durability: Durability) -> StoreResult<()> {
+        if durability == Durability::None {
+            return Ok(());
+        }
+        self.tree.flush().map_err(storage)?;
+        if durability == Durability::Fsync {
+            if self.sync_file.is_none() {
+                self.sync_file = File::open(&self.data_file).ok();
+            }
+            if let Some(file) = &self.sync_file {
+                file.sync_data().map_err(|e| StoreError::Storage(format!("fsync failed: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
