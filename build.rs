@@ -42,6 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("reflect_impls.rs"), impls)?;
 
     let config = tonic_prost_build::configure()
+        // Deterministic encoding of maps (labels): request fingerprints depend on it.
+        .btree_map(".")
         .include_file("generated.rs")
         .build_client(true)
         .build_server(true);

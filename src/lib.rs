@@ -1,2 +1,4 @@
+pub mod error;
 pub mod pb;
+pub mod registry;
 pub mod store;

@@ -1,0 +1,194 @@
+//! The one error type of the service and its mapping to `tonic::Status` with
+//! google.rpc details (AIP-193): every error carries an `ErrorInfo` with a reason;
+//! bad input carries a `BadRequest` naming every bad field.
+
+use std::collections::HashMap;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::store::StoreError;
+
+/// `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "cooperationregistry.io";
+
+/// One bad field of a request: `field` is its path in the request
+/// (`agreement.signatories[0].party`), `description` says which rule it breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+/// One reason a precondition failed, for `PreconditionFailure` details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreconditionViolation {
+    /// A reason in UPPER_SNAKE_CASE, e.g. `REFERENCED_BY`.
+    pub kind: String,
+    /// The resource the violation is about.
+    pub subject: String,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// The request is malformed; nothing was changed.
+    InvalidArgument { violations: Vec<FieldViolation> },
+    /// The named resource does not exist.
+    NotFound { resource_type: String, name: String },
+    /// A resource with this name exists already (possibly soft-deleted).
+    AlreadyExists { resource_type: String, name: String },
+    /// The etag in the request is not the stored one.
+    EtagMismatch { name: String },
+    /// Concurrent writes kept changing what this request depended on.
+    Conflict { name: String },
+    /// The request is well-formed but the stored state forbids it.
+    FailedPrecondition { reason: String, message: String, violations: Vec<PreconditionViolation> },
+    /// The service cannot serve now (closed store, shutting down); retry later.
+    Unavailable { message: String },
+    /// A fault inside the service; the details go to the log, not to the caller.
+    Internal { detail: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// One bad field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Error {
+        Error::InvalidArgument {
+            violations: vec![FieldViolation { field: field.into(), description: description.into() }],
+        }
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Error {
+        Error::Internal { detail: detail.to_string() }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Error {
+        match e {
+            StoreError::Closed => Error::Unavailable { message: "the registry is shutting down".into() },
+            other => Error::internal(other),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let status = tonic::Status::from(self.clone());
+        write!(f, "{:?}: {}", status.code(), status.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Collects every violation of a request before answering, so the caller learns
+/// about all of them at once.
+#[derive(Clone, Debug, Default)]
+pub struct Violations {
+    list: Vec<FieldViolation>,
+}
+
+impl Violations {
+    pub fn new() -> Violations {
+        Violations::default()
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.list.push(FieldViolation { field: field.into(), description: description.into() });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Violations) {
+        self.list.extend(other.list);
+    }
+
+    /// `Ok` when nothing was found, else INVALID_ARGUMENT with them all.
+    pub fn into_result(self) -> Result<()> {
+        if self.list.is_empty() { Ok(()) } else { Err(Error::InvalidArgument { violations: self.list }) }
+    }
+
+    /// Prefixes every field path, e.g. with the request field holding the resource.
+    pub fn prefixed(self, prefix: &str) -> Violations {
+        Violations {
+            list: self
+                .list
+                .into_iter()
+                .map(|v| FieldViolation { field: join_path(prefix, &v.field), ..v })
+                .collect(),
+        }
+    }
+}
+
+/// `a` + `.` + `b`, where either may be empty.
+pub fn join_path(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}.{b}"),
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> tonic::Status {
+        let mut details = ErrorDetails::new();
+        let info = |details: &mut ErrorDetails, reason: &str, metadata: &[(&str, &str)]| {
+            let metadata: HashMap<String, String> =
+                metadata.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            details.set_error_info(reason, ERROR_DOMAIN, metadata);
+        };
+        let (code, message) = match error {
+            Error::InvalidArgument { violations } => {
+                info(&mut details, "INVALID_REQUEST", &[]);
+                let summary = violations
+                    .iter()
+                    .map(|v| if v.field.is_empty() { v.description.clone() } else { format!("{}: {}", v.field, v.description) })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                (Code::InvalidArgument, format!("invalid request: {summary}"))
+            }
+            Error::NotFound { resource_type, name } => {
+                info(&mut details, "RESOURCE_NOT_FOUND", &[("name", &name)]);
+                details.set_resource_info(&resource_type, &name, "", "no such resource");
+                (Code::NotFound, format!("{name} does not exist"))
+            }
+            Error::AlreadyExists { resource_type, name } => {
+                info(&mut details, "RESOURCE_ALREADY_EXISTS", &[("name", &name)]);
+                details.set_resource_info(&resource_type, &name, "", "already exists");
+                (Code::AlreadyExists, format!("{name} already exists (possibly soft-deleted: see show_deleted, Undelete)"))
+            }
+            Error::EtagMismatch { name } => {
+                info(&mut details, "ETAG_MISMATCH", &[("name", &name)]);
+                (Code::Aborted, format!("{name} was changed since the etag given was read; get it again and retry"))
+            }
+            Error::Conflict { name } => {
+                info(&mut details, "CONCURRENT_MODIFICATION", &[("name", &name)]);
+                (Code::Aborted, format!("{name} or a record it refers to kept changing during the request; retry"))
+            }
+            Error::FailedPrecondition { reason, message, violations } => {
+                info(&mut details, &reason, &[]);
+                for v in violations {
+                    details.add_precondition_failure_violation(v.kind, v.subject, v.description);
+                }
+                (Code::FailedPrecondition, message)
+            }
+            Error::Unavailable { message } => {
+                info(&mut details, "UNAVAILABLE", &[]);
+                (Code::Unavailable, message)
+            }
+            Error::Internal { detail } => {
+                tracing::error!(%detail, "internal error");
+                info(&mut details, "INTERNAL", &[]);
+                (Code::Internal, "internal error; the server log has the details".to_string())
+            }
+        };
+        tonic::Status::with_error_details(code, message, details)
+    }
+}

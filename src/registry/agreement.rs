@@ -1,0 +1,159 @@
+//! Agreement rules, and its status as of a date (the rule documented on
+//! `Agreement` in agreement.proto).
+
+use crate::error::Violations;
+use crate::pb::cooperation::v1::{Agreement, agreement};
+use crate::pb::google::r#type::Date;
+use crate::registry::dates;
+use crate::registry::resource::{Rules, check_among, check_format, check_order, normalize_format};
+
+impl Rules for Agreement {
+    fn normalize(&mut self) {
+        let parties: Vec<&str> = self.parties.iter().map(String::as_str).collect();
+        normalize_format(&mut self.format, &parties);
+    }
+
+    fn check(&self, violations: &mut Violations) {
+        if self.parties.len() == 1 {
+            violations.add("parties", "an agreement needs at least two parties");
+        }
+        let parties: Vec<&str> = self.parties.iter().map(String::as_str).collect();
+        check_format(self.format, &parties, "format", violations);
+        if self.format == crate::pb::cooperation::v1::Format::Unilateral as i32 {
+            violations.add("format", "an agreement cannot be unilateral");
+        }
+
+        let signatory_parties: Vec<(String, &str)> = self
+            .signatories
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("signatories[{i}].party"), s.party.as_str()))
+            .collect();
+        check_among(&signatory_parties, &self.parties, "agreement's parties", violations);
+        for (i, provision) in self.provisions.iter().enumerate() {
+            let bound: Vec<(String, &str)> = provision
+                .bound_parties
+                .iter()
+                .enumerate()
+                .map(|(j, p)| (format!("provisions[{i}].bound_parties[{j}]"), p.as_str()))
+                .collect();
+            check_among(&bound, &self.parties, "agreement's parties", violations);
+        }
+
+        let signed = self.signature_date.as_ref();
+        check_order(signed, self.provisional_application_date.as_ref(), "provisional_application_date", "signature_date", violations);
+        check_order(signed, self.entry_into_force_date.as_ref(), "entry_into_force_date", "signature_date", violations);
+        if let Some(end) = &self.end {
+            check_order(signed, end.date.as_ref(), "end.date", "signature_date", violations);
+            check_order(self.entry_into_force_date.as_ref(), end.date.as_ref(), "end.date", "entry_into_force_date", violations);
+        }
+        if let Some(term) = &self.term {
+            if term.months > 11 {
+                violations.add("term.months", format!("must be from 0 to 11; put whole years in term.years (got {})", term.months));
+            }
+            if term.years == 0 && term.months == 0 {
+                violations.add("term", "a term needs years or months; leave term unset when there is no fixed term");
+            }
+            if term.years > 1000 {
+                violations.add("term.years", format!("must be at most 1000 (got {})", term.years));
+            }
+        }
+        for (i, relation) in self.relations.iter().enumerate() {
+            if !self.name.is_empty() && relation.agreement == self.name {
+                violations.add(format!("relations[{i}].agreement"), "an agreement cannot relate to itself");
+            }
+        }
+    }
+
+    fn derive(&mut self, as_of: &Date) {
+        self.status = status_as_of(self, as_of) as i32;
+    }
+}
+
+/// The status of `a` on the day `as_of` (see the rule on `Agreement`).
+pub fn status_as_of(a: &Agreement, as_of: &Date) -> agreement::Status {
+    use agreement::Status;
+    let day = dates::first_day(as_of);
+    let reached = |date: &Option<Date>| date.as_ref().is_some_and(|d| dates::first_day(d) <= day);
+
+    if let Some(end) = &a.end
+        && reached(&end.date)
+    {
+        return match end.reason() {
+            agreement::end::Reason::Expiry => Status::Expired,
+            agreement::end::Reason::Superseded => Status::Superseded,
+            _ => Status::Terminated,
+        };
+    }
+    if let Some(entry) = &a.entry_into_force_date
+        && dates::first_day(entry) <= day
+    {
+        if let Some(term) = &a.term
+            && term.renewal() != agreement::term::Renewal::Automatic
+            && (term.years > 0 || term.months > 0)
+            && day >= dates::add_term(dates::first_day(entry), term.years, term.months)
+        {
+            return Status::Expired;
+        }
+        return Status::InForce;
+    }
+    if reached(&a.provisional_application_date) {
+        return Status::ProvisionallyApplied;
+    }
+    if reached(&a.signature_date) {
+        return Status::Signed;
+    }
+    if a.signature_date.is_some() { Status::NotYetSigned } else { Status::Unspecified }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agreement::Status;
+
+    fn d(year: i32, month: i32, day: i32) -> Date {
+        Date { year, month, day }
+    }
+
+    fn ten_year_agreement() -> Agreement {
+        Agreement {
+            signature_date: Some(d(2020, 9, 9)),
+            entry_into_force_date: Some(d(2020, 9, 10)),
+            term: Some(agreement::Term { years: 10, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_follows_the_dates_at_each_boundary() {
+        let a = ten_year_agreement();
+        assert_eq!(status_as_of(&a, &d(2020, 9, 8)), Status::NotYetSigned);
+        assert_eq!(status_as_of(&a, &d(2020, 9, 9)), Status::Signed);
+        assert_eq!(status_as_of(&a, &d(2020, 9, 10)), Status::InForce);
+        assert_eq!(status_as_of(&a, &d(2030, 9, 9)), Status::InForce);
+        assert_eq!(status_as_of(&a, &d(2030, 9, 10)), Status::Expired);
+    }
+
+    #[test]
+    fn automatic_renewal_ends_and_partial_dates() {
+        let mut a = ten_year_agreement();
+        a.term.as_mut().unwrap().renewal = agreement::term::Renewal::Automatic as i32;
+        assert_eq!(status_as_of(&a, &d(2040, 1, 1)), Status::InForce);
+        a.end = Some(agreement::End { date: Some(d(2041, 0, 0)), reason: agreement::end::Reason::Superseded as i32, ..Default::default() });
+        assert_eq!(status_as_of(&a, &d(2040, 12, 31)), Status::InForce);
+        assert_eq!(status_as_of(&a, &d(2041, 1, 1)), Status::Superseded);
+        a.end.as_mut().unwrap().reason = agreement::end::Reason::Withdrawal as i32;
+        assert_eq!(status_as_of(&a, &d(2041, 1, 1)), Status::Terminated);
+
+        let cepa = Agreement { entry_into_force_date: Some(d(2011, 8, 0)), ..Default::default() };
+        assert_eq!(status_as_of(&cepa, &d(2011, 7, 31)), Status::Unspecified);
+        assert_eq!(status_as_of(&cepa, &d(2011, 8, 1)), Status::InForce);
+        let provisional = Agreement {
+            signature_date: Some(d(2019, 0, 0)),
+            provisional_application_date: Some(d(2019, 6, 1)),
+            ..Default::default()
+        };
+        assert_eq!(status_as_of(&provisional, &d(2019, 5, 31)), Status::Signed);
+        assert_eq!(status_as_of(&provisional, &d(2019, 6, 1)), Status::ProvisionallyApplied);
+    }
+}

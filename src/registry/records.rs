@@ -1,0 +1,53 @@
+//! What the registry keeps beside the records: change-log entries and the
+//! answers to requests with a request_id. Private encodings, not part of the API.
+
+use prost_types::Timestamp;
+
+/// What a change did to a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum ChangeKind {
+    Unspecified = 0,
+    Created = 1,
+    Updated = 2,
+    Deleted = 3,
+    Undeleted = 4,
+}
+
+/// One record changed by a revision, and the record after the change.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredEvent {
+    #[prost(enumeration = "ChangeKind", tag = "1")]
+    pub kind: i32,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub record: Vec<u8>,
+}
+
+/// The change-log entry of one revision.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredChange {
+    /// Who made the change: the caller's identity, `anonymous` until
+    /// authentication exists, `system:seed` for the first start.
+    #[prost(string, tag = "1")]
+    pub actor: String,
+    #[prost(message, optional, tag = "2")]
+    pub commit_time: Option<Timestamp>,
+    #[prost(message, repeated, tag = "3")]
+    pub events: Vec<StoredEvent>,
+}
+
+/// A request with a request_id that succeeded; its answer is the change at the
+/// revision that wrote this entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredRequest {
+    /// The gRPC method, so an id reused for another method is refused.
+    #[prost(string, tag = "1")]
+    pub method: String,
+    /// Fingerprint of the whole request, so an id reused for another request is refused.
+    #[prost(uint64, tag = "2")]
+    pub fingerprint: u64,
+    #[prost(string, tag = "3")]
+    pub name: String,
+}
