@@ -1,4 +1,8 @@
+pub mod api;
+pub mod cli;
 pub mod error;
+pub mod import;
 pub mod pb;
 pub mod registry;
+pub mod server;
 pub mod store;

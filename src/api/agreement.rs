@@ -1,0 +1,18 @@
+//! cooperation.v1.AgreementService: agreements over the generic registry.
+
+use crate::pb::cooperation::v1::Agreement;
+use crate::pb::cooperation::v1::agreement_service_server::AgreementService;
+use crate::pb::cooperation::v1::{
+    CreateAgreementRequest, DeleteAgreementRequest, GetAgreementRequest, ListAgreementsRequest, ListAgreementsResponse, UndeleteAgreementRequest,
+    UpdateAgreementRequest,
+};
+
+super::resource_service!(
+    AgreementService, Agreement, agreement, agreement_id, agreements,
+    get_agreement(GetAgreementRequest),
+    list_agreements(ListAgreementsRequest) -> ListAgreementsResponse,
+    create_agreement(CreateAgreementRequest),
+    update_agreement(UpdateAgreementRequest),
+    delete_agreement(DeleteAgreementRequest),
+    undelete_agreement(UndeleteAgreementRequest),
+);

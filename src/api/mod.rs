@@ -1,0 +1,108 @@
+//! The gRPC services: each checks its request, calls the generic registry and
+//! maps errors. One file per service; the six standard methods are the same
+//! shape for every resource, so `resource_service!` writes them once.
+
+pub mod agreement;
+pub mod engagement;
+pub mod partnership_domain;
+pub mod party;
+
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::registry::{ANONYMOUS, Mutation, Registry, paging};
+
+/// The state every service shares.
+#[derive(Clone)]
+pub struct Api {
+    pub registry: Arc<Registry>,
+}
+
+impl Api {
+    pub fn new(registry: Arc<Registry>) -> Api {
+        Api { registry }
+    }
+}
+
+/// The mutation context of a request: who calls (a placeholder until
+/// authentication exists) and a fingerprint of the whole request for request_id
+/// retries.
+pub fn mutation<M: Message>(method: &'static str, request: &M, request_id: &str) -> Mutation {
+    Mutation {
+        actor: ANONYMOUS.to_string(),
+        request_id: request_id.to_string(),
+        method,
+        fingerprint: paging::fingerprint(&[method.as_bytes(), &request.encode_to_vec()]),
+    }
+}
+
+/// The resource a Create or Update request must carry.
+pub fn required<T>(value: Option<T>, field: &str) -> Result<T, tonic::Status> {
+    value.ok_or_else(|| crate::error::Error::invalid(field, "is required").into())
+}
+
+/// Implements a resource's service: Get, List, Create, Update, Delete, Undelete.
+macro_rules! resource_service {
+    (
+        $service:path, $resource:ty, $field:ident, $id_field:ident, $items:ident,
+        $get:ident($get_req:ty),
+        $list:ident($list_req:ty) -> $list_resp:ident,
+        $create:ident($create_req:ty),
+        $update:ident($update_req:ty),
+        $delete:ident($delete_req:ty),
+        $undelete:ident($undelete_req:ty) $(,)?
+    ) => {
+        #[tonic::async_trait]
+        impl $service for $crate::api::Api {
+            async fn $get(&self, request: tonic::Request<$get_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let request = request.into_inner();
+                Ok(tonic::Response::new(self.registry.get::<$resource>(&request.name).await?))
+            }
+
+            async fn $list(&self, request: tonic::Request<$list_req>) -> Result<tonic::Response<$list_resp>, tonic::Status> {
+                let request = request.into_inner();
+                let query = $crate::registry::ListQuery {
+                    page_size: request.page_size,
+                    page_token: request.page_token,
+                    show_deleted: request.show_deleted,
+                };
+                let page = self.registry.list::<$resource>(&query).await?;
+                Ok(tonic::Response::new($list_resp { $items: page.items, next_page_token: page.next_page_token }))
+            }
+
+            async fn $create(&self, request: tonic::Request<$create_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let request = request.into_inner();
+                let mutation = $crate::api::mutation(stringify!($create), &request, &request.request_id);
+                let resource = $crate::api::required(request.$field, stringify!($field))?;
+                let created = self.registry.create(&request.$id_field, resource, &mutation).await?;
+                Ok(tonic::Response::new(created))
+            }
+
+            async fn $update(&self, request: tonic::Request<$update_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let request = request.into_inner();
+                let mutation = $crate::api::mutation(stringify!($update), &request, &request.request_id);
+                let resource = $crate::api::required(request.$field, stringify!($field))?;
+                let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
+                let etag = resource.etag.clone();
+                let updated = self.registry.update(resource, &paths, &etag, &mutation).await?;
+                Ok(tonic::Response::new(updated))
+            }
+
+            async fn $delete(&self, request: tonic::Request<$delete_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let request = request.into_inner();
+                let mutation = $crate::api::mutation(stringify!($delete), &request, &request.request_id);
+                let deleted = self.registry.delete::<$resource>(&request.name, &request.etag, &mutation).await?;
+                Ok(tonic::Response::new(deleted))
+            }
+
+            async fn $undelete(&self, request: tonic::Request<$undelete_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let request = request.into_inner();
+                let mutation = $crate::api::mutation(stringify!($undelete), &request, &request.request_id);
+                let restored = self.registry.undelete::<$resource>(&request.name, &request.etag, &mutation).await?;
+                Ok(tonic::Response::new(restored))
+            }
+        }
+    };
+}
+pub(crate) use resource_service;

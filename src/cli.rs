@@ -1,0 +1,132 @@
+//! The command line: `serve` (the default), `import`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::registry::Registry;
+use crate::server::{self, ServerOptions};
+use crate::store::Durability;
+use crate::store::sled::{SledOptions, SledStore};
+
+/// A gRPC registry of cooperation between states and organisations.
+#[derive(Parser, Debug)]
+#[command(name = "cooperation-registry", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve cooperation.v1 over gRPC (the default when no command is given).
+    Serve(ServeArgs),
+    /// Load a dataset (proto3 JSON of cooperation.v1.Dataset) into a running server.
+    Import(ImportArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "COOPERATION_REGISTRY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded sled database; created on first start.
+    #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// What a write has survived when it is acknowledged: `fsync` (a power loss),
+    /// `flush` (a crash of this process, not of the machine), or `none` (nothing:
+    /// writes reach disk within about 500 ms).
+    #[arg(long, env = "COOPERATION_REGISTRY_DURABILITY", value_enum, default_value = "fsync")]
+    pub durability: DurabilityArg,
+    /// Memory for sled's page cache, in MiB.
+    #[arg(long, env = "COOPERATION_REGISTRY_CACHE_MIB", default_value_t = 256)]
+    pub cache_mib: u64,
+    /// Seconds a shutdown (SIGINT, SIGTERM) waits for calls in flight.
+    #[arg(long, env = "COOPERATION_REGISTRY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "COOPERATION_REGISTRY_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Largest response message sent, in bytes.
+    #[arg(long, env = "COOPERATION_REGISTRY_MAX_RESPONSE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum DurabilityArg {
+    Fsync,
+    Flush,
+    None,
+}
+
+impl From<DurabilityArg> for Durability {
+    fn from(value: DurabilityArg) -> Durability {
+        match value {
+            DurabilityArg::Fsync => Durability::Fsync,
+            DurabilityArg::Flush => Durability::Flush,
+            DurabilityArg::None => Durability::None,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The dataset file: proto3 JSON of cooperation.v1.Dataset (see examples/).
+    pub file: PathBuf,
+    /// Address of the running server.
+    #[arg(long, env = "COOPERATION_REGISTRY_SERVER", default_value = "127.0.0.1:50051")]
+    pub server: String,
+    /// Leave records that exist already as they are, instead of stopping.
+    #[arg(long)]
+    pub skip_existing: bool,
+}
+
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Some(Command::Import(args)) => crate::import::run(&args).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        None => match Cli::parse_from(["cooperation-registry", "serve"]).command {
+            // The defaults and the environment, as `serve` with no flags.
+            Some(Command::Serve(args)) => serve(args).await,
+            _ => unreachable!("parsing `serve` gives the serve command"),
+        },
+    }
+}
+
+async fn serve(args: ServeArgs) -> CliResult {
+    let options = SledOptions { durability: args.durability.into(), cache_capacity: args.cache_mib * 1024 * 1024 };
+    let store = SledStore::open(&args.data_dir, options)
+        .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
+    tracing::info!(data_dir = %args.data_dir.display(), durability = ?args.durability, "store open");
+    let registry = Arc::new(Registry::open(Arc::new(store)).await?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let options = ServerOptions {
+        max_request_bytes: args.max_request_bytes,
+        max_response_bytes: args.max_response_bytes,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+    };
+    server::serve(registry, listener, options, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler can be installed");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

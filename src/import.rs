@@ -1,0 +1,203 @@
+//! `cooperation-registry import FILE --server ADDR`: loads a dataset (proto3 JSON
+//! of `cooperation.v1.Dataset`) into a running server through its public API.
+//!
+//! Records are created parties first, then partnership domains, agreements and
+//! engagements. A reference to a record of the dataset that is not created yet
+//! (a domain naming an agreement that names the domain) is left out of the
+//! create and set by an Update once everything exists.
+
+use std::collections::HashSet;
+
+use prost_reflect::{DynamicMessage, ReflectMessage};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::cli::{CliResult, ImportArgs};
+use crate::error::Violations;
+use crate::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
+use crate::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
+use crate::pb::cooperation::v1::partnership_domain_service_client::PartnershipDomainServiceClient;
+use crate::pb::cooperation::v1::party_service_client::PartyServiceClient;
+use crate::pb::cooperation::v1::{self as v1, Dataset};
+use crate::registry::Resource;
+use crate::registry::validate;
+
+/// Parses a dataset file, naming the place of the first error.
+pub fn parse_dataset(text: &str) -> Result<Dataset, String> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let message = DynamicMessage::deserialize(Dataset::default().descriptor(), &mut deserializer)
+        .map_err(|e| format!("not a cooperation.v1.Dataset in proto3 JSON: {e}"))?;
+    deserializer.end().map_err(|e| format!("trailing data after the dataset: {e}"))?;
+    message.transcode_to().map_err(|e| e.to_string())
+}
+
+/// How many records an import created, updated and skipped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub created: usize,
+    pub skipped: usize,
+    pub linked: usize,
+}
+
+pub async fn run(args: &ImportArgs) -> CliResult {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let dataset = parse_dataset(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let endpoint = format!("http://{}", args.server);
+    let channel = Channel::from_shared(endpoint.clone())?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+    let report = import(channel, dataset, args.skip_existing).await?;
+    println!(
+        "imported {}: {} records created, {} skipped as existing, {} forward references set",
+        args.file.display(),
+        report.created,
+        report.skipped,
+        report.linked
+    );
+    Ok(())
+}
+
+/// Creates every record of `dataset` on the server behind `channel`.
+pub async fn import(channel: Channel, dataset: Dataset, skip_existing: bool) -> Result<ImportReport, String> {
+    let mut names: HashSet<String> = HashSet::new();
+    names.extend(dataset.parties.iter().map(|r| r.name.clone()));
+    names.extend(dataset.partnership_domains.iter().map(|r| r.name.clone()));
+    names.extend(dataset.agreements.iter().map(|r| r.name.clone()));
+    names.extend(dataset.engagements.iter().map(|r| r.name.clone()));
+    let mut importer = Importer { names, created: HashSet::new(), skipped: HashSet::new(), report: ImportReport::default(), skip_existing };
+
+    let mut parties = PartyServiceClient::new(channel.clone());
+    let mut domains = PartnershipDomainServiceClient::new(channel.clone());
+    let mut agreements = AgreementServiceClient::new(channel.clone());
+    let mut engagements = EngagementServiceClient::new(channel);
+    let deferred_parties = importer.create_all(&mut parties, dataset.parties).await?;
+    let deferred_domains = importer.create_all(&mut domains, dataset.partnership_domains).await?;
+    let deferred_agreements = importer.create_all(&mut agreements, dataset.agreements).await?;
+    let deferred_engagements = importer.create_all(&mut engagements, dataset.engagements).await?;
+    importer.link_all(&mut parties, deferred_parties).await?;
+    importer.link_all(&mut domains, deferred_domains).await?;
+    importer.link_all(&mut agreements, deferred_agreements).await?;
+    importer.link_all(&mut engagements, deferred_engagements).await?;
+    Ok(importer.report)
+}
+
+struct Importer {
+    /// Every record name in the dataset.
+    names: HashSet<String>,
+    created: HashSet<String>,
+    skipped: HashSet<String>,
+    report: ImportReport,
+    skip_existing: bool,
+}
+
+/// A record created without some fields, and those fields.
+struct Deferred<R> {
+    record: R,
+    fields: Vec<String>,
+}
+
+impl Importer {
+    async fn create_all<R: Resource, C: Target<R>>(&mut self, client: &mut C, records: Vec<R>) -> Result<Vec<Deferred<R>>, String> {
+        let mut deferred = Vec::new();
+        for record in records {
+            let name = record.name().to_string();
+            let id = R::KIND.parse_name(&name).map_err(|e| format!("record name: {e}"))?.to_string();
+            // Top-level fields that name a dataset record not created yet.
+            let references = validate::check_message(&record.transcode_to_dynamic(), "", &mut Violations::new());
+            let mut fields: Vec<String> = references
+                .iter()
+                .filter(|r| self.names.contains(&r.name) && !self.created.contains(&r.name) && r.name != name)
+                .map(|r| r.field.split(['.', '[']).next().unwrap_or_default().to_string())
+                .collect();
+            fields.sort();
+            fields.dedup();
+            let mut first = record.transcode_to_dynamic();
+            for field in &fields {
+                first.clear_field_by_name(field);
+            }
+            let first: R = first.transcode_to().map_err(|e| e.to_string())?;
+            match client.create(id, first).await {
+                Ok(()) => {
+                    self.report.created += 1;
+                    if !fields.is_empty() {
+                        deferred.push(Deferred { record, fields });
+                    }
+                }
+                Err(status) if status.code() == Code::AlreadyExists && self.skip_existing => {
+                    self.report.skipped += 1;
+                    self.skipped.insert(name.clone());
+                }
+                Err(status) if status.code() == Code::AlreadyExists => {
+                    return Err(format!("creating {name}: {} (pass --skip-existing to leave existing records as they are)", describe(&status)));
+                }
+                Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
+            }
+            self.created.insert(name);
+        }
+        Ok(deferred)
+    }
+
+    async fn link_all<R: Resource, C: Target<R>>(&mut self, client: &mut C, deferred: Vec<Deferred<R>>) -> Result<(), String> {
+        for Deferred { record, fields } in deferred {
+            let name = record.name().to_string();
+            if self.skipped.contains(&name) {
+                continue;
+            }
+            client.update(record, fields).await.map_err(|status| format!("linking {name}: {}", describe(&status)))?;
+            self.report.linked += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A status with its field violations, for the person running the import.
+fn describe(status: &Status) -> String {
+    use tonic_types::StatusExt;
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(bad) = status.get_error_details().bad_request() {
+        for v in &bad.field_violations {
+            text.push_str(&format!("\n  {}: {}", v.field, v.description));
+        }
+    }
+    text
+}
+
+/// Create and Update of one kind through its generated client.
+#[tonic::async_trait]
+trait Target<R>: Send {
+    async fn create(&mut self, id: String, record: R) -> Result<(), Status>;
+    async fn update(&mut self, record: R, paths: Vec<String>) -> Result<(), Status>;
+}
+
+macro_rules! target {
+    ($client:ident, $resource:ident, $create:ident, $create_req:ident { $field:ident, $id:ident }, $update:ident, $update_req:ident) => {
+        #[tonic::async_trait]
+        impl Target<v1::$resource> for $client<Channel> {
+            async fn create(&mut self, id: String, record: v1::$resource) -> Result<(), Status> {
+                let request = v1::$create_req { $field: Some(record), $id: id, request_id: String::new() };
+                self.$create(request).await.map(|_| ())
+            }
+            async fn update(&mut self, record: v1::$resource, paths: Vec<String>) -> Result<(), Status> {
+                let request = v1::$update_req {
+                    $field: Some(record),
+                    update_mask: Some(prost_types::FieldMask { paths }),
+                    request_id: String::new(),
+                };
+                self.$update(request).await.map(|_| ())
+            }
+        }
+    };
+}
+
+target!(PartyServiceClient, Party, create_party, CreatePartyRequest { party, party_id }, update_party, UpdatePartyRequest);
+target!(
+    PartnershipDomainServiceClient,
+    PartnershipDomain,
+    create_partnership_domain,
+    CreatePartnershipDomainRequest { partnership_domain, partnership_domain_id },
+    update_partnership_domain,
+    UpdatePartnershipDomainRequest
+);
+target!(AgreementServiceClient, Agreement, create_agreement, CreateAgreementRequest { agreement, agreement_id }, update_agreement, UpdateAgreementRequest);
+target!(EngagementServiceClient, Engagement, create_engagement, CreateEngagementRequest { engagement, engagement_id }, update_engagement, UpdateEngagementRequest);

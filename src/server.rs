@@ -1,0 +1,167 @@
+//! The tonic server: the four services, health, reflection (v1 and v1alpha),
+//! compression, message size limits, a tracing span per call, and a graceful
+//! shutdown that drains calls within a time limit and then closes the store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::codegen::http;
+use tonic::transport::Server;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+use crate::api::Api;
+use crate::pb;
+use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
+use crate::pb::cooperation::v1::engagement_service_server::EngagementServiceServer;
+use crate::pb::cooperation::v1::partnership_domain_service_server::PartnershipDomainServiceServer;
+use crate::pb::cooperation::v1::party_service_server::PartyServiceServer;
+use crate::registry::Registry;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// Largest response message sent.
+    pub max_response_bytes: usize,
+    /// How long a shutdown waits for calls in flight before closing anyway.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_request_bytes: 4 * 1024 * 1024,
+            max_response_bytes: 32 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Applies the limits and compression every service gets.
+macro_rules! configured {
+    ($server:ident, $api:expr, $options:expr) => {
+        $server::new($api.clone())
+            .max_decoding_message_size($options.max_request_bytes)
+            .max_encoding_message_size($options.max_response_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+    };
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains and closes the
+/// registry's store.
+pub async fn serve(
+    registry: Arc<Registry>,
+    listener: TcpListener,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let api = Api::new(registry.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgreementServiceServer<Api>>().await;
+    health.set_serving::<PartyServiceServer<Api>>().await;
+    health.set_serving::<PartnershipDomainServiceServer<Api>>().await;
+    health.set_serving::<EngagementServiceServer<Api>>().await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health.clone();
+    let stop_accepting = async move {
+        shutdown.await;
+        tracing::info!("shutting down: health is NOT_SERVING, draining calls in flight");
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        reporter.set_not_serving::<AgreementServiceServer<Api>>().await;
+        reporter.set_not_serving::<PartyServiceServer<Api>>().await;
+        reporter.set_not_serving::<PartnershipDomainServiceServer<Api>>().await;
+        reporter.set_not_serving::<EngagementServiceServer<Api>>().await;
+        let _ = draining_tx.send(());
+    };
+
+    let local = listener.local_addr()?;
+    let server = Server::builder()
+        .layer(call_tracing())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(configured!(AgreementServiceServer, api, options))
+        .add_service(configured!(PartyServiceServer, api, options))
+        .add_service(configured!(PartnershipDomainServiceServer, api, options))
+        .add_service(configured!(EngagementServiceServer, api, options))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+    tracing::info!(address = %local, revision = registry.revision(), "serving cooperation.v1");
+
+    tokio::pin!(server);
+    let drain_limit = async move {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(options.shutdown_timeout).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        result = &mut server => result,
+        _ = drain_limit => {
+            tracing::warn!(timeout = ?options.shutdown_timeout, "calls still in flight after the shutdown timeout; closing anyway");
+            Ok(())
+        }
+    };
+    let closed = tokio::task::spawn_blocking(move || registry.close()).await?;
+    served?;
+    closed?;
+    tracing::info!("store flushed and closed");
+    Ok(())
+}
+
+/// One span per call with its method, and one event when it ends with the gRPC
+/// status code and the latency. `RUST_LOG` filters them (target
+/// `cooperation_registry::server`).
+fn call_tracing() -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    impl Fn(&http::Request<tonic::body::Body>) -> Span + Clone,
+    (),
+    impl Fn(&http::Response<tonic::body::Body>, Duration, &Span) + Clone,
+    (),
+    impl Fn(Option<&http::HeaderMap>, Duration, &Span) + Clone,
+    (),
+> {
+    TraceLayer::new_for_grpc()
+        .make_span_with(|request: &http::Request<tonic::body::Body>| {
+            tracing::info_span!("call", method = %request.uri().path())
+        })
+        .on_request(())
+        .on_response(|response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span| {
+            // Errors come as trailers-only responses with the status in the headers;
+            // other calls end with trailers, logged by on_eos.
+            if let Some(code) = response.headers().get("grpc-status") {
+                log_call_end(code.to_str().unwrap_or("?"), latency);
+            }
+        })
+        .on_body_chunk(())
+        .on_eos(|trailers: Option<&http::HeaderMap>, latency: Duration, _span: &Span| {
+            let code = trailers.and_then(|t| t.get("grpc-status")).and_then(|c| c.to_str().ok()).unwrap_or("0");
+            log_call_end(code, latency);
+        })
+        .on_failure(())
+}
+
+fn log_call_end(code: &str, latency: Duration) {
+    let name = code.parse::<i32>().map(|c| format!("{:?}", tonic::Code::from(c))).unwrap_or_else(|_| code.to_string());
+    tracing::info!(code = %name, latency_us = latency.as_micros() as u64, "call finished");
+}
