@@ -129,6 +129,13 @@ fn sled_store_refuses_foreign_newer_and_locked_dirs() {
     let err = SledStore::open(foreign.path(), SledOptions::default()).err().unwrap();
     assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("format marker")), "{err}");
 
+    // A directory of other files.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+    let err = SledStore::open(other.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("notes.txt")), "{err}");
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written beside it");
+
     // A store of a newer schema.
     let newer = tempfile::tempdir().unwrap();
     SledStore::open(newer.path(), SledOptions::default()).unwrap().close().unwrap();

@@ -71,6 +71,7 @@ impl SledStore {
     /// Opens (creating if needed) the store in `dir`. Refuses a directory that holds
     /// something else, or a store of a newer schema.
     pub fn open(dir: &Path, options: SledOptions) -> StoreResult<SledStore> {
+        refuse_foreign_dir(dir)?;
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let tree = sled::Config::new()
@@ -144,6 +145,21 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
     } else {
         StoreError::Storage(format!("cannot open {}: {text}", dir.display()))
     }
+}
+
+/// A directory that holds files but no sled database is someone else's: refuse
+/// it rather than scatter database files among them.
+fn refuse_foreign_dir(dir: &Path) -> StoreResult<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
+    let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if !names.is_empty() && !names.iter().any(|n| n == "conf" || n == "db") {
+        return Err(StoreError::Incompatible(format!(
+            "{} holds other files ({}) and no registry database; not a cooperation-registry data dir",
+            dir.display(),
+            names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(())
 }
 
 fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {

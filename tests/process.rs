@@ -1,0 +1,168 @@
+//! The real binary: command line, restart, graceful shutdown, refusal of foreign
+//! data dirs, import, and a crash test that kills the server with SIGKILL while
+//! 16 clients write and then finds every acknowledged write.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
+use cooperation_registry::pb::cooperation::v1::{self as v1};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cooperation-registry");
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Starts `serve` on a free port and waits for its "serving" log line.
+fn start(data_dir: &Path) -> Running {
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lines = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("address=") {
+                let addr: String = line[at + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = tx.send(addr);
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
+    Running { child, addr: addr.parse().unwrap(), log }
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn help_documents_every_flag_and_its_environment_variable() {
+    let out = Command::new(BINARY).args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for flag in ["--listen", "--data-dir", "--durability", "--cache-mib", "--shutdown-timeout-secs", "--max-request-bytes", "--max-response-bytes"] {
+        assert!(text.contains(flag), "{flag} missing from:\n{text}");
+    }
+    for env in ["COOPERATION_REGISTRY_LISTEN", "COOPERATION_REGISTRY_DATA_DIR", "COOPERATION_REGISTRY_DURABILITY"] {
+        assert!(text.contains(env), "{env} missing from:\n{text}");
+    }
+    assert!(text.contains("127.0.0.1:50051") && text.contains("./data"));
+    let out = Command::new(BINARY).args(["import", "--help"]).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--server"));
+}
+
+#[test]
+fn a_foreign_or_newer_data_dir_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("thesis.tex"), "precious").unwrap();
+    let out = Command::new(BINARY).args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a cooperation-registry data dir"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let out = Command::new(BINARY)
+        .args(["import", "examples/india-japan-2020.json", "--server", &server.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("19 records created"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    sigterm(&server.child);
+    let status = wait_exit(&mut server.child, Duration::from_secs(15));
+    assert!(status.success(), "{status:?}: {:?}", server.log.lock().unwrap());
+    assert!(server.log.lock().unwrap().iter().any(|l| l.contains("store flushed and closed")));
+
+    let mut server = start(dir.path());
+    let mut client = AgreementServiceClient::new(connect(server.addr).await);
+    let rpss = client
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/india-japan-rpss-2020".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rpss.signatories.len(), 2);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// Kills the server with SIGKILL while 16 clients write, three times over, and
+/// checks after each restart that every acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    for cycle in 0..3 {
+        let mut server = start(dir.path());
+        let channel = connect(server.addr).await;
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let mut writers = Vec::new();
+        for w in 0..16 {
+            let mut client = AgreementServiceClient::new(channel.clone());
+            let acked = acked.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("c{cycle}-w{w}-n{i}");
+                    match client.create_agreement(create_agreement(&id, agreement(&id))).await {
+                        Ok(reply) => acked.lock().unwrap().push((reply.into_inner().name, id)),
+                        Err(_) => return, // the server is gone
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let acked = std::mem::take(&mut *acked.lock().unwrap());
+        assert!(acked.len() > 16, "cycle {cycle}: only {} writes acknowledged", acked.len());
+        acknowledged.extend(acked);
+
+        let mut server = start(dir.path());
+        let mut client = AgreementServiceClient::new(connect(server.addr).await);
+        for (name, title) in &acknowledged {
+            let got = client.get_agreement(v1::GetAgreementRequest { name: name.clone() }).await;
+            let got = got.unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged {name} is lost: {e:?}"));
+            assert_eq!(&got.into_inner().title, title);
+        }
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+    }
+    eprintln!("{} acknowledged writes survived 3 SIGKILLs", acknowledged.len());
+}
