@@ -115,11 +115,7 @@ impl Violations {
     /// Prefixes every field path, e.g. with the request field holding the resource.
     pub fn prefixed(self, prefix: &str) -> Violations {
         Violations {
-            list: self
-                .list
-                .into_iter()
-                .map(|v| FieldViolation { field: join_path(prefix, &v.field), ..v })
-                .collect(),
+            list: self.list.into_iter().map(|v| FieldViolation { field: join_path(prefix, &v.field), ..v }).collect(),
         }
     }
 }
@@ -146,7 +142,13 @@ impl From<Error> for tonic::Status {
                 info(&mut details, "INVALID_REQUEST", &[]);
                 let summary = violations
                     .iter()
-                    .map(|v| if v.field.is_empty() { v.description.clone() } else { format!("{}: {}", v.field, v.description) })
+                    .map(|v| {
+                        if v.field.is_empty() {
+                            v.description.clone()
+                        } else {
+                            format!("{}: {}", v.field, v.description)
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join("; ");
                 for v in violations {
@@ -162,7 +164,10 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists { resource_type, name } => {
                 info(&mut details, "RESOURCE_ALREADY_EXISTS", &[("name", &name)]);
                 details.set_resource_info(&resource_type, &name, "", "already exists");
-                (Code::AlreadyExists, format!("{name} already exists (possibly soft-deleted: see show_deleted, Undelete)"))
+                (
+                    Code::AlreadyExists,
+                    format!("{name} already exists (possibly soft-deleted: see show_deleted, Undelete)"),
+                )
             }
             Error::EtagMismatch { name } => {
                 info(&mut details, "ETAG_MISMATCH", &[("name", &name)]);

@@ -65,7 +65,13 @@ pub async fn import(channel: Channel, dataset: Dataset, skip_existing: bool) -> 
     names.extend(dataset.partnership_domains.iter().map(|r| r.name.clone()));
     names.extend(dataset.agreements.iter().map(|r| r.name.clone()));
     names.extend(dataset.engagements.iter().map(|r| r.name.clone()));
-    let mut importer = Importer { names, created: HashSet::new(), skipped: HashSet::new(), report: ImportReport::default(), skip_existing };
+    let mut importer = Importer {
+        names,
+        created: HashSet::new(),
+        skipped: HashSet::new(),
+        report: ImportReport::default(),
+        skip_existing,
+    };
 
     let mut parties = PartyServiceClient::new(channel.clone());
     let mut domains = PartnershipDomainServiceClient::new(channel.clone());
@@ -98,7 +104,11 @@ struct Deferred<R> {
 }
 
 impl Importer {
-    async fn create_all<R: Resource, C: Target<R>>(&mut self, client: &mut C, records: Vec<R>) -> Result<Vec<Deferred<R>>, String> {
+    async fn create_all<R: Resource, C: Target<R>>(
+        &mut self,
+        client: &mut C,
+        records: Vec<R>,
+    ) -> Result<Vec<Deferred<R>>, String> {
         let mut deferred = Vec::new();
         for record in records {
             let name = record.name().to_string();
@@ -129,7 +139,10 @@ impl Importer {
                     self.skipped.insert(name.clone());
                 }
                 Err(status) if status.code() == Code::AlreadyExists => {
-                    return Err(format!("creating {name}: {} (pass --skip-existing to leave existing records as they are)", describe(&status)));
+                    return Err(format!(
+                        "creating {name}: {} (pass --skip-existing to leave existing records as they are)",
+                        describe(&status)
+                    ));
                 }
                 Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
             }
@@ -138,7 +151,11 @@ impl Importer {
         Ok(deferred)
     }
 
-    async fn link_all<R: Resource, C: Target<R>>(&mut self, client: &mut C, deferred: Vec<Deferred<R>>) -> Result<(), String> {
+    async fn link_all<R: Resource, C: Target<R>>(
+        &mut self,
+        client: &mut C,
+        deferred: Vec<Deferred<R>>,
+    ) -> Result<(), String> {
         for Deferred { record, fields } in deferred {
             let name = record.name().to_string();
             if self.skipped.contains(&name) {
@@ -190,7 +207,14 @@ macro_rules! target {
     };
 }
 
-target!(PartyServiceClient, Party, create_party, CreatePartyRequest { party, party_id }, update_party, UpdatePartyRequest);
+target!(
+    PartyServiceClient,
+    Party,
+    create_party,
+    CreatePartyRequest { party, party_id },
+    update_party,
+    UpdatePartyRequest
+);
 target!(
     PartnershipDomainServiceClient,
     PartnershipDomain,
@@ -199,5 +223,19 @@ target!(
     update_partnership_domain,
     UpdatePartnershipDomainRequest
 );
-target!(AgreementServiceClient, Agreement, create_agreement, CreateAgreementRequest { agreement, agreement_id }, update_agreement, UpdateAgreementRequest);
-target!(EngagementServiceClient, Engagement, create_engagement, CreateEngagementRequest { engagement, engagement_id }, update_engagement, UpdateEngagementRequest);
+target!(
+    AgreementServiceClient,
+    Agreement,
+    create_agreement,
+    CreateAgreementRequest { agreement, agreement_id },
+    update_agreement,
+    UpdateAgreementRequest
+);
+target!(
+    EngagementServiceClient,
+    Engagement,
+    create_engagement,
+    CreateEngagementRequest { engagement, engagement_id },
+    update_engagement,
+    UpdateEngagementRequest
+);

@@ -6,13 +6,11 @@ use std::sync::LazyLock;
 use prost_reflect::DescriptorPool;
 
 /// The encoded `FileDescriptorSet` of `proto/` with its imports and comments.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/cooperation_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cooperation_descriptor.bin"));
 
 /// All message descriptors of the contract, decoded once.
-pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
-    DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set")
-});
+pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> =
+    LazyLock::new(|| DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the build wrote a valid descriptor set"));
 
 include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 include!(concat!(env!("OUT_DIR"), "/reflect_impls.rs"));

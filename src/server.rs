@@ -96,7 +96,15 @@ pub async fn serve(
 
     let local = listener.local_addr()?;
     let server = Server::builder()
-        .layer(call_tracing())
+        .layer(
+            TraceLayer::new_for_grpc()
+                .make_span_with(call_span)
+                .on_request(())
+                .on_response(on_call_response)
+                .on_body_chunk(())
+                .on_eos(on_call_end)
+                .on_failure(()),
+        )
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -129,36 +137,24 @@ pub async fn serve(
     Ok(())
 }
 
-/// One span per call with its method, and one event when it ends with the gRPC
-/// status code and the latency. `RUST_LOG` filters them (target
-/// `cooperation_registry::server`).
-fn call_tracing() -> TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-    impl Fn(&http::Request<tonic::body::Body>) -> Span + Clone,
-    (),
-    impl Fn(&http::Response<tonic::body::Body>, Duration, &Span) + Clone,
-    (),
-    impl Fn(Option<&http::HeaderMap>, Duration, &Span) + Clone,
-    (),
-> {
-    TraceLayer::new_for_grpc()
-        .make_span_with(|request: &http::Request<tonic::body::Body>| {
-            tracing::info_span!("call", method = %request.uri().path())
-        })
-        .on_request(())
-        .on_response(|response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span| {
-            // Errors come as trailers-only responses with the status in the headers;
-            // other calls end with trailers, logged by on_eos.
-            if let Some(code) = response.headers().get("grpc-status") {
-                log_call_end(code.to_str().unwrap_or("?"), latency);
-            }
-        })
-        .on_body_chunk(())
-        .on_eos(|trailers: Option<&http::HeaderMap>, latency: Duration, _span: &Span| {
-            let code = trailers.and_then(|t| t.get("grpc-status")).and_then(|c| c.to_str().ok()).unwrap_or("0");
-            log_call_end(code, latency);
-        })
-        .on_failure(())
+/// The span of one call, named by its method. With `on_call_response` and
+/// `on_call_end` it gives one event per call with the gRPC status code and the
+/// latency; `RUST_LOG` filters them (target `cooperation_registry::server`).
+fn call_span(request: &http::Request<tonic::body::Body>) -> Span {
+    tracing::info_span!("call", method = %request.uri().path())
+}
+
+/// Errors come as trailers-only responses with the status in the headers; other
+/// calls end with trailers, seen by `on_call_end`.
+fn on_call_response(response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span) {
+    if let Some(code) = response.headers().get("grpc-status") {
+        log_call_end(code.to_str().unwrap_or("?"), latency);
+    }
+}
+
+fn on_call_end(trailers: Option<&http::HeaderMap>, latency: Duration, _span: &Span) {
+    let code = trailers.and_then(|t| t.get("grpc-status")).and_then(|c| c.to_str().ok()).unwrap_or("0");
+    log_call_end(code, latency);
 }
 
 fn log_call_end(code: &str, latency: Duration) {

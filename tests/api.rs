@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, party, partnership_domain};
+use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -45,7 +45,12 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
     let mut input = agreement("India–Japan RPSS");
     input.entry_into_force_date = date(2020, 9, 10);
     input.term = Some(agreement::Term { years: 10, ..Default::default() });
-    input.signatories = vec![agreement::Signatory { person: "Ajay Kumar".into(), post: "Union Defence Secretary".into(), party: "parties/ind".into(), ..Default::default() }];
+    input.signatories = vec![agreement::Signatory {
+        person: "Ajay Kumar".into(),
+        post: "Union Defence Secretary".into(),
+        party: "parties/ind".into(),
+        ..Default::default()
+    }];
     input.provisions = vec![agreement::Provision {
         category: agreement::ProvisionCategory::BasingAccess as i32,
         summary: "re-stocking and repair".into(),
@@ -66,7 +71,8 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
     assert!(created.create_time.is_some() && created.create_time == created.update_time);
     assert!(created.delete_time.is_none());
 
-    let got = client.get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into() }).await.unwrap().into_inner();
+    let got =
+        client.get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into() }).await.unwrap().into_inner();
     assert_eq!(got, created);
 
     // Update with a snake_case and a camelCase path; other fields stay.
@@ -79,7 +85,11 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
         ..Default::default()
     };
     let updated = client
-        .update_agreement(v1::UpdateAgreementRequest { agreement: Some(patch), update_mask: mask(&["title", "shortName"]), request_id: String::new() })
+        .update_agreement(v1::UpdateAgreementRequest {
+            agreement: Some(patch),
+            update_mask: mask(&["title", "shortName"]),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -91,27 +101,45 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
     assert_ne!(updated.etag, created.etag);
 
     // The old etag is stale now.
-    let stale = v1::Agreement { name: "agreements/rpss".into(), title: "Lost".into(), etag: created.etag.clone(), ..Default::default() };
+    let stale = v1::Agreement {
+        name: "agreements/rpss".into(),
+        title: "Lost".into(),
+        etag: created.etag.clone(),
+        ..Default::default()
+    };
     let err = client
-        .update_agreement(v1::UpdateAgreementRequest { agreement: Some(stale), update_mask: mask(&["title"]), request_id: String::new() })
+        .update_agreement(v1::UpdateAgreementRequest {
+            agreement: Some(stale),
+            update_mask: mask(&["title"]),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
     assert_eq!(reason(&err), "ETAG_MISMATCH");
     let err = client
-        .delete_agreement(v1::DeleteAgreementRequest { name: "agreements/rpss".into(), etag: created.etag.clone(), request_id: String::new() })
+        .delete_agreement(v1::DeleteAgreementRequest {
+            name: "agreements/rpss".into(),
+            etag: created.etag.clone(),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Aborted);
 
     // Soft delete: Get still answers, List hides it unless asked.
     let deleted = client
-        .delete_agreement(v1::DeleteAgreementRequest { name: "agreements/rpss".into(), etag: updated.etag.clone(), request_id: String::new() })
+        .delete_agreement(v1::DeleteAgreementRequest {
+            name: "agreements/rpss".into(),
+            etag: updated.etag.clone(),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(deleted.delete_time.is_some());
-    let got = client.get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into() }).await.unwrap().into_inner();
+    let got =
+        client.get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into() }).await.unwrap().into_inner();
     assert!(got.delete_time.is_some());
     assert_eq!(count_agreements(&server, false).await, 0);
     assert_eq!(count_agreements(&server, true).await, 1);
@@ -135,7 +163,11 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
     assert_eq!(duplicate.code(), Code::AlreadyExists);
 
     let restored = client
-        .undelete_agreement(v1::UndeleteAgreementRequest { name: "agreements/rpss".into(), etag: deleted.etag.clone(), request_id: String::new() })
+        .undelete_agreement(v1::UndeleteAgreementRequest {
+            name: "agreements/rpss".into(),
+            etag: deleted.etag.clone(),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -159,7 +191,11 @@ async fn every_violation_is_reported_at_once_and_nothing_is_stored() {
         parties: vec!["parties/ind".into(), "parties/nowhere".into(), "countries/jpn".into()],
         signature_date: date(2020, 13, 1),
         entry_into_force_date: date(2021, 2, 29),
-        signatories: vec![agreement::Signatory { person: "X".into(), party: "parties/fra".into(), ..Default::default() }],
+        signatories: vec![agreement::Signatory {
+            person: "X".into(),
+            party: "parties/fra".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     let err = client.create_agreement(create_agreement("Bad_Id", bad)).await.unwrap_err();
@@ -188,10 +224,8 @@ async fn every_violation_is_reported_at_once_and_nothing_is_stored() {
     assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["name".to_string()]));
     let err = client.get_agreement(v1::GetAgreementRequest { name: "agreements/missing".into() }).await.unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::NotFound, "RESOURCE_NOT_FOUND".to_string()));
-    let err = client
-        .list_agreements(v1::ListAgreementsRequest { page_size: -1, ..Default::default() })
-        .await
-        .unwrap_err();
+    let err =
+        client.list_agreements(v1::ListAgreementsRequest { page_size: -1, ..Default::default() }).await.unwrap_err();
     assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["page_size".to_string()]));
 
     // Rules of the other kinds.
@@ -243,8 +277,16 @@ async fn update_masks_star_implied_and_unknown_paths() {
     input.term = Some(agreement::Term { years: 5, months: 6, ..Default::default() });
     client.create_agreement(create_agreement("a", input)).await.unwrap();
 
-    let update = |agreement: v1::Agreement, paths: Option<FieldMask>| v1::UpdateAgreementRequest { agreement: Some(agreement), update_mask: paths, request_id: String::new() };
-    let nested = v1::Agreement { name: "agreements/a".into(), term: Some(agreement::Term { years: 10, ..Default::default() }), ..Default::default() };
+    let update = |agreement: v1::Agreement, paths: Option<FieldMask>| v1::UpdateAgreementRequest {
+        agreement: Some(agreement),
+        update_mask: paths,
+        request_id: String::new(),
+    };
+    let nested = v1::Agreement {
+        name: "agreements/a".into(),
+        term: Some(agreement::Term { years: 10, ..Default::default() }),
+        ..Default::default()
+    };
     let got = client.update_agreement(update(nested, mask(&["term.years"]))).await.unwrap().into_inner();
     assert_eq!(got.term, Some(agreement::Term { years: 10, months: 6, ..Default::default() }));
 
@@ -254,7 +296,11 @@ async fn update_masks_star_implied_and_unknown_paths() {
     assert_eq!((got.title.as_str(), got.short_name.as_str()), ("Original", "NEW"));
 
     // `*` replaces everything settable: the required title must then be given.
-    let replace = v1::Agreement { name: "agreements/a".into(), parties: vec!["parties/fra".into(), "parties/deu".into()], ..Default::default() };
+    let replace = v1::Agreement {
+        name: "agreements/a".into(),
+        parties: vec!["parties/fra".into(), "parties/deu".into()],
+        ..Default::default()
+    };
     let err = client.update_agreement(update(replace.clone(), mask(&["*"]))).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["agreement.title"]);
     let full = v1::Agreement { title: "Replaced".into(), ..replace };
@@ -263,12 +309,18 @@ async fn update_masks_star_implied_and_unknown_paths() {
     assert_eq!(got.parties, ["parties/fra", "parties/deu"]);
 
     let err = client
-        .update_agreement(update(v1::Agreement { name: "agreements/a".into(), ..Default::default() }, mask(&["title", "no_such_field", "term.nope"])))
+        .update_agreement(update(
+            v1::Agreement { name: "agreements/a".into(), ..Default::default() },
+            mask(&["title", "no_such_field", "term.nope"]),
+        ))
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["update_mask.paths[1]", "update_mask.paths[2]"]);
     let err = client
-        .update_agreement(update(v1::Agreement { name: "agreements/missing".into(), ..Default::default() }, mask(&["title"])))
+        .update_agreement(update(
+            v1::Agreement { name: "agreements/missing".into(), ..Default::default() },
+            mask(&["title"]),
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -282,7 +334,11 @@ async fn request_id_retries_get_the_first_answer() {
     let server = TestServer::start().await;
     let mut client = server.agreements();
     let request_id = "6f1c1c3e-5a7b-4c2d-9e8f-0a1b2c3d4e5f".to_string();
-    let request = v1::CreateAgreementRequest { agreement_id: String::new(), agreement: Some(agreement("Generated id")), request_id: request_id.clone() };
+    let request = v1::CreateAgreementRequest {
+        agreement_id: String::new(),
+        agreement: Some(agreement("Generated id")),
+        request_id: request_id.clone(),
+    };
     let first = client.create_agreement(request.clone()).await.unwrap().into_inner();
     assert!(first.name.starts_with("agreements/a"), "{}", first.name);
     let retry = client.create_agreement(request.clone()).await.unwrap().into_inner();
@@ -292,7 +348,11 @@ async fn request_id_retries_get_the_first_answer() {
     // Even after the record changed, the retry answers what the first call answered.
     let patch = v1::Agreement { name: first.name.clone(), title: "Changed".into(), ..Default::default() };
     client
-        .update_agreement(v1::UpdateAgreementRequest { agreement: Some(patch), update_mask: mask(&["title"]), request_id: String::new() })
+        .update_agreement(v1::UpdateAgreementRequest {
+            agreement: Some(patch),
+            update_mask: mask(&["title"]),
+            request_id: String::new(),
+        })
         .await
         .unwrap();
     assert_eq!(client.create_agreement(request.clone()).await.unwrap().into_inner(), first);
@@ -324,7 +384,14 @@ async fn references_must_exist_and_block_deletion() {
         members: vec![party::Membership { party: "parties/idn".into(), ..Default::default() }],
         ..Default::default()
     };
-    parties.create_party(v1::CreatePartyRequest { party_id: "asean".into(), party: Some(asean), request_id: String::new() }).await.unwrap();
+    parties
+        .create_party(v1::CreatePartyRequest {
+            party_id: "asean".into(),
+            party: Some(asean),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
     let mut pact = agreement("India–ASEAN");
     pact.parties = vec!["parties/ind".into(), "parties/asean".into()];
     agreements.create_agreement(create_agreement("pact", pact)).await.unwrap();
@@ -336,7 +403,11 @@ async fn references_must_exist_and_block_deletion() {
         ..Default::default()
     };
     let domain = domains
-        .create_partnership_domain(v1::CreatePartnershipDomainRequest { partnership_domain_id: "maritime".into(), partnership_domain: Some(domain), request_id: String::new() })
+        .create_partnership_domain(v1::CreatePartnershipDomainRequest {
+            partnership_domain_id: "maritime".into(),
+            partnership_domain: Some(domain),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -344,13 +415,21 @@ async fn references_must_exist_and_block_deletion() {
     let meeting = v1::Engagement {
         title: "Summit".into(),
         kind: engagement::Kind::Summit as i32,
-        participants: vec![engagement::Participant { party: "parties/asean".into(), role: engagement::Role::Host as i32, ..Default::default() }],
+        participants: vec![engagement::Participant {
+            party: "parties/asean".into(),
+            role: engagement::Role::Host as i32,
+            ..Default::default()
+        }],
         start_date: date(2019, 0, 0),
         partnership_domains: vec!["partnershipDomains/maritime".into()],
         ..Default::default()
     };
     let meeting = engagements
-        .create_engagement(v1::CreateEngagementRequest { engagement_id: "summit".into(), engagement: Some(meeting), request_id: String::new() })
+        .create_engagement(v1::CreateEngagementRequest {
+            engagement_id: "summit".into(),
+            engagement: Some(meeting),
+            request_id: String::new(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -358,21 +437,42 @@ async fn references_must_exist_and_block_deletion() {
     assert_eq!(meeting.start_date, date(2019, 0, 0), "a year-only date is kept as given");
 
     // ASEAN is referred to by the agreement, the domain and the engagement.
-    let err = parties.delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap_err();
+    let err = parties
+        .delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "RESOURCE_REFERENCED".to_string()));
     for referrer in ["agreements/pact", "engagements/summit", "partnershipDomains/maritime"] {
         assert!(err.message().contains(referrer), "{referrer} not named in {}", err.message());
     }
     // Indonesia is referred to by ASEAN's members.
-    let err = parties.delete_party(v1::DeletePartyRequest { name: "parties/idn".into(), ..Default::default() }).await.unwrap_err();
+    let err = parties
+        .delete_party(v1::DeletePartyRequest { name: "parties/idn".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(err.message().contains("parties/asean"), "{}", err.message());
 
     // Delete the referrers (the engagement refers to the domain, the domain to the agreement).
-    engagements.delete_engagement(v1::DeleteEngagementRequest { name: "engagements/summit".into(), ..Default::default() }).await.unwrap();
-    domains.delete_partnership_domain(v1::DeletePartnershipDomainRequest { name: "partnershipDomains/maritime".into(), ..Default::default() }).await.unwrap();
-    let err = parties.delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap_err();
+    engagements
+        .delete_engagement(v1::DeleteEngagementRequest { name: "engagements/summit".into(), ..Default::default() })
+        .await
+        .unwrap();
+    domains
+        .delete_partnership_domain(v1::DeletePartnershipDomainRequest {
+            name: "partnershipDomains/maritime".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let err = parties
+        .delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(err.message().contains("agreements/pact") && !err.message().contains("summit"), "{}", err.message());
-    agreements.delete_agreement(v1::DeleteAgreementRequest { name: "agreements/pact".into(), ..Default::default() }).await.unwrap();
+    agreements
+        .delete_agreement(v1::DeleteAgreementRequest { name: "agreements/pact".into(), ..Default::default() })
+        .await
+        .unwrap();
     parties.delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap();
 
     // A deleted party cannot be referred to, and what referred to it cannot come back.
@@ -387,15 +487,32 @@ async fn references_must_exist_and_block_deletion() {
         .unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::FailedPrecondition, "REFERENCE_MISSING".to_string()));
 
-    parties.undelete_party(v1::UndeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap();
-    agreements.undelete_agreement(v1::UndeleteAgreementRequest { name: "agreements/pact".into(), ..Default::default() }).await.unwrap();
-    let err = parties.delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap_err();
+    parties
+        .undelete_party(v1::UndeletePartyRequest { name: "parties/asean".into(), ..Default::default() })
+        .await
+        .unwrap();
+    agreements
+        .undelete_agreement(v1::UndeleteAgreementRequest { name: "agreements/pact".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let err = parties
+        .delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert!(err.message().contains("agreements/pact"), "undelete restores the reference: {}", err.message());
 
     // Updating a reference away releases the target.
-    let moved = v1::Agreement { name: "agreements/pact".into(), parties: vec!["parties/ind".into(), "parties/jpn".into()], ..Default::default() };
+    let moved = v1::Agreement {
+        name: "agreements/pact".into(),
+        parties: vec!["parties/ind".into(), "parties/jpn".into()],
+        ..Default::default()
+    };
     agreements
-        .update_agreement(v1::UpdateAgreementRequest { agreement: Some(moved), update_mask: mask(&["parties"]), request_id: String::new() })
+        .update_agreement(v1::UpdateAgreementRequest {
+            agreement: Some(moved),
+            update_mask: mask(&["parties"]),
+            request_id: String::new(),
+        })
         .await
         .unwrap();
     parties.delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap();
@@ -407,9 +524,15 @@ async fn paging_is_keyset_and_tokens_are_bound_to_their_query() {
     let server = TestServer::start().await;
     let mut client = server.agreements();
     for i in 0..7 {
-        client.create_agreement(create_agreement(&format!("a{i}"), agreement(&format!("Agreement {i}")))).await.unwrap();
+        client
+            .create_agreement(create_agreement(&format!("a{i}"), agreement(&format!("Agreement {i}"))))
+            .await
+            .unwrap();
     }
-    client.delete_agreement(v1::DeleteAgreementRequest { name: "agreements/a3".into(), ..Default::default() }).await.unwrap();
+    client
+        .delete_agreement(v1::DeleteAgreementRequest { name: "agreements/a3".into(), ..Default::default() })
+        .await
+        .unwrap();
 
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -438,7 +561,18 @@ async fn paging_is_keyset_and_tokens_are_bound_to_their_query() {
             .unwrap_err();
         assert_eq!(violated_fields(&err), ["page_token"]);
     }
-    assert_eq!(seen, ["agreements/a0", "agreements/a1", "agreements/a2", "agreements/a4", "agreements/a5", "agreements/a6", "agreements/a9"]);
+    assert_eq!(
+        seen,
+        [
+            "agreements/a0",
+            "agreements/a1",
+            "agreements/a2",
+            "agreements/a4",
+            "agreements/a5",
+            "agreements/a6",
+            "agreements/a9"
+        ]
+    );
 
     let err = client
         .list_agreements(v1::ListAgreementsRequest { page_token: "garbage".into(), ..Default::default() })
@@ -457,12 +591,23 @@ async fn paging_is_keyset_and_tokens_are_bound_to_their_query() {
 #[tokio::test]
 async fn a_restart_keeps_every_record() {
     let server = TestServer::start().await;
-    let created = server.agreements().create_agreement(create_agreement("kept", agreement("Kept"))).await.unwrap().into_inner();
+    let created =
+        server.agreements().create_agreement(create_agreement("kept", agreement("Kept"))).await.unwrap().into_inner();
     let dir = server.stop().await;
     let server = TestServer::start_in(dir, Default::default()).await;
-    let got = server.agreements().get_agreement(v1::GetAgreementRequest { name: "agreements/kept".into() }).await.unwrap().into_inner();
+    let got = server
+        .agreements()
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/kept".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got, created);
-    let parties = server.parties().list_parties(v1::ListPartiesRequest { page_size: 1000, ..Default::default() }).await.unwrap().into_inner();
+    let parties = server
+        .parties()
+        .list_parties(v1::ListPartiesRequest { page_size: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(parties.parties.len(), 249, "the states are not written twice");
     server.stop().await;
 }

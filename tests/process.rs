@@ -46,7 +46,9 @@ fn start(data_dir: &Path) -> Running {
             lines.lock().unwrap().push(line);
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
     Running { child, addr: addr.parse().unwrap(), log }
 }
 
@@ -70,7 +72,15 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
 fn help_documents_every_flag_and_its_environment_variable() {
     let out = Command::new(BINARY).args(["serve", "--help"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    for flag in ["--listen", "--data-dir", "--durability", "--cache-mib", "--shutdown-timeout-secs", "--max-request-bytes", "--max-response-bytes"] {
+    for flag in [
+        "--listen",
+        "--data-dir",
+        "--durability",
+        "--cache-mib",
+        "--shutdown-timeout-secs",
+        "--max-request-bytes",
+        "--max-response-bytes",
+    ] {
         assert!(text.contains(flag), "{flag} missing from:\n{text}");
     }
     for env in ["COOPERATION_REGISTRY_LISTEN", "COOPERATION_REGISTRY_DATA_DIR", "COOPERATION_REGISTRY_DURABILITY"] {
@@ -85,7 +95,8 @@ fn help_documents_every_flag_and_its_environment_variable() {
 fn a_foreign_or_newer_data_dir_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("thesis.tex"), "precious").unwrap();
-    let out = Command::new(BINARY).args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out =
+        Command::new(BINARY).args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a cooperation-registry data dir"), "{stderr}");
@@ -101,7 +112,11 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("19 records created"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("19 records created"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     sigterm(&server.child);
     let status = wait_exit(&mut server.child, Duration::from_secs(15));

@@ -3,8 +3,8 @@
 use crate::pb::cooperation::v1::Agreement;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementService;
 use crate::pb::cooperation::v1::{
-    CreateAgreementRequest, DeleteAgreementRequest, GetAgreementRequest, ListAgreementsRequest, ListAgreementsResponse, UndeleteAgreementRequest,
-    UpdateAgreementRequest,
+    CreateAgreementRequest, DeleteAgreementRequest, GetAgreementRequest, ListAgreementsRequest, ListAgreementsResponse,
+    UndeleteAgreementRequest, UpdateAgreementRequest,
 };
 
 super::resource_service!(

@@ -3,8 +3,8 @@
 use crate::pb::cooperation::v1::Engagement;
 use crate::pb::cooperation::v1::engagement_service_server::EngagementService;
 use crate::pb::cooperation::v1::{
-    CreateEngagementRequest, DeleteEngagementRequest, GetEngagementRequest, ListEngagementsRequest, ListEngagementsResponse, UndeleteEngagementRequest,
-    UpdateEngagementRequest,
+    CreateEngagementRequest, DeleteEngagementRequest, GetEngagementRequest, ListEngagementsRequest,
+    ListEngagementsResponse, UndeleteEngagementRequest, UpdateEngagementRequest,
 };
 
 super::resource_service!(

@@ -55,12 +55,18 @@ macro_rules! resource_service {
     ) => {
         #[tonic::async_trait]
         impl $service for $crate::api::Api {
-            async fn $get(&self, request: tonic::Request<$get_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+            async fn $get(
+                &self,
+                request: tonic::Request<$get_req>,
+            ) -> Result<tonic::Response<$resource>, tonic::Status> {
                 let request = request.into_inner();
                 Ok(tonic::Response::new(self.registry.get::<$resource>(&request.name).await?))
             }
 
-            async fn $list(&self, request: tonic::Request<$list_req>) -> Result<tonic::Response<$list_resp>, tonic::Status> {
+            async fn $list(
+                &self,
+                request: tonic::Request<$list_req>,
+            ) -> Result<tonic::Response<$list_resp>, tonic::Status> {
                 let request = request.into_inner();
                 let query = $crate::registry::ListQuery {
                     page_size: request.page_size,
@@ -71,7 +77,10 @@ macro_rules! resource_service {
                 Ok(tonic::Response::new($list_resp { $items: page.items, next_page_token: page.next_page_token }))
             }
 
-            async fn $create(&self, request: tonic::Request<$create_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+            async fn $create(
+                &self,
+                request: tonic::Request<$create_req>,
+            ) -> Result<tonic::Response<$resource>, tonic::Status> {
                 let request = request.into_inner();
                 let mutation = $crate::api::mutation(stringify!($create), &request, &request.request_id);
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
@@ -79,7 +88,10 @@ macro_rules! resource_service {
                 Ok(tonic::Response::new(created))
             }
 
-            async fn $update(&self, request: tonic::Request<$update_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+            async fn $update(
+                &self,
+                request: tonic::Request<$update_req>,
+            ) -> Result<tonic::Response<$resource>, tonic::Status> {
                 let request = request.into_inner();
                 let mutation = $crate::api::mutation(stringify!($update), &request, &request.request_id);
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
@@ -89,14 +101,20 @@ macro_rules! resource_service {
                 Ok(tonic::Response::new(updated))
             }
 
-            async fn $delete(&self, request: tonic::Request<$delete_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+            async fn $delete(
+                &self,
+                request: tonic::Request<$delete_req>,
+            ) -> Result<tonic::Response<$resource>, tonic::Status> {
                 let request = request.into_inner();
                 let mutation = $crate::api::mutation(stringify!($delete), &request, &request.request_id);
                 let deleted = self.registry.delete::<$resource>(&request.name, &request.etag, &mutation).await?;
                 Ok(tonic::Response::new(deleted))
             }
 
-            async fn $undelete(&self, request: tonic::Request<$undelete_req>) -> Result<tonic::Response<$resource>, tonic::Status> {
+            async fn $undelete(
+                &self,
+                request: tonic::Request<$undelete_req>,
+            ) -> Result<tonic::Response<$resource>, tonic::Status> {
                 let request = request.into_inner();
                 let mutation = $crate::api::mutation(stringify!($undelete), &request, &request.request_id);
                 let restored = self.registry.undelete::<$resource>(&request.name, &request.etag, &mutation).await?;

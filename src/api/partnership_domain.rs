@@ -3,7 +3,8 @@
 use crate::pb::cooperation::v1::PartnershipDomain;
 use crate::pb::cooperation::v1::partnership_domain_service_server::PartnershipDomainService;
 use crate::pb::cooperation::v1::{
-    CreatePartnershipDomainRequest, DeletePartnershipDomainRequest, GetPartnershipDomainRequest, ListPartnershipDomainsRequest, ListPartnershipDomainsResponse, UndeletePartnershipDomainRequest,
+    CreatePartnershipDomainRequest, DeletePartnershipDomainRequest, GetPartnershipDomainRequest,
+    ListPartnershipDomainsRequest, ListPartnershipDomainsResponse, UndeletePartnershipDomainRequest,
     UpdatePartnershipDomainRequest,
 };
 

@@ -3,8 +3,8 @@
 use crate::pb::cooperation::v1::Party;
 use crate::pb::cooperation::v1::party_service_server::PartyService;
 use crate::pb::cooperation::v1::{
-    CreatePartyRequest, DeletePartyRequest, GetPartyRequest, ListPartiesRequest, ListPartiesResponse, UndeletePartyRequest,
-    UpdatePartyRequest,
+    CreatePartyRequest, DeletePartyRequest, GetPartyRequest, ListPartiesRequest, ListPartiesResponse,
+    UndeletePartyRequest, UpdatePartyRequest,
 };
 
 super::resource_service!(

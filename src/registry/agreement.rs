@@ -41,15 +41,30 @@ impl Rules for Agreement {
         }
 
         let signed = self.signature_date.as_ref();
-        check_order(signed, self.provisional_application_date.as_ref(), "provisional_application_date", "signature_date", violations);
+        check_order(
+            signed,
+            self.provisional_application_date.as_ref(),
+            "provisional_application_date",
+            "signature_date",
+            violations,
+        );
         check_order(signed, self.entry_into_force_date.as_ref(), "entry_into_force_date", "signature_date", violations);
         if let Some(end) = &self.end {
             check_order(signed, end.date.as_ref(), "end.date", "signature_date", violations);
-            check_order(self.entry_into_force_date.as_ref(), end.date.as_ref(), "end.date", "entry_into_force_date", violations);
+            check_order(
+                self.entry_into_force_date.as_ref(),
+                end.date.as_ref(),
+                "end.date",
+                "entry_into_force_date",
+                violations,
+            );
         }
         if let Some(term) = &self.term {
             if term.months > 11 {
-                violations.add("term.months", format!("must be from 0 to 11; put whole years in term.years (got {})", term.months));
+                violations.add(
+                    "term.months",
+                    format!("must be from 0 to 11; put whole years in term.years (got {})", term.months),
+                );
             }
             if term.years == 0 && term.months == 0 {
                 violations.add("term", "a term needs years or months; leave term unset when there is no fixed term");
@@ -139,7 +154,11 @@ mod tests {
         let mut a = ten_year_agreement();
         a.term.as_mut().unwrap().renewal = agreement::term::Renewal::Automatic as i32;
         assert_eq!(status_as_of(&a, &d(2040, 1, 1)), Status::InForce);
-        a.end = Some(agreement::End { date: Some(d(2041, 0, 0)), reason: agreement::end::Reason::Superseded as i32, ..Default::default() });
+        a.end = Some(agreement::End {
+            date: Some(d(2041, 0, 0)),
+            reason: agreement::end::Reason::Superseded as i32,
+            ..Default::default()
+        });
         assert_eq!(status_as_of(&a, &d(2040, 12, 31)), Status::InForce);
         assert_eq!(status_as_of(&a, &d(2041, 1, 1)), Status::Superseded);
         a.end.as_mut().unwrap().reason = agreement::end::Reason::Withdrawal as i32;

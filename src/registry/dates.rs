@@ -45,10 +45,8 @@ pub fn days_in_month(year: i32, month: u32) -> u32 {
 
 /// Today in UTC.
 pub fn today() -> Date {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
     Date { year, month: month as i32, day: day as i32 }
 }
@@ -57,7 +55,10 @@ pub fn today() -> Date {
 /// optionally a day that exists in that month.
 pub fn check(date: &Date, field: &str, violations: &mut Violations) {
     if !(1..=9999).contains(&date.year) {
-        violations.add(field, format!("year must be from 1 to 9999 (got {}); a date without a year is not accepted", date.year));
+        violations.add(
+            field,
+            format!("year must be from 1 to 9999 (got {}); a date without a year is not accepted", date.year),
+        );
         return;
     }
     if !(0..=12).contains(&date.month) {

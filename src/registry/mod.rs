@@ -280,7 +280,13 @@ impl Registry {
         .await
     }
 
-    pub async fn update<R: Resource>(&self, resource: R, mask_paths: &[String], etag: &str, mutation: &Mutation) -> Result<R> {
+    pub async fn update<R: Resource>(
+        &self,
+        resource: R,
+        mask_paths: &[String],
+        etag: &str,
+        mutation: &Mutation,
+    ) -> Result<R> {
         let kind = R::KIND;
         let name = resource.name().to_string();
         Self::check_name::<R>(&name, &format!("{}.name", kind.singular))?;
@@ -384,7 +390,11 @@ impl Registry {
                     message: format!("{name} cannot be restored while records it refers to are missing: {listed}"),
                     violations: violations
                         .into_iter()
-                        .map(|v| PreconditionViolation { kind: "REFERENCE_MISSING".into(), subject: v.field, description: v.description })
+                        .map(|v| PreconditionViolation {
+                            kind: "REFERENCE_MISSING".into(),
+                            subject: v.field,
+                            description: v.description,
+                        })
                         .collect(),
                 });
             }
@@ -453,7 +463,10 @@ impl Registry {
         if first.method != mutation.method || first.fingerprint != mutation.fingerprint {
             return Err(Error::invalid(
                 "request_id",
-                format!("was already used for a different request ({} on {}); use a new UUID for a new request", first.method, first.name),
+                format!(
+                    "was already used for a different request ({} on {}); use a new UUID for a new request",
+                    first.method, first.name
+                ),
             ));
         }
         self.store.wait_durable(entry.mod_revision).await?;
@@ -469,7 +482,10 @@ impl Registry {
                 self.present(&mut record, entry.mod_revision);
                 Ok(Some(record))
             }
-            None => Err(Error::internal(format!("the change log lost revision {} of request {}", entry.mod_revision, mutation.request_id))),
+            None => Err(Error::internal(format!(
+                "the change log lost revision {} of request {}",
+                entry.mod_revision, mutation.request_id
+            ))),
         }
     }
 
@@ -487,7 +503,12 @@ impl Registry {
 
     /// Adds a violation for every reference to a missing or deleted record, and
     /// a condition that each live one is unchanged at commit.
-    fn check_targets(&self, references: &[Reference], violations: &mut Violations, conditions: &mut Vec<Condition>) -> Result<()> {
+    fn check_targets(
+        &self,
+        references: &[Reference],
+        violations: &mut Violations,
+        conditions: &mut Vec<Condition>,
+    ) -> Result<()> {
         let mut checked = BTreeSet::new();
         for reference in references {
             let key = record_key(&reference.name);
@@ -542,4 +563,3 @@ fn reference_ops(source: &str, before: &BTreeSet<String>, after: &BTreeSet<Strin
     let added = after.difference(before).map(|t| Op::Put { key: reference_key(t, source), value: Vec::new() });
     removed.chain(added).collect()
 }
-

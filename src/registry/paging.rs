@@ -38,7 +38,10 @@ pub fn decode(token: &str, query: u64) -> Result<Option<String>, String> {
         return Err("is not a page token this server issued".into());
     }
     if bytes[1..9] != query.to_be_bytes() {
-        return Err("was issued for a different query; send the same fields, page_size aside, as the call that returned it".into());
+        return Err(
+            "was issued for a different query; send the same fields, page_size aside, as the call that returned it"
+                .into(),
+        );
     }
     String::from_utf8(bytes[9..].to_vec()).map(Some).map_err(|_| "is not a page token this server issued".into())
 }

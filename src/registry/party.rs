@@ -43,7 +43,13 @@ impl Rules for Party {
         if !self.parent.is_empty() && self.parent == self.name {
             violations.add("parent", "a party cannot be its own parent");
         }
-        check_order(self.founding_date.as_ref(), self.dissolution_date.as_ref(), "dissolution_date", "founding_date", violations);
+        check_order(
+            self.founding_date.as_ref(),
+            self.dissolution_date.as_ref(),
+            "dissolution_date",
+            "founding_date",
+            violations,
+        );
     }
 }
 

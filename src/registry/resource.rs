@@ -196,7 +196,11 @@ pub fn check_format(format: i32, parties: &[&str], field: &str, violations: &mut
     if !fits {
         violations.add(
             field,
-            format!("{} does not fit {count} distinct parties (that is {})", given.as_str_name(), implied.as_str_name()),
+            format!(
+                "{} does not fit {count} distinct parties (that is {})",
+                given.as_str_name(),
+                implied.as_str_name()
+            ),
         );
     }
 }
@@ -219,7 +223,13 @@ pub fn check_among(names: &[(String, &str)], allowed: &[String], what: &str, vio
 }
 
 /// Checks that `end` is not before `start`, comparing the periods they name.
-pub fn check_order(start: Option<&Date>, end: Option<&Date>, end_field: &str, start_field: &str, violations: &mut Violations) {
+pub fn check_order(
+    start: Option<&Date>,
+    end: Option<&Date>,
+    end_field: &str,
+    start_field: &str,
+    violations: &mut Violations,
+) {
     if let (Some(s), Some(e)) = (start, end) {
         if crate::registry::dates::last_day(e) < crate::registry::dates::first_day(s) {
             violations.add(

@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind as FieldKind, MapKey, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind as FieldKind, MapKey, MessageDescriptor, ReflectMessage, Value,
+};
 
 use crate::error::{Violations, join_path};
 use crate::pb::DESCRIPTOR_POOL;
@@ -135,7 +137,8 @@ fn walk(message: &DynamicMessage, path: &str, violations: &mut Violations, refer
         match &*message.get_field(field) {
             Value::List(items) => {
                 if items.len() > MAX_REPEATED {
-                    violations.add(&field_path, format!("has {} items; at most {MAX_REPEATED} are allowed", items.len()));
+                    violations
+                        .add(&field_path, format!("has {} items; at most {MAX_REPEATED} are allowed", items.len()));
                     continue;
                 }
                 let mut seen = std::collections::HashSet::new();
@@ -157,7 +160,13 @@ fn walk(message: &DynamicMessage, path: &str, violations: &mut Violations, refer
     }
 }
 
-fn check_value(plan: &FieldPlan, value: &Value, path: &str, violations: &mut Violations, references: &mut Vec<Reference>) {
+fn check_value(
+    plan: &FieldPlan,
+    value: &Value,
+    path: &str,
+    violations: &mut Violations,
+    references: &mut Vec<Reference>,
+) {
     match value {
         Value::String(text) => {
             if text.len() > MAX_STRING_BYTES {
@@ -199,7 +208,8 @@ fn check_labels(map: &HashMap<MapKey, Value>, path: &str, violations: &mut Viola
     for (key, value) in keys {
         let key = key.as_str().unwrap_or_default();
         let value = value.as_str().unwrap_or_default();
-        let key_ok = key.len() <= 63 && key.starts_with(|c: char| c.is_ascii_lowercase()) && key.chars().all(label_char);
+        let key_ok =
+            key.len() <= 63 && key.starts_with(|c: char| c.is_ascii_lowercase()) && key.chars().all(label_char);
         if !key_ok {
             violations.add(format!("{path}[{key:?}]"), "label keys must match [a-z][a-z0-9_-]{0,62}");
         }
@@ -220,7 +230,9 @@ mod tests {
     fn fields(v: Violations) -> Vec<String> {
         match v.into_result() {
             Ok(()) => Vec::new(),
-            Err(crate::error::Error::InvalidArgument { violations }) => violations.into_iter().map(|v| v.field).collect(),
+            Err(crate::error::Error::InvalidArgument { violations }) => {
+                violations.into_iter().map(|v| v.field).collect()
+            }
             Err(other) => panic!("{other:?}"),
         }
     }

@@ -32,7 +32,10 @@ async fn suite(store: Arc<dyn Store>) {
 
     // A failed condition writes nothing: no key, no revision, no change entry.
     let stale = Condition::ModRevision { key: b"a/1".to_vec(), equals: 7 };
-    assert_eq!(commit(&*store, txn(vec![put("a/1", "lost"), put("a/3", "lost")], vec![stale])).await, Outcome::ConditionFailed);
+    assert_eq!(
+        commit(&*store, txn(vec![put("a/1", "lost"), put("a/3", "lost")], vec![stale])).await,
+        Outcome::ConditionFailed
+    );
     assert_eq!(store.get(b"a/1").unwrap().unwrap().value, b"one");
     assert_eq!(store.get(b"a/3").unwrap(), None);
     assert_eq!(store.revision(), 1);
@@ -40,7 +43,10 @@ async fn suite(store: Arc<dyn Store>) {
 
     // Absent keys have revision 0: create-if-absent.
     let absent = Condition::ModRevision { key: b"a/3".to_vec(), equals: 0 };
-    assert_eq!(commit(&*store, txn(vec![put("a/3", "three")], vec![absent.clone()])).await, Outcome::Committed { revision: 2 });
+    assert_eq!(
+        commit(&*store, txn(vec![put("a/3", "three")], vec![absent.clone()])).await,
+        Outcome::Committed { revision: 2 }
+    );
     assert_eq!(commit(&*store, txn(vec![put("a/3", "again")], vec![absent])).await, Outcome::ConditionFailed);
 
     // NoneWrittenAfter sees additions under the prefix.
@@ -50,13 +56,17 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(commit(&*store, txn(vec![put("c/1", "x")], vec![quiet])).await, Outcome::Committed { revision: 3 });
 
     // Scans stay in their prefix, start where asked, stop at the limit.
-    let keys = |v: Vec<(Vec<u8>, super::Entry)>| v.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>();
+    let keys =
+        |v: Vec<(Vec<u8>, super::Entry)>| v.into_iter().map(|(k, _)| String::from_utf8(k).unwrap()).collect::<Vec<_>>();
     assert_eq!(keys(store.scan(b"a/", b"", 10).unwrap()), ["a/1", "a/2", "a/3"]);
     assert_eq!(keys(store.scan(b"a/", &super::key_after(b"a/1"), 1).unwrap()), ["a/2"]);
     assert_eq!(keys(store.scan(b"b/", b"", 10).unwrap()), ["b/1"]);
 
     // Deletes.
-    assert_eq!(commit(&*store, txn(vec![Op::Delete { key: b"a/2".to_vec() }], vec![])).await, Outcome::Committed { revision: 4 });
+    assert_eq!(
+        commit(&*store, txn(vec![Op::Delete { key: b"a/2".to_vec() }], vec![])).await,
+        Outcome::Committed { revision: 4 }
+    );
     assert_eq!(store.get(b"a/2").unwrap(), None);
     assert_eq!(store.changes(3, 10).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), [3, 4]);
 

@@ -18,9 +18,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{oneshot, watch};
 
-use super::{
-    BoxFuture, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn,
-};
+use super::{BoxFuture, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
 
 /// Written in the meta keys; a data dir without them, or with other values, is refused.
 const FORMAT: &[u8] = b"cooperation-registry/sled";
@@ -82,15 +80,17 @@ impl SledStore {
             .map_err(|e| open_error(dir, e))?;
         check_or_init_format(&tree, dir)?;
         let revision = match tree.get(META_REVISION).map_err(storage)? {
-            Some(bytes) => decode_u64(&bytes)
-                .ok_or_else(|| StoreError::Incompatible("the revision counter is corrupt".into()))?,
+            Some(bytes) => {
+                decode_u64(&bytes).ok_or_else(|| StoreError::Incompatible("the revision counter is corrupt".into()))?
+            }
             None => 0,
         };
         let data_file = dir.join("db");
         let sync_file = match options.durability {
-            Durability::Fsync => Some(File::open(&data_file).map_err(|e| {
-                StoreError::Storage(format!("cannot open {} for fsync: {e}", data_file.display()))
-            })?),
+            Durability::Fsync => Some(
+                File::open(&data_file)
+                    .map_err(|e| StoreError::Storage(format!("cannot open {} for fsync: {e}", data_file.display())))?,
+            ),
             _ => None,
         };
         let applied = Arc::new(AtomicU64::new(revision));
@@ -110,13 +110,7 @@ impl SledStore {
             .name("store-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
-        Ok(SledStore {
-            tree,
-            applied,
-            durable,
-            sender: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(handle)),
-        })
+        Ok(SledStore { tree, applied, durable, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)) })
     }
 
     /// Bytes the engine uses on disk.
@@ -138,10 +132,7 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
     if text.contains("lock") {
         StoreError::Locked(format!("{}: {text}", dir.display()))
     } else if matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_)) {
-        StoreError::Incompatible(format!(
-            "{} is not a readable sled database: {text}",
-            dir.display()
-        ))
+        StoreError::Incompatible(format!("{} is not a readable sled database: {text}", dir.display()))
     } else {
         StoreError::Storage(format!("cannot open {}: {text}", dir.display()))
     }
@@ -151,7 +142,8 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 /// it rather than scatter database files among them.
 fn refuse_foreign_dir(dir: &Path) -> StoreResult<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
-    let names: Vec<String> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     if !names.is_empty() && !names.iter().any(|n| n == "conf" || n == "db") {
         return Err(StoreError::Incompatible(format!(
             "{} holds other files ({}) and no registry database; not a cooperation-registry data dir",
@@ -258,9 +250,7 @@ impl Store for SledStore {
 
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
         let mut durable = self.durable.clone();
-        Box::pin(async move {
-            durable.wait_for(|d| *d >= revision).await.map(|_| ()).map_err(|_| StoreError::Closed)
-        })
+        Box::pin(async move { durable.wait_for(|d| *d >= revision).await.map(|_| ()).map_err(|_| StoreError::Closed) })
     }
 
     fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>> {
@@ -360,7 +350,9 @@ impl Writer {
         let mut wrote = false;
         for pending in group {
             let result = match &self.failed {
-                Some(reason) => Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}"))),
+                Some(reason) => {
+                    Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
+                }
                 None => self.apply(&pending.txn),
             };
             if matches!(result, Ok(Outcome::Committed { .. })) {
@@ -404,7 +396,7 @@ impl Writer {
                 Op::Delete { key } => batch.remove(user_key(key)),
             }
         }
-        batch.insert(&META_REVISION[..], &header[..]);
+        batch.insert(META_REVISION, &header[..]);
         batch.insert(&change_key(revision)[..], txn.change.as_slice());
         if let Err(e) = self.tree.apply_batch(batch) {
             let error = storage(e);

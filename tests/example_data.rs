@@ -1,0 +1,124 @@
+//! The example dataset captures every fact of the seed article as structured
+//! records, and loads through the import path.
+
+mod common;
+
+use common::*;
+use cooperation_registry::import::{ImportReport, import, parse_dataset};
+use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
+
+const DATASET: &str = include_str!("../examples/india-japan-2020.json");
+
+#[tokio::test]
+async fn the_seed_article_is_stored_as_structured_records() {
+    let server = TestServer::start().await;
+    let dataset = parse_dataset(DATASET).expect("the example parses");
+    let report = import(server.channel.clone(), dataset.clone(), false).await.expect("the example imports");
+    assert_eq!(report, ImportReport { created: 19, skipped: 0, linked: 2 });
+    // A second import with skip_existing changes nothing; without it, it stops.
+    let again = import(server.channel.clone(), dataset.clone(), true).await.unwrap();
+    assert_eq!(again, ImportReport { created: 0, skipped: 19, linked: 0 });
+    let err = import(server.channel.clone(), dataset, false).await.unwrap_err();
+    assert!(err.contains("already exists") && err.contains("--skip-existing"), "{err}");
+
+    let get = |name: &str| v1::GetAgreementRequest { name: name.into() };
+    let rpss = server.agreements().get_agreement(get("agreements/india-japan-rpss-2020")).await.unwrap().into_inner();
+    // Signed 10 September 2020 by the Union Defence Secretary and Japan's ambassador.
+    assert_eq!(rpss.signature_date, date(2020, 9, 10));
+    let signatories: Vec<_> =
+        rpss.signatories.iter().map(|s| (s.person.as_str(), s.post.as_str(), s.party.as_str())).collect();
+    assert_eq!(
+        signatories,
+        [
+            ("Ajay Kumar", "Union Defence Secretary", "parties/ind"),
+            ("Suzuki Satoshi", "Ambassador of Japan to India", "parties/jpn")
+        ]
+    );
+    assert_eq!(rpss.parties, ["parties/ind", "parties/jpn"]);
+    assert_eq!(rpss.format(), v1::Format::Bilateral);
+    // For a span of ten years.
+    assert_eq!(rpss.term.as_ref().map(|t| (t.years, t.months)), Some((10, 0)));
+    // Bases for re-stocking and repair; humanitarian, disaster, UN peacekeeping;
+    // medical, transport and communication aid on a reciprocal basis; training.
+    let categories: Vec<_> = rpss.provisions.iter().map(|p| (p.category(), p.reciprocal)).collect();
+    use agreement::ProvisionCategory as C;
+    for expected in [
+        (C::BasingAccess, true),
+        (C::Logistics, true),
+        (C::Training, false),
+        (C::HumanitarianAssistance, true),
+        (C::DisasterRelief, true),
+        (C::Peacekeeping, true),
+        (C::Medical, true),
+        (C::Transport, true),
+        (C::Communications, true),
+    ] {
+        assert!(categories.contains(&expected), "{expected:?} missing");
+    }
+    // Signed, not (per the article) in force.
+    assert_eq!(rpss.status(), agreement::Status::Signed);
+    assert_eq!(rpss.partnership_domains, ["partnershipDomains/india-japan-defence"]);
+
+    // The CEPA, in place since August 2011: a year-month date kept as given.
+    let cepa = server.agreements().get_agreement(get("agreements/india-japan-cepa-2011")).await.unwrap().into_inner();
+    assert_eq!((cepa.short_name.as_str(), cepa.entry_into_force_date), ("CEPA", date(2011, 8, 0)));
+    assert_eq!(cepa.status(), agreement::Status::InForce);
+
+    // The first 2+2 meeting, held in 2019.
+    let two_plus_two = server
+        .engagements()
+        .get_engagement(v1::GetEngagementRequest { name: "engagements/india-japan-2plus2-2019".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (two_plus_two.kind(), two_plus_two.start_date),
+        (engagement::Kind::MinisterialDialogue, date(2019, 0, 0))
+    );
+    // The Act East policy, initiated by India towards ASEAN.
+    let act_east = server
+        .engagements()
+        .get_engagement(v1::GetEngagementRequest { name: "engagements/india-act-east-policy".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(act_east.kind(), engagement::Kind::PolicyInitiative);
+    assert_eq!(act_east.participants[0].role(), engagement::Role::Initiator);
+    let asean =
+        server.parties().get_party(v1::GetPartyRequest { name: "parties/asean".into() }).await.unwrap().into_inner();
+    assert_eq!((asean.kind(), asean.members.len()), (party::Kind::RegionalGrouping, 10));
+
+    // The partnership domains, with the trilateral idea as an emerging one, and
+    // the forward references from domains to agreements set after import.
+    let domains = server
+        .domains()
+        .list_partnership_domains(v1::ListPartnershipDomainsRequest { page_size: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .partnership_domains;
+    let category_of = |id: &str| {
+        domains.iter().find(|d| d.name == format!("partnershipDomains/{id}")).map(|d| (d.category(), d.status()))
+    };
+    use partnership_domain::{Category, Status};
+    assert_eq!(category_of("india-japan-infrastructure"), Some((Category::Infrastructure, Status::Active)));
+    assert_eq!(category_of("india-japan-civil-nuclear"), Some((Category::CivilNuclear, Status::Active)));
+    assert_eq!(category_of("india-japan-culture"), Some((Category::Culture, Status::Active)));
+    assert_eq!(category_of("india-japan-economic"), Some((Category::EconomicAndTrade, Status::Active)));
+    assert_eq!(category_of("india-japan-defence"), Some((Category::Defence, Status::Active)));
+    assert_eq!(category_of("india-japan-healthcare"), Some((Category::Healthcare, Status::Emerging)));
+    assert_eq!(category_of("india-asean-maritime-security"), Some((Category::MaritimeSecurity, Status::Active)));
+    let trilateral = domains.iter().find(|d| d.name == "partnershipDomains/india-asean-japan-trilateral").unwrap();
+    assert_eq!((trilateral.format(), trilateral.status()), (v1::Format::Trilateral, Status::Emerging));
+    let defence = domains.iter().find(|d| d.name == "partnershipDomains/india-japan-defence").unwrap();
+    assert_eq!(defence.agreements, ["agreements/india-japan-rpss-2020"]);
+    server.stop().await;
+}
+
+#[test]
+fn a_malformed_dataset_is_refused_with_its_position() {
+    let err = parse_dataset(r#"{"agreements": [{"title": 5}]}"#).unwrap_err();
+    assert!(err.contains("cooperation.v1.Dataset"), "{err}");
+    let err = parse_dataset(r#"{"parties": []} trailing"#).unwrap_err();
+    assert!(err.contains("trailing"), "{err}");
+}

@@ -1,0 +1,142 @@
+//! Server plumbing: reflection v1 and v1alpha, health and its NOT_SERVING on
+//! shutdown, compression, message size limits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
+use cooperation_registry::pb::cooperation::v1::{self as v1};
+use cooperation_registry::server::ServerOptions;
+use prost::Message;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::codec::CompressionEncoding;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::{v1 as reflection_v1, v1alpha as reflection_v1alpha};
+
+#[tokio::test]
+async fn reflection_v1alpha_and_v1_describe_our_services_with_comments() {
+    let server = TestServer::start().await;
+    use reflection_v1alpha::server_reflection_client::ServerReflectionClient;
+    use reflection_v1alpha::server_reflection_request::MessageRequest;
+    use reflection_v1alpha::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(server.channel.clone());
+    let ask = |message: MessageRequest| reflection_v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    };
+    let requests = tokio_stream::iter(vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol("cooperation.v1.Agreement".into())),
+        ask(MessageRequest::FileContainingSymbol("google.rpc.BadRequest".into())),
+        ask(MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into())),
+    ]);
+    let mut responses = client.server_reflection_info(requests).await.unwrap().into_inner();
+
+    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!()
+    };
+    let services: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in [
+        "cooperation.v1.AgreementService",
+        "cooperation.v1.PartyService",
+        "cooperation.v1.PartnershipDomainService",
+        "cooperation.v1.EngagementService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&expected.to_string()), "{expected} not in {services:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!()
+    };
+    let agreement_file = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).unwrap())
+        .find(|f| f.name() == "cooperation/v1/agreement.proto")
+        .expect("agreement.proto served");
+    let comments = agreement_file.source_code_info.expect("comments are kept");
+    assert!(comments.location.iter().any(|l| l.leading_comments().contains("derived on every read")));
+    for _ in 0..2 {
+        let answer = responses.next().await.unwrap().unwrap().message_response;
+        assert!(matches!(answer, Some(MessageResponse::FileDescriptorResponse(_))), "{answer:?}");
+    }
+
+    // The v1 service answers too.
+    use reflection_v1::server_reflection_client::ServerReflectionClient as V1Client;
+    let mut v1_client = V1Client::new(server.channel.clone());
+    let request = reflection_v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(reflection_v1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = v1_client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    assert!(responses.next().await.unwrap().is_ok());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_serves_and_turns_not_serving_on_shutdown() {
+    let server = TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        ServerOptions { shutdown_timeout: Duration::from_millis(500), ..Default::default() },
+    )
+    .await;
+    let mut health = HealthClient::new(server.channel.clone());
+    for service in ["", "cooperation.v1.AgreementService", "cooperation.v1.PartyService"] {
+        let status = health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest { service: "cooperation.v1.AgreementService".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
+    // The watch stream is a call in flight: shutdown waits for it until the timeout.
+    let stopping = tokio::spawn(server.stop());
+    let next =
+        tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("an update before the drain ends");
+    assert_eq!(next.unwrap().unwrap().status(), ServingStatus::NotServing);
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_are_accepted_and_offered() {
+    let server = TestServer::start().await;
+    for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let mut client =
+            AgreementServiceClient::new(server.channel.clone()).send_compressed(encoding).accept_compressed(encoding);
+        let id = format!("compressed-{}", if encoding == CompressionEncoding::Gzip { "gzip" } else { "zstd" });
+        let created =
+            client.create_agreement(create_agreement(&id, agreement(&"long title ".repeat(200)))).await.unwrap();
+        assert_eq!(created.into_inner().name, format!("agreements/{id}"));
+        let list = client.list_agreements(v1::ListAgreementsRequest::default()).await.unwrap();
+        assert!(!list.into_inner().agreements.is_empty());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_requests_are_refused_and_change_nothing() {
+    let server = TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        ServerOptions { max_request_bytes: 4096, ..Default::default() },
+    )
+    .await;
+    let mut client = server.agreements();
+    let mut big = agreement("big");
+    big.description = "x".repeat(8000);
+    let err = client.create_agreement(create_agreement("big", big)).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("limit"), "{}", err.message());
+    assert_eq!(count_agreements(&server, true).await, 0);
+    client.create_agreement(create_agreement("small", agreement("small"))).await.unwrap();
+    server.stop().await;
+}
