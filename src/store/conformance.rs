@@ -93,6 +93,25 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(store.revision(), 404);
     store.wait_durable(404).await.unwrap();
 
+    // Racing create-if-absent on one key: exactly one wins, also when the
+    // racers are committed in one group.
+    let mut racers = Vec::new();
+    for r in 0..16 {
+        let store = store.clone();
+        racers.push(tokio::spawn(async move {
+            let absent = Condition::ModRevision { key: b"race".to_vec(), equals: 0 };
+            store.commit(txn(vec![put("race", &format!("{r}"))], vec![absent])).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for r in racers {
+        if matches!(r.await.unwrap(), Outcome::Committed { .. }) {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(store.revision(), 405);
+
     store.close().unwrap();
     assert_eq!(store.commit(txn(vec![put("z", "z")], vec![])).await, Err(StoreError::Closed));
 }

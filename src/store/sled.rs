@@ -6,9 +6,12 @@
 //! A value is the 8-byte big-endian revision that wrote it, then the user bytes.
 //!
 //! Writes go through one writer thread that applies transactions in order and
-//! group-commits: it applies every transaction waiting, flushes once (sled's
-//! `flush_async` deadlocks under concurrent awaiting writers, sled #1308) and then
-//! acknowledges them all.
+//! group-commits: it takes every transaction waiting, checks each one's
+//! conditions against the tree and the transactions before it in the group,
+//! applies the group as one sled batch, flushes once (sled's `flush_async`
+//! deadlocks under concurrent awaiting writers, sled #1308) and then
+//! acknowledges them all. A transaction whose conditions fail writes nothing and
+//! does not disturb the rest of its group.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -301,6 +304,16 @@ impl Drop for SledStore {
     }
 }
 
+/// The writes of one group, not yet in the tree.
+#[derive(Default)]
+struct Group {
+    batch: sled::Batch,
+    /// Revision of each key the group wrote; `None` for a key it removed.
+    written: std::collections::BTreeMap<Vec<u8>, Option<u64>>,
+    /// The revision of the group's last transaction (0 before the first).
+    revision: u64,
+}
+
 /// The single writer: applies transactions in arrival order and acknowledges them
 /// after one flush per group.
 struct Writer {
@@ -342,29 +355,35 @@ impl Writer {
         let _ = self.flush(Durability::Fsync);
     }
 
-    fn commit_group(&mut self, group: Vec<Pending>) {
-        if group.is_empty() {
+    /// Applies a group of transactions as one sled batch (each transaction's
+    /// conditions see the ones before it through `group`), flushes once, then
+    /// answers them all.
+    fn commit_group(&mut self, pending: Vec<Pending>) {
+        if pending.is_empty() {
             return;
         }
-        let mut answers = Vec::with_capacity(group.len());
-        let mut wrote = false;
-        for pending in group {
+        let mut group = Group::default();
+        let mut answers = Vec::with_capacity(pending.len());
+        for p in pending {
             let result = match &self.failed {
-                Some(reason) => {
-                    Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
-                }
-                None => self.apply(&pending.txn),
+                Some(reason) => Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}"))),
+                None => self.stage(&p.txn, &mut group),
             };
-            if matches!(result, Ok(Outcome::Committed { .. })) {
-                wrote = true;
-            }
-            answers.push((pending.reply, result));
+            answers.push((p.reply, result));
         }
-        if wrote && let Err(e) = self.flush(self.durability) {
-            self.failed = Some(e.to_string());
-            for (_, result) in answers.iter_mut() {
-                if matches!(result, Ok(Outcome::Committed { .. })) {
-                    *result = Err(e.clone());
+        if group.revision > self.revision {
+            group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
+            let written = self.tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
+                self.revision = group.revision;
+                self.applied.store(group.revision, Ordering::Release);
+                self.flush(self.durability)
+            });
+            if let Err(e) = written {
+                self.failed = Some(e.to_string());
+                for (_, result) in answers.iter_mut() {
+                    if matches!(result, Ok(Outcome::Committed { .. })) {
+                        *result = Err(e.clone());
+                    }
                 }
             }
         }
@@ -376,50 +395,63 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, txn: &Txn) -> StoreResult<Outcome> {
+    /// Checks a transaction's conditions against the tree and the group so far,
+    /// and adds its writes and change-log entry to the group's batch.
+    fn stage(&self, txn: &Txn, group: &mut Group) -> StoreResult<Outcome> {
         for condition in &txn.conditions {
-            if !self.holds(condition)? {
+            if !self.holds(condition, group)? {
                 return Ok(Outcome::ConditionFailed);
             }
         }
-        let revision = self.revision + 1;
+        let revision = group.revision.max(self.revision) + 1;
         let header = revision.to_be_bytes();
-        let mut batch = sled::Batch::default();
         for op in &txn.ops {
             match op {
                 Op::Put { key, value } => {
                     let mut stored = Vec::with_capacity(8 + value.len());
                     stored.extend_from_slice(&header);
                     stored.extend_from_slice(value);
-                    batch.insert(user_key(key), stored);
+                    group.batch.insert(user_key(key), stored);
+                    group.written.insert(key.clone(), Some(revision));
                 }
-                Op::Delete { key } => batch.remove(user_key(key)),
+                Op::Delete { key } => {
+                    group.batch.remove(user_key(key));
+                    group.written.insert(key.clone(), None);
+                }
             }
         }
-        batch.insert(META_REVISION, &header[..]);
-        batch.insert(&change_key(revision)[..], txn.change.as_slice());
-        if let Err(e) = self.tree.apply_batch(batch) {
-            let error = storage(e);
-            self.failed = Some(error.to_string());
-            return Err(error);
-        }
-        self.revision = revision;
-        self.applied.store(revision, Ordering::Release);
+        group.batch.insert(&change_key(revision)[..], txn.change.as_slice());
+        group.revision = revision;
         Ok(Outcome::Committed { revision })
     }
 
-    fn holds(&self, condition: &Condition) -> StoreResult<bool> {
+    fn holds(&self, condition: &Condition, group: &Group) -> StoreResult<bool> {
         match condition {
             Condition::ModRevision { key, equals } => {
-                let current = match self.tree.get(user_key(key)).map_err(storage)? {
-                    Some(raw) => decode_entry(&raw)?.mod_revision,
-                    None => 0,
+                let current = match group.written.get(key) {
+                    Some(written) => written.unwrap_or(0),
+                    None => match self.tree.get(user_key(key)).map_err(storage)? {
+                        Some(raw) => decode_entry(&raw)?.mod_revision,
+                        None => 0,
+                    },
                 };
                 Ok(current == *equals)
             }
             Condition::NoneWrittenAfter { prefix, revision } => {
+                let in_group = group
+                    .written
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .any(|(_, w)| w.is_some_and(|r| r > *revision));
+                if in_group {
+                    return Ok(false);
+                }
                 for item in self.tree.scan_prefix(user_key(prefix)) {
-                    let (_, raw) = item.map_err(storage)?;
+                    let (key, raw) = item.map_err(storage)?;
+                    // Keys the group rewrote or removed were judged above.
+                    if group.written.contains_key(&key[1..]) {
+                        continue;
+                    }
                     if decode_entry(&raw)?.mod_revision > *revision {
                         return Ok(false);
                     }
