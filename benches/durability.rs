@@ -26,7 +26,11 @@ async fn commits_per_second(durability: Durability, writers: usize, commits: usi
         tasks.push(tokio::spawn(async move {
             for i in 0..per_writer {
                 let key = format!("r/agreements/w{w}-{i}").into_bytes();
-                let txn = Txn { conditions: vec![], ops: vec![Op::Put { key, value: vec![7u8; 300] }], change: vec![1u8; 320] };
+                let txn = Txn {
+                    conditions: vec![],
+                    ops: vec![Op::Put { key, value: vec![7u8; 300] }],
+                    change: vec![1u8; 320],
+                };
                 store.commit(txn).await.unwrap();
             }
         }));

@@ -366,7 +366,9 @@ impl Writer {
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
             let result = match &self.failed {
-                Some(reason) => Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}"))),
+                Some(reason) => {
+                    Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
+                }
                 None => self.stage(&p.txn, &mut group),
             };
             answers.push((p.reply, result));
