@@ -611,3 +611,188 @@ async fn a_restart_keeps_every_record() {
     assert_eq!(parties.parties.len(), 249, "the states are not written twice");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn parties_domains_and_engagements_answer_all_six_methods() {
+    let server = TestServer::start().await;
+
+    let mut parties = server.parties();
+    let quad = v1::Party {
+        display_name: "Quadrilateral Security Dialogue".into(),
+        kind: party::Kind::RegionalGrouping as i32,
+        other_names: vec!["Quad".into()],
+        members: ["ind", "jpn", "usa", "aus"]
+            .iter()
+            .map(|p| party::Membership {
+                party: format!("parties/{p}"),
+                start_date: date(2007, 0, 0),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let created = parties
+        .create_party(v1::CreatePartyRequest { party_id: "quad".into(), party: Some(quad), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        parties.get_party(v1::GetPartyRequest { name: "parties/quad".into() }).await.unwrap().into_inner(),
+        created
+    );
+    let patch = v1::Party {
+        name: "parties/quad".into(),
+        cameo_code: "QUD".into(),
+        etag: created.etag.clone(),
+        ..Default::default()
+    };
+    let updated = parties
+        .update_party(v1::UpdatePartyRequest {
+            party: Some(patch),
+            update_mask: mask(&["cameo_code"]),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((updated.cameo_code.as_str(), updated.members.len()), ("QUD", 4));
+    let listed = parties
+        .list_parties(v1::ListPartiesRequest { page_size: 1000, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.parties.len(), 250);
+    parties.delete_party(v1::DeletePartyRequest { name: "parties/quad".into(), ..Default::default() }).await.unwrap();
+    parties
+        .undelete_party(v1::UndeletePartyRequest { name: "parties/quad".into(), ..Default::default() })
+        .await
+        .unwrap();
+    // Party rules: ISO codes only for states, members only for groupings.
+    let bad = v1::Party {
+        display_name: "x".into(),
+        kind: party::Kind::State as i32,
+        iso_alpha2: "ind".into(),
+        members: vec![party::Membership { party: "parties/jpn".into(), ..Default::default() }],
+        ..Default::default()
+    };
+    let err = parties
+        .create_party(v1::CreatePartyRequest { party_id: "x".into(), party: Some(bad), request_id: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["party.iso_alpha2", "party.members"]);
+
+    let mut domains = server.domains();
+    let domain = v1::PartnershipDomain {
+        title: "Quad maritime security".into(),
+        category: partnership_domain::Category::MaritimeSecurity as i32,
+        parties: vec!["parties/ind".into(), "parties/jpn".into(), "parties/usa".into(), "parties/aus".into()],
+        since_date: date(2017, 11, 0),
+        ..Default::default()
+    };
+    let created = domains
+        .create_partnership_domain(v1::CreatePartnershipDomainRequest {
+            partnership_domain_id: String::new(),
+            partnership_domain: Some(domain),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.name.starts_with("partnershipDomains/d"), "generated id: {}", created.name);
+    assert_eq!(created.format(), v1::Format::Multilateral);
+    let name = created.name.clone();
+    assert_eq!(
+        domains
+            .get_partnership_domain(v1::GetPartnershipDomainRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner(),
+        created
+    );
+    let patch = v1::PartnershipDomain {
+        name: name.clone(),
+        status: partnership_domain::Status::Dormant as i32,
+        ..Default::default()
+    };
+    let updated = domains
+        .update_partnership_domain(v1::UpdatePartnershipDomainRequest {
+            partnership_domain: Some(patch),
+            update_mask: mask(&["status"]),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.status(), partnership_domain::Status::Dormant);
+    let listed =
+        domains.list_partnership_domains(v1::ListPartnershipDomainsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.partnership_domains.len(), 1);
+    domains
+        .delete_partnership_domain(v1::DeletePartnershipDomainRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    domains
+        .undelete_partnership_domain(v1::UndeletePartnershipDomainRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+
+    let mut engagements = server.engagements();
+    let exercise = v1::Engagement {
+        title: "Malabar".into(),
+        kind: engagement::Kind::JointExercise as i32,
+        participants: ["ind", "jpn", "usa"]
+            .iter()
+            .map(|p| engagement::Participant { party: format!("parties/{p}"), ..Default::default() })
+            .collect(),
+        start_date: date(2020, 11, 3),
+        end_date: date(2020, 11, 6),
+        partnership_domains: vec![name.clone()],
+        ..Default::default()
+    };
+    let created = engagements
+        .create_engagement(v1::CreateEngagementRequest {
+            engagement_id: "malabar-2020".into(),
+            engagement: Some(exercise),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.format(), v1::Format::Trilateral);
+    let got = engagements
+        .get_engagement(v1::GetEngagementRequest { name: "engagements/malabar-2020".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, created);
+    let patch = v1::Engagement { name: got.name.clone(), end_date: date(2020, 11, 2), ..Default::default() };
+    let err = engagements
+        .update_engagement(v1::UpdateEngagementRequest {
+            engagement: Some(patch),
+            update_mask: mask(&["end_date"]),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["engagement.end_date"], "an end before the start");
+    let listed = engagements.list_engagements(v1::ListEngagementsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(listed.engagements, [got.clone()], "the rejected update changed nothing");
+    let err = domains
+        .delete_partnership_domain(v1::DeletePartnershipDomainRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("engagements/malabar-2020"), "{}", err.message());
+    engagements
+        .delete_engagement(v1::DeleteEngagementRequest {
+            name: got.name.clone(),
+            etag: got.etag.clone(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    engagements
+        .undelete_engagement(v1::UndeleteEngagementRequest { name: got.name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    server.stop().await;
+}

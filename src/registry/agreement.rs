@@ -19,9 +19,6 @@ impl Rules for Agreement {
         }
         let parties: Vec<&str> = self.parties.iter().map(String::as_str).collect();
         check_format(self.format, &parties, "format", violations);
-        if self.format == crate::pb::cooperation::v1::Format::Unilateral as i32 {
-            violations.add("format", "an agreement cannot be unilateral");
-        }
 
         let signatory_parties: Vec<(String, &str)> = self
             .signatories

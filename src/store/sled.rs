@@ -103,7 +103,7 @@ impl SledStore {
             tree: tree.clone(),
             revision,
             applied: applied.clone(),
-            durable: durable_tx,
+            durable: Some(durable_tx),
             durability: options.durability,
             sync_file,
             data_file,
@@ -320,7 +320,9 @@ struct Writer {
     tree: sled::Db,
     revision: u64,
     applied: Arc<AtomicU64>,
-    durable: watch::Sender<u64>,
+    /// Tells readers how far writes are durable; dropped after a failure, so a
+    /// reader waiting for a write that may be lost gets an error, not a hang.
+    durable: Option<watch::Sender<u64>>,
     durability: Durability,
     sync_file: Option<File>,
     data_file: PathBuf,
@@ -389,8 +391,11 @@ impl Writer {
                 }
             }
         }
-        if self.failed.is_none() {
-            self.durable.send_replace(self.revision);
+        match (&self.failed, &self.durable) {
+            (None, Some(durable)) => {
+                durable.send_replace(self.revision);
+            }
+            _ => self.durable = None,
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
