@@ -14,6 +14,7 @@
 pub mod agreement;
 pub mod dates;
 pub mod engagement;
+pub mod filter;
 pub mod mask;
 pub mod paging;
 pub mod partnership_domain;
