@@ -21,7 +21,7 @@ async fn the_seed_article_is_stored_as_structured_records() {
     let err = import(server.channel.clone(), dataset, false).await.unwrap_err();
     assert!(err.contains("already exists") && err.contains("--skip-existing"), "{err}");
 
-    let get = |name: &str| v1::GetAgreementRequest { name: name.into() };
+    let get = |name: &str| v1::GetAgreementRequest { name: name.into(), ..Default::default() };
     let rpss = server.agreements().get_agreement(get("agreements/india-japan-rpss-2020")).await.unwrap().into_inner();
     // Signed 10 September 2020 by the Union Defence Secretary and Japan's ambassador.
     assert_eq!(rpss.signature_date, date(2020, 9, 10));

@@ -126,7 +126,7 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
     let mut server = start(dir.path());
     let mut client = AgreementServiceClient::new(connect(server.addr).await);
     let rpss = client
-        .get_agreement(v1::GetAgreementRequest { name: "agreements/india-japan-rpss-2020".into() })
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/india-japan-rpss-2020".into(), ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -172,7 +172,7 @@ async fn sigkill_loses_nothing_acknowledged() {
         let mut server = start(dir.path());
         let mut client = AgreementServiceClient::new(connect(server.addr).await);
         for (name, title) in &acknowledged {
-            let got = client.get_agreement(v1::GetAgreementRequest { name: name.clone() }).await;
+            let got = client.get_agreement(v1::GetAgreementRequest { name: name.clone(), ..Default::default() }).await;
             let got = got.unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged {name} is lost: {e:?}"));
             assert_eq!(&got.into_inner().title, title);
         }

@@ -16,3 +16,15 @@ super::resource_service!(
     delete_agreement(DeleteAgreementRequest),
     undelete_agreement(UndeleteAgreementRequest),
 );
+
+impl super::AsOf for GetAgreementRequest {
+    fn as_of(&self) -> Option<&crate::pb::google::r#type::Date> {
+        self.as_of.as_ref()
+    }
+}
+
+impl super::AsOf for ListAgreementsRequest {
+    fn as_of(&self) -> Option<&crate::pb::google::r#type::Date> {
+        self.as_of.as_ref()
+    }
+}

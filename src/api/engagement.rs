@@ -16,3 +16,6 @@ super::resource_service!(
     delete_engagement(DeleteEngagementRequest),
     undelete_engagement(UndeleteEngagementRequest),
 );
+
+impl super::AsOf for GetEngagementRequest {}
+impl super::AsOf for ListEngagementsRequest {}

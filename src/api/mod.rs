@@ -37,6 +37,14 @@ pub fn mutation<M: Message>(method: &'static str, request: &M, request_id: &str)
     }
 }
 
+/// The `as_of` day of a Get or List request: agreements have one (their status
+/// is derived as of a day); the other kinds keep the default, today.
+pub trait AsOf {
+    fn as_of(&self) -> Option<&crate::pb::google::r#type::Date> {
+        None
+    }
+}
+
 /// The resource a Create or Update request must carry.
 pub fn required<T>(value: Option<T>, field: &str) -> Result<T, tonic::Status> {
     value.ok_or_else(|| crate::error::Error::invalid(field, "is required").into())
@@ -60,7 +68,8 @@ macro_rules! resource_service {
                 request: tonic::Request<$get_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
                 let request = request.into_inner();
-                Ok(tonic::Response::new(self.registry.get::<$resource>(&request.name).await?))
+                let as_of = $crate::api::AsOf::as_of(&request);
+                Ok(tonic::Response::new(self.registry.get::<$resource>(&request.name, as_of).await?))
             }
 
             async fn $list(
@@ -69,9 +78,12 @@ macro_rules! resource_service {
             ) -> Result<tonic::Response<$list_resp>, tonic::Status> {
                 let request = request.into_inner();
                 let query = $crate::registry::ListQuery {
+                    as_of: $crate::api::AsOf::as_of(&request).copied(),
                     page_size: request.page_size,
                     page_token: request.page_token,
                     show_deleted: request.show_deleted,
+                    filter: request.filter,
+                    order_by: request.order_by,
                 };
                 let page = self.registry.list::<$resource>(&query).await?;
                 Ok(tonic::Response::new($list_resp { $items: page.items, next_page_token: page.next_page_token }))

@@ -17,3 +17,6 @@ super::resource_service!(
     delete_partnership_domain(DeletePartnershipDomainRequest),
     undelete_partnership_domain(UndeletePartnershipDomainRequest),
 );
+
+impl super::AsOf for GetPartnershipDomainRequest {}
+impl super::AsOf for ListPartnershipDomainsRequest {}

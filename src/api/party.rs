@@ -16,3 +16,6 @@ super::resource_service!(
     delete_party(DeletePartyRequest),
     undelete_party(UndeletePartyRequest),
 );
+
+impl super::AsOf for GetPartyRequest {}
+impl super::AsOf for ListPartiesRequest {}

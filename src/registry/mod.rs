@@ -5,7 +5,9 @@
 //! Keys in the store:
 //! - `r/{name}`: the record (protobuf, without etag and derived fields);
 //! - `x/{target}\0{source}`: `source` (live) refers to `target`;
-//! - `q/{request_id}`: a request that succeeded, for retries.
+//! - `q/{request_id}`: a request that succeeded, for retries;
+//! - `i/{collection}/{path}\0{value}\0{id}`: secondary indexes (see `index`);
+//! - `meta/registry-schema`: the version of this layout.
 //!
 //! Every write is a store transaction conditioned on the revisions of what it
 //! read (the record, the records it refers to, the referrers of what it
@@ -15,7 +17,9 @@ pub mod agreement;
 pub mod dates;
 pub mod engagement;
 pub mod filter;
+pub mod index;
 pub mod mask;
+pub mod order;
 pub mod paging;
 pub mod partnership_domain;
 pub mod party;
@@ -27,14 +31,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost::Message;
-use prost_reflect::DynamicMessage;
+use prost_reflect::{DynamicMessage, ReflectMessage};
 use prost_types::Timestamp;
 
 use crate::error::{Error, PreconditionViolation, Result, Violations};
 use crate::pb::DESCRIPTOR_POOL;
+use crate::pb::google::r#type::Date;
 use crate::store::{Condition, Op, Outcome, Store, Txn, key_after};
 use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
 pub use resource::{Kind, Resource};
+use filter::Filter;
+use order::OrderBy;
 use validate::Reference;
 
 /// The actor recorded for changes until authentication exists.
@@ -43,6 +50,12 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const SEED_ACTOR: &str = "system:seed";
 pub const DEFAULT_PAGE_SIZE: usize = 50;
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// The actor recorded for changes that upgrade a data dir.
+pub const MIGRATION_ACTOR: &str = "system:migration";
+/// Version of the registry's key layout above the store: 2 added the
+/// secondary indexes. An older data dir is upgraded on open.
+const REGISTRY_SCHEMA: u32 = 2;
+const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
 /// Fresh reads and retries of one write before giving up with ABORTED.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -63,6 +76,12 @@ pub struct ListQuery {
     pub page_size: i32,
     pub page_token: String,
     pub show_deleted: bool,
+    /// AIP-160 filter; empty matches everything.
+    pub filter: String,
+    /// AIP-132 order; empty is by name.
+    pub order_by: String,
+    /// The day derived fields are computed for; `None` is today.
+    pub as_of: Option<Date>,
 }
 
 #[derive(Clone, Debug)]
@@ -78,6 +97,8 @@ pub struct Registry {
 /// A change planned from one read of the store.
 struct Planned<R> {
     record: R,
+    /// The record as stored before, for the index entries to replace.
+    previous: Option<R>,
     kind: ChangeKind,
     ops: Vec<Op>,
     conditions: Vec<Condition>,
@@ -123,7 +144,52 @@ impl Registry {
         if registry.store.revision() == 0 {
             registry.seed().await?;
         }
+        let schema = match registry.store.get(SCHEMA_KEY)? {
+            Some(entry) => entry.value.try_into().map(u32::from_be_bytes).map_err(|_| Error::internal("corrupt registry schema"))?,
+            None => 1,
+        };
+        if schema > REGISTRY_SCHEMA {
+            return Err(Error::Unavailable {
+                message: format!("the data dir holds registry schema {schema}, newer than the {REGISTRY_SCHEMA} this build knows; run a newer cooperation-registry"),
+            });
+        }
+        if schema < REGISTRY_SCHEMA {
+            registry.rebuild_indexes().await?;
+        }
         Ok(registry)
+    }
+
+    /// Writes the secondary index entries of every record (for data dirs from
+    /// before an index existed), then the schema version.
+    async fn rebuild_indexes(&self) -> Result<()> {
+        let mut written = 0;
+        for kind in resource::KINDS {
+            let prefix = record_key(&format!("{}/", kind.collection));
+            let descriptor = DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
+            let mut start = Vec::new();
+            loop {
+                let batch = self.store.scan(&prefix, &start, 500)?;
+                let mut txn = Txn { change: StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() }.encode_to_vec(), ..Default::default() };
+                for (key, entry) in &batch {
+                    let record = DynamicMessage::decode(descriptor.clone(), entry.value.as_slice()).map_err(Error::internal)?;
+                    let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                    txn.ops.extend(index::diff(&BTreeSet::new(), &index::entries(kind, &id, &record)));
+                }
+                written += batch.len();
+                if !txn.ops.is_empty() {
+                    self.store.commit(txn).await?;
+                }
+                match batch.last() {
+                    Some((key, _)) if batch.len() == 500 => start = key_after(key),
+                    _ => break,
+                }
+            }
+        }
+        let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
+        let ops = vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }];
+        self.store.commit(Txn { conditions: Vec::new(), ops, change: change.encode_to_vec() }).await?;
+        tracing::info!(records = written, schema = REGISTRY_SCHEMA, "rebuilt the secondary indexes");
+        Ok(())
     }
 
     /// The revision of the last applied write.
@@ -145,10 +211,13 @@ impl Registry {
             party.create_time = Some(time);
             party.update_time = Some(time);
             let bytes = party.encode_to_vec();
+            let entries = index::entries(&resource::PARTY, &id, &party.transcode_to_dynamic());
+            txn.ops.extend(index::diff(&BTreeSet::new(), &entries));
             txn.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
             txn.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
             change.events.push(StoredEvent { kind: ChangeKind::Created as i32, name: party.name, record: bytes });
         }
+        txn.ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() });
         txn.change = change.encode_to_vec();
         match self.store.commit(txn).await? {
             Outcome::Committed { revision } => {
@@ -161,9 +230,9 @@ impl Registry {
 
     /// Sets what is derived on read: the etag from the revision that wrote the
     /// record, and output-only fields as of today.
-    fn present<R: Resource>(&self, record: &mut R, revision: u64) {
+    fn present<R: Resource>(&self, record: &mut R, revision: u64, as_of: &Date) {
         record.set_etag(etag_of(revision));
-        record.derive(&dates::today());
+        record.derive(as_of);
     }
 
     /// The stored record and its revision.
@@ -179,71 +248,163 @@ impl Registry {
         R::KIND.parse_name(name).map(|_| ()).map_err(|e| Error::invalid(field, e))
     }
 
-    pub async fn get<R: Resource>(&self, name: &str) -> Result<R> {
-        Self::check_name::<R>(name, "name")?;
+    pub async fn get<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<R> {
+        let mut violations = Violations::new();
+        if let Err(e) = R::KIND.parse_name(name) {
+            violations.add("name", e);
+        }
+        let as_of = as_of_day(as_of, &mut violations);
+        violations.into_result()?;
         let (mut record, revision) = self.read::<R>(name)?;
         self.store.wait_durable(revision).await?;
-        self.present(&mut record, revision);
+        self.present(&mut record, revision, &as_of);
         Ok(record)
     }
 
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
+        let mut violations = Violations::new();
         if query.page_size < 0 {
-            return Err(Error::invalid("page_size", format!("must not be negative (got {})", query.page_size)));
+            violations.add("page_size", format!("must not be negative (got {})", query.page_size));
         }
+        let descriptor = R::default().descriptor();
+        let filter = Filter::compile(&query.filter, &descriptor).unwrap_or_else(|e| {
+            violations.add("filter", e.to_string());
+            Filter::everything()
+        });
+        let order = OrderBy::parse(&query.order_by, &descriptor).unwrap_or_else(|e| {
+            violations.add("order_by", e);
+            OrderBy::default()
+        });
+        let as_of = as_of_day(query.as_of.as_ref(), &mut violations);
+        violations.into_result()?;
         let size = match query.page_size as usize {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let show_deleted = if query.show_deleted { &b"deleted"[..] } else { &b"live"[..] };
-        let fingerprint = paging::fingerprint(&[R::KIND.collection.as_bytes(), show_deleted]);
-        let resume = paging::decode(&query.page_token, fingerprint).map_err(|e| Error::invalid("page_token", e))?;
+        let show_deleted: &[u8] = if query.show_deleted { b"deleted" } else { b"live" };
+        let as_of_text = dates::display(&as_of);
+        let fingerprint = paging::fingerprint(&[
+            R::KIND.collection.as_bytes(),
+            show_deleted,
+            query.filter.as_bytes(),
+            query.order_by.as_bytes(),
+            as_of_text.as_bytes(),
+        ]);
+        let bad_token = || Error::invalid("page_token", "is not a page token this server issued");
+        let cursor = match paging::decode(&query.page_token, fingerprint).map_err(|e| Error::invalid("page_token", e))? {
+            Some(bytes) => Some(order::decode_cursor(&bytes, order.len()).ok_or_else(bad_token)?),
+            None => None,
+        };
 
+        let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
+        // Each candidate: derive as of the day, then the deleted check and the filter.
+        let admit = |record: &mut R, revision: u64| -> Option<DynamicMessage> {
+            self.present(record, revision, &as_of);
+            if record.delete_time().is_some() && !query.show_deleted {
+                return None;
+            }
+            let dynamic = record.transcode_to_dynamic();
+            filter.matches(&dynamic).then_some(dynamic)
+        };
+        let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
+        let mut more = false;
+        let newest = if order.is_by_name() {
+            let after = cursor.as_ref().map(|(_, name)| name.as_str());
+            self.scan::<R>(candidates.as_ref(), after, |mut record, revision| {
+                if admit(&mut record, revision).is_some() {
+                    if rows.len() == size {
+                        more = true;
+                        return false;
+                    }
+                    rows.push((Vec::new(), record));
+                }
+                true
+            })?
+        } else {
+            let newest = self.scan::<R>(candidates.as_ref(), None, |mut record, revision| {
+                if let Some(dynamic) = admit(&mut record, revision) {
+                    rows.push((order.sort_key(&dynamic), record));
+                }
+                true
+            })?;
+            rows.sort_by(|a, b| order.compare((&a.0, a.1.name()), (&b.0, b.1.name())));
+            if let Some((values, name)) = &cursor {
+                rows.retain(|row| order.compare((&row.0, row.1.name()), (values, name)).is_gt());
+            }
+            more = rows.len() > size;
+            rows.truncate(size);
+            newest
+        };
+        self.store.wait_durable(newest).await?;
+        let next_page_token = match (more, rows.last()) {
+            (true, Some((values, last))) => paging::encode(fingerprint, &order::encode_cursor(values, last.name())),
+            _ => String::new(),
+        };
+        Ok(Page { items: rows.into_iter().map(|(_, record)| record).collect(), next_page_token })
+    }
+
+    /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
+    /// in name order, answered from an index when the filter allows.
+    pub fn query<R: Resource>(&self, filter: &Filter, as_of: &Date) -> Result<Vec<R>> {
+        let candidates = index::candidates(&*self.store, R::KIND, filter)?;
+        let mut found = Vec::new();
+        self.scan::<R>(candidates.as_ref(), None, |mut record, revision| {
+            self.present(&mut record, revision, as_of);
+            if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
+                found.push(record);
+            }
+            true
+        })?;
+        Ok(found)
+    }
+
+    /// Visits records of `R` in name order after `after` (a name): those with
+    /// the ids in `candidates`, or all of them. Stops when `visit` says false.
+    /// Returns the highest revision visited.
+    fn scan<R: Resource>(
+        &self,
+        candidates: Option<&BTreeSet<String>>,
+        after: Option<&str>,
+        mut visit: impl FnMut(R, u64) -> bool,
+    ) -> Result<u64> {
+        let mut newest = 0;
+        let after_id = match after {
+            Some(name) => Some(R::KIND.parse_name(name).map_err(|_| Error::invalid("page_token", "is not a page token this server issued"))?),
+            None => None,
+        };
+        if let Some(ids) = candidates {
+            let range = match after_id {
+                Some(id) => ids.range::<str, _>((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+                None => ids.range::<str, _>(..),
+            };
+            for id in range {
+                let Some(entry) = self.store.get(&record_key(&R::KIND.name_of(id)))? else { continue };
+                newest = newest.max(entry.mod_revision);
+                if !visit(decode(&entry.value)?, entry.mod_revision) {
+                    break;
+                }
+            }
+            return Ok(newest);
+        }
         let prefix = record_key(&format!("{}/", R::KIND.collection));
-        let mut start = match &resume {
+        let mut start = match after_id {
             Some(id) => key_after(&record_key(&R::KIND.name_of(id))),
             None => Vec::new(),
         };
-        let mut items = Vec::with_capacity(size);
-        let mut newest = 0;
-        let mut more = false;
-        'scan: loop {
-            let chunk = size + 1;
-            let batch = self.store.scan(&prefix, &start, chunk)?;
-            let exhausted = batch.len() < chunk;
+        const CHUNK: usize = 256;
+        loop {
+            let batch = self.store.scan(&prefix, &start, CHUNK)?;
             for (_, entry) in &batch {
-                let record: R = decode(&entry.value)?;
-                if record.delete_time().is_some() && !query.show_deleted {
-                    continue;
-                }
-                if items.len() == size {
-                    more = true;
-                    break 'scan;
-                }
                 newest = newest.max(entry.mod_revision);
-                items.push((record, entry.mod_revision));
+                if !visit(decode(&entry.value)?, entry.mod_revision) {
+                    return Ok(newest);
+                }
             }
             match batch.last() {
-                Some((key, _)) if !exhausted => start = key_after(key),
-                _ => break,
+                Some((key, _)) if batch.len() == CHUNK => start = key_after(key),
+                _ => return Ok(newest),
             }
         }
-        self.store.wait_durable(newest).await?;
-        let next_page_token = match (more, items.last()) {
-            (true, Some((last, _))) => {
-                let id = R::KIND.parse_name(last.name()).map_err(Error::internal)?;
-                paging::encode(fingerprint, id)
-            }
-            _ => String::new(),
-        };
-        let items = items
-            .into_iter()
-            .map(|(mut record, revision)| {
-                self.present(&mut record, revision);
-                record
-            })
-            .collect();
-        Ok(Page { items, next_page_token })
     }
 
     pub async fn create<R: Resource>(&self, id: &str, resource: R, mutation: &Mutation) -> Result<R> {
@@ -276,7 +437,7 @@ impl Registry {
             record.set_create_time(Some(time));
             record.set_update_time(Some(time));
             let ops = reference_ops(&name, &BTreeSet::new(), &targets(&references));
-            Ok(Planned { record, kind: ChangeKind::Created, ops, conditions })
+            Ok(Planned { record, previous: None, kind: ChangeKind::Created, ops, conditions })
         })
         .await
     }
@@ -313,7 +474,7 @@ impl Registry {
             record.set_update_time(Some(now()));
             let before = targets(&self.validate(&stored, &mut Violations::new()));
             let ops = reference_ops(&name, &before, &targets(&references));
-            Ok(Planned { record, kind: ChangeKind::Updated, ops, conditions })
+            Ok(Planned { record, previous: Some(stored), kind: ChangeKind::Updated, ops, conditions })
         })
         .await
     }
@@ -358,10 +519,11 @@ impl Registry {
             ];
             let outgoing = targets(&self.validate(&record, &mut Violations::new()));
             let ops = reference_ops(name, &outgoing, &BTreeSet::new());
+            let previous = Some(record.clone());
             let time = now();
             record.set_delete_time(Some(time));
             record.set_update_time(Some(time));
-            Ok(Planned { record, kind: ChangeKind::Deleted, ops, conditions })
+            Ok(Planned { record, previous, kind: ChangeKind::Deleted, ops, conditions })
         })
         .await
     }
@@ -400,9 +562,10 @@ impl Registry {
                 });
             }
             let ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
+            let previous = Some(record.clone());
             record.set_delete_time(None);
             record.set_update_time(Some(now()));
-            Ok(Planned { record, kind: ChangeKind::Undeleted, ops, conditions })
+            Ok(Planned { record, previous, kind: ChangeKind::Undeleted, ops, conditions })
         })
         .await
     }
@@ -421,8 +584,11 @@ impl Registry {
             if let Some(answer) = self.previous_answer::<R>(mutation).await? {
                 return Ok(answer);
             }
-            let Planned { mut record, kind, mut ops, mut conditions } = plan()?;
+            let Planned { mut record, previous, kind, mut ops, mut conditions } = plan()?;
             let name = record.name().to_string();
+            let id = R::KIND.parse_name(&name).map_err(Error::internal)?;
+            let before = previous.map(|p| index::entries(R::KIND, id, &p.transcode_to_dynamic())).unwrap_or_default();
+            ops.extend(index::diff(&before, &index::entries(R::KIND, id, &record.transcode_to_dynamic())));
             let bytes = record.encode_to_vec();
             ops.push(Op::Put { key: record_key(&name), value: bytes.clone() });
             if !mutation.request_id.is_empty() {
@@ -443,7 +609,7 @@ impl Registry {
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
             match self.store.commit(txn).await? {
                 Outcome::Committed { revision } => {
-                    self.present(&mut record, revision);
+                    self.present(&mut record, revision, &dates::today());
                     return Ok(record);
                 }
                 Outcome::ConditionFailed => continue,
@@ -480,7 +646,7 @@ impl Registry {
         match event {
             Some(event) => {
                 let mut record: R = decode(&event.record)?;
-                self.present(&mut record, entry.mod_revision);
+                self.present(&mut record, entry.mod_revision, &dates::today());
                 Ok(Some(record))
             }
             None => Err(Error::internal(format!(
@@ -526,6 +692,23 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+/// The day of an `as_of` field (a full date), or today when unset.
+fn as_of_day(as_of: Option<&Date>, violations: &mut Violations) -> Date {
+    match as_of {
+        None => dates::today(),
+        Some(date) => {
+            let mut own = Violations::new();
+            dates::check(date, "as_of", &mut own);
+            if own.is_empty() && (date.month == 0 || date.day == 0) {
+                own.add("as_of", format!("must be a full date (got {})", dates::display(date)));
+            }
+            let failed = !own.is_empty();
+            violations.extend(own);
+            if failed { dates::today() } else { *date }
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! Opaque page tokens (AIP-158) for keyset paging: the token holds the id of the
-//! last record served and a fingerprint of the query, so a token used with a
+//! Opaque page tokens (AIP-158) for keyset paging: the token holds a cursor (the
+//! sort key and name of the last record served) and a fingerprint of the query, so a token used with a
 //! different query is refused instead of giving a wrong page.
 
 use base64::Engine;
@@ -20,16 +20,18 @@ pub fn fingerprint(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-pub fn encode(query: u64, last_id: &str) -> String {
-    let mut bytes = Vec::with_capacity(9 + last_id.len());
+/// A token for `query` that resumes after `cursor` (an encoding of the last
+/// record served that the caller understands).
+pub fn encode(query: u64, cursor: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(9 + cursor.len());
     bytes.push(TOKEN_VERSION);
     bytes.extend_from_slice(&query.to_be_bytes());
-    bytes.extend_from_slice(last_id.as_bytes());
+    bytes.extend_from_slice(cursor);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The id to resume after, or why the token cannot be used for this query.
-pub fn decode(token: &str, query: u64) -> Result<Option<String>, String> {
+/// The cursor to resume after, or why the token cannot be used for this query.
+pub fn decode(token: &str, query: u64) -> Result<Option<Vec<u8>>, String> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -43,7 +45,7 @@ pub fn decode(token: &str, query: u64) -> Result<Option<String>, String> {
                 .into(),
         );
     }
-    String::from_utf8(bytes[9..].to_vec()).map(Some).map_err(|_| "is not a page token this server issued".into())
+    Ok(Some(bytes[9..].to_vec()))
 }
 
 #[cfg(test)]
@@ -53,8 +55,8 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_are_bound_to_their_query() {
         let q = fingerprint(&[b"agreements", b"false"]);
-        let token = encode(q, "india-japan");
-        assert_eq!(decode(&token, q), Ok(Some("india-japan".into())));
+        let token = encode(q, b"india-japan");
+        assert_eq!(decode(&token, q), Ok(Some(b"india-japan".to_vec())));
         assert_eq!(decode("", q), Ok(None));
         assert!(decode(&token, fingerprint(&[b"agreements", b"true"])).unwrap_err().contains("different query"));
         assert!(decode("not a token!", q).is_err());

@@ -21,6 +21,8 @@ pub struct Kind {
     pub id_prefix: char,
     /// Full protobuf name of the message.
     pub message: &'static str,
+    /// Field paths with a secondary index (see `index`), for the planner.
+    pub indexes: &'static [&'static str],
 }
 
 pub const PARTY: Kind = Kind {
@@ -29,6 +31,7 @@ pub const PARTY: Kind = Kind {
     resource_type: "cooperationregistry.io/Party",
     id_prefix: 'p',
     message: "cooperation.v1.Party",
+    indexes: &["kind", "members.party", "parent", "iso_alpha3"],
 };
 pub const AGREEMENT: Kind = Kind {
     collection: "agreements",
@@ -36,6 +39,17 @@ pub const AGREEMENT: Kind = Kind {
     resource_type: "cooperationregistry.io/Agreement",
     id_prefix: 'a',
     message: "cooperation.v1.Agreement",
+    indexes: &[
+        "parties",
+        "partnership_domains",
+        "provisions.category",
+        "instrument_type",
+        "signatories.party",
+        "relations.agreement",
+        "signature_date",
+        "entry_into_force_date",
+        "end.date",
+    ],
 };
 pub const PARTNERSHIP_DOMAIN: Kind = Kind {
     collection: "partnershipDomains",
@@ -43,6 +57,7 @@ pub const PARTNERSHIP_DOMAIN: Kind = Kind {
     resource_type: "cooperationregistry.io/PartnershipDomain",
     id_prefix: 'd',
     message: "cooperation.v1.PartnershipDomain",
+    indexes: &["parties", "category", "status", "agreements", "since_date"],
 };
 pub const ENGAGEMENT: Kind = Kind {
     collection: "engagements",
@@ -50,6 +65,7 @@ pub const ENGAGEMENT: Kind = Kind {
     resource_type: "cooperationregistry.io/Engagement",
     id_prefix: 'e',
     message: "cooperation.v1.Engagement",
+    indexes: &["participants.party", "kind", "agreements", "partnership_domains", "start_date", "parent_engagement"],
 };
 
 pub const KINDS: [&Kind; 4] = [&PARTY, &AGREEMENT, &PARTNERSHIP_DOMAIN, &ENGAGEMENT];

@@ -1,0 +1,195 @@
+//! Secondary indexes, written in the same transaction as the record, and the
+//! planner that answers a filter from the most selective one.
+//!
+//! Key: `i/{collection}/{field path}\0{value}\0{id}`, one per distinct value
+//! of the path in the record (through repeated fields). Strings are stored as
+//! they are, enums as 4 big-endian bytes, dates as the 8-byte order-preserving
+//! day number of their first day, so date ranges are key ranges. Soft-deleted
+//! records keep their entries: List with `show_deleted` uses them too.
+
+use std::collections::BTreeSet;
+
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+use crate::registry::dates;
+use crate::registry::filter::{self, Filter, Op, Typed};
+use crate::registry::resource::Kind;
+use crate::store::{Op as StoreOp, Store, StoreResult};
+
+/// Most index entries counted to judge an index's selectivity.
+const COUNT_LIMIT: usize = 100_000;
+
+fn prefix(kind: &Kind, path: &str) -> Vec<u8> {
+    format!("i/{}/{path}\0", kind.collection).into_bytes()
+}
+
+fn encode_date(first_day: i64) -> [u8; 8] {
+    ((first_day as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn encode_value(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.as_bytes().to_vec()),
+        Value::EnumNumber(n) => Some(((*n as u32) ^ (1 << 31)).to_be_bytes().to_vec()),
+        Value::Message(m) if m.descriptor().full_name() == "google.type.Date" => {
+            let date = m.transcode_to::<crate::pb::google::r#type::Date>().ok()?;
+            Some(encode_date(dates::first_day(&date)).to_vec())
+        }
+        _ => None,
+    }
+}
+
+/// Every value at a dotted path, through repeated and nested fields.
+fn values_at(message: &DynamicMessage, path: &[&str], out: &mut Vec<Value>) {
+    let Some((name, rest)) = path.split_first() else { return };
+    let Some(field) = message.descriptor().get_field_by_name(name) else { return };
+    if !message.has_field(&field) {
+        return;
+    }
+    let value = message.get_field(&field);
+    let items: Vec<&Value> = match &*value {
+        Value::List(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    for item in items {
+        if rest.is_empty() {
+            out.push(item.clone());
+        } else if let Value::Message(inner) = item {
+            values_at(inner, rest, out);
+        }
+    }
+}
+
+/// The index keys of a record of `kind` with id `id`.
+pub fn entries(kind: &Kind, id: &str, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
+    let mut keys = BTreeSet::new();
+    for path in kind.indexes {
+        let mut values = Vec::new();
+        values_at(record, &path.split('.').collect::<Vec<_>>(), &mut values);
+        for value in values {
+            if let Some(encoded) = encode_value(&value) {
+                let mut key = prefix(kind, path);
+                key.extend_from_slice(&encoded);
+                key.push(0);
+                key.extend_from_slice(id.as_bytes());
+                keys.insert(key);
+            }
+        }
+    }
+    keys
+}
+
+/// Store writes that move a record's index entries from `before` to `after`.
+pub fn diff(before: &BTreeSet<Vec<u8>>, after: &BTreeSet<Vec<u8>>) -> Vec<StoreOp> {
+    let removed = before.difference(after).map(|k| StoreOp::Delete { key: k.clone() });
+    let added = after.difference(before).map(|k| StoreOp::Put { key: k.clone(), value: Vec::new() });
+    removed.chain(added).collect()
+}
+
+/// A lookup in one index: keys from `start` (inclusive) while under `prefix`
+/// and, for ranges, not beyond `end` (inclusive, on the value part).
+#[derive(Clone, Debug)]
+struct Lookup {
+    prefix: Vec<u8>,
+    start: Vec<u8>,
+    /// For date ranges: the largest value bytes to include.
+    end: Option<[u8; 8]>,
+    /// Bytes of the value part; ids follow after a 0 byte.
+    value_len: Option<usize>,
+}
+
+/// The lookups an index can do for one condition of a filter.
+fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
+    let Filter::Compare { path, op, value } = condition else { return None };
+    let path = filter::field_path(path)?;
+    if !kind.indexes.contains(&path.as_str()) {
+        return None;
+    }
+    let base = prefix(kind, &path);
+    let exact = |bytes: Vec<u8>| {
+        let mut start = base.clone();
+        start.extend_from_slice(&bytes);
+        start.push(0);
+        Some(Lookup { prefix: start.clone(), start, end: None, value_len: None })
+    };
+    match (op, value) {
+        (Op::Eq | Op::Has, Typed::Str(s)) if !s.is_empty() && !s.contains('*') => {
+            // `:` on a singular string is a substring test, not an index lookup;
+            // the indexed strings are resource names in repeated fields or exact codes.
+            if *op == Op::Has && !path_is_repeated(kind, &path) {
+                return None;
+            }
+            exact(s.as_bytes().to_vec())
+        }
+        (Op::Eq | Op::Has, Typed::Enum(n)) => exact(((*n as u32) ^ (1 << 31)).to_be_bytes().to_vec()),
+        (op, Typed::Date(first, last)) => {
+            // Candidates by the record's first day; the filter is applied after.
+            let (low, high) = match op {
+                Op::Eq | Op::Has => (Some(*first), Some(*last)),
+                Op::Ge => (Some(*first), None),
+                Op::Gt => (Some(*last + 1), None),
+                Op::Lt => (None, Some(*first - 1)),
+                Op::Le => (None, Some(*last)),
+                Op::Ne => return None,
+            };
+            let mut start = base.clone();
+            if let Some(low) = low {
+                start.extend_from_slice(&encode_date(low));
+            }
+            Some(Lookup { prefix: base, start, end: high.map(encode_date), value_len: Some(8) })
+        }
+        _ => None,
+    }
+}
+
+fn path_is_repeated(kind: &Kind, path: &str) -> bool {
+    let Some(descriptor) = crate::pb::DESCRIPTOR_POOL.get_message_by_name(kind.message) else { return false };
+    filter::resolve_path_names(&descriptor, path).map(|(_, repeated)| repeated).unwrap_or(false)
+}
+
+/// Ids found by a lookup, up to `limit` keys; `None` when more were found.
+fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<BTreeSet<String>>> {
+    let mut ids = BTreeSet::new();
+    let mut start = lookup.start.clone();
+    let mut seen = 0;
+    loop {
+        let batch = store.scan(&lookup.prefix, &start, 1024)?;
+        let exhausted = batch.len() < 1024;
+        for (key, _) in &batch {
+            let rest = &key[lookup.prefix.len()..];
+            if let (Some(end), Some(len)) = (lookup.end, lookup.value_len)
+                && rest.len() >= len
+                && rest[..len] > end[..]
+            {
+                return Ok(Some(ids));
+            }
+            seen += 1;
+            if seen > limit {
+                return Ok(None);
+            }
+            if let Some(at) = rest.iter().rposition(|b| *b == 0) {
+                ids.insert(String::from_utf8_lossy(&rest[at + 1..]).into_owned());
+            }
+        }
+        match batch.last() {
+            Some((key, _)) if !exhausted => start = crate::store::key_after(key),
+            _ => return Ok(Some(ids)),
+        }
+    }
+}
+
+/// The ids that may match `filter`, from its most selective indexed condition,
+/// or `None` when no condition can use an index (scan everything).
+pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResult<Option<BTreeSet<String>>> {
+    let mut best: Option<BTreeSet<String>> = None;
+    for condition in filter.conjuncts() {
+        let Some(lookup) = lookup_for(kind, condition) else { continue };
+        let limit = best.as_ref().map(|b| b.len()).unwrap_or(COUNT_LIMIT);
+        if let Some(ids) = run(store, &lookup, limit)?
+            && best.as_ref().is_none_or(|b| ids.len() < b.len())
+        {
+            best = Some(ids);
+        }
+    }
+    Ok(best)
+}
