@@ -14,6 +14,7 @@ const OUR_FILES: &[&str] = &[
     "cooperation/v1/partnership_domain.proto",
     "cooperation/v1/engagement.proto",
     "cooperation/v1/dataset.proto",
+    "cooperation/v1/relationship.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -20,6 +20,7 @@ use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer
 use crate::pb::cooperation::v1::engagement_service_server::EngagementServiceServer;
 use crate::pb::cooperation::v1::partnership_domain_service_server::PartnershipDomainServiceServer;
 use crate::pb::cooperation::v1::party_service_server::PartyServiceServer;
+use crate::pb::cooperation::v1::relationship_service_server::RelationshipServiceServer;
 use crate::registry::Registry;
 
 #[derive(Clone, Debug)]
@@ -69,6 +70,7 @@ pub async fn serve(
     health.set_serving::<PartyServiceServer<Api>>().await;
     health.set_serving::<PartnershipDomainServiceServer<Api>>().await;
     health.set_serving::<EngagementServiceServer<Api>>().await;
+    health.set_serving::<RelationshipServiceServer<Api>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -91,6 +93,7 @@ pub async fn serve(
         reporter.set_not_serving::<PartyServiceServer<Api>>().await;
         reporter.set_not_serving::<PartnershipDomainServiceServer<Api>>().await;
         reporter.set_not_serving::<EngagementServiceServer<Api>>().await;
+        reporter.set_not_serving::<RelationshipServiceServer<Api>>().await;
         let _ = draining_tx.send(());
     };
 
@@ -112,6 +115,7 @@ pub async fn serve(
         .add_service(configured!(PartyServiceServer, api, options))
         .add_service(configured!(PartnershipDomainServiceServer, api, options))
         .add_service(configured!(EngagementServiceServer, api, options))
+        .add_service(configured!(RelationshipServiceServer, api, options))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
     tracing::info!(address = %local, revision = registry.revision(), "serving cooperation.v1");
 

@@ -71,8 +71,11 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
     assert!(created.create_time.is_some() && created.create_time == created.update_time);
     assert!(created.delete_time.is_none());
 
-    let got =
-        client.get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into(), ..Default::default() }).await.unwrap().into_inner();
+    let got = client
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(got, created);
 
     // Update with a snake_case and a camelCase path; other fields stay.
@@ -138,8 +141,11 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
         .unwrap()
         .into_inner();
     assert!(deleted.delete_time.is_some());
-    let got =
-        client.get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into(), ..Default::default() }).await.unwrap().into_inner();
+    let got = client
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/rpss".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(got.delete_time.is_some());
     assert_eq!(count_agreements(&server, false).await, 0);
     assert_eq!(count_agreements(&server, true).await, 1);
@@ -220,9 +226,15 @@ async fn every_violation_is_reported_at_once_and_nothing_is_stored() {
     // A missing resource, a bad name, a negative page size.
     let err = client.create_agreement(v1::CreateAgreementRequest::default()).await.unwrap_err();
     assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["agreement".to_string()]));
-    let err = client.get_agreement(v1::GetAgreementRequest { name: "parties/ind".into(), ..Default::default() }).await.unwrap_err();
+    let err = client
+        .get_agreement(v1::GetAgreementRequest { name: "parties/ind".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["name".to_string()]));
-    let err = client.get_agreement(v1::GetAgreementRequest { name: "agreements/missing".into(), ..Default::default() }).await.unwrap_err();
+    let err = client
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/missing".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!((err.code(), reason(&err)), (Code::NotFound, "RESOURCE_NOT_FOUND".to_string()));
     let err =
         client.list_agreements(v1::ListAgreementsRequest { page_size: -1, ..Default::default() }).await.unwrap_err();
@@ -539,7 +551,12 @@ async fn paging_is_keyset_and_tokens_are_bound_to_their_query() {
     let mut pages = 0;
     loop {
         let page = client
-            .list_agreements(v1::ListAgreementsRequest { page_size: 2, page_token: token.clone(), show_deleted: false, ..Default::default() })
+            .list_agreements(v1::ListAgreementsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                show_deleted: false,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -556,7 +573,12 @@ async fn paging_is_keyset_and_tokens_are_bound_to_their_query() {
         token = page.next_page_token;
         // The token belongs to show_deleted = false.
         let err = client
-            .list_agreements(v1::ListAgreementsRequest { page_size: 2, page_token: token.clone(), show_deleted: true, ..Default::default() })
+            .list_agreements(v1::ListAgreementsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+                show_deleted: true,
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(violated_fields(&err), ["page_token"]);

@@ -126,7 +126,10 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
     let mut server = start(dir.path());
     let mut client = AgreementServiceClient::new(connect(server.addr).await);
     let rpss = client
-        .get_agreement(v1::GetAgreementRequest { name: "agreements/india-japan-rpss-2020".into(), ..Default::default() })
+        .get_agreement(v1::GetAgreementRequest {
+            name: "agreements/india-japan-rpss-2020".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();

@@ -6,6 +6,7 @@ pub mod agreement;
 pub mod engagement;
 pub mod partnership_domain;
 pub mod party;
+pub mod relationship;
 
 use std::sync::Arc;
 

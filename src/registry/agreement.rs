@@ -100,14 +100,10 @@ pub fn status_as_of(a: &Agreement, as_of: &Date) -> agreement::Status {
     if let Some(entry) = &a.entry_into_force_date
         && dates::first_day(entry) <= day
     {
-        if let Some(term) = &a.term
-            && term.renewal() != agreement::term::Renewal::Automatic
-            && (term.years > 0 || term.months > 0)
-            && day >= dates::add_term(dates::first_day(entry), term.years, term.months)
-        {
-            return Status::Expired;
-        }
-        return Status::InForce;
+        return match term_end(a, day) {
+            Some((end, false)) if day >= end => Status::Expired,
+            _ => Status::InForce,
+        };
     }
     if reached(&a.provisional_application_date) {
         return Status::ProvisionallyApplied;
@@ -116,6 +112,24 @@ pub fn status_as_of(a: &Agreement, as_of: &Date) -> agreement::Status {
         return Status::Signed;
     }
     if a.signature_date.is_some() { Status::NotYetSigned } else { Status::Unspecified }
+}
+
+/// The first day after the term that runs on day `day`, and whether the
+/// agreement renews by itself then; `None` without an entry into force and a
+/// term. An automatically renewing term renews for `renewal_years`, or for the
+/// term's own length when that is not given.
+pub fn term_end(a: &Agreement, day: i64) -> Option<(i64, bool)> {
+    let entry = a.entry_into_force_date.as_ref()?;
+    let term = a.term.as_ref().filter(|t| t.years > 0 || t.months > 0)?;
+    let mut end = dates::add_term(dates::first_day(entry), term.years, term.months);
+    if term.renewal() != agreement::term::Renewal::Automatic {
+        return Some((end, false));
+    }
+    let (years, months) = if term.renewal_years > 0 { (term.renewal_years, 0) } else { (term.years, term.months) };
+    while end <= day {
+        end = dates::add_term(end, years, months);
+    }
+    Some((end, true))
 }
 
 #[cfg(test)]
@@ -144,6 +158,23 @@ mod tests {
         assert_eq!(status_as_of(&a, &d(2020, 9, 10)), Status::InForce);
         assert_eq!(status_as_of(&a, &d(2030, 9, 9)), Status::InForce);
         assert_eq!(status_as_of(&a, &d(2030, 9, 10)), Status::Expired);
+    }
+
+    #[test]
+    fn term_ends_and_renewals() {
+        let a = ten_year_agreement();
+        let day = |y, m, d| dates::days_from_civil(y, m, d);
+        assert_eq!(term_end(&a, day(2025, 1, 1)), Some((day(2030, 9, 10), false)));
+        let mut renewing = a.clone();
+        renewing.term = Some(agreement::Term {
+            years: 10,
+            renewal: agreement::term::Renewal::Automatic as i32,
+            renewal_years: 5,
+            ..Default::default()
+        });
+        assert_eq!(term_end(&renewing, day(2030, 9, 9)), Some((day(2030, 9, 10), true)));
+        assert_eq!(term_end(&renewing, day(2030, 9, 10)), Some((day(2035, 9, 10), true)));
+        assert_eq!(term_end(&Agreement::default(), day(2030, 1, 1)), None);
     }
 
     #[test]

@@ -243,7 +243,9 @@ impl Parser {
                 let Some(Token::Comparator(op)) = self.peek().cloned() else {
                     return error(
                         self.position(),
-                        format!("expected a comparator (=, !=, <, <=, >, >=, :) after {word:?}; a bare value is not a filter"),
+                        format!(
+                            "expected a comparator (=, !=, <, <=, >, >=, :) after {word:?}; a bare value is not a filter"
+                        ),
                     );
                 };
                 self.next += 1;
@@ -266,12 +268,19 @@ impl Parser {
 
 fn parse(text: &str) -> Result<Ast, FilterError> {
     if text.len() > MAX_FILTER_LENGTH {
-        return error(MAX_FILTER_LENGTH, format!("the filter is {} characters long; at most {MAX_FILTER_LENGTH} are allowed", text.len()));
+        return error(
+            MAX_FILTER_LENGTH,
+            format!("the filter is {} characters long; at most {MAX_FILTER_LENGTH} are allowed", text.len()),
+        );
     }
     let mut parser = Parser { tokens: lex(text)?, next: 0, end: text.len() };
     let ast = parser.expression(0)?;
     if parser.next < parser.tokens.len() {
-        let message = if parser.peek() == Some(&Token::RParen) { "unexpected ')' with no '(' before it" } else { "unexpected text after the end of the filter" };
+        let message = if parser.peek() == Some(&Token::RParen) {
+            "unexpected ')' with no '(' before it"
+        } else {
+            "unexpected text after the end of the filter"
+        };
         return error(parser.position(), message);
     }
     Ok(ast)
@@ -363,7 +372,11 @@ fn compile(ast: &Ast, descriptor: &MessageDescriptor) -> Result<Filter, FilterEr
         Ast::Restriction { path, path_at, op, value, value_at } => {
             let (steps, leaf) = resolve_path(descriptor, path, *path_at)?;
             let typed = typed_value(&leaf, *op, value, *value_at)?;
-            Filter::Compare { path: steps, op: *op, value: typed }
+            // `:` on a repeated string is membership (exact), not a substring test.
+            let membership = matches!(&leaf, Leaf::Field { field, repeated: true } if !field.is_map())
+                && matches!(typed, Typed::Str(_));
+            let op = if *op == Op::Has && membership { Op::Eq } else { *op };
+            Filter::Compare { path: steps, op, value: typed }
         }
     })
 }
@@ -395,10 +408,9 @@ fn resolve_path(descriptor: &MessageDescriptor, path: &str, at: usize) -> Result
         if segment.is_empty() {
             return error(offset, format!("{path:?} has an empty segment"));
         }
-        let field = message
-            .get_field_by_name(segment)
-            .or_else(|| message.get_field_by_json_name(segment))
-            .ok_or_else(|| FilterError { position: offset, message: format!("{} has no field {segment:?}", message.full_name()) })?;
+        let field = message.get_field_by_name(segment).or_else(|| message.get_field_by_json_name(segment)).ok_or_else(
+            || FilterError { position: offset, message: format!("{} has no field {segment:?}", message.full_name()) },
+        )?;
         steps.push(Step::Field(field.clone()));
         let last = i + 1 == segments.len();
         if field.is_map() {
@@ -465,9 +477,15 @@ fn typed_value(leaf: &Leaf, op: Op, value: &Literal, at: usize) -> Result<Typed,
             ("false", _) => Ok(Typed::Bool(false)),
             _ => error(at, format!("{name} is a bool: expected true or false, got {text:?}")),
         },
-        FieldKind::Int32 | FieldKind::Int64 | FieldKind::Sint32 | FieldKind::Sint64 | FieldKind::Uint32 | FieldKind::Uint64 => {
-            text.parse::<i64>().map(Typed::Int).or_else(|_| error(at, format!("{name} is a number: {text:?} is not an integer")))
-        }
+        FieldKind::Int32
+        | FieldKind::Int64
+        | FieldKind::Sint32
+        | FieldKind::Sint64
+        | FieldKind::Uint32
+        | FieldKind::Uint64 => text
+            .parse::<i64>()
+            .map(Typed::Int)
+            .or_else(|_| error(at, format!("{name} is a number: {text:?} is not an integer"))),
         FieldKind::Enum(enum_type) => {
             if ordered {
                 return error(at, format!("{name} is an enum: only =, != and : apply"));
@@ -485,19 +503,29 @@ fn typed_value(leaf: &Leaf, op: Op, value: &Literal, at: usize) -> Result<Typed,
             match found {
                 Some(n) => Ok(Typed::Enum(n)),
                 None => {
-                    let names: Vec<String> = enum_type.values().map(|v| v.name().trim_start_matches(&prefix).to_string()).collect();
+                    let names: Vec<String> =
+                        enum_type.values().map(|v| v.name().trim_start_matches(&prefix).to_string()).collect();
                     error(at, format!("{text:?} is not a value of {} ({})", enum_type.full_name(), names.join(", ")))
                 }
             }
         }
-        FieldKind::Message(m) if m.full_name() == "google.type.Date" => parse_date(text)
-            .map(|(first, last)| Typed::Date(first, last))
-            .ok_or_else(|| FilterError { position: at, message: format!("{name} is a date: write \"YYYY\", \"YYYY-MM\" or \"YYYY-MM-DD\", not {text:?}") }),
-        FieldKind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => parse_time(text).ok_or_else(|| FilterError {
-            position: at,
-            message: format!("{name} is a timestamp: write RFC 3339 (\"2020-09-10T00:00:00Z\") or a date, not {text:?}"),
-        }),
-        FieldKind::Message(_) => error(at, format!("{name} is a message: test its presence with {name}:* or select a field inside it")),
+        FieldKind::Message(m) if m.full_name() == "google.type.Date" => {
+            parse_date(text).map(|(first, last)| Typed::Date(first, last)).ok_or_else(|| FilterError {
+                position: at,
+                message: format!("{name} is a date: write \"YYYY\", \"YYYY-MM\" or \"YYYY-MM-DD\", not {text:?}"),
+            })
+        }
+        FieldKind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
+            parse_time(text).ok_or_else(|| FilterError {
+                position: at,
+                message: format!(
+                    "{name} is a timestamp: write RFC 3339 (\"2020-09-10T00:00:00Z\") or a date, not {text:?}"
+                ),
+            })
+        }
+        FieldKind::Message(_) => {
+            error(at, format!("{name} is a message: test its presence with {name}:* or select a field inside it"))
+        }
         other => error(at, format!("{name} has type {other:?}, which filters do not support")),
     }
 }
@@ -543,9 +571,7 @@ fn any_value(message: &DynamicMessage, path: &[Step], check: &dyn Fn(Option<&Val
                 let value = message.get_field(field);
                 let Some(map) = value.as_map() else { return false };
                 return match rest.first() {
-                    Some(Step::MapKey(key)) => {
-                        check(map.get(&prost_reflect::MapKey::String(key.clone())))
-                    }
+                    Some(Step::MapKey(key)) => check(map.get(&prost_reflect::MapKey::String(key.clone()))),
                     _ => map.keys().any(|k| check(Some(&Value::String(k.as_str().unwrap_or_default().to_string())))),
                 };
             }
@@ -595,7 +621,13 @@ fn compare(actual: Option<&Value>, op: Op, expected: &Typed) -> bool {
         (Value::U64(a), Typed::Int(e)) => i128::from(*a).cmp(&i128::from(*e)),
         (Value::Message(m), Typed::Date(first, last)) => {
             let Ok(date) = m.transcode_to::<crate::pb::google::r#type::Date>() else { return false };
-            return period_compare(dates::first_day(&date).into(), dates::last_day(&date).into(), op, (*first).into(), (*last).into());
+            return period_compare(
+                dates::first_day(&date).into(),
+                dates::last_day(&date).into(),
+                op,
+                (*first).into(),
+                (*last).into(),
+            );
         }
         (Value::Message(m), Typed::Time(first, last)) => {
             let Ok(t) = m.transcode_to::<prost_types::Timestamp>() else { return false };
@@ -656,7 +688,11 @@ mod tests {
             entry_into_force_date: Some(Date { year: 2011, month: 8, day: 0 }),
             term: Some(agreement::Term { years: 10, ..Default::default() }),
             provisions: vec![
-                agreement::Provision { category: agreement::ProvisionCategory::BasingAccess as i32, reciprocal: true, ..Default::default() },
+                agreement::Provision {
+                    category: agreement::ProvisionCategory::BasingAccess as i32,
+                    reciprocal: true,
+                    ..Default::default()
+                },
                 agreement::Provision { category: agreement::ProvisionCategory::Medical as i32, ..Default::default() },
             ],
             status: agreement::Status::InForce as i32,
@@ -712,6 +748,7 @@ mod tests {
         assert!(check("provisions.reciprocal = true"));
         assert!(check("status = IN_FORCE AND status != SIGNED"));
         assert!(check(r#"labels.region = "indo-pacific" AND labels:region AND -labels:other"#));
+        assert!(!check(r#"parties:"parties/jp""#), "membership is exact, not a substring");
         assert!(check("term:* AND signature_date:* AND -end:*"));
     }
 
@@ -728,7 +765,9 @@ mod tests {
         assert!(!check(r#"entry_into_force_date >= "2011-08-15""#));
         assert!(check(r#"entry_into_force_date >= "2011-08-01" AND entry_into_force_date <= "2011-08-31""#));
         assert!(!check(r#"end.date < "2030""#), "unset dates match nothing");
-        assert!(check(r#"create_time > "2020-09-13T12:00:00Z" AND create_time < "2020-09-14" AND create_time = "2020-09-13""#));
+        assert!(check(
+            r#"create_time > "2020-09-13T12:00:00Z" AND create_time < "2020-09-14" AND create_time = "2020-09-13""#
+        ));
     }
 
     #[test]

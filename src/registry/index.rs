@@ -113,14 +113,9 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
         Some(Lookup { prefix: start.clone(), start, end: None, value_len: None })
     };
     match (op, value) {
-        (Op::Eq | Op::Has, Typed::Str(s)) if !s.is_empty() && !s.contains('*') => {
-            // `:` on a singular string is a substring test, not an index lookup;
-            // the indexed strings are resource names in repeated fields or exact codes.
-            if *op == Op::Has && !path_is_repeated(kind, &path) {
-                return None;
-            }
-            exact(s.as_bytes().to_vec())
-        }
+        // (`:` on a singular string is a substring test: no lookup; on a
+        // repeated one the compiler already made it `=`.)
+        (Op::Eq, Typed::Str(s)) if !s.is_empty() && !s.contains('*') => exact(s.as_bytes().to_vec()),
         (Op::Eq | Op::Has, Typed::Enum(n)) => exact(((*n as u32) ^ (1 << 31)).to_be_bytes().to_vec()),
         (op, Typed::Date(first, last)) => {
             // Candidates by the record's first day; the filter is applied after.
@@ -140,11 +135,6 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
         }
         _ => None,
     }
-}
-
-fn path_is_repeated(kind: &Kind, path: &str) -> bool {
-    let Some(descriptor) = crate::pb::DESCRIPTOR_POOL.get_message_by_name(kind.message) else { return false };
-    filter::resolve_path_names(&descriptor, path).map(|(_, repeated)| repeated).unwrap_or(false)
 }
 
 /// Ids found by a lookup, up to `limit` keys; `None` when more were found.
@@ -167,8 +157,9 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
             if seen > limit {
                 return Ok(None);
             }
-            if let Some(at) = rest.iter().rposition(|b| *b == 0) {
-                ids.insert(String::from_utf8_lossy(&rest[at + 1..]).into_owned());
+            // The id follows the last 0 byte of the key (ids never hold one).
+            if let Some(at) = key.iter().rposition(|b| *b == 0) {
+                ids.insert(String::from_utf8_lossy(&key[at + 1..]).into_owned());
             }
         }
         match batch.last() {

@@ -24,6 +24,7 @@ pub mod paging;
 pub mod partnership_domain;
 pub mod party;
 pub mod records;
+pub mod relationship;
 pub mod resource;
 pub mod validate;
 
@@ -38,10 +39,10 @@ use crate::error::{Error, PreconditionViolation, Result, Violations};
 use crate::pb::DESCRIPTOR_POOL;
 use crate::pb::google::r#type::Date;
 use crate::store::{Condition, Op, Outcome, Store, Txn, key_after};
-use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
-pub use resource::{Kind, Resource};
 use filter::Filter;
 use order::OrderBy;
+use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
+pub use resource::{Kind, Resource};
 use validate::Reference;
 
 /// The actor recorded for changes until authentication exists.
@@ -145,12 +146,18 @@ impl Registry {
             registry.seed().await?;
         }
         let schema = match registry.store.get(SCHEMA_KEY)? {
-            Some(entry) => entry.value.try_into().map(u32::from_be_bytes).map_err(|_| Error::internal("corrupt registry schema"))?,
+            Some(entry) => entry
+                .value
+                .try_into()
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::internal("corrupt registry schema"))?,
             None => 1,
         };
         if schema > REGISTRY_SCHEMA {
             return Err(Error::Unavailable {
-                message: format!("the data dir holds registry schema {schema}, newer than the {REGISTRY_SCHEMA} this build knows; run a newer cooperation-registry"),
+                message: format!(
+                    "the data dir holds registry schema {schema}, newer than the {REGISTRY_SCHEMA} this build knows; run a newer cooperation-registry"
+                ),
             });
         }
         if schema < REGISTRY_SCHEMA {
@@ -165,13 +172,23 @@ impl Registry {
         let mut written = 0;
         for kind in resource::KINDS {
             let prefix = record_key(&format!("{}/", kind.collection));
-            let descriptor = DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
+            let descriptor =
+                DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
             let mut start = Vec::new();
             loop {
                 let batch = self.store.scan(&prefix, &start, 500)?;
-                let mut txn = Txn { change: StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() }.encode_to_vec(), ..Default::default() };
+                let mut txn = Txn {
+                    change: StoredChange {
+                        actor: MIGRATION_ACTOR.into(),
+                        commit_time: Some(now()),
+                        events: Vec::new(),
+                    }
+                    .encode_to_vec(),
+                    ..Default::default()
+                };
                 for (key, entry) in &batch {
-                    let record = DynamicMessage::decode(descriptor.clone(), entry.value.as_slice()).map_err(Error::internal)?;
+                    let record =
+                        DynamicMessage::decode(descriptor.clone(), entry.value.as_slice()).map_err(Error::internal)?;
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                     txn.ops.extend(index::diff(&BTreeSet::new(), &index::entries(kind, &id, &record)));
                 }
@@ -291,10 +308,11 @@ impl Registry {
             as_of_text.as_bytes(),
         ]);
         let bad_token = || Error::invalid("page_token", "is not a page token this server issued");
-        let cursor = match paging::decode(&query.page_token, fingerprint).map_err(|e| Error::invalid("page_token", e))? {
-            Some(bytes) => Some(order::decode_cursor(&bytes, order.len()).ok_or_else(bad_token)?),
-            None => None,
-        };
+        let cursor =
+            match paging::decode(&query.page_token, fingerprint).map_err(|e| Error::invalid("page_token", e))? {
+                Some(bytes) => Some(order::decode_cursor(&bytes, order.len()).ok_or_else(bad_token)?),
+                None => None,
+            };
 
         let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
         // Each candidate: derive as of the day, then the deleted check and the filter.
@@ -369,7 +387,11 @@ impl Registry {
     ) -> Result<u64> {
         let mut newest = 0;
         let after_id = match after {
-            Some(name) => Some(R::KIND.parse_name(name).map_err(|_| Error::invalid("page_token", "is not a page token this server issued"))?),
+            Some(name) => Some(
+                R::KIND
+                    .parse_name(name)
+                    .map_err(|_| Error::invalid("page_token", "is not a page token this server issued"))?,
+            ),
             None => None,
         };
         if let Some(ids) = candidates {

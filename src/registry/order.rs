@@ -37,9 +37,16 @@ impl OrderBy {
                 [path] => (*path, false),
                 [path, "asc"] => (*path, false),
                 [path, "desc"] => (*path, true),
-                _ => return Err(format!("key {} ({:?}) must be a field path, optionally followed by \"desc\"", i + 1, part.trim())),
+                _ => {
+                    return Err(format!(
+                        "key {} ({:?}) must be a field path, optionally followed by \"desc\"",
+                        i + 1,
+                        part.trim()
+                    ));
+                }
             };
-            let (steps, repeated) = filter::resolve_path_names(descriptor, path).map_err(|e| format!("key {}: {e}", i + 1))?;
+            let (steps, repeated) =
+                filter::resolve_path_names(descriptor, path).map_err(|e| format!("key {}: {e}", i + 1))?;
             let Some(Step::Field(leaf)) = steps.last() else {
                 return Err(format!("key {}: {path} goes through a map; order by singular fields only", i + 1));
             };
@@ -182,7 +189,6 @@ pub fn decode_cursor(bytes: &[u8], keys: usize) -> Option<(Vec<SortValue>, Strin
 
 #[cfg(test)]
 mod tests {
-
 
     use super::*;
     use crate::pb::cooperation::v1::Agreement;

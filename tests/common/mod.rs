@@ -118,7 +118,12 @@ pub async fn count_agreements(server: &TestServer, show_deleted: bool) -> usize 
     let mut count = 0;
     loop {
         let page = client
-            .list_agreements(v1::ListAgreementsRequest { page_size: 1000, page_token: token, show_deleted, ..Default::default() })
+            .list_agreements(v1::ListAgreementsRequest {
+                page_size: 1000,
+                page_token: token,
+                show_deleted,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();

@@ -1,0 +1,18 @@
+//! cooperation.v1.RelationshipService: the relationship between parties on a day.
+
+use crate::pb::cooperation::v1::relationship_service_server::RelationshipService;
+use crate::pb::cooperation::v1::{GetRelationshipRequest, Relationship};
+use crate::registry::relationship::RelationshipQuery;
+
+#[tonic::async_trait]
+impl RelationshipService for super::Api {
+    async fn get_relationship(
+        &self,
+        request: tonic::Request<GetRelationshipRequest>,
+    ) -> Result<tonic::Response<Relationship>, tonic::Status> {
+        let request = request.into_inner();
+        let query =
+            RelationshipQuery { parties: request.parties, as_of: request.as_of, window_months: request.window_months };
+        Ok(tonic::Response::new(self.registry.relationship(&query).await?))
+    }
+}
