@@ -1,0 +1,342 @@
+//! Queries through the API: filters, ordering, paging under concurrent writes,
+//! status as of a day, index-planned answers equal to full scans, and the
+//! relationship between parties.
+
+mod common;
+
+use common::*;
+use cooperation_registry::import::{import, parse_dataset};
+use cooperation_registry::pb::cooperation::v1::relationship_service_client::RelationshipServiceClient;
+use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, relationship};
+use prost_types::FieldMask;
+use tonic::Code;
+
+const STATES: [&str; 6] = ["ind", "jpn", "usa", "aus", "fra", "deu"];
+
+/// Agreement `i` between two of STATES, signed in year 2000 + i % 20.
+fn numbered(i: usize) -> v1::Agreement {
+    let a = STATES[i % STATES.len()];
+    let b = STATES[(i / STATES.len() + 1 + i) % STATES.len()];
+    let b = if a == b { STATES[(i + 1) % STATES.len()] } else { b };
+    let category =
+        if i % 3 == 0 { agreement::ProvisionCategory::BasingAccess } else { agreement::ProvisionCategory::Trade };
+    v1::Agreement {
+        title: format!("Agreement {i:03}"),
+        parties: vec![format!("parties/{a}"), format!("parties/{b}")],
+        signature_date: date(2000 + (i % 20) as i32, 1 + (i % 12) as i32, 0),
+        provisions: vec![agreement::Provision { category: category as i32, ..Default::default() }],
+        term: Some(agreement::Term { years: 1 + (i % 7) as i32, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+async fn load(server: &TestServer, count: usize) {
+    let mut client = server.agreements();
+    for i in 0..count {
+        client.create_agreement(create_agreement(&format!("n{i:03}"), numbered(i))).await.unwrap();
+    }
+}
+
+fn list(filter: &str, order_by: &str, page_size: i32, page_token: String) -> v1::ListAgreementsRequest {
+    v1::ListAgreementsRequest {
+        filter: filter.into(),
+        order_by: order_by.into(),
+        page_size,
+        page_token,
+        ..Default::default()
+    }
+}
+
+/// Every name the query returns, page by page.
+async fn all_pages(server: &TestServer, filter: &str, order_by: &str, page_size: i32) -> Vec<String> {
+    let mut client = server.agreements();
+    let mut names = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client.list_agreements(list(filter, order_by, page_size, token)).await.unwrap().into_inner();
+        assert!(page.agreements.len() <= page_size as usize);
+        names.extend(page.agreements.into_iter().map(|a| a.name));
+        if page.next_page_token.is_empty() {
+            return names;
+        }
+        token = page.next_page_token;
+    }
+}
+
+#[tokio::test]
+async fn indexed_filters_answer_exactly_what_a_full_scan_answers() {
+    let server = TestServer::start().await;
+    load(&server, 60).await;
+    for filter in [
+        r#"parties:"parties/jpn""#,
+        r#"parties = "parties/jpn" AND parties = "parties/ind""#,
+        r#"parties:"parties/usa" AND provisions.category = BASING_ACCESS"#,
+        "provisions.category = BASING_ACCESS",
+        r#"signature_date >= "2010" AND signature_date < "2015-06""#,
+        r#"signature_date = "2004""#,
+        r#"signature_date <= "2003-05""#,
+        r#"signature_date > "2018""#,
+        r#"parties:"parties/fra" OR parties:"parties/deu""#,
+        r#"title = "Agreement 01*""#,
+    ] {
+        let planned = all_pages(&server, filter, "", 7).await;
+        // NOT NOT hides the conditions from the planner: a full scan.
+        let scanned = all_pages(&server, &format!("NOT (NOT ({filter}))"), "", 1000).await;
+        assert_eq!(planned, scanned, "{filter}");
+        assert!(!planned.is_empty(), "{filter} should match something");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn filter_errors_name_the_position_and_change_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.agreements();
+    for (filter, position, problem) in [
+        (r#"parties:"parties/jpn" AND colour = "red""#, 26, "no field \"colour\""),
+        ("term.years = ten", 13, "not an integer"),
+        ("provisions.category = BASES", 22, "BASING_ACCESS"),
+        ("(title = \"x\"", 12, "expected ')'"),
+        (r#"signature_date >= "10 September 2020""#, 18, "YYYY"),
+    ] {
+        let err = client.list_agreements(list(filter, "", 0, String::new())).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(violated_fields(&err), ["filter"]);
+        assert!(err.message().contains(&format!("at position {position}")), "{filter}: {}", err.message());
+        assert!(err.message().contains(problem), "{filter}: {}", err.message());
+    }
+    let err = client.list_agreements(list("", "parties desc", 0, String::new())).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["order_by"]);
+    let err = client
+        .list_agreements(v1::ListAgreementsRequest { as_of: date(2020, 0, 0), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["as_of"]);
+    // A token is bound to its filter.
+    load(&server, 5).await;
+    let page = client.list_agreements(list("term.years > 0", "", 2, String::new())).await.unwrap().into_inner();
+    let err = client.list_agreements(list("term.years > 1", "", 2, page.next_page_token)).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["page_token"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn order_by_several_keys_pages_correctly_under_concurrent_writes() {
+    let server = TestServer::start().await;
+    load(&server, 40).await;
+    let order = "signature_date desc, term.years, title";
+    let expected_before = all_pages(&server, "", order, 1000).await;
+    assert_eq!(expected_before.len(), 40);
+
+    // Page through while writers add records on both sides of the cursor and
+    // delete some ahead of it.
+    let mut client = server.agreements();
+    let mut names = Vec::new();
+    let mut token = String::new();
+    let mut page_number = 0;
+    loop {
+        let page = client.list_agreements(list("", order, 6, token)).await.unwrap().into_inner();
+        names.extend(page.agreements.into_iter().map(|a| a.name));
+        page_number += 1;
+        if page_number == 2 {
+            let mut newest = numbered(1000);
+            newest.signature_date = date(2030, 1, 1); // sorts before the cursor: not seen
+            client.create_agreement(create_agreement("z-newest", newest)).await.unwrap();
+            let mut oldest = numbered(1001);
+            oldest.signature_date = date(1990, 1, 1); // sorts after the cursor: seen at the end
+            client.create_agreement(create_agreement("z-oldest", oldest)).await.unwrap();
+            let ahead = expected_before.last().unwrap().clone();
+            client.delete_agreement(v1::DeleteAgreementRequest { name: ahead, ..Default::default() }).await.unwrap();
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = expected_before[..expected_before.len() - 1].to_vec();
+    expected.push("agreements/z-oldest".into());
+    assert_eq!(names, expected, "no record skipped or repeated");
+
+    // The order itself: dates descending, then term ascending, then title.
+    let rows = client.list_agreements(list("", order, 1000, String::new())).await.unwrap().into_inner().agreements;
+    for pair in rows.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let key = |x: &v1::Agreement| x.signature_date.map(|d| (d.year, d.month)).unwrap_or_default();
+        assert!(
+            key(a) > key(b) || (key(a) == key(b) && a.term.as_ref().unwrap().years <= b.term.as_ref().unwrap().years),
+            "{} before {}",
+            a.name,
+            b.name
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn filtered_paging_by_index_stays_correct_while_others_write() {
+    let server = TestServer::start().await;
+    load(&server, 30).await;
+    let filter = r#"parties:"parties/jpn""#;
+    let before = all_pages(&server, filter, "", 1000).await;
+    let mut client = server.agreements();
+    let first = client.list_agreements(list(filter, "", 3, String::new())).await.unwrap().into_inner();
+    // A new match after the cursor, one before it, and a change that moves a
+    // later match out of the filter.
+    let mut after = numbered(2000);
+    after.parties = vec!["parties/jpn".into(), "parties/ind".into()];
+    client.create_agreement(create_agreement("zz-after", after.clone())).await.unwrap();
+    client.create_agreement(create_agreement("a-before", after)).await.unwrap();
+    let moved = before.last().unwrap().clone();
+    let patch = v1::Agreement {
+        name: moved.clone(),
+        parties: vec!["parties/fra".into(), "parties/deu".into()],
+        ..Default::default()
+    };
+    client
+        .update_agreement(v1::UpdateAgreementRequest {
+            agreement: Some(patch),
+            update_mask: Some(FieldMask { paths: vec!["parties".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut names: Vec<String> = first.agreements.iter().map(|a| a.name.clone()).collect();
+    let mut token = first.next_page_token;
+    while !token.is_empty() {
+        let page = client.list_agreements(list(filter, "", 3, token)).await.unwrap().into_inner();
+        names.extend(page.agreements.into_iter().map(|a| a.name));
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<String> = before.iter().filter(|n| **n != moved).cloned().collect();
+    expected.push("agreements/zz-after".into());
+    assert_eq!(names, expected);
+    // The index follows the update: the moved record is found by its new parties.
+    assert!(all_pages(&server, r#"parties:"parties/deu" AND parties:"parties/fra""#, "", 50).await.contains(&moved));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn status_follows_as_of_around_each_boundary() {
+    let server = TestServer::start().await;
+    let mut client = server.agreements();
+    let mut a = agreement("Ten years");
+    a.signature_date = date(2020, 9, 9);
+    a.entry_into_force_date = date(2020, 9, 10);
+    a.term = Some(agreement::Term { years: 10, ..Default::default() });
+    client.create_agreement(create_agreement("ten", a)).await.unwrap();
+    for (as_of, status) in [
+        (date(2020, 9, 8), agreement::Status::NotYetSigned),
+        (date(2020, 9, 9), agreement::Status::Signed),
+        (date(2020, 9, 10), agreement::Status::InForce),
+        (date(2030, 9, 9), agreement::Status::InForce),
+        (date(2030, 9, 10), agreement::Status::Expired),
+    ] {
+        let got = client
+            .get_agreement(v1::GetAgreementRequest { name: "agreements/ten".into(), as_of })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.status(), status, "{as_of:?}");
+        let listed = client
+            .list_agreements(v1::ListAgreementsRequest {
+                filter: format!("status = {}", status.as_str_name()),
+                as_of,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.agreements.len(), 1, "status filter as of {as_of:?}");
+        assert_eq!(listed.agreements[0].status(), status);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_relationship_of_india_and_japan_reproduces_the_seed_article() {
+    let server = TestServer::start().await;
+    import(server.channel.clone(), parse_dataset(include_str!("../examples/india-japan-2020.json")).unwrap(), false)
+        .await
+        .unwrap();
+    let mut client = RelationshipServiceClient::new(server.channel.clone());
+    let request = v1::GetRelationshipRequest {
+        parties: vec!["parties/ind".into(), "parties/jpn".into()],
+        as_of: date(2025, 1, 1),
+        window_months: 0,
+    };
+    let got = client.get_relationship(request.clone()).await.unwrap().into_inner();
+    let counts = got.counts.unwrap();
+    assert_eq!(
+        (counts.agreements, counts.agreements_in_force, counts.partnership_domains, counts.engagements),
+        (2, 1, 12, 2)
+    );
+    assert_eq!(got.window_months, 12);
+    // The CEPA (in force since August 2011) first, then the 2020 agreement, signed.
+    let agreements: Vec<_> = got.agreements.iter().map(|a| (a.agreement.as_str(), a.status())).collect();
+    assert_eq!(
+        agreements,
+        [
+            ("agreements/india-japan-cepa-2011", agreement::Status::InForce),
+            ("agreements/india-japan-rpss-2020", agreement::Status::Signed)
+        ]
+    );
+    assert_eq!(got.agreements_in_force, ["agreements/india-japan-cepa-2011"]);
+    assert!(got.agreements[1].provision_categories.contains(&(agreement::ProvisionCategory::BasingAccess as i32)));
+    // The domains, including the emerging trilateral one with ASEAN.
+    let domains: Vec<_> = got.partnership_domains.iter().map(|d| d.partnership_domain.as_str()).collect();
+    assert!(domains.contains(&"partnershipDomains/india-japan-civil-nuclear"));
+    assert!(domains.contains(&"partnershipDomains/india-asean-japan-trilateral"));
+    assert!(!domains.contains(&"partnershipDomains/india-asean-maritime-security"));
+    // The timeline: the 2019 2+2, then the 2020 signing.
+    let timeline: Vec<_> = got.engagements.iter().map(|e| e.engagement.as_str()).collect();
+    assert_eq!(timeline, ["engagements/india-japan-2plus2-2019", "engagements/india-japan-rpss-signing-2020"]);
+
+    // Had the 2020 agreement entered into force on signature, its ten-year term
+    // would come up in the window of 2030.
+    let patch = v1::Agreement {
+        name: "agreements/india-japan-rpss-2020".into(),
+        entry_into_force_date: date(2020, 9, 10),
+        ..Default::default()
+    };
+    server
+        .agreements()
+        .update_agreement(v1::UpdateAgreementRequest {
+            agreement: Some(patch),
+            update_mask: Some(FieldMask { paths: vec!["entry_into_force_date".into()] }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let later = client
+        .get_relationship(v1::GetRelationshipRequest { as_of: date(2030, 1, 1), ..request.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(later.upcoming_term_events.len(), 1);
+    let event = &later.upcoming_term_events[0];
+    assert_eq!(
+        (event.agreement.as_str(), event.date, event.kind()),
+        ("agreements/india-japan-rpss-2020", date(2030, 9, 10), relationship::term_event::Kind::Expiry)
+    );
+    let after = client
+        .get_relationship(v1::GetRelationshipRequest { as_of: date(2030, 9, 10), ..request.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.upcoming_term_events.is_empty());
+    assert!(after.agreements.iter().any(|a| a.status() == agreement::Status::Expired));
+
+    // Bad requests.
+    let err = client
+        .get_relationship(v1::GetRelationshipRequest {
+            parties: vec!["parties/ind".into(), "parties/nowhere".into(), "parties/ind".into()],
+            window_months: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["parties[1]", "parties[2]", "window_months"]);
+    let err = client.get_relationship(v1::GetRelationshipRequest::default()).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["parties"]);
+    server.stop().await;
+}
