@@ -89,7 +89,7 @@ pub fn diff(before: &BTreeSet<Vec<u8>>, after: &BTreeSet<Vec<u8>>) -> Vec<StoreO
 /// A lookup in one index: keys from `start` (inclusive) while under `prefix`
 /// and, for ranges, not beyond `end` (inclusive, on the value part).
 #[derive(Clone, Debug)]
-struct Lookup {
+pub struct Lookup {
     prefix: Vec<u8>,
     start: Vec<u8>,
     /// For date ranges: the largest value bytes to include.
@@ -140,47 +140,115 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
 /// Ids found by a lookup, up to `limit` keys; `None` when more were found.
 fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<BTreeSet<String>>> {
     let mut ids = BTreeSet::new();
-    let mut start = lookup.start.clone();
     let mut seen = 0;
+    let complete = walk(store, lookup, &lookup.start, &mut |id| {
+        seen += 1;
+        if seen > limit {
+            return false;
+        }
+        ids.insert(id.to_string());
+        true
+    })?;
+    Ok(complete.then_some(ids))
+}
+
+/// Calls `visit` with the id of every key of a lookup from `start`, in key
+/// order, until it returns false. Returns whether every key was visited.
+fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(&str) -> bool) -> StoreResult<bool> {
+    const CHUNK: usize = 256;
+    let mut start = start.to_vec();
     loop {
-        let batch = store.scan(&lookup.prefix, &start, 1024)?;
-        let exhausted = batch.len() < 1024;
+        let batch = store.scan(&lookup.prefix, &start, CHUNK)?;
         for (key, _) in &batch {
             let rest = &key[lookup.prefix.len()..];
             if let (Some(end), Some(len)) = (lookup.end, lookup.value_len)
                 && rest.len() >= len
                 && rest[..len] > end[..]
             {
-                return Ok(Some(ids));
-            }
-            seen += 1;
-            if seen > limit {
-                return Ok(None);
+                return Ok(true);
             }
             // The id follows the last 0 byte of the key (ids never hold one).
-            if let Some(at) = key.iter().rposition(|b| *b == 0) {
-                ids.insert(String::from_utf8_lossy(&key[at + 1..]).into_owned());
+            let Some(at) = key.iter().rposition(|b| *b == 0) else { continue };
+            if !visit(&String::from_utf8_lossy(&key[at + 1..])) {
+                return Ok(false);
             }
         }
         match batch.last() {
-            Some((key, _)) if !exhausted => start = crate::store::key_after(key),
-            _ => return Ok(Some(ids)),
+            Some((key, _)) if batch.len() == CHUNK => start = crate::store::key_after(key),
+            _ => return Ok(true),
         }
     }
 }
 
-/// The ids that may match `filter`, from its most selective indexed condition,
-/// or `None` when no condition can use an index (scan everything).
-pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResult<Option<BTreeSet<String>>> {
-    let mut best: Option<BTreeSet<String>> = None;
-    for condition in filter.conjuncts() {
-        let Some(lookup) = lookup_for(kind, condition) else { continue };
-        let limit = best.as_ref().map(|b| b.len()).unwrap_or(COUNT_LIMIT);
-        if let Some(ids) = run(store, &lookup, limit)?
-            && best.as_ref().is_none_or(|b| ids.len() < b.len())
-        {
-            best = Some(ids);
+/// Where the records that may match a filter are.
+#[derive(Debug)]
+pub enum Candidates {
+    /// The entries of one indexed value: ids in id order, read as needed.
+    Exact(Lookup),
+    /// The ids of a range of values, collected and sorted.
+    Ids(BTreeSet<String>),
+}
+
+impl Candidates {
+    /// Calls `visit` with each candidate id after `after` in id order, until it
+    /// returns false.
+    pub fn for_each(
+        &self,
+        store: &dyn Store,
+        after: Option<&str>,
+        visit: &mut dyn FnMut(&str) -> bool,
+    ) -> StoreResult<()> {
+        match self {
+            Candidates::Exact(lookup) => {
+                let start = match after {
+                    Some(id) => {
+                        let mut key = lookup.prefix.clone();
+                        key.extend_from_slice(id.as_bytes());
+                        crate::store::key_after(&key)
+                    }
+                    None => lookup.start.clone(),
+                };
+                walk(store, lookup, &start, visit).map(|_| ())
+            }
+            Candidates::Ids(ids) => {
+                let range = match after {
+                    Some(id) => ids.range::<str, _>((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+                    None => ids.range::<str, _>(..),
+                };
+                for id in range {
+                    if !visit(id) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
         }
     }
-    Ok(best)
+}
+
+/// Where to look for the records that may match `filter`: its most selective
+/// indexed condition, or `None` when no condition can use an index (scan
+/// everything). A single exact condition is read lazily; with several, each is
+/// counted (up to the best so far) to pick the smallest.
+pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResult<Option<Candidates>> {
+    let lookups: Vec<Lookup> = filter.conjuncts().into_iter().filter_map(|c| lookup_for(kind, c)).collect();
+    if let [only] = lookups.as_slice()
+        && only.end.is_none()
+        && only.value_len.is_none()
+    {
+        return Ok(Some(Candidates::Exact(only.clone())));
+    }
+    let mut best: Option<(BTreeSet<String>, &Lookup)> = None;
+    for lookup in &lookups {
+        let limit = best.as_ref().map(|(ids, _)| ids.len()).unwrap_or(COUNT_LIMIT);
+        if let Some(ids) = run(store, lookup, limit)?
+            && best.as_ref().is_none_or(|(b, _)| ids.len() < b.len())
+        {
+            best = Some((ids, lookup));
+        }
+    }
+    Ok(best.map(|(ids, lookup)| {
+        let exact = lookup.end.is_none() && lookup.value_len.is_none();
+        if exact { Candidates::Exact(lookup.clone()) } else { Candidates::Ids(ids) }
+    }))
 }

@@ -381,7 +381,7 @@ impl Registry {
     /// Returns the highest revision visited.
     fn scan<R: Resource>(
         &self,
-        candidates: Option<&BTreeSet<String>>,
+        candidates: Option<&index::Candidates>,
         after: Option<&str>,
         mut visit: impl FnMut(R, u64) -> bool,
     ) -> Result<u64> {
@@ -394,19 +394,29 @@ impl Registry {
             ),
             None => None,
         };
-        if let Some(ids) = candidates {
-            let range = match after_id {
-                Some(id) => ids.range::<str, _>((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
-                None => ids.range::<str, _>(..),
-            };
-            for id in range {
-                let Some(entry) = self.store.get(&record_key(&R::KIND.name_of(id)))? else { continue };
-                newest = newest.max(entry.mod_revision);
-                if !visit(decode(&entry.value)?, entry.mod_revision) {
-                    break;
+        if let Some(candidates) = candidates {
+            let mut failure = None;
+            candidates.for_each(&*self.store, after_id, &mut |id| {
+                let found =
+                    self.store.get(&record_key(&R::KIND.name_of(id))).map_err(Error::from).and_then(
+                        |entry| match entry {
+                            Some(entry) => decode::<R>(&entry.value).map(|record| Some((record, entry.mod_revision))),
+                            None => Ok(None),
+                        },
+                    );
+                match found {
+                    Ok(Some((record, revision))) => {
+                        newest = newest.max(revision);
+                        visit(record, revision)
+                    }
+                    Ok(None) => true,
+                    Err(e) => {
+                        failure = Some(e);
+                        false
+                    }
                 }
-            }
-            return Ok(newest);
+            })?;
+            return failure.map_or(Ok(newest), Err);
         }
         let prefix = record_key(&format!("{}/", R::KIND.collection));
         let mut start = match after_id {
