@@ -798,7 +798,7 @@ async fn parties_domains_and_engagements_answer_all_six_methods() {
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["engagement.end_date"], "an end before the start");
     let listed = engagements.list_engagements(v1::ListEngagementsRequest::default()).await.unwrap().into_inner();
-    assert_eq!(listed.engagements, [got.clone()], "the rejected update changed nothing");
+    assert_eq!(listed.engagements, std::slice::from_ref(&got), "the rejected update changed nothing");
     let err = domains
         .delete_partnership_domain(v1::DeletePartnershipDomainRequest { name: name.clone(), ..Default::default() })
         .await

@@ -47,6 +47,7 @@ async fn reflection_v1alpha_and_v1_describe_our_services_with_comments() {
         "cooperation.v1.PartyService",
         "cooperation.v1.PartnershipDomainService",
         "cooperation.v1.EngagementService",
+        "cooperation.v1.RelationshipService",
         "grpc.health.v1.Health",
     ] {
         assert!(services.contains(&expected.to_string()), "{expected} not in {services:?}");

@@ -310,7 +310,7 @@ impl Registry {
         let bad_token = || Error::invalid("page_token", "is not a page token this server issued");
         let cursor =
             match paging::decode(&query.page_token, fingerprint).map_err(|e| Error::invalid("page_token", e))? {
-                Some(bytes) => Some(order::decode_cursor(&bytes, order.len()).ok_or_else(bad_token)?),
+                Some(bytes) => Some(order::decode_cursor(&bytes, order.key_count()).ok_or_else(bad_token)?),
                 None => None,
             };
 

@@ -66,8 +66,8 @@ impl OrderBy {
         Ok(OrderBy { keys })
     }
 
-    /// How many keys besides the name.
-    pub fn len(&self) -> usize {
+    /// How many keys there are besides the name.
+    pub fn key_count(&self) -> usize {
         self.keys.len()
     }
 
