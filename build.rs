@@ -15,6 +15,7 @@ const OUR_FILES: &[&str] = &[
     "cooperation/v1/engagement.proto",
     "cooperation/v1/dataset.proto",
     "cooperation/v1/relationship.proto",
+    "cooperation/v1/change.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -53,6 +53,14 @@ pub struct ServeArgs {
     /// Largest response message sent, in bytes.
     #[arg(long, env = "COOPERATION_REGISTRY_MAX_RESPONSE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_response_bytes: usize,
+    /// Change-log retention: keep at least this many of the latest revisions.
+    /// Unset (and no --change-retention-hours): keep every change.
+    #[arg(long, env = "COOPERATION_REGISTRY_CHANGE_RETENTION_REVISIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub change_retention_revisions: Option<u64>,
+    /// Change-log retention: keep the changes of at least this many hours.
+    /// With both retention flags, a change is compacted only when both allow.
+    #[arg(long, env = "COOPERATION_REGISTRY_CHANGE_RETENTION_HOURS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub change_retention_hours: Option<u64>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -112,7 +120,28 @@ async fn serve(args: ServeArgs) -> CliResult {
         max_response_bytes: args.max_response_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
     };
+    if args.change_retention_revisions.is_some() || args.change_retention_hours.is_some() {
+        spawn_compactor(registry.clone(), args.change_retention_revisions, args.change_retention_hours);
+    }
     server::serve(registry, listener, options, shutdown_signal()).await
+}
+
+/// Applies the change-log retention policy once a minute.
+fn spawn_compactor(registry: Arc<Registry>, keep_revisions: Option<u64>, keep_hours: Option<u64>) {
+    let keep_for = keep_hours.map(|h| Duration::from_secs(h * 3600));
+    tracing::info!(?keep_revisions, ?keep_hours, "change-log retention policy");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let registry = registry.clone();
+            match tokio::task::spawn_blocking(move || registry.compact(keep_revisions, keep_for)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "change-log compaction failed"),
+                Err(e) => tracing::warn!(error = %e, "change-log compaction panicked"),
+            }
+        }
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -44,6 +44,8 @@ pub enum Error {
     Conflict { name: String },
     /// The request is well-formed but the stored state forbids it.
     FailedPrecondition { reason: String, message: String, violations: Vec<PreconditionViolation> },
+    /// A revision the change log no longer holds (compacted).
+    OutOfRange { message: String, oldest_revision: u64 },
     /// The service cannot serve now (closed store, shutting down); retry later.
     Unavailable { message: String },
     /// A fault inside the service; the details go to the log, not to the caller.
@@ -183,6 +185,10 @@ impl From<Error> for tonic::Status {
                     details.add_precondition_failure_violation(v.kind, v.subject, v.description);
                 }
                 (Code::FailedPrecondition, message)
+            }
+            Error::OutOfRange { message, oldest_revision } => {
+                info(&mut details, "REVISION_COMPACTED", &[("oldest_revision", &oldest_revision.to_string())]);
+                (Code::OutOfRange, message)
             }
             Error::Unavailable { message } => {
                 info(&mut details, "UNAVAILABLE", &[]);

@@ -17,6 +17,7 @@ use tracing::Span;
 use crate::api::Api;
 use crate::pb;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
+use crate::pb::cooperation::v1::change_service_server::ChangeServiceServer;
 use crate::pb::cooperation::v1::engagement_service_server::EngagementServiceServer;
 use crate::pb::cooperation::v1::partnership_domain_service_server::PartnershipDomainServiceServer;
 use crate::pb::cooperation::v1::party_service_server::PartyServiceServer;
@@ -71,6 +72,7 @@ pub async fn serve(
     health.set_serving::<PartnershipDomainServiceServer<Api>>().await;
     health.set_serving::<EngagementServiceServer<Api>>().await;
     health.set_serving::<RelationshipServiceServer<Api>>().await;
+    health.set_serving::<ChangeServiceServer<Api>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -85,8 +87,10 @@ pub async fn serve(
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let reporter = health.clone();
+    let stopping = registry.clone();
     let stop_accepting = async move {
         shutdown.await;
+        stopping.begin_shutdown();
         tracing::info!("shutting down: health is NOT_SERVING, draining calls in flight");
         reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         reporter.set_not_serving::<AgreementServiceServer<Api>>().await;
@@ -94,6 +98,7 @@ pub async fn serve(
         reporter.set_not_serving::<PartnershipDomainServiceServer<Api>>().await;
         reporter.set_not_serving::<EngagementServiceServer<Api>>().await;
         reporter.set_not_serving::<RelationshipServiceServer<Api>>().await;
+        reporter.set_not_serving::<ChangeServiceServer<Api>>().await;
         let _ = draining_tx.send(());
     };
 
@@ -116,6 +121,7 @@ pub async fn serve(
         .add_service(configured!(PartnershipDomainServiceServer, api, options))
         .add_service(configured!(EngagementServiceServer, api, options))
         .add_service(configured!(RelationshipServiceServer, api, options))
+        .add_service(configured!(ChangeServiceServer, api, options))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
     tracing::info!(address = %local, revision = registry.revision(), "serving cooperation.v1");
 

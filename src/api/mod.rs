@@ -3,6 +3,7 @@
 //! shape for every resource, so `resource_service!` writes them once.
 
 pub mod agreement;
+pub mod change;
 pub mod engagement;
 pub mod partnership_domain;
 pub mod party;
@@ -87,7 +88,11 @@ macro_rules! resource_service {
                     order_by: request.order_by,
                 };
                 let page = self.registry.list::<$resource>(&query).await?;
-                Ok(tonic::Response::new($list_resp { $items: page.items, next_page_token: page.next_page_token }))
+                Ok(tonic::Response::new($list_resp {
+                    $items: page.items,
+                    next_page_token: page.next_page_token,
+                    revision: page.revision as i64,
+                }))
             }
 
             async fn $create(

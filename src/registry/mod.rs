@@ -14,6 +14,7 @@
 //! deletes), retried from a fresh read when a concurrent write got there first.
 
 pub mod agreement;
+pub mod changes;
 pub mod dates;
 pub mod engagement;
 pub mod filter;
@@ -89,10 +90,14 @@ pub struct ListQuery {
 pub struct Page<R> {
     pub items: Vec<R>,
     pub next_page_token: String,
+    /// The revision read at: every change up to it shows in the page.
+    pub revision: u64,
 }
 
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// Turns true when the server begins to shut down: watchers end then.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// A change planned from one read of the store.
@@ -100,6 +105,8 @@ struct Planned<R> {
     record: R,
     /// The record as stored before, for the index entries to replace.
     previous: Option<R>,
+    /// The revision of `previous` (0 for a creation).
+    previous_revision: u64,
     kind: ChangeKind,
     ops: Vec<Op>,
     conditions: Vec<Condition>,
@@ -141,7 +148,7 @@ fn targets(references: &[Reference]) -> BTreeSet<String> {
 impl Registry {
     /// Opens the registry on a store, writing the ISO 3166-1 states into an empty one.
     pub async fn open(store: Arc<dyn Store>) -> Result<Registry> {
-        let registry = Registry { store };
+        let registry = Registry { store, shutdown: tokio::sync::watch::Sender::new(false) };
         if registry.store.revision() == 0 {
             registry.seed().await?;
         }
@@ -214,6 +221,12 @@ impl Registry {
         self.store.revision()
     }
 
+    /// Ends every watcher (with UNAVAILABLE and the revision to resume from),
+    /// so a graceful shutdown need not wait for open streams.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
     /// Flushes and closes the store; later writes fail with UNAVAILABLE.
     pub fn close(&self) -> Result<()> {
         self.store.close().map_err(Error::from)
@@ -232,7 +245,12 @@ impl Registry {
             txn.ops.extend(index::diff(&BTreeSet::new(), &entries));
             txn.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
             txn.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
-            change.events.push(StoredEvent { kind: ChangeKind::Created as i32, name: party.name, record: bytes });
+            change.events.push(StoredEvent {
+                kind: ChangeKind::Created as i32,
+                name: party.name,
+                record: bytes,
+                previous_revision: 0,
+            });
         }
         txn.ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() });
         txn.change = change.encode_to_vec();
@@ -314,6 +332,8 @@ impl Registry {
                 None => None,
             };
 
+        // Read before the scan: every change up to it is visible to the scan.
+        let read_at = self.store.revision();
         let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
         // Each candidate: derive as of the day, then the deleted check and the filter.
         let admit = |record: &mut R, revision: u64| -> Option<DynamicMessage> {
@@ -353,12 +373,12 @@ impl Registry {
             rows.truncate(size);
             newest
         };
-        self.store.wait_durable(newest).await?;
+        self.store.wait_durable(newest.max(read_at)).await?;
         let next_page_token = match (more, rows.last()) {
             (true, Some((values, last))) => paging::encode(fingerprint, &order::encode_cursor(values, last.name())),
             _ => String::new(),
         };
-        Ok(Page { items: rows.into_iter().map(|(_, record)| record).collect(), next_page_token })
+        Ok(Page { items: rows.into_iter().map(|(_, record)| record).collect(), next_page_token, revision: read_at })
     }
 
     /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
@@ -469,7 +489,7 @@ impl Registry {
             record.set_create_time(Some(time));
             record.set_update_time(Some(time));
             let ops = reference_ops(&name, &BTreeSet::new(), &targets(&references));
-            Ok(Planned { record, previous: None, kind: ChangeKind::Created, ops, conditions })
+            Ok(Planned { record, previous: None, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
         })
         .await
     }
@@ -506,7 +526,14 @@ impl Registry {
             record.set_update_time(Some(now()));
             let before = targets(&self.validate(&stored, &mut Violations::new()));
             let ops = reference_ops(&name, &before, &targets(&references));
-            Ok(Planned { record, previous: Some(stored), kind: ChangeKind::Updated, ops, conditions })
+            Ok(Planned {
+                record,
+                previous: Some(stored),
+                previous_revision: revision,
+                kind: ChangeKind::Updated,
+                ops,
+                conditions,
+            })
         })
         .await
     }
@@ -555,7 +582,7 @@ impl Registry {
             let time = now();
             record.set_delete_time(Some(time));
             record.set_update_time(Some(time));
-            Ok(Planned { record, previous, kind: ChangeKind::Deleted, ops, conditions })
+            Ok(Planned { record, previous, previous_revision: revision, kind: ChangeKind::Deleted, ops, conditions })
         })
         .await
     }
@@ -597,7 +624,7 @@ impl Registry {
             let previous = Some(record.clone());
             record.set_delete_time(None);
             record.set_update_time(Some(now()));
-            Ok(Planned { record, previous, kind: ChangeKind::Undeleted, ops, conditions })
+            Ok(Planned { record, previous, previous_revision: revision, kind: ChangeKind::Undeleted, ops, conditions })
         })
         .await
     }
@@ -616,7 +643,7 @@ impl Registry {
             if let Some(answer) = self.previous_answer::<R>(mutation).await? {
                 return Ok(answer);
             }
-            let Planned { mut record, previous, kind, mut ops, mut conditions } = plan()?;
+            let Planned { mut record, previous, previous_revision, kind, mut ops, mut conditions } = plan()?;
             let name = record.name().to_string();
             let id = R::KIND.parse_name(&name).map_err(Error::internal)?;
             let before = previous.map(|p| index::entries(R::KIND, id, &p.transcode_to_dynamic())).unwrap_or_default();
@@ -636,7 +663,7 @@ impl Registry {
             let change = StoredChange {
                 actor: mutation.actor.clone(),
                 commit_time: Some(now()),
-                events: vec![StoredEvent { kind: kind as i32, name, record: bytes }],
+                events: vec![StoredEvent { kind: kind as i32, name, record: bytes, previous_revision }],
             };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
             match self.store.commit(txn).await? {

@@ -23,6 +23,10 @@ pub struct StoredEvent {
     pub name: String,
     #[prost(bytes = "vec", tag = "3")]
     pub record: Vec<u8>,
+    /// The revision of the record's previous version (0 for a creation): the
+    /// link that lets a record's history be read from the change log.
+    #[prost(uint64, tag = "4")]
+    pub previous_revision: u64,
 }
 
 /// The change-log entry of one revision.

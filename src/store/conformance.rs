@@ -112,6 +112,18 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(winners, 1);
     assert_eq!(store.revision(), 405);
 
+    // Compaction removes entries before a revision, never past the end, and
+    // records where the log now starts.
+    assert_eq!(store.first_change().unwrap(), 1);
+    assert_eq!(store.compact(5).unwrap(), 4);
+    assert_eq!(store.first_change().unwrap(), 5);
+    assert_eq!(store.changes(0, 2).unwrap().iter().map(|c| c.0).collect::<Vec<_>>(), [5, 6]);
+    assert_eq!(store.compact(3).unwrap(), 0, "compaction never goes back");
+    assert_eq!(store.compact(10_000).unwrap(), 401);
+    assert_eq!(store.first_change().unwrap(), 406);
+    assert!(store.changes(0, 10).unwrap().is_empty());
+    assert_eq!(store.get(b"a/1").unwrap().unwrap().value, b"one", "records stay");
+
     store.close().unwrap();
     assert_eq!(store.commit(txn(vec![put("z", "z")], vec![])).await, Err(StoreError::Closed));
 }

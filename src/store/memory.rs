@@ -11,6 +11,7 @@ struct State {
     keys: BTreeMap<Vec<u8>, Entry>,
     changes: BTreeMap<u64, Vec<u8>>,
     revision: u64,
+    first_change: u64,
     closed: bool,
 }
 
@@ -93,6 +94,23 @@ impl Store for MemoryStore {
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let state = self.state.lock().expect("state lock");
         Ok(state.changes.range(from_revision..).take(limit).map(|(r, c)| (*r, c.clone())).collect())
+    }
+
+    fn first_change(&self) -> StoreResult<u64> {
+        Ok(self.state.lock().expect("state lock").first_change.max(1))
+    }
+
+    fn compact(&self, revision: u64) -> StoreResult<u64> {
+        let mut state = self.state.lock().expect("state lock");
+        let revision = revision.min(state.revision + 1);
+        if revision <= state.first_change.max(1) {
+            return Ok(0);
+        }
+        state.first_change = revision;
+        let kept = state.changes.split_off(&revision);
+        let removed = state.changes.len() as u64;
+        state.changes = kept;
+        Ok(removed)
     }
 
     fn close(&self) -> StoreResult<()> {

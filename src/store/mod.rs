@@ -123,6 +123,15 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` change-log entries from `from_revision` (inclusive), oldest first.
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
 
+    /// The oldest revision whose change-log entry may still be read: 1 until
+    /// the log is compacted, then the revision it was compacted to.
+    fn first_change(&self) -> StoreResult<u64>;
+
+    /// Removes the change-log entries before `revision` (at most up to the
+    /// current revision + 1), recording the new first revision first so no
+    /// reader mistakes a removed entry for a gap. Returns how many were removed.
+    fn compact(&self, revision: u64) -> StoreResult<u64>;
+
     /// Waits for pending writes, flushes everything and refuses later writes.
     fn close(&self) -> StoreResult<()>;
 }

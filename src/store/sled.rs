@@ -31,6 +31,7 @@ pub const SCHEMA_VERSION: u64 = 1;
 const META_FORMAT: &[u8] = b"mformat";
 const META_SCHEMA: &[u8] = b"mschema";
 const META_REVISION: &[u8] = b"mrevision";
+const META_FIRST_CHANGE: &[u8] = b"mfirstchange";
 const USER: u8 = b'k';
 const CHANGE: u8 = b'c';
 
@@ -279,6 +280,38 @@ impl Store for SledStore {
             out.push((revision, v.to_vec()));
         }
         Ok(out)
+    }
+
+    fn first_change(&self) -> StoreResult<u64> {
+        Ok(self.tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1))
+    }
+
+    fn compact(&self, revision: u64) -> StoreResult<u64> {
+        let revision = revision.min(self.revision() + 1);
+        let first = self.first_change()?;
+        if revision <= first {
+            return Ok(0);
+        }
+        // The floor goes to disk before any entry is removed.
+        self.tree.insert(META_FIRST_CHANGE, &revision.to_be_bytes()).map_err(storage)?;
+        self.tree.flush().map_err(storage)?;
+        let mut removed = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for item in self.tree.range(change_key(first)..change_key(revision)).take(4096) {
+                let (key, _) = item.map_err(storage)?;
+                batch.remove(key);
+                in_batch += 1;
+            }
+            if in_batch == 0 {
+                break;
+            }
+            self.tree.apply_batch(batch).map_err(storage)?;
+            removed += in_batch;
+        }
+        self.tree.flush().map_err(storage)?;
+        Ok(removed)
     }
 
     fn close(&self) -> StoreResult<()> {
