@@ -184,3 +184,52 @@ async fn sigkill_loses_nothing_acknowledged() {
     }
     eprintln!("{} acknowledged writes survived 3 SIGKILLs", acknowledged.len());
 }
+
+/// A watch interrupted by a server crash resumes from the last revision it
+/// processed, with nothing missed and nothing repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_after_the_server_restarts() {
+    use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
+    use tokio_stream::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path());
+    let channel = connect(server.addr).await;
+    let mut writer = AgreementServiceClient::new(channel.clone());
+    let mut watcher = ChangeServiceClient::new(connect(server.addr).await);
+    let mut stream = watcher
+        .watch_changes(v1::WatchChangesRequest { start_revision: 2, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..10 {
+        writer.create_agreement(create_agreement(&format!("before-{i}"), agreement("before"))).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let response = stream.next().await.unwrap().unwrap();
+        seen.extend(response.changes.iter().map(|c| c.revision));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let mut server = start(dir.path());
+    let resume = seen.last().unwrap() + 1;
+    let mut watcher = ChangeServiceClient::new(connect(server.addr).await);
+    let mut stream = watcher
+        .watch_changes(v1::WatchChangesRequest { start_revision: resume, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut writer = AgreementServiceClient::new(connect(server.addr).await);
+    for i in 0..5 {
+        writer.create_agreement(create_agreement(&format!("after-{i}"), agreement("after"))).await.unwrap();
+    }
+    while seen.len() < 15 {
+        let response = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.unwrap().unwrap().unwrap();
+        seen.extend(response.changes.iter().map(|c| c.revision));
+    }
+    assert_eq!(seen, (2..=16).collect::<Vec<i64>>());
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

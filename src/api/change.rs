@@ -36,7 +36,8 @@ impl ChangeService for super::Api {
             progress_interval,
         };
         let receiver = self.registry.watch(query)?;
-        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(|item| item.map_err(tonic::Status::from));
+        let stream =
+            tokio_stream::wrappers::ReceiverStream::new(receiver).map(|item| item.map_err(tonic::Status::from));
         Ok(tonic::Response::new(Box::pin(stream)))
     }
 
@@ -50,7 +51,10 @@ impl ChangeService for super::Api {
         Ok(tonic::Response::new(ListRevisionsResponse { revisions, next_page_token, history_truncated }))
     }
 
-    async fn get_revision(&self, request: tonic::Request<GetRevisionRequest>) -> Result<tonic::Response<Change>, tonic::Status> {
+    async fn get_revision(
+        &self,
+        request: tonic::Request<GetRevisionRequest>,
+    ) -> Result<tonic::Response<Change>, tonic::Status> {
         let request = request.into_inner();
         Ok(tonic::Response::new(self.registry.get_revision(&request.name, request.revision)?))
     }

@@ -77,7 +77,8 @@ fn present<R: Resource>(bytes: &[u8], revision: u64, as_of: &Date) -> Result<R> 
 /// The public form of one stored event.
 fn to_change(revision: u64, change: &StoredChange, event: &StoredEvent) -> Result<v1::Change> {
     let as_of = commit_day(change);
-    let kind = resource::kind_of_name(&event.name).ok_or_else(|| Error::internal(format!("no kind for {}", event.name)))?;
+    let kind =
+        resource::kind_of_name(&event.name).ok_or_else(|| Error::internal(format!("no kind for {}", event.name)))?;
     let record = match kind.collection {
         "parties" => change::Record::Party(present(&event.record, revision, &as_of)?),
         "agreements" => change::Record::Agreement(present(&event.record, revision, &as_of)?),
@@ -104,7 +105,10 @@ fn to_change(revision: u64, change: &StoredChange, event: &StoredEvent) -> Resul
 /// The kind a record name belongs to, checked.
 fn parse_any_name(name: &str, field: &str) -> Result<&'static Kind> {
     let kind = resource::kind_of_name(name).ok_or_else(|| {
-        Error::invalid(field, format!("must be a resource name such as agreements/{{id}} or parties/{{id}} (got {name:?})"))
+        Error::invalid(
+            field,
+            format!("must be a resource name such as agreements/{{id}} or parties/{{id}} (got {name:?})"),
+        )
     })?;
     kind.parse_name(name).map_err(|e| Error::invalid(field, e))?;
     Ok(kind)
@@ -230,7 +234,12 @@ impl Registry {
 
     /// The changes of one record, newest first, from the revision in
     /// `page_token` (or its latest); and whether older ones were compacted.
-    pub fn list_revisions(&self, name: &str, page_size: i32, page_token: &str) -> Result<(Vec<v1::Change>, String, bool)> {
+    pub fn list_revisions(
+        &self,
+        name: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<v1::Change>, String, bool)> {
         let mut violations = Violations::new();
         if let Err(Error::InvalidArgument { violations: v }) = parse_any_name(name, "name") {
             for violation in v {

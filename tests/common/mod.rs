@@ -21,6 +21,8 @@ use tonic_types::StatusExt;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The registry behind the server, for operations without an RPC (compaction).
+    pub registry: Arc<Registry>,
     pub channel: Channel,
     pub dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
@@ -35,18 +37,19 @@ impl TestServer {
     pub async fn start_in(dir: TempDir, options: ServerOptions) -> TestServer {
         let store = SledStore::open(dir.path(), SledOptions::default()).expect("store opens");
         let registry = Arc::new(Registry::open(Arc::new(store)).await.expect("registry opens"));
+        let served = registry.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            server::serve(registry, listener, options, async move {
+            server::serve(served, listener, options, async move {
                 let _ = stopped.await;
             })
             .await
             .map_err(|e| e.to_string())
         });
         let channel = connect(addr).await;
-        TestServer { addr, channel, dir, stop: Some(stop), task }
+        TestServer { addr, registry, channel, dir, stop: Some(stop), task }
     }
 
     /// Shuts the server down gracefully and returns its data dir.
