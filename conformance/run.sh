@@ -25,6 +25,8 @@ step() { printf '\n-- %s\n' "$*"; }
 if [ "${CONFORMANCE_SKIP_INSTALL:-}" != 1 ]; then
   step "installing client toolchains"
   python3 -m pip install --quiet --disable-pip-version-check -r conformance/python/requirements.txt
+  # pyenv puts new console scripts (grpcurl) on PATH only after a rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
   (cd .ci && npm ci --no-audit --no-fund --loglevel=error)
   (cd conformance/node && npm ci --no-audit --no-fund --loglevel=error)
   sudo=""
