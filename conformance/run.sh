@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The conformance suite (run by .ci/run): clients generated from proto/ in
 # Python, TypeScript on Node and C++ run one scenario against the real server
-# on loopback; every grpcurl example of the README runs against the example
+# on loopback; grpcurl and Python talk to it over TLS and mutual TLS with
+# tokens; every grpcurl example of the README runs against the example
 # data; buf breaking compares proto/ with the released contract; the generator
 # options of every .proto file are checked.
 #
@@ -73,6 +74,9 @@ step "typescript client (@grpc/grpc-js, proto-loader types) against $address"
 step "c++ client (protoc, grpc_cpp_plugin, libgrpc++) against $address"
 conformance/cpp/build.sh "$work/cpp"
 "$work/cpp/scenario" "$address"
+
+step "TLS, mutual TLS and tokens with grpcurl and python (conformance/tls.sh)"
+GENERATED_PYTHON="$work/python" conformance/tls.sh "$binary" "$work"
 
 start_server readme
 step "README grpcurl examples against the example data at $address"

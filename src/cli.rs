@@ -26,6 +26,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Load a dataset (proto3 JSON of cooperation.v1.Dataset) into a running server.
     Import(ImportArgs),
+    /// Print the SHA-256 of a token read from standard input, for the access file.
+    HashToken,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -61,6 +63,25 @@ pub struct ServeArgs {
     /// With both retention flags, a change is compacted only when both allow.
     #[arg(long, env = "COOPERATION_REGISTRY_CHANGE_RETENTION_HOURS", value_parser = clap::value_parser!(u64).range(1..))]
     pub change_retention_hours: Option<u64>,
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, env = "COOPERATION_REGISTRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "COOPERATION_REGISTRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS); a client
+    /// certificate's subject becomes the caller's identity.
+    #[arg(long, env = "COOPERATION_REGISTRY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Turn on access control with this access file (tokens and certificate
+    /// subjects with roles; reloaded when it changes). Without it every caller
+    /// may do everything.
+    #[arg(long, env = "COOPERATION_REGISTRY_ACCESS_FILE")]
+    pub access_file: Option<PathBuf>,
+    /// With access control, make server reflection need the reader role too
+    /// (by default reflection, like health, is open).
+    #[arg(long, env = "COOPERATION_REGISTRY_REFLECTION_REQUIRES_ROLE")]
+    pub reflection_requires_role: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -90,6 +111,19 @@ pub struct ImportArgs {
     /// Leave records that exist already as they are, instead of stopping.
     #[arg(long)]
     pub skip_existing: bool,
+    /// Connect with TLS, trusting this PEM CA.
+    #[arg(long, env = "COOPERATION_REGISTRY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Present this PEM client certificate (mutual TLS; with --client-key).
+    #[arg(long, env = "COOPERATION_REGISTRY_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, env = "COOPERATION_REGISTRY_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+    /// A file holding the bearer token to send (the token itself can also come
+    /// from the COOPERATION_REGISTRY_TOKEN environment variable; never a flag).
+    #[arg(long, env = "COOPERATION_REGISTRY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -98,9 +132,21 @@ pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Some(Command::Import(args)) => crate::import::run(&args).await,
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::HashToken) => {
+            let mut token = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+            println!("{}", crate::auth::hash_token(token.trim_end_matches(['\r', '\n'])));
+            Ok(())
+        }
         None => match Cli::parse_from(["cooperation-registry", "serve"]).command {
             // The defaults and the environment, as `serve` with no flags.
             Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::HashToken) => {
+                let mut token = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
+                println!("{}", crate::auth::hash_token(token.trim_end_matches(['\r', '\n'])));
+                Ok(())
+            }
             _ => unreachable!("parsing `serve` gives the serve command"),
         },
     }
@@ -115,7 +161,25 @@ async fn serve(args: ServeArgs) -> CliResult {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+            let mut tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            if let Some(ca) = &args.tls_client_ca {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+            }
+            Some(tls)
+        }
+        _ => None,
+    };
+    let access = match &args.access_file {
+        Some(path) => crate::auth::Access::from_file(path, args.reflection_requires_role)?,
+        None => crate::auth::Access::open(),
+    };
     let options = ServerOptions {
+        tls,
+        access,
         max_request_bytes: args.max_request_bytes,
         max_response_bytes: args.max_response_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),

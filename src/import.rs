@@ -42,12 +42,27 @@ pub struct ImportReport {
 pub async fn run(args: &ImportArgs) -> CliResult {
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let dataset = parse_dataset(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let endpoint = format!("http://{}", args.server);
-    let channel = Channel::from_shared(endpoint.clone())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-    let report = import(channel, dataset, args.skip_existing).await?;
+    let read = |p: &std::path::PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+    let scheme = if args.ca_cert.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{}", args.server);
+    let mut builder = Channel::from_shared(endpoint.clone())?;
+    if let Some(ca) = &args.ca_cert {
+        let mut tls =
+            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        builder = builder.tls_config(tls)?;
+    }
+    let channel = builder.connect().await.map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+    let token = match (&args.token_file, std::env::var("COOPERATION_REGISTRY_TOKEN")) {
+        (Some(path), _) => {
+            Some(String::from_utf8(read(path)?).map_err(|_| "the token file is not UTF-8")?.trim().to_string())
+        }
+        (None, Ok(token)) => Some(token.trim().to_string()),
+        (None, Err(_)) => None,
+    };
+    let report = import_with_token(channel, dataset, args.skip_existing, token).await?;
     println!(
         "imported {}: {} records created, {} skipped as existing, {} forward references set",
         args.file.display(),
@@ -60,6 +75,40 @@ pub async fn run(args: &ImportArgs) -> CliResult {
 
 /// Creates every record of `dataset` on the server behind `channel`.
 pub async fn import(channel: Channel, dataset: Dataset, skip_existing: bool) -> Result<ImportReport, String> {
+    import_with_token(channel, dataset, skip_existing, None).await
+}
+
+/// Sends a bearer token with every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
+
+/// `import` with a bearer token.
+pub async fn import_with_token(
+    channel: Channel,
+    dataset: Dataset,
+    skip_existing: bool,
+    token: Option<String>,
+) -> Result<ImportReport, String> {
+    let header = match token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the token holds characters a header cannot carry".to_string())?,
+        ),
+        None => None,
+    };
+    let interceptor = BearerToken(header);
     let mut names: HashSet<String> = HashSet::new();
     names.extend(dataset.parties.iter().map(|r| r.name.clone()));
     names.extend(dataset.partnership_domains.iter().map(|r| r.name.clone()));
@@ -73,10 +122,10 @@ pub async fn import(channel: Channel, dataset: Dataset, skip_existing: bool) -> 
         skip_existing,
     };
 
-    let mut parties = PartyServiceClient::new(channel.clone());
-    let mut domains = PartnershipDomainServiceClient::new(channel.clone());
-    let mut agreements = AgreementServiceClient::new(channel.clone());
-    let mut engagements = EngagementServiceClient::new(channel);
+    let mut parties = PartyServiceClient::with_interceptor(channel.clone(), interceptor.clone());
+    let mut domains = PartnershipDomainServiceClient::with_interceptor(channel.clone(), interceptor.clone());
+    let mut agreements = AgreementServiceClient::with_interceptor(channel.clone(), interceptor.clone());
+    let mut engagements = EngagementServiceClient::with_interceptor(channel, interceptor);
     let deferred_parties = importer.create_all(&mut parties, dataset.parties).await?;
     let deferred_domains = importer.create_all(&mut domains, dataset.partnership_domains).await?;
     let deferred_agreements = importer.create_all(&mut agreements, dataset.agreements).await?;
@@ -190,7 +239,7 @@ trait Target<R>: Send {
 macro_rules! target {
     ($client:ident, $resource:ident, $create:ident, $create_req:ident { $field:ident, $id:ident }, $update:ident, $update_req:ident) => {
         #[tonic::async_trait]
-        impl Target<v1::$resource> for $client<Channel> {
+        impl Target<v1::$resource> for $client<AuthChannel> {
             async fn create(&mut self, id: String, record: v1::$resource) -> Result<(), Status> {
                 let request = v1::$create_req { $field: Some(record), $id: id, request_id: String::new() };
                 self.$create(request).await.map(|_| ())

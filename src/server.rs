@@ -24,8 +24,12 @@ use crate::pb::cooperation::v1::party_service_server::PartyServiceServer;
 use crate::pb::cooperation::v1::relationship_service_server::RelationshipServiceServer;
 use crate::registry::Registry;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerOptions {
+    /// TLS (and, with a client CA, mutual TLS); `None` serves plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Who may call what.
+    pub access: crate::auth::Access,
     /// Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
     /// Largest response message sent.
@@ -37,6 +41,8 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
+            tls: None,
+            access: crate::auth::Access::open(),
             max_request_bytes: 4 * 1024 * 1024,
             max_response_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -103,7 +109,11 @@ pub async fn serve(
     };
 
     let local = listener.local_addr()?;
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls.clone() {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .layer(
             TraceLayer::new_for_grpc()
                 .make_span_with(call_span)
@@ -113,6 +123,7 @@ pub async fn serve(
                 .on_eos(on_call_end)
                 .on_failure(()),
         )
+        .layer(crate::auth::AccessLayer::new(options.access.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -123,7 +134,8 @@ pub async fn serve(
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
-    tracing::info!(address = %local, revision = registry.revision(), "serving cooperation.v1");
+    let transport = if options.tls.is_some() { "tls" } else { "plaintext" };
+    tracing::info!(address = %local, transport, revision = registry.revision(), "serving cooperation.v1");
 
     tokio::pin!(server);
     let drain_limit = async move {

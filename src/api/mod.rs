@@ -27,12 +27,21 @@ impl Api {
     }
 }
 
-/// The mutation context of a request: who calls (a placeholder until
-/// authentication exists) and a fingerprint of the whole request for request_id
-/// retries.
-pub fn mutation<M: Message>(method: &'static str, request: &M, request_id: &str) -> Mutation {
+/// Who makes a request: the identity the access layer admitted, or
+/// `anonymous`.
+pub fn caller<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map(|c| c.identity.clone())
+        .unwrap_or_else(|| ANONYMOUS.to_string())
+}
+
+/// The mutation context of a request: who calls and a fingerprint of the whole
+/// request for request_id retries.
+pub fn mutation<M: Message>(actor: String, method: &'static str, request: &M, request_id: &str) -> Mutation {
     Mutation {
-        actor: ANONYMOUS.to_string(),
+        actor,
         request_id: request_id.to_string(),
         method,
         fingerprint: paging::fingerprint(&[method.as_bytes(), &request.encode_to_vec()]),
@@ -99,8 +108,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$create_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let actor = $crate::api::caller(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(stringify!($create), &request, &request.request_id);
+                let mutation = $crate::api::mutation(actor, stringify!($create), &request, &request.request_id);
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
                 let created = self.registry.create(&request.$id_field, resource, &mutation).await?;
                 Ok(tonic::Response::new(created))
@@ -110,8 +120,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$update_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let actor = $crate::api::caller(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(stringify!($update), &request, &request.request_id);
+                let mutation = $crate::api::mutation(actor, stringify!($update), &request, &request.request_id);
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
                 let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
                 let etag = resource.etag.clone();
@@ -123,8 +134,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$delete_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let actor = $crate::api::caller(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(stringify!($delete), &request, &request.request_id);
+                let mutation = $crate::api::mutation(actor, stringify!($delete), &request, &request.request_id);
                 let deleted = self.registry.delete::<$resource>(&request.name, &request.etag, &mutation).await?;
                 Ok(tonic::Response::new(deleted))
             }
@@ -133,8 +145,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$undelete_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
+                let actor = $crate::api::caller(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(stringify!($undelete), &request, &request.request_id);
+                let mutation = $crate::api::mutation(actor, stringify!($undelete), &request, &request.request_id);
                 let restored = self.registry.undelete::<$resource>(&request.name, &request.etag, &mutation).await?;
                 Ok(tonic::Response::new(restored))
             }
