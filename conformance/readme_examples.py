@@ -1,5 +1,6 @@
-"""Runs every grpcurl example of README.md, in order, against a server loaded with
-the example data, so a stale example fails CI.
+"""Runs every grpcurl example of README.md (the ```sh blocks; ```bash blocks name
+hosts and files of the reader's own and are skipped), in order, against a server
+loaded with the example data, so a stale example fails CI.
 
 A command is expected to succeed unless the comment right above it names a
 gRPC code in parentheses, "(FAILED_PRECONDITION ...)" (then grpcurl must exit
