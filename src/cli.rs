@@ -82,6 +82,21 @@ pub struct ServeArgs {
     /// (by default reflection, like health, is open).
     #[arg(long, env = "COOPERATION_REGISTRY_REFLECTION_REQUIRES_ROLE")]
     pub reflection_requires_role: bool,
+    /// Most calls served at once; calls beyond it fail at once with
+    /// RESOURCE_EXHAUSTED instead of queueing. (A stream counts only while its
+    /// call starts.)
+    #[arg(long, env = "COOPERATION_REGISTRY_MAX_CONCURRENT_CALLS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent_calls: u64,
+    /// Log format on standard error: `text`, or `json` (one object a line, with
+    /// the call's span fields).
+    #[arg(long, env = "COOPERATION_REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -127,6 +142,20 @@ pub struct ImportArgs {
 }
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+impl Cli {
+    /// The log format asked for (text for commands other than serve).
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Some(Command::Serve(args)) => args.log_format,
+            Some(_) => LogFormat::Text,
+            None => match std::env::var("COOPERATION_REGISTRY_LOG_FORMAT").as_deref() {
+                Ok("json") => LogFormat::Json,
+                _ => LogFormat::Text,
+            },
+        }
+    }
+}
 
 pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
@@ -180,6 +209,7 @@ async fn serve(args: ServeArgs) -> CliResult {
     let options = ServerOptions {
         tls,
         access,
+        max_concurrent_calls: args.max_concurrent_calls as usize,
         max_request_bytes: args.max_request_bytes,
         max_response_bytes: args.max_response_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),

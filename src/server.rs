@@ -30,6 +30,8 @@ pub struct ServerOptions {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Who may call what.
     pub access: crate::auth::Access,
+    /// Calls served at once; more fail with RESOURCE_EXHAUSTED (load shedding).
+    pub max_concurrent_calls: usize,
     /// Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
     /// Largest response message sent.
@@ -43,6 +45,7 @@ impl Default for ServerOptions {
         ServerOptions {
             tls: None,
             access: crate::auth::Access::open(),
+            max_concurrent_calls: 256,
             max_request_bytes: 4 * 1024 * 1024,
             max_response_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -123,6 +126,9 @@ pub async fn serve(
                 .on_eos(on_call_end)
                 .on_failure(()),
         )
+        // Beyond the limit, calls are refused at once (tonic answers a shed call
+        // with RESOURCE_EXHAUSTED) instead of queueing without bound.
+        .layer(tower::ServiceBuilder::new().load_shed().concurrency_limit(options.max_concurrent_calls))
         .layer(crate::auth::AccessLayer::new(options.access.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -233,3 +233,31 @@ async fn a_watch_resumes_after_the_server_restarts() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+#[test]
+fn json_logs_are_one_object_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut serving = None;
+    for line in lines.by_ref().take(20) {
+        let line = line.unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if value["fields"]["message"] == "serving cooperation.v1" {
+            serving = Some(value);
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let serving = serving.expect("a serving line");
+    assert!(serving["fields"]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(serving["level"], "INFO");
+}

@@ -141,3 +141,33 @@ async fn oversized_requests_are_refused_and_change_nothing() {
     client.create_agreement(create_agreement("small", agreement("small"))).await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_concurrency_limit_are_shed_with_resource_exhausted() {
+    let server = TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        ServerOptions { max_concurrent_calls: 1, ..Default::default() },
+    )
+    .await;
+    let mut calls = Vec::new();
+    for _ in 0..64 {
+        let mut client = server.parties();
+        calls.push(tokio::spawn(async move {
+            client.list_parties(v1::ListPartiesRequest { page_size: 1000, ..Default::default() }).await.map(|_| ())
+        }));
+    }
+    let (mut served, mut shed) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(()) => served += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                shed += 1;
+            }
+        }
+    }
+    assert!(served >= 1 && shed >= 1, "served {served}, shed {shed}");
+    // Once the burst is over, calls are served again.
+    server.parties().list_parties(v1::ListPartiesRequest::default()).await.unwrap();
+    server.stop().await;
+}
