@@ -16,6 +16,7 @@ const OUR_FILES: &[&str] = &[
     "cooperation/v1/dataset.proto",
     "cooperation/v1/relationship.proto",
     "cooperation/v1/change.proto",
+    "cooperation/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

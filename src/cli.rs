@@ -28,6 +28,10 @@ pub enum Command {
     Import(ImportArgs),
     /// Print the SHA-256 of a token read from standard input, for the access file.
     HashToken,
+    /// Write a consistent online backup of a running server to a file (admin role).
+    Backup(BackupArgs),
+    /// Build a new data dir from a backup file.
+    Restore(RestoreArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -120,12 +124,36 @@ impl From<DurabilityArg> for Durability {
 pub struct ImportArgs {
     /// The dataset file: proto3 JSON of cooperation.v1.Dataset (see examples/).
     pub file: PathBuf,
-    /// Address of the running server.
-    #[arg(long, env = "COOPERATION_REGISTRY_SERVER", default_value = "127.0.0.1:50051")]
-    pub server: String,
     /// Leave records that exist already as they are, instead of stopping.
     #[arg(long)]
     pub skip_existing: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to write the backup (written to FILE.partial, then renamed).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup file (from `cooperation-registry backup`).
+    pub file: PathBuf,
+    /// The new data dir to build; it must not exist or be empty.
+    #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+/// How a command reaches a running server.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Address of the running server.
+    #[arg(long, env = "COOPERATION_REGISTRY_SERVER", default_value = "127.0.0.1:50051")]
+    pub server: String,
     /// Connect with TLS, trusting this PEM CA.
     #[arg(long, env = "COOPERATION_REGISTRY_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
@@ -139,6 +167,35 @@ pub struct ImportArgs {
     /// from the COOPERATION_REGISTRY_TOKEN environment variable; never a flag).
     #[arg(long, env = "COOPERATION_REGISTRY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl ClientArgs {
+    /// A channel to the server, and the bearer token to send, if any.
+    pub async fn connect(
+        &self,
+    ) -> Result<(tonic::transport::Channel, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let scheme = if self.ca_cert.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{}", self.server);
+        let mut builder = tonic::transport::Channel::from_shared(endpoint.clone())?;
+        if let Some(ca) = &self.ca_cert {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            builder = builder.tls_config(tls)?;
+        }
+        let channel = builder.connect().await.map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
+        let token = match (&self.token_file, std::env::var("COOPERATION_REGISTRY_TOKEN")) {
+            (Some(path), _) => {
+                Some(String::from_utf8(read(path)?).map_err(|_| "the token file is not UTF-8")?.trim().to_string())
+            }
+            (None, Ok(token)) => Some(token.trim().to_string()),
+            (None, Err(_)) => None,
+        };
+        Ok((channel, token))
+    }
 }
 
 pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -161,6 +218,15 @@ pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Some(Command::Import(args)) => crate::import::run(&args).await,
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Backup(args)) => backup(&args).await,
+        Some(Command::Restore(args)) => {
+            let mut file =
+                std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+            let revision = SledStore::restore(&args.data_dir, &mut file)
+                .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
+            println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
+            Ok(())
+        }
         Some(Command::HashToken) => {
             let mut token = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
@@ -170,6 +236,15 @@ pub async fn run(cli: Cli) -> CliResult {
         None => match Cli::parse_from(["cooperation-registry", "serve"]).command {
             // The defaults and the environment, as `serve` with no flags.
             Some(Command::Serve(args)) => serve(args).await,
+            Some(Command::Backup(args)) => backup(&args).await,
+            Some(Command::Restore(args)) => {
+                let mut file =
+                    std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+                let revision = SledStore::restore(&args.data_dir, &mut file)
+                    .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
+                println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
+                Ok(())
+            }
             Some(Command::HashToken) => {
                 let mut token = String::new();
                 std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
@@ -236,6 +311,37 @@ fn spawn_compactor(registry: Arc<Registry>, keep_revisions: Option<u64>, keep_ho
             }
         }
     });
+}
+
+async fn backup(args: &BackupArgs) -> CliResult {
+    use std::io::Write;
+    let (channel, token) = args.client.connect().await?;
+    let mut client = crate::pb::cooperation::v1::admin_service_client::AdminServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let mut request = tonic::Request::new(crate::pb::cooperation::v1::BackupRequest {});
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot carry")?,
+        );
+    }
+    let partial = args.file.with_extension("partial");
+    let mut file = std::fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let mut stream = client.backup(request).await?.into_inner();
+    let mut revision = 0;
+    let mut bytes = 0;
+    while let Some(response) = stream.message().await? {
+        file.write_all(&response.data)?;
+        bytes += response.data.len();
+        revision = revision.max(response.revision);
+    }
+    if revision == 0 {
+        return Err("the backup stream ended before the server finished it".into());
+    }
+    file.sync_all()?;
+    std::fs::rename(&partial, &args.file)?;
+    println!("backed up revision {revision} to {} ({bytes} bytes)", args.file.display());
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

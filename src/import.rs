@@ -42,26 +42,7 @@ pub struct ImportReport {
 pub async fn run(args: &ImportArgs) -> CliResult {
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let dataset = parse_dataset(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let read = |p: &std::path::PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-    let scheme = if args.ca_cert.is_some() { "https" } else { "http" };
-    let endpoint = format!("{scheme}://{}", args.server);
-    let mut builder = Channel::from_shared(endpoint.clone())?;
-    if let Some(ca) = &args.ca_cert {
-        let mut tls =
-            tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
-        }
-        builder = builder.tls_config(tls)?;
-    }
-    let channel = builder.connect().await.map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-    let token = match (&args.token_file, std::env::var("COOPERATION_REGISTRY_TOKEN")) {
-        (Some(path), _) => {
-            Some(String::from_utf8(read(path)?).map_err(|_| "the token file is not UTF-8")?.trim().to_string())
-        }
-        (None, Ok(token)) => Some(token.trim().to_string()),
-        (None, Err(_)) => None,
-    };
+    let (channel, token) = args.client.connect().await?;
     let report = import_with_token(channel, dataset, args.skip_existing, token).await?;
     println!(
         "imported {}: {} records created, {} skipped as existing, {} forward references set",

@@ -16,6 +16,7 @@ use tracing::Span;
 
 use crate::api::Api;
 use crate::pb;
+use crate::pb::cooperation::v1::admin_service_server::AdminServiceServer;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
 use crate::pb::cooperation::v1::change_service_server::ChangeServiceServer;
 use crate::pb::cooperation::v1::engagement_service_server::EngagementServiceServer;
@@ -139,6 +140,7 @@ pub async fn serve(
         .add_service(configured!(EngagementServiceServer, api, options))
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
+        .add_service(configured!(AdminServiceServer, api, options))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
     let transport = if options.tls.is_some() { "tls" } else { "plaintext" };
     tracing::info!(address = %local, transport, revision = registry.revision(), "serving cooperation.v1");

@@ -2,6 +2,7 @@
 //! maps errors. One file per service; the six standard methods are the same
 //! shape for every resource, so `resource_service!` writes them once.
 
+pub mod admin;
 pub mod agreement;
 pub mod change;
 pub mod engagement;

@@ -227,6 +227,12 @@ impl Registry {
         self.shutdown.send_replace(true);
     }
 
+    /// Writes a consistent backup of everything to `out` (see
+    /// `store::backup`); returns the revision it reflects.
+    pub fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> Result<u64> {
+        self.store.backup(out).map_err(Error::from)
+    }
+
     /// Flushes and closes the store; later writes fail with UNAVAILABLE.
     pub fn close(&self) -> Result<()> {
         self.store.close().map_err(Error::from)

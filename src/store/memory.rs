@@ -113,6 +113,19 @@ impl Store for MemoryStore {
         Ok(removed)
     }
 
+    fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
+        let state = self.state.lock().expect("state lock");
+        let mut writer = super::backup::BackupWriter::new(out, state.revision, state.first_change.max(1));
+        for (key, entry) in &state.keys {
+            writer.key(key, entry.mod_revision, &entry.value)?;
+        }
+        for (revision, bytes) in &state.changes {
+            writer.change(*revision, bytes)?;
+        }
+        writer.finish()?;
+        Ok(state.revision)
+    }
+
     fn close(&self) -> StoreResult<()> {
         self.state.lock().expect("state lock").closed = true;
         Ok(())

@@ -3,6 +3,7 @@
 //! sit behind it without touching the layers above. Nothing above this module
 //! knows which engine is in use.
 
+pub mod backup;
 pub mod memory;
 pub mod sled;
 
@@ -131,6 +132,11 @@ pub trait Store: Send + Sync + 'static {
     /// current revision + 1), recording the new first revision first so no
     /// reader mistakes a removed entry for a gap. Returns how many were removed.
     fn compact(&self, revision: u64) -> StoreResult<u64>;
+
+    /// Writes a consistent copy of the whole store (keys with their revisions,
+    /// the change log, the revision counter) in the backup format to `out`,
+    /// while writes wait; returns the revision it reflects.
+    fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64>;
 
     /// Waits for pending writes, flushes everything and refuses later writes.
     fn close(&self) -> StoreResult<()>;

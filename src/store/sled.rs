@@ -59,6 +59,8 @@ struct Pending {
 enum Message {
     Write(Pending),
     Close(mpsc::SyncSender<StoreResult<()>>),
+    /// Copy everything to the channel, between two groups of writes.
+    Backup(mpsc::SyncSender<Vec<u8>>, mpsc::SyncSender<StoreResult<u64>>),
 }
 
 pub struct SledStore {
@@ -139,6 +141,40 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
         StoreError::Incompatible(format!("{} is not a readable sled database: {text}", dir.display()))
     } else {
         StoreError::Storage(format!("cannot open {}: {text}", dir.display()))
+    }
+}
+
+impl SledStore {
+    /// Builds a new data dir in `dir` (which must not hold anything) from a
+    /// backup; returns the revision it reflects.
+    pub fn restore(dir: &Path, input: &mut dyn std::io::Read) -> StoreResult<u64> {
+        let (revision, first_change, entries) = super::backup::read_backup(input)?;
+        if std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(StoreError::Incompatible(format!(
+                "{} is not empty; restore into a new data dir",
+                dir.display()
+            )));
+        }
+        let store = SledStore::open(dir, SledOptions { durability: Durability::Fsync, ..SledOptions::default() })?;
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            match entry {
+                super::backup::BackupEntry::Key { key, mod_revision, value } => {
+                    let mut stored = mod_revision.to_be_bytes().to_vec();
+                    stored.extend_from_slice(&value);
+                    batch.insert(user_key(&key), stored);
+                }
+                super::backup::BackupEntry::Change { revision, bytes } => {
+                    batch.insert(&change_key(revision)[..], bytes)
+                }
+            }
+        }
+        batch.insert(META_REVISION, &revision.to_be_bytes()[..]);
+        batch.insert(META_FIRST_CHANGE, &first_change.to_be_bytes()[..]);
+        store.tree.apply_batch(batch).map_err(storage)?;
+        store.tree.flush().map_err(storage)?;
+        store.close()?;
+        Ok(revision)
     }
 }
 
@@ -314,6 +350,12 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn backup(&self, out: mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(Message::Backup(out, reply))?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
     fn close(&self) -> StoreResult<()> {
         let (reply, answer) = mpsc::sync_channel(1);
         let sent = self.send(Message::Close(reply));
@@ -369,18 +411,24 @@ impl Writer {
         while let Ok(first) = receiver.recv() {
             let mut group = Vec::new();
             let mut close = None;
+            let mut backup = None;
             match first {
                 Message::Write(p) => group.push(p),
                 Message::Close(reply) => close = Some(reply),
+                Message::Backup(out, reply) => backup = Some((out, reply)),
             }
-            while close.is_none() && group.len() < MAX_GROUP {
+            while close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
                 match receiver.try_recv() {
                     Ok(Message::Write(p)) => group.push(p),
                     Ok(Message::Close(reply)) => close = Some(reply),
+                    Ok(Message::Backup(out, reply)) => backup = Some((out, reply)),
                     Err(_) => break,
                 }
             }
             self.commit_group(group);
+            if let Some((out, reply)) = backup {
+                let _ = reply.send(self.backup(out));
+            }
             if let Some(reply) = close {
                 let result = self.flush(Durability::Fsync);
                 let _ = reply.send(result);
@@ -499,6 +547,27 @@ impl Writer {
                 Ok(true)
             }
         }
+    }
+
+    /// Copies the tree as it is between two groups, so the copy is consistent
+    /// at `self.revision`; writes wait until it is done.
+    fn backup(&mut self, out: mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
+        let first_change =
+            self.tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1);
+        let mut writer = super::backup::BackupWriter::new(out, self.revision, first_change);
+        for item in self.tree.iter() {
+            let (key, value) = item.map_err(storage)?;
+            match key.first() {
+                Some(&USER) => {
+                    let entry = decode_entry(&value)?;
+                    writer.key(&key[1..], entry.mod_revision, &entry.value)?;
+                }
+                Some(&CHANGE) => writer.change(decode_u64(&key[1..]).unwrap_or_default(), &value)?,
+                _ => {}
+            }
+        }
+        writer.finish()?;
+        Ok(self.revision)
     }
 
     fn flush(&mut self, durability: Durability) -> StoreResult<()> {
