@@ -177,6 +177,19 @@ fn sled_store_refuses_foreign_newer_and_locked_dirs() {
     assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("notes.txt")), "{err}");
     assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written beside it");
 
+    // A database damaged or removed after it was initialised is not started afresh.
+    let damaged = tempfile::tempdir().unwrap();
+    let store = SledStore::open(damaged.path(), SledOptions::default()).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let size = std::fs::metadata(damaged.path().join("db")).unwrap().len() as usize;
+    std::fs::write(damaged.path().join("db"), vec![0x5au8; size.max(4096)]).unwrap();
+    let err = SledStore::open(damaged.path(), SledOptions::default()).err().expect("a damaged store is refused");
+    assert!(err.to_string().contains("damaged") || err.to_string().contains("readable"), "{err}");
+    std::fs::remove_file(damaged.path().join("db")).unwrap();
+    let err = SledStore::open(damaged.path(), SledOptions::default()).err().expect("a removed database is refused");
+    assert!(err.to_string().contains("restore"), "{err}");
+
     // A store of a newer schema.
     let newer = tempfile::tempdir().unwrap();
     SledStore::open(newer.path(), SledOptions::default()).unwrap().close().unwrap();

@@ -29,6 +29,10 @@ const FORMAT: &[u8] = b"cooperation-registry/sled";
 pub const SCHEMA_VERSION: u64 = 1;
 
 const META_FORMAT: &[u8] = b"mformat";
+/// A file beside sled's own, written once the database is initialised: if it is
+/// there and the database reads as empty, the database was lost or damaged, and
+/// opening it must fail rather than start afresh.
+const MARKER_FILE: &str = "cooperation-registry.format";
 const META_SCHEMA: &[u8] = b"mschema";
 const META_REVISION: &[u8] = b"mrevision";
 const META_FIRST_CHANGE: &[u8] = b"mfirstchange";
@@ -184,7 +188,7 @@ fn refuse_foreign_dir(dir: &Path) -> StoreResult<()> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(()) };
     let names: Vec<String> =
         entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    if !names.is_empty() && !names.iter().any(|n| n == "conf" || n == "db") {
+    if !names.is_empty() && !names.iter().any(|n| n == "conf" || n == "db" || n == MARKER_FILE) {
         return Err(StoreError::Incompatible(format!(
             "{} holds other files ({}) and no registry database; not a cooperation-registry data dir",
             dir.display(),
@@ -197,6 +201,9 @@ fn refuse_foreign_dir(dir: &Path) -> StoreResult<()> {
 fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
     match tree.get(META_FORMAT).map_err(storage)? {
         Some(format) if format.as_ref() == FORMAT => {
+            if !dir.join(MARKER_FILE).exists() {
+                write_marker(dir)?;
+            }
             let schema = tree
                 .get(META_SCHEMA)
                 .map_err(storage)?
@@ -215,19 +222,36 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
             "{} is a sled database of another program, not a cooperation-registry data dir",
             dir.display()
         ))),
+        None if tree.is_empty() && dir.join(MARKER_FILE).exists() => Err(StoreError::Incompatible(format!(
+            "{} was initialised before, but its database now reads as empty: it was damaged or removed. \
+             Restore it from a backup (cooperation-registry restore) rather than start an empty registry",
+            dir.display()
+        ))),
         None if tree.is_empty() => {
             let mut batch = sled::Batch::default();
             batch.insert(META_FORMAT, FORMAT);
             batch.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
             tree.apply_batch(batch).map_err(storage)?;
             tree.flush().map_err(storage)?;
-            Ok(())
+            write_marker(dir)
         }
         None => Err(StoreError::Incompatible(format!(
             "{} holds data without the cooperation-registry format marker",
             dir.display()
         ))),
     }
+}
+
+fn write_marker(dir: &Path) -> StoreResult<()> {
+    let path = dir.join(MARKER_FILE);
+    let text = format!("{} schema {SCHEMA_VERSION}\n", String::from_utf8_lossy(FORMAT));
+    let write = || -> std::io::Result<()> {
+        let file = File::create(&path)?;
+        std::io::Write::write_all(&mut &file, text.as_bytes())?;
+        file.sync_all()?;
+        File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| StoreError::Storage(format!("cannot write {}: {e}", path.display())))
 }
 
 fn storage(e: sled::Error) -> StoreError {
