@@ -215,45 +215,31 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> CliResult {
-    match cli.command {
-        Some(Command::Import(args)) => crate::import::run(&args).await,
-        Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Backup(args)) => backup(&args).await,
-        Some(Command::Restore(args)) => {
-            let mut file =
-                std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
-            let revision = SledStore::restore(&args.data_dir, &mut file)
-                .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
-            println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
-            Ok(())
-        }
-        Some(Command::HashToken) => {
+    let command = match cli.command {
+        Some(command) => command,
+        // No command: serve, with the defaults and the environment.
+        None => Cli::parse_from(["cooperation-registry", "serve"]).command.expect("`serve` parses"),
+    };
+    match command {
+        Command::Import(args) => crate::import::run(&args).await,
+        Command::Serve(args) => serve(args).await,
+        Command::Backup(args) => backup(&args).await,
+        Command::Restore(args) => restore(&args),
+        Command::HashToken => {
             let mut token = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
             println!("{}", crate::auth::hash_token(token.trim_end_matches(['\r', '\n'])));
             Ok(())
         }
-        None => match Cli::parse_from(["cooperation-registry", "serve"]).command {
-            // The defaults and the environment, as `serve` with no flags.
-            Some(Command::Serve(args)) => serve(args).await,
-            Some(Command::Backup(args)) => backup(&args).await,
-            Some(Command::Restore(args)) => {
-                let mut file =
-                    std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
-                let revision = SledStore::restore(&args.data_dir, &mut file)
-                    .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
-                println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
-                Ok(())
-            }
-            Some(Command::HashToken) => {
-                let mut token = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
-                println!("{}", crate::auth::hash_token(token.trim_end_matches(['\r', '\n'])));
-                Ok(())
-            }
-            _ => unreachable!("parsing `serve` gives the serve command"),
-        },
     }
+}
+
+fn restore(args: &RestoreArgs) -> CliResult {
+    let mut file = std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+    let revision = SledStore::restore(&args.data_dir, &mut file)
+        .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
+    println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> CliResult {
