@@ -169,6 +169,31 @@ pub struct ClientArgs {
     pub token_file: Option<PathBuf>,
 }
 
+/// Sends a bearer token, when there is one, with every call of a client.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<String>) -> Result<BearerToken, String> {
+        match token {
+            Some(token) => format!("Bearer {token}")
+                .parse()
+                .map(|value| BearerToken(Some(value)))
+                .map_err(|_| "the token holds characters a header cannot carry".to_string()),
+            None => Ok(BearerToken(None)),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 impl ClientArgs {
     /// A channel to the server, and the bearer token to send, if any.
     pub async fn connect(
@@ -302,15 +327,12 @@ fn spawn_compactor(registry: Arc<Registry>, keep_revisions: Option<u64>, keep_ho
 async fn backup(args: &BackupArgs) -> CliResult {
     use std::io::Write;
     let (channel, token) = args.client.connect().await?;
-    let mut client = crate::pb::cooperation::v1::admin_service_client::AdminServiceClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024);
-    let mut request = tonic::Request::new(crate::pb::cooperation::v1::BackupRequest {});
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().map_err(|_| "the token holds characters a header cannot carry")?,
-        );
-    }
+    let mut client = crate::pb::cooperation::v1::admin_service_client::AdminServiceClient::with_interceptor(
+        channel,
+        BearerToken::new(token)?,
+    )
+    .max_decoding_message_size(64 * 1024 * 1024);
+    let request = crate::pb::cooperation::v1::BackupRequest {};
     let partial = args.file.with_extension("partial");
     let mut file = std::fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
     let mut stream = client.backup(request).await?.into_inner();

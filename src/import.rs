@@ -12,7 +12,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::cli::{CliResult, ImportArgs};
+use crate::cli::{BearerToken, CliResult, ImportArgs};
 use crate::error::Violations;
 use crate::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use crate::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
@@ -59,19 +59,6 @@ pub async fn import(channel: Channel, dataset: Dataset, skip_existing: bool) -> 
     import_with_token(channel, dataset, skip_existing, None).await
 }
 
-/// Sends a bearer token with every call.
-#[derive(Clone)]
-pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
 type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, BearerToken>;
 
 /// `import` with a bearer token.
@@ -81,15 +68,7 @@ pub async fn import_with_token(
     skip_existing: bool,
     token: Option<String>,
 ) -> Result<ImportReport, String> {
-    let header = match token {
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| "the token holds characters a header cannot carry".to_string())?,
-        ),
-        None => None,
-    };
-    let interceptor = BearerToken(header);
+    let interceptor = BearerToken::new(token)?;
     let mut names: HashSet<String> = HashSet::new();
     names.extend(dataset.parties.iter().map(|r| r.name.clone()));
     names.extend(dataset.partnership_domains.iter().map(|r| r.name.clone()));

@@ -87,15 +87,8 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
         etag: created.etag.clone(),
         ..Default::default()
     };
-    let updated = client
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(patch),
-            update_mask: mask(&["title", "shortName"]),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let updated =
+        client.update_agreement(update_request(patch, mask(&["title", "shortName"]))).await.unwrap().into_inner();
     assert_eq!((updated.title.as_str(), updated.short_name.as_str()), ("Renamed", "RPSS"));
     assert_eq!(updated.signature_place, "");
     assert_eq!(updated.term, created.term);
@@ -110,14 +103,7 @@ async fn agreement_lifecycle_create_get_update_delete_undelete() {
         etag: created.etag.clone(),
         ..Default::default()
     };
-    let err = client
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(stale),
-            update_mask: mask(&["title"]),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.update_agreement(update_request(stale, mask(&["title"]))).await.unwrap_err();
     assert_eq!(err.code(), Code::Aborted, "{err:?}");
     assert_eq!(reason(&err), "ETAG_MISMATCH");
     let err = client
@@ -359,14 +345,7 @@ async fn request_id_retries_get_the_first_answer() {
 
     // Even after the record changed, the retry answers what the first call answered.
     let patch = v1::Agreement { name: first.name.clone(), title: "Changed".into(), ..Default::default() };
-    client
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(patch),
-            update_mask: mask(&["title"]),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    client.update_agreement(update_request(patch, mask(&["title"]))).await.unwrap();
     assert_eq!(client.create_agreement(request.clone()).await.unwrap().into_inner(), first);
 
     // The same id for a different request, and an id that is not a UUID.
@@ -519,14 +498,7 @@ async fn references_must_exist_and_block_deletion() {
         parties: vec!["parties/ind".into(), "parties/jpn".into()],
         ..Default::default()
     };
-    agreements
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(moved),
-            update_mask: mask(&["parties"]),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    agreements.update_agreement(update_request(moved, mask(&["parties"]))).await.unwrap();
     parties.delete_party(v1::DeletePartyRequest { name: "parties/asean".into(), ..Default::default() }).await.unwrap();
     server.stop().await;
 }

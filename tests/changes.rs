@@ -142,11 +142,7 @@ async fn a_mirror_following_list_then_watch_ends_equal_to_the_server() {
                         ..Default::default()
                     };
                     client
-                        .update_agreement(v1::UpdateAgreementRequest {
-                            agreement: Some(patch),
-                            update_mask: Some(FieldMask { paths: vec!["title".into()] }),
-                            request_id: String::new(),
-                        })
+                        .update_agreement(update_request(patch, Some(FieldMask { paths: vec!["title".into()] })))
                         .await
                         .unwrap();
                 }
@@ -316,11 +312,7 @@ async fn history_lists_every_revision_of_a_record_with_its_actor() {
     create(&server, "other").await;
     let patch = v1::Agreement { name: "agreements/h".into(), title: "second".into(), ..Default::default() };
     let updated = client
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(patch),
-            update_mask: Some(FieldMask { paths: vec!["title".into()] }),
-            request_id: String::new(),
-        })
+        .update_agreement(update_request(patch, Some(FieldMask { paths: vec!["title".into()] })))
         .await
         .unwrap()
         .into_inner();

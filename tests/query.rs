@@ -192,14 +192,7 @@ async fn filtered_paging_by_index_stays_correct_while_others_write() {
         parties: vec!["parties/fra".into(), "parties/deu".into()],
         ..Default::default()
     };
-    client
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(patch),
-            update_mask: Some(FieldMask { paths: vec!["parties".into()] }),
-            request_id: String::new(),
-        })
-        .await
-        .unwrap();
+    client.update_agreement(update_request(patch, Some(FieldMask { paths: vec!["parties".into()] }))).await.unwrap();
     let mut names: Vec<String> = first.agreements.iter().map(|a| a.name.clone()).collect();
     let mut token = first.next_page_token;
     while !token.is_empty() {
@@ -300,11 +293,7 @@ async fn the_relationship_of_india_and_japan_reproduces_the_seed_article() {
     };
     server
         .agreements()
-        .update_agreement(v1::UpdateAgreementRequest {
-            agreement: Some(patch),
-            update_mask: Some(FieldMask { paths: vec!["entry_into_force_date".into()] }),
-            request_id: String::new(),
-        })
+        .update_agreement(update_request(patch, Some(FieldMask { paths: vec!["entry_into_force_date".into()] })))
         .await
         .unwrap();
     let later = client

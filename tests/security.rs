@@ -37,6 +37,32 @@ impl Pki {
         Pki { ca_pem: ca.pem(), issuer: Issuer::new(params, key) }
     }
 
+    /// A server configuration with a certificate for localhost that requires
+    /// client certificates from this CA.
+    fn mutual_tls(&self) -> ServerTlsConfig {
+        let (cert, key) = self.issue("registry", &["localhost", "127.0.0.1"]);
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&cert, &key))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// A channel to localhost:`port` that trusts this CA and shows a client
+    /// certificate with common name `cn`.
+    async fn client(&self, port: u16, cn: &str) -> Channel {
+        let (cert, key) = self.issue(cn, &[]);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(&cert, &key));
+        Channel::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// A certificate and key for `names` (SANs) with common name `cn`.
     fn issue(&self, cn: &str, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
@@ -86,27 +112,11 @@ async fn latest_actor(registry: &Registry, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_makes_the_certificate_subject_the_caller() {
     let pki = Pki::new();
-    let (server_cert, server_key) = pki.issue("registry", &["localhost", "127.0.0.1"]);
-    let (client_cert, client_key) = pki.issue("treaty-importer", &[]);
     let dir = tempfile::tempdir().unwrap();
     let access = Access::from_file(&access_file(dir.path(), "subject writer CN=treaty-importer\n"), false).unwrap();
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&server_cert, &server_key))
-        .client_ca_root(Certificate::from_pem(&pki.ca_pem));
-    let server = start(Some(tls), access).await;
+    let server = start(Some(pki.mutual_tls()), access).await;
 
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(&client_cert, &client_key));
-    let channel = Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
-        .unwrap()
-        .tls_config(client_tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = AgreementServiceClient::new(channel);
+    let mut client = AgreementServiceClient::new(pki.client(server.addr.port(), "treaty-importer").await);
     client.create_agreement(create_agreement("over-mtls", agreement("Over mutual TLS"))).await.unwrap();
     assert_eq!(latest_actor(&server.registry, "agreements/over-mtls").await, "cert:CN=treaty-importer");
 
@@ -139,27 +149,11 @@ async fn mutual_tls_makes_the_certificate_subject_the_caller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_and_a_certificate_without_a_role_is_refused() {
     let pki = Pki::new();
-    let (server_cert, server_key) = pki.issue("registry", &["localhost"]);
-    let (client_cert, client_key) = pki.issue("stranger", &[]);
     let dir = tempfile::tempdir().unwrap();
     let text = format!("token reader-bot reader {}\n", hash_token("read-me"));
     let access = Access::from_file(&access_file(dir.path(), &text), false).unwrap();
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(&server_cert, &server_key))
-        .client_ca_root(Certificate::from_pem(&pki.ca_pem));
-    let server = start(Some(tls), access).await;
-    let client_tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
-        .domain_name("localhost")
-        .identity(Identity::from_pem(&client_cert, &client_key));
-    let channel = Channel::from_shared(format!("https://localhost:{}", server.addr.port()))
-        .unwrap()
-        .tls_config(client_tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = AgreementServiceClient::new(channel);
+    let server = start(Some(pki.mutual_tls()), access).await;
+    let mut client = AgreementServiceClient::new(pki.client(server.addr.port(), "stranger").await);
     let err = client.list_agreements(v1::ListAgreementsRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("cert:CN=stranger"), "{}", err.message());

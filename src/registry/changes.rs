@@ -102,16 +102,12 @@ fn to_change(revision: u64, change: &StoredChange, event: &StoredEvent) -> Resul
     })
 }
 
-/// The kind a record name belongs to, checked.
-fn parse_any_name(name: &str, field: &str) -> Result<&'static Kind> {
-    let kind = resource::kind_of_name(name).ok_or_else(|| {
-        Error::invalid(
-            field,
-            format!("must be a resource name such as agreements/{{id}} or parties/{{id}} (got {name:?})"),
-        )
-    })?;
-    kind.parse_name(name).map_err(|e| Error::invalid(field, e))?;
-    Ok(kind)
+/// Why `name` is not the name of a record of any kind, if it is not.
+fn name_problem(name: &str) -> Option<String> {
+    match resource::kind_of_name(name) {
+        None => Some(format!("must be a resource name such as agreements/{{id}} or parties/{{id}} (got {name:?})")),
+        Some(kind) => kind.parse_name(name).err(),
+    }
 }
 
 impl Registry {
@@ -136,10 +132,8 @@ impl Registry {
             }
         }
         for (i, name) in query.names.iter().enumerate() {
-            if let Err(Error::InvalidArgument { violations: v }) = parse_any_name(name, &format!("names[{i}]")) {
-                for violation in v {
-                    violations.add(violation.field, violation.description);
-                }
+            if let Some(problem) = name_problem(name) {
+                violations.add(format!("names[{i}]"), problem);
             }
         }
         let interval = query.progress_interval.unwrap_or(DEFAULT_PROGRESS_INTERVAL);
@@ -241,10 +235,8 @@ impl Registry {
         page_token: &str,
     ) -> Result<(Vec<v1::Change>, String, bool)> {
         let mut violations = Violations::new();
-        if let Err(Error::InvalidArgument { violations: v }) = parse_any_name(name, "name") {
-            for violation in v {
-                violations.add(violation.field, violation.description);
-            }
+        if let Some(problem) = name_problem(name) {
+            violations.add("name", problem);
         }
         if page_size < 0 {
             violations.add("page_size", format!("must not be negative (got {page_size})"));
@@ -284,7 +276,9 @@ impl Registry {
 
     /// The record `name` as the change at `revision` left it.
     pub fn get_revision(&self, name: &str, revision: i64) -> Result<v1::Change> {
-        parse_any_name(name, "name")?;
+        if let Some(problem) = name_problem(name) {
+            return Err(Error::invalid("name", problem));
+        }
         if revision <= 0 {
             return Err(Error::invalid("revision", format!("must be a positive revision (got {revision})")));
         }

@@ -332,6 +332,11 @@ impl Filter {
         compile(&parse(text)?, descriptor)
     }
 
+    /// Whether this is the empty filter, which every record matches.
+    pub fn matches_everything(&self) -> bool {
+        matches!(self, Filter::All(parts) if parts.is_empty())
+    }
+
     pub fn matches(&self, record: &DynamicMessage) -> bool {
         match self {
             Filter::All(parts) => parts.iter().all(|p| p.matches(record)),

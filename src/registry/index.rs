@@ -98,6 +98,13 @@ pub struct Lookup {
     value_len: Option<usize>,
 }
 
+impl Lookup {
+    /// One indexed value (ids in id order), as opposed to a range of dates.
+    fn is_exact(&self) -> bool {
+        self.end.is_none() && self.value_len.is_none()
+    }
+}
+
 /// The lookups an index can do for one condition of a filter.
 fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
     let Filter::Compare { path, op, value } = condition else { return None };
@@ -233,8 +240,7 @@ impl Candidates {
 pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResult<Option<Candidates>> {
     let lookups: Vec<Lookup> = filter.conjuncts().into_iter().filter_map(|c| lookup_for(kind, c)).collect();
     if let [only] = lookups.as_slice()
-        && only.end.is_none()
-        && only.value_len.is_none()
+        && only.is_exact()
     {
         return Ok(Some(Candidates::Exact(only.clone())));
     }
@@ -247,8 +253,9 @@ pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResul
             best = Some((ids, lookup));
         }
     }
-    Ok(best.map(|(ids, lookup)| {
-        let exact = lookup.end.is_none() && lookup.value_len.is_none();
-        if exact { Candidates::Exact(lookup.clone()) } else { Candidates::Ids(ids) }
-    }))
+    Ok(best.map(
+        |(ids, lookup)| {
+            if lookup.is_exact() { Candidates::Exact(lookup.clone()) } else { Candidates::Ids(ids) }
+        },
+    ))
 }

@@ -341,21 +341,20 @@ impl Registry {
         // Read before the scan: every change up to it is visible to the scan.
         let read_at = self.store.revision();
         let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
-        // Each candidate: derive as of the day, then the deleted check and the filter.
-        let admit = |record: &mut R, revision: u64| -> Option<DynamicMessage> {
+        // Each candidate: derive as of the day, then the deleted check, then the
+        // filter (skipped, with its transcoding, when it matches everything).
+        let visible = |record: &mut R, revision: u64| {
             self.present(record, revision, &as_of);
-            if record.delete_time().is_some() && !query.show_deleted {
-                return None;
-            }
-            let dynamic = record.transcode_to_dynamic();
-            filter.matches(&dynamic).then_some(dynamic)
+            query.show_deleted || record.delete_time().is_none()
         };
         let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
         let mut more = false;
         let newest = if order.is_by_name() {
             let after = cursor.as_ref().map(|(_, name)| name.as_str());
             self.scan::<R>(candidates.as_ref(), after, |mut record, revision| {
-                if admit(&mut record, revision).is_some() {
+                if visible(&mut record, revision)
+                    && (filter.matches_everything() || filter.matches(&record.transcode_to_dynamic()))
+                {
                     if rows.len() == size {
                         more = true;
                         return false;
@@ -366,8 +365,11 @@ impl Registry {
             })?
         } else {
             let newest = self.scan::<R>(candidates.as_ref(), None, |mut record, revision| {
-                if let Some(dynamic) = admit(&mut record, revision) {
-                    rows.push((order.sort_key(&dynamic), record));
+                if visible(&mut record, revision) {
+                    let dynamic = record.transcode_to_dynamic();
+                    if filter.matches(&dynamic) {
+                        rows.push((order.sort_key(&dynamic), record));
+                    }
                 }
                 true
             })?;

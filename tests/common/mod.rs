@@ -137,3 +137,11 @@ pub async fn count_agreements(server: &TestServer, show_deleted: bool) -> usize 
         token = page.next_page_token;
     }
 }
+
+/// An UpdateAgreement request for `agreement` with `update_mask`.
+pub fn update_request(
+    agreement: v1::Agreement,
+    update_mask: Option<prost_types::FieldMask>,
+) -> v1::UpdateAgreementRequest {
+    v1::UpdateAgreementRequest { agreement: Some(agreement), update_mask, request_id: String::new() }
+}
