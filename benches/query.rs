@@ -12,8 +12,8 @@ use cooperation_registry::pb::cooperation::v1::{Agreement, agreement};
 use cooperation_registry::pb::google::r#type::Date;
 use cooperation_registry::registry::relationship::RelationshipQuery;
 use cooperation_registry::registry::{ANONYMOUS, ListQuery, Mutation, Registry};
-use cooperation_registry::store::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
+use cooperation_registry::store::{Durability, Store};
 
 const STATES: [&str; 40] = [
     "ind", "jpn", "usa", "aus", "fra", "deu", "gbr", "can", "bra", "zaf", "idn", "vnm", "phl", "sgp", "mys", "tha",
@@ -65,8 +65,13 @@ async fn main() {
     for w in 0..writers {
         let registry = registry.clone();
         tasks.push(tokio::spawn(async move {
-            let mutation =
-                Mutation { actor: ANONYMOUS.into(), request_id: String::new(), method: "bench", fingerprint: 0 };
+            let mutation = Mutation {
+                actor: ANONYMOUS.into(),
+                request_id: String::new(),
+                method: "bench",
+                fingerprint: 0,
+                deadline: None,
+            };
             for i in (w..count).step_by(writers) {
                 registry.create(&format!("a{i:07}"), agreement(i), &mutation).await.unwrap();
             }

@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// call starts.)
     #[arg(long, env = "COOPERATION_REGISTRY_MAX_CONCURRENT_CALLS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_concurrent_calls: u64,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (calls by method and
+    /// code, latency histograms, calls in flight, store size, revision,
+    /// watchers). Off unless set; keep it on a private address.
+    #[arg(long, env = "COOPERATION_REGISTRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format on standard error: `text`, or `json` (one object a line, with
     /// the call's span fields).
     #[arg(long, env = "COOPERATION_REGISTRY_LOG_FORMAT", value_enum, default_value = "text")]
@@ -300,10 +305,38 @@ async fn serve(args: ServeArgs) -> CliResult {
         max_response_bytes: args.max_response_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
     };
+    if let Some(address) = args.metrics_listen {
+        let metrics = crate::observe::bind(address).await?;
+        crate::observe::serve_metrics(metrics, registry.clone())?;
+    }
     if args.change_retention_revisions.is_some() || args.change_retention_hours.is_some() {
         spawn_compactor(registry.clone(), args.change_retention_revisions, args.change_retention_hours);
     }
-    server::serve(registry, listener, options, shutdown_signal()).await
+    // A failed write stops the server (the store refuses every later one):
+    // drain, close, and exit non-zero with the cause.
+    let failure = Arc::new(std::sync::Mutex::new(None));
+    let failed = failure.clone();
+    let store_failure = registry.failed();
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            cause = store_failure => {
+                tracing::error!(error = %cause, "stopping: the store cannot write");
+                *failed.lock().expect("failure lock") = Some(cause);
+            }
+        }
+    };
+    let served = server::serve(registry, listener, options, stop).await;
+    if let Some(cause) = failure.lock().expect("failure lock").take() {
+        // Exit here: dropping the failed database would make sled flush its
+        // failed log again, which can wait forever.
+        eprintln!(
+            "cooperation-registry: stopped because the store cannot write: {cause}; every acknowledged write \
+             is on disk: fix the cause (free space, make the data dir writable) and start again"
+        );
+        std::process::exit(1);
+    }
+    served
 }
 
 /// Applies the change-log retention policy once a minute.

@@ -46,6 +46,10 @@ pub enum Error {
     FailedPrecondition { reason: String, message: String, violations: Vec<PreconditionViolation> },
     /// A revision the change log no longer holds (compacted).
     OutOfRange { message: String, oldest_revision: u64 },
+    /// The caller's deadline passed before the work was done; nothing was changed.
+    DeadlineExceeded { message: String },
+    /// The disk of the data dir is full: the write was not acknowledged.
+    StorageFull,
     /// The service cannot serve now (closed store, shutting down); retry later.
     Unavailable { message: String },
     /// A fault inside the service; the details go to the log, not to the caller.
@@ -71,6 +75,10 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
             StoreError::Closed => Error::Unavailable { message: "the registry is shutting down".into() },
+            StoreError::Full(detail) => {
+                tracing::error!(%detail, "the data dir's disk is full");
+                Error::StorageFull
+            }
             other => Error::internal(other),
         }
     }
@@ -78,6 +86,11 @@ impl From<StoreError> for Error {
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Displayed to operators (logs, the command line), so an internal
+        // error shows its detail, which callers never see.
+        if let Error::Internal { detail } = self {
+            return write!(f, "internal error: {detail}");
+        }
         let status = tonic::Status::from(self.clone());
         write!(f, "{:?}: {}", status.code(), status.message())
     }
@@ -189,6 +202,19 @@ impl From<Error> for tonic::Status {
             Error::OutOfRange { message, oldest_revision } => {
                 info(&mut details, "REVISION_COMPACTED", &[("oldest_revision", &oldest_revision.to_string())]);
                 (Code::OutOfRange, message)
+            }
+            Error::DeadlineExceeded { message } => {
+                info(&mut details, "DEADLINE_EXCEEDED", &[]);
+                (Code::DeadlineExceeded, message)
+            }
+            Error::StorageFull => {
+                info(&mut details, "STORAGE_FULL", &[]);
+                (
+                    Code::ResourceExhausted,
+                    "the server's disk is full: this write was not acknowledged and the server is stopping; \
+                     what was acknowledged before is safe"
+                        .to_string(),
+                )
             }
             Error::Unavailable { message } => {
                 info(&mut details, "UNAVAILABLE", &[]);

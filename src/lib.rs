@@ -3,6 +3,7 @@ pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod import;
+pub mod observe;
 pub mod pb;
 pub mod registry;
 pub mod server;

@@ -9,10 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
-use tonic::codegen::http;
 use tonic::transport::Server;
-use tower_http::trace::TraceLayer;
-use tracing::Span;
 
 use crate::api::Api;
 use crate::pb;
@@ -118,17 +115,13 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
-        .layer(
-            TraceLayer::new_for_grpc()
-                .make_span_with(call_span)
-                .on_request(())
-                .on_response(on_call_response)
-                .on_body_chunk(())
-                .on_eos(on_call_end)
-                .on_failure(()),
-        )
-        // Beyond the limit, calls are refused at once (tonic answers a shed call
-        // with RESOURCE_EXHAUSTED) instead of queueing without bound.
+        // Spans, counts, times and logs every call, shed and refused ones included.
+        .layer(crate::observe::CallLayer::new(crate::observe::CallLimits {
+            max_concurrent_calls: options.max_concurrent_calls,
+            max_request_bytes: options.max_request_bytes,
+        }))
+        // Beyond the limit, calls are refused at once with RESOURCE_EXHAUSTED
+        // instead of queueing without bound.
         .layer(tower::ServiceBuilder::new().load_shed().concurrency_limit(options.max_concurrent_calls))
         .layer(crate::auth::AccessLayer::new(options.access.clone()))
         .add_service(health_service)
@@ -165,29 +158,4 @@ pub async fn serve(
     closed?;
     tracing::info!("store flushed and closed");
     Ok(())
-}
-
-/// The span of one call, named by its method. With `on_call_response` and
-/// `on_call_end` it gives one event per call with the gRPC status code and the
-/// latency; `RUST_LOG` filters them (target `cooperation_registry::server`).
-fn call_span(request: &http::Request<tonic::body::Body>) -> Span {
-    tracing::info_span!("call", method = %request.uri().path())
-}
-
-/// Errors come as trailers-only responses with the status in the headers; other
-/// calls end with trailers, seen by `on_call_end`.
-fn on_call_response(response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span) {
-    if let Some(code) = response.headers().get("grpc-status") {
-        log_call_end(code.to_str().unwrap_or("?"), latency);
-    }
-}
-
-fn on_call_end(trailers: Option<&http::HeaderMap>, latency: Duration, _span: &Span) {
-    let code = trailers.and_then(|t| t.get("grpc-status")).and_then(|c| c.to_str().ok()).unwrap_or("0");
-    log_call_end(code, latency);
-}
-
-fn log_call_end(code: &str, latency: Duration) {
-    let name = code.parse::<i32>().map(|c| format!("{:?}", tonic::Code::from(c))).unwrap_or_else(|_| code.to_string());
-    tracing::info!(code = %name, latency_us = latency.as_micros() as u64, "call finished");
 }

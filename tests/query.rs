@@ -329,3 +329,46 @@ async fn the_relationship_of_india_and_japan_reproduces_the_seed_article() {
     assert_eq!(violated_fields(&err), ["parties"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_passed_deadline_stops_scans_and_writes_and_changes_nothing() {
+    use cooperation_registry::registry::{ListQuery, Mutation};
+    use std::time::{Duration, Instant};
+    let server = TestServer::start().await;
+    load(&server, 200).await;
+    let registry = &server.registry;
+
+    // A filter no index answers scans every agreement; with the deadline gone
+    // the scan stops within its first records.
+    let passed = Some(Instant::now() - Duration::from_millis(1));
+    let query = ListQuery { filter: "title:\"nothing like it\"".into(), deadline: passed, ..Default::default() };
+    let err = registry.list::<v1::Agreement>(&query).await.unwrap_err();
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("64 records were examined"), "{}", status.message());
+    // With time left the same query answers.
+    let query = ListQuery { deadline: Some(Instant::now() + Duration::from_secs(60)), ..query };
+    assert!(registry.list::<v1::Agreement>(&query).await.unwrap().items.is_empty());
+
+    let revision = registry.revision();
+    let late = Mutation {
+        actor: "test".into(),
+        request_id: String::new(),
+        method: "CreateAgreement",
+        fingerprint: 0,
+        deadline: passed,
+    };
+    let err = registry.create("late", agreement("Late"), &late).await.unwrap_err();
+    assert_eq!(tonic::Status::from(err).code(), Code::DeadlineExceeded);
+    assert_eq!(registry.revision(), revision, "nothing was written");
+    assert_eq!(count_agreements(&server, true).await, 200);
+
+    // Through the API: a caller's timeout reaches the server as grpc-timeout.
+    let mut request = tonic::Request::new(list("title:\"nothing like it\"", "", 10, String::new()));
+    request.set_timeout(Duration::from_nanos(1));
+    let err = server.agreements().list_agreements(request).await.unwrap_err();
+    assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
+    // The server goes on serving.
+    assert_eq!(all_pages(&server, "", "", 100).await.len(), 200);
+    server.stop().await;
+}

@@ -135,8 +135,12 @@ async fn oversized_requests_are_refused_and_change_nothing() {
     let mut big = agreement("big");
     big.description = "x".repeat(8000);
     let err = client.create_agreement(create_agreement("big", big)).await.unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert!(err.message().contains("limit"), "{}", err.message());
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("the limit is 4096 bytes (--max-request-bytes)") && err.message().contains("is 80"),
+        "{}",
+        err.message()
+    );
     assert_eq!(count_agreements(&server, true).await, 0);
     client.create_agreement(create_agreement("small", agreement("small"))).await.unwrap();
     server.stop().await;
@@ -162,6 +166,10 @@ async fn calls_beyond_the_concurrency_limit_are_shed_with_resource_exhausted() {
             Ok(()) => served += 1,
             Err(status) => {
                 assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("limit of 1 concurrent calls (--max-concurrent-calls)"),
+                    "{status:?}"
+                );
                 shed += 1;
             }
         }
@@ -169,5 +177,72 @@ async fn calls_beyond_the_concurrency_limit_are_shed_with_resource_exhausted() {
     assert!(served >= 1 && shed >= 1, "served {served}, shed {shed}");
     // Once the burst is over, calls are served again.
     server.parties().list_parties(v1::ListPartiesRequest::default()).await.unwrap();
+    server.stop().await;
+}
+
+/// The body of an HTTP/1.1 GET on loopback.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.unwrap();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the metric line that starts with `series` (name and labels).
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() {
+    let server = TestServer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let endpoint = cooperation_registry::observe::serve_metrics(listener, server.registry.clone()).unwrap();
+
+    let mut client = server.agreements();
+    client.create_agreement(create_agreement("metered", agreement("Metered"))).await.unwrap();
+    for _ in 0..3 {
+        client
+            .get_agreement(v1::GetAgreementRequest { name: "agreements/metered".into(), ..Default::default() })
+            .await
+            .unwrap();
+    }
+    let missing = v1::GetAgreementRequest { name: "agreements/missing-one".into(), ..Default::default() };
+    assert_eq!(client.get_agreement(missing).await.unwrap_err().code(), Code::NotFound);
+    let mut changes = cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient::new(
+        connect(server.addr).await,
+    );
+    let watch = changes.watch_changes(v1::WatchChangesRequest::default()).await.unwrap();
+
+    let (status, body) = http_get(metrics_addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let labels = |method: &str, code: &str| {
+        format!(
+            "grpc_server_handled_total{{grpc_service=\"cooperation.v1.AgreementService\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+        )
+    };
+    assert!(metric(&body, &labels("GetAgreement", "Ok")).unwrap() >= 3.0, "{body}");
+    assert!(metric(&body, &labels("GetAgreement", "NotFound")).unwrap() >= 1.0, "{body}");
+    assert!(metric(&body, &labels("CreateAgreement", "Ok")).unwrap() >= 1.0, "{body}");
+    let bucket = "grpc_server_handling_seconds_bucket{grpc_service=\"cooperation.v1.AgreementService\",grpc_method=\"GetAgreement\",le=\"+Inf\"}";
+    assert!(metric(&body, bucket).unwrap() >= 4.0, "{body}");
+    assert_eq!(metric(&body, "cooperation_registry_revision ").unwrap(), server.registry.revision() as f64);
+    assert_eq!(metric(&body, "cooperation_registry_watchers ").unwrap(), 1.0, "{body}");
+    assert!(metric(&body, "cooperation_registry_store_bytes ").unwrap() > 0.0, "{body}");
+    // The open watch is a call in flight.
+    assert!(metric(&body, "grpc_server_calls_in_flight ").unwrap() >= 1.0, "{body}");
+    assert!(body.contains("# HELP grpc_server_handled_total"), "{body}");
+
+    drop(watch);
+    assert_eq!(http_get(metrics_addr, "/other").await.0, 404);
+    endpoint.abort();
     server.stop().await;
 }

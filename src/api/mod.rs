@@ -38,14 +38,29 @@ pub fn caller<T>(request: &tonic::Request<T>) -> String {
         .unwrap_or_else(|| ANONYMOUS.to_string())
 }
 
-/// The mutation context of a request: who calls and a fingerprint of the whole
-/// request for request_id retries.
-pub fn mutation<M: Message>(actor: String, method: &'static str, request: &M, request_id: &str) -> Mutation {
+/// The mutation context of a request: who calls, until when, and a
+/// fingerprint of the whole request for request_id retries.
+pub fn mutation<M: Message>(context: CallContext, method: &'static str, request: &M, request_id: &str) -> Mutation {
     Mutation {
-        actor,
+        actor: context.caller,
         request_id: request_id.to_string(),
         method,
         fingerprint: paging::fingerprint(&[method.as_bytes(), &request.encode_to_vec()]),
+        deadline: context.deadline,
+    }
+}
+
+/// What the layers in front of a service learnt about its call.
+pub struct CallContext {
+    /// The identity the access layer admitted, or `anonymous`.
+    pub caller: String,
+    /// When the caller stops waiting, if it said.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl CallContext {
+    pub fn of<T>(request: &tonic::Request<T>) -> CallContext {
+        CallContext { caller: caller(request), deadline: crate::observe::Deadline::of(request) }
     }
 }
 
@@ -88,6 +103,7 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$list_req>,
             ) -> Result<tonic::Response<$list_resp>, tonic::Status> {
+                let deadline = $crate::observe::Deadline::of(&request);
                 let request = request.into_inner();
                 let query = $crate::registry::ListQuery {
                     as_of: $crate::api::AsOf::as_of(&request).copied(),
@@ -96,6 +112,7 @@ macro_rules! resource_service {
                     show_deleted: request.show_deleted,
                     filter: request.filter,
                     order_by: request.order_by,
+                    deadline,
                 };
                 let page = self.registry.list::<$resource>(&query).await?;
                 Ok(tonic::Response::new($list_resp {
@@ -109,9 +126,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$create_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
-                let actor = $crate::api::caller(&request);
+                let context = $crate::api::CallContext::of(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(actor, stringify!($create), &request, &request.request_id);
+                let mutation = $crate::api::mutation(context, stringify!($create), &request, &request.request_id);
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
                 let created = self.registry.create(&request.$id_field, resource, &mutation).await?;
                 Ok(tonic::Response::new(created))
@@ -121,9 +138,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$update_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
-                let actor = $crate::api::caller(&request);
+                let context = $crate::api::CallContext::of(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(actor, stringify!($update), &request, &request.request_id);
+                let mutation = $crate::api::mutation(context, stringify!($update), &request, &request.request_id);
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
                 let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
                 let etag = resource.etag.clone();
@@ -135,9 +152,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$delete_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
-                let actor = $crate::api::caller(&request);
+                let context = $crate::api::CallContext::of(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(actor, stringify!($delete), &request, &request.request_id);
+                let mutation = $crate::api::mutation(context, stringify!($delete), &request, &request.request_id);
                 let deleted = self.registry.delete::<$resource>(&request.name, &request.etag, &mutation).await?;
                 Ok(tonic::Response::new(deleted))
             }
@@ -146,9 +163,9 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$undelete_req>,
             ) -> Result<tonic::Response<$resource>, tonic::Status> {
-                let actor = $crate::api::caller(&request);
+                let context = $crate::api::CallContext::of(&request);
                 let request = request.into_inner();
-                let mutation = $crate::api::mutation(actor, stringify!($undelete), &request, &request.request_id);
+                let mutation = $crate::api::mutation(context, stringify!($undelete), &request, &request.request_id);
                 let restored = self.registry.undelete::<$resource>(&request.name, &request.etag, &mutation).await?;
                 Ok(tonic::Response::new(restored))
             }

@@ -10,9 +10,14 @@ impl RelationshipService for super::Api {
         &self,
         request: tonic::Request<GetRelationshipRequest>,
     ) -> Result<tonic::Response<Relationship>, tonic::Status> {
+        let deadline = crate::observe::Deadline::of(&request);
         let request = request.into_inner();
-        let query =
-            RelationshipQuery { parties: request.parties, as_of: request.as_of, window_months: request.window_months };
+        let query = RelationshipQuery {
+            parties: request.parties,
+            as_of: request.as_of,
+            window_months: request.window_months,
+            deadline,
+        };
         Ok(tonic::Response::new(self.registry.relationship(&query).await?))
     }
 }

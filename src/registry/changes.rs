@@ -154,7 +154,10 @@ impl Registry {
         let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
         let registry = self.clone();
         tokio::spawn(async move {
-            if let Err(error) = registry.follow(start, &selection, interval, &sender).await {
+            registry.watchers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let followed = registry.follow(start, &selection, interval, &sender).await;
+            registry.watchers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if let Err(error) = followed {
                 let _ = sender.send(Err(error)).await;
             }
         });

@@ -31,6 +31,7 @@ pub mod validate;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use prost::Message;
 use prost_reflect::{DynamicMessage, ReflectMessage};
@@ -71,6 +72,8 @@ pub struct Mutation {
     /// something else.
     pub method: &'static str,
     pub fingerprint: u64,
+    /// When the caller stops waiting: a write not yet submitted then is not made.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -84,6 +87,8 @@ pub struct ListQuery {
     pub order_by: String,
     /// The day derived fields are computed for; `None` is today.
     pub as_of: Option<Date>,
+    /// When the caller stops waiting: a scan still running then stops.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +103,8 @@ pub struct Registry {
     store: Arc<dyn Store>,
     /// Turns true when the server begins to shut down: watchers end then.
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// WatchChanges streams open now (for the metrics).
+    watchers: std::sync::atomic::AtomicUsize,
 }
 
 /// A change planned from one read of the store.
@@ -110,6 +117,17 @@ struct Planned<R> {
     kind: ChangeKind,
     ops: Vec<Op>,
     conditions: Vec<Condition>,
+}
+
+/// How many records a scan visits between looks at the caller's deadline.
+const DEADLINE_CHECK_INTERVAL: u64 = 64;
+
+/// DEADLINE_EXCEEDED, with `message`, once `deadline` has passed.
+fn check_deadline(deadline: Option<Instant>, message: impl FnOnce() -> String) -> Result<()> {
+    match deadline {
+        Some(deadline) if Instant::now() >= deadline => Err(Error::DeadlineExceeded { message: message() }),
+        _ => Ok(()),
+    }
 }
 
 fn record_key(name: &str) -> Vec<u8> {
@@ -148,7 +166,8 @@ fn targets(references: &[Reference]) -> BTreeSet<String> {
 impl Registry {
     /// Opens the registry on a store, writing the ISO 3166-1 states into an empty one.
     pub async fn open(store: Arc<dyn Store>) -> Result<Registry> {
-        let registry = Registry { store, shutdown: tokio::sync::watch::Sender::new(false) };
+        let registry =
+            Registry { store, shutdown: tokio::sync::watch::Sender::new(false), watchers: Default::default() };
         if registry.store.revision() == 0 {
             registry.seed().await?;
         }
@@ -219,6 +238,22 @@ impl Registry {
     /// The revision of the last applied write.
     pub fn revision(&self) -> u64 {
         self.store.revision()
+    }
+
+    /// Resolves, with the cause, if the store fails to write (see
+    /// `Store::failed`).
+    pub fn failed(&self) -> impl std::future::Future<Output = crate::store::StoreError> + Send + 'static {
+        self.store.failed()
+    }
+
+    /// WatchChanges streams open now.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes the store occupies.
+    pub fn store_bytes(&self) -> Result<u64> {
+        self.store.size_on_disk().map_err(Error::from)
     }
 
     /// Ends every watcher (with UNAVAILABLE and the revision to resume from),
@@ -351,7 +386,7 @@ impl Registry {
         let mut more = false;
         let newest = if order.is_by_name() {
             let after = cursor.as_ref().map(|(_, name)| name.as_str());
-            self.scan::<R>(candidates.as_ref(), after, |mut record, revision| {
+            self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
                 if visible(&mut record, revision)
                     && (filter.matches_everything() || filter.matches(&record.transcode_to_dynamic()))
                 {
@@ -364,7 +399,7 @@ impl Registry {
                 true
             })?
         } else {
-            let newest = self.scan::<R>(candidates.as_ref(), None, |mut record, revision| {
+            let newest = self.scan::<R>(candidates.as_ref(), None, query.deadline, |mut record, revision| {
                 if visible(&mut record, revision) {
                     let dynamic = record.transcode_to_dynamic();
                     if filter.matches(&dynamic) {
@@ -390,11 +425,12 @@ impl Registry {
     }
 
     /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
-    /// in name order, answered from an index when the filter allows.
-    pub fn query<R: Resource>(&self, filter: &Filter, as_of: &Date) -> Result<Vec<R>> {
+    /// in name order, answered from an index when the filter allows; stops
+    /// with DEADLINE_EXCEEDED once `deadline` has passed.
+    pub fn query<R: Resource>(&self, filter: &Filter, as_of: &Date, deadline: Option<Instant>) -> Result<Vec<R>> {
         let candidates = index::candidates(&*self.store, R::KIND, filter)?;
         let mut found = Vec::new();
-        self.scan::<R>(candidates.as_ref(), None, |mut record, revision| {
+        self.scan::<R>(candidates.as_ref(), None, deadline, |mut record, revision| {
             self.present(&mut record, revision, as_of);
             if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
                 found.push(record);
@@ -405,15 +441,30 @@ impl Registry {
     }
 
     /// Visits records of `R` in name order after `after` (a name): those with
-    /// the ids in `candidates`, or all of them. Stops when `visit` says false.
+    /// the ids in `candidates`, or all of them. Stops when `visit` says false,
+    /// and with DEADLINE_EXCEEDED once `deadline` has passed (the caller has
+    /// stopped waiting: the rest of the scan would be wasted).
     /// Returns the highest revision visited.
     fn scan<R: Resource>(
         &self,
         candidates: Option<&index::Candidates>,
         after: Option<&str>,
+        deadline: Option<Instant>,
         mut visit: impl FnMut(R, u64) -> bool,
     ) -> Result<u64> {
         let mut newest = 0;
+        let mut visited = 0u64;
+        let mut visit = |record: R, revision: u64| -> Result<bool> {
+            visited += 1;
+            if visited % DEADLINE_CHECK_INTERVAL == 0 {
+                check_deadline(deadline, || {
+                    format!(
+                        "the call's deadline passed after {visited} records were examined; narrow the filter or allow more time"
+                    )
+                })?;
+            }
+            Ok(visit(record, revision))
+        };
         let after_id = match after {
             Some(name) => Some(
                 R::KIND
@@ -435,7 +486,10 @@ impl Registry {
                 match found {
                     Ok(Some((record, revision))) => {
                         newest = newest.max(revision);
-                        visit(record, revision)
+                        visit(record, revision).unwrap_or_else(|e| {
+                            failure = Some(e);
+                            false
+                        })
                     }
                     Ok(None) => true,
                     Err(e) => {
@@ -456,7 +510,7 @@ impl Registry {
             let batch = self.store.scan(&prefix, &start, CHUNK)?;
             for (_, entry) in &batch {
                 newest = newest.max(entry.mod_revision);
-                if !visit(decode(&entry.value)?, entry.mod_revision) {
+                if !visit(decode(&entry.value)?, entry.mod_revision)? {
                     return Ok(newest);
                 }
             }
@@ -674,6 +728,9 @@ impl Registry {
                 events: vec![StoredEvent { kind: kind as i32, name, record: bytes, previous_revision }],
             };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
+            check_deadline(mutation.deadline, || {
+                "the call's deadline passed before the change was written; nothing was changed".into()
+            })?;
             match self.store.commit(txn).await? {
                 Outcome::Committed { revision } => {
                     self.present(&mut record, revision, &dates::today());

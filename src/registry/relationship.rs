@@ -19,6 +19,8 @@ pub struct RelationshipQuery {
     pub parties: Vec<String>,
     pub as_of: Option<Date>,
     pub window_months: i32,
+    /// When the caller stops waiting: the record scans stop then.
+    pub deadline: Option<std::time::Instant>,
 }
 
 fn date_of(day: i64) -> Date {
@@ -73,8 +75,11 @@ impl Registry {
             |text: String, descriptor| Filter::compile(&text, &descriptor).map_err(|e| Error::internal(e.to_string()));
         use prost_reflect::ReflectMessage;
 
-        let mut agreements: Vec<Agreement> =
-            self.query(&compile(all_named("parties", &query.parties), Agreement::default().descriptor())?, &as_of)?;
+        let mut agreements: Vec<Agreement> = self.query(
+            &compile(all_named("parties", &query.parties), Agreement::default().descriptor())?,
+            &as_of,
+            query.deadline,
+        )?;
         agreements.sort_by_key(|a| {
             (date_key(a.signature_date.as_ref().or(a.entry_into_force_date.as_ref())), a.name.clone())
         });
@@ -125,6 +130,7 @@ impl Registry {
         let domains: Vec<PartnershipDomain> = self.query(
             &compile(all_named("parties", &query.parties), PartnershipDomain::default().descriptor())?,
             &as_of,
+            query.deadline,
         )?;
         let domains: Vec<DomainSummary> = domains
             .into_iter()
@@ -141,6 +147,7 @@ impl Registry {
         let mut engagements: Vec<Engagement> = self.query(
             &compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?,
             &as_of,
+            query.deadline,
         )?;
         engagements.sort_by_key(|e| (date_key(e.start_date.as_ref()), e.name.clone()));
         let engagements: Vec<EngagementSummary> = engagements

@@ -126,6 +126,18 @@ impl Store for MemoryStore {
         Ok(state.revision)
     }
 
+    fn size_on_disk(&self) -> StoreResult<u64> {
+        let state = self.state.lock().expect("state lock");
+        let keys: usize = state.keys.iter().map(|(k, e)| k.len() + e.value.len() + 16).sum();
+        let changes: usize = state.changes.values().map(|c| c.len() + 8).sum();
+        Ok((keys + changes) as u64)
+    }
+
+    fn failed(&self) -> BoxFuture<'static, StoreError> {
+        // Memory does not fail.
+        Box::pin(std::future::pending())
+    }
+
     fn close(&self) -> StoreResult<()> {
         self.state.lock().expect("state lock").closed = true;
         Ok(())

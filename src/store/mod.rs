@@ -79,6 +79,8 @@ pub enum StoreError {
     Incompatible(String),
     /// Another process holds the data dir.
     Locked(String),
+    /// The disk holding the data dir is full.
+    Full(String),
     /// The store was shut down, or stopped after a failed write.
     Closed,
 }
@@ -89,6 +91,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Storage(m) => write!(f, "storage error: {m}"),
             StoreError::Incompatible(m) => write!(f, "{m}"),
             StoreError::Locked(m) => write!(f, "data dir is in use by another process: {m}"),
+            StoreError::Full(m) => write!(f, "the data dir's disk is full: {m}"),
             StoreError::Closed => write!(f, "the store is closed"),
         }
     }
@@ -140,6 +143,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Waits for pending writes, flushes everything and refuses later writes.
     fn close(&self) -> StoreResult<()>;
+
+    /// Bytes the store occupies (on disk, or in memory for the memory store).
+    fn size_on_disk(&self) -> StoreResult<u64>;
+
+    /// Resolves, with the cause, if a write or flush fails: the store then
+    /// refuses every later write and the state of the failed ones is unknown,
+    /// so the process should stop (what was acknowledged is on disk).
+    fn failed(&self) -> BoxFuture<'static, StoreError>;
 }
 
 /// The smallest key greater than every key that starts with `key` followed by

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
@@ -33,6 +34,8 @@ const META_FORMAT: &[u8] = b"mformat";
 /// there and the database reads as empty, the database was lost or damaged, and
 /// opening it must fail rather than start afresh.
 const MARKER_FILE: &str = "cooperation-registry.format";
+/// How often the marker file's durable revision is brought up to date.
+const MARK_INTERVAL: Duration = Duration::from_secs(1);
 const META_SCHEMA: &[u8] = b"mschema";
 const META_REVISION: &[u8] = b"mrevision";
 const META_FIRST_CHANGE: &[u8] = b"mfirstchange";
@@ -71,6 +74,7 @@ pub struct SledStore {
     tree: sled::Db,
     applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
+    failure: watch::Receiver<Option<StoreError>>,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -95,6 +99,15 @@ impl SledStore {
             }
             None => 0,
         };
+        let recorded = read_marker_revision(dir);
+        if revision < recorded {
+            return Err(StoreError::Incompatible(format!(
+                "{} is damaged: its database reads at revision {revision}, but revision {recorded} was durable \
+                 before (recorded in {MARKER_FILE}); writes were lost. Restore it from a backup \
+                 (cooperation-registry restore) rather than serve it",
+                dir.display()
+            )));
+        }
         let data_file = dir.join("db");
         let sync_file = match options.durability {
             Durability::Fsync => Some(
@@ -105,6 +118,7 @@ impl SledStore {
         };
         let applied = Arc::new(AtomicU64::new(revision));
         let (durable_tx, durable) = watch::channel(revision);
+        let (failure_tx, failure) = watch::channel(None);
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             tree: tree.clone(),
@@ -114,18 +128,23 @@ impl SledStore {
             durability: options.durability,
             sync_file,
             data_file,
+            dir: dir.to_path_buf(),
+            marked: (recorded, Instant::now()),
             failed: None,
+            failure: failure_tx,
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
-        Ok(SledStore { tree, applied, durable, sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(handle)) })
-    }
-
-    /// Bytes the engine uses on disk.
-    pub fn size_on_disk(&self) -> StoreResult<u64> {
-        self.tree.size_on_disk().map_err(storage)
+        Ok(SledStore {
+            tree,
+            applied,
+            durable,
+            failure,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+        })
     }
 
     fn send(&self, message: Message) -> Result<(), StoreError> {
@@ -202,7 +221,7 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
     match tree.get(META_FORMAT).map_err(storage)? {
         Some(format) if format.as_ref() == FORMAT => {
             if !dir.join(MARKER_FILE).exists() {
-                write_marker(dir)?;
+                write_marker(dir, 0)?;
             }
             let schema = tree
                 .get(META_SCHEMA)
@@ -233,7 +252,7 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
             batch.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
             tree.apply_batch(batch).map_err(storage)?;
             tree.flush().map_err(storage)?;
-            write_marker(dir)
+            write_marker(dir, 0)
         }
         None => Err(StoreError::Incompatible(format!(
             "{} holds data without the cooperation-registry format marker",
@@ -242,20 +261,47 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
     }
 }
 
-fn write_marker(dir: &Path) -> StoreResult<()> {
+/// Writes the marker file: the format, and a revision known to be durable in
+/// the database. A database that later reads at a lower revision has lost
+/// acknowledged writes (sled recovers only the part of its log before a
+/// damaged spot), and is refused. Replaced atomically: a crash leaves the old
+/// marker or the new one.
+fn write_marker(dir: &Path, durable_revision: u64) -> StoreResult<()> {
     let path = dir.join(MARKER_FILE);
-    let text = format!("{} schema {SCHEMA_VERSION}\n", String::from_utf8_lossy(FORMAT));
+    let temporary = dir.join(format!("{MARKER_FILE}.new"));
+    let text = format!("{} schema {SCHEMA_VERSION}\nrevision {durable_revision}\n", String::from_utf8_lossy(FORMAT));
     let write = || -> std::io::Result<()> {
-        let file = File::create(&path)?;
+        let file = File::create(&temporary)?;
         std::io::Write::write_all(&mut &file, text.as_bytes())?;
         file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
         File::open(dir)?.sync_all()
     };
-    write().map_err(|e| StoreError::Storage(format!("cannot write {}: {e}", path.display())))
+    write().map_err(|e| io_error(&format!("cannot write {}", path.display()), &e))
+}
+
+/// The durable revision the marker file records (0 when it records none).
+fn read_marker_revision(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(MARKER_FILE))
+        .ok()
+        .and_then(|text| text.lines().find_map(|l| l.strip_prefix("revision ").and_then(|n| n.trim().parse().ok())))
+        .unwrap_or(0)
 }
 
 fn storage(e: sled::Error) -> StoreError {
-    StoreError::Storage(e.to_string())
+    match &e {
+        sled::Error::Io(io) => io_error("", io),
+        _ => StoreError::Storage(e.to_string()),
+    }
+}
+
+/// An I/O error, a full disk told apart from the rest.
+fn io_error(context: &str, e: &std::io::Error) -> StoreError {
+    let full = e.kind() == std::io::ErrorKind::StorageFull
+        || e.raw_os_error() == Some(28)
+        || e.get_ref().is_some_and(|inner| inner.to_string().contains("No space left on device"));
+    let message = if context.is_empty() { format!("IO error: {e}") } else { format!("{context}: {e}") };
+    if full { StoreError::Full(message) } else { StoreError::Storage(message) }
 }
 
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
@@ -380,6 +426,22 @@ impl Store for SledStore {
         answer.recv().map_err(|_| StoreError::Closed)?
     }
 
+    fn size_on_disk(&self) -> StoreResult<u64> {
+        self.tree.size_on_disk().map_err(storage)
+    }
+
+    fn failed(&self) -> BoxFuture<'static, StoreError> {
+        let mut failure = self.failure.clone();
+        Box::pin(async move {
+            let failed = failure.wait_for(Option::is_some).await.map(|failed| failed.clone());
+            match failed {
+                Ok(failed) => failed.unwrap_or(StoreError::Closed),
+                // The writer ended without a failure (closed): nothing to report.
+                Err(_) => std::future::pending().await,
+            }
+        })
+    }
+
     fn close(&self) -> StoreResult<()> {
         let (reply, answer) = mpsc::sync_channel(1);
         let sent = self.send(Message::Close(reply));
@@ -399,6 +461,12 @@ impl Drop for SledStore {
     fn drop(&mut self) {
         if self.writer.lock().map(|w| w.is_some()).unwrap_or(false) {
             let _ = self.close();
+        }
+        if self.failure.borrow().is_some() {
+            // sled flushes when its last handle goes, and on a failed log that
+            // flush can wait forever: keep one handle alive instead (the
+            // process is stopping; nothing more can be made durable).
+            std::mem::forget(self.tree.clone());
         }
     }
 }
@@ -425,9 +493,14 @@ struct Writer {
     durability: Durability,
     sync_file: Option<File>,
     data_file: PathBuf,
+    dir: PathBuf,
+    /// The revision last recorded in the marker file as durable, and when.
+    marked: (u64, Instant),
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
-    failed: Option<String>,
+    failed: Option<StoreError>,
+    /// Tells the store's owner about that failure.
+    failure: watch::Sender<Option<StoreError>>,
 }
 
 impl Writer {
@@ -454,12 +527,39 @@ impl Writer {
                 let _ = reply.send(self.backup(out));
             }
             if let Some(reply) = close {
-                let result = self.flush(Durability::Fsync);
-                let _ = reply.send(result);
+                let _ = reply.send(self.final_flush());
                 return;
             }
         }
-        let _ = self.flush(Durability::Fsync);
+        let _ = self.final_flush();
+    }
+
+    /// The flush at close. After a failed write there is nothing more to make
+    /// durable, and sled may wait forever on its failed log: report the
+    /// failure instead.
+    fn final_flush(&mut self) -> StoreResult<()> {
+        if let Some(failure) = &self.failed {
+            return Err(failure.clone());
+        }
+        self.flush(Durability::Fsync)?;
+        self.mark_durable(true);
+        Ok(())
+    }
+
+    /// Records the durable revision in the marker file: at the first durable
+    /// write, then at most once a second while writing (only where writes are
+    /// flushed before they are acknowledged), and always after the final flush.
+    fn mark_durable(&mut self, flushed_now: bool) {
+        let (marked, at) = self.marked;
+        let due =
+            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
+        if self.failed.is_some() || self.revision <= marked || !due {
+            return;
+        }
+        match write_marker(&self.dir, self.revision) {
+            Ok(()) => self.marked = (self.revision, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
+        }
     }
 
     /// Applies a group of transactions as one sled batch (each transaction's
@@ -473,6 +573,7 @@ impl Writer {
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
             let result = match &self.failed {
+                Some(StoreError::Full(reason)) => Err(StoreError::Full(reason.clone())),
                 Some(reason) => {
                     Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
                 }
@@ -488,7 +589,9 @@ impl Writer {
                 self.flush(self.durability)
             });
             if let Err(e) = written {
-                self.failed = Some(e.to_string());
+                tracing::error!(error = %e, "a write to the data dir failed; refusing every later write");
+                self.failed = Some(e.clone());
+                self.failure.send_replace(Some(e.clone()));
                 for (_, result) in answers.iter_mut() {
                     if matches!(result, Ok(Outcome::Committed { .. })) {
                         *result = Err(e.clone());
@@ -499,6 +602,7 @@ impl Writer {
         match (&self.failed, &self.durable) {
             (None, Some(durable)) => {
                 durable.send_replace(self.revision);
+                self.mark_durable(false);
             }
             _ => self.durable = None,
         }
@@ -604,7 +708,7 @@ impl Writer {
                 self.sync_file = File::open(&self.data_file).ok();
             }
             if let Some(file) = &self.sync_file {
-                file.sync_data().map_err(|e| StoreError::Storage(format!("fsync failed: {e}")))?;
+                file.sync_data().map_err(|e| io_error("fsync failed", &e))?;
             }
         }
         Ok(())
