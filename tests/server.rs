@@ -246,3 +246,36 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     endpoint.abort();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_beyond_the_waiting_room_are_shed_at_once() {
+    let server = TestServer::start().await;
+    let api = cooperation_registry::api::Api::new(server.registry.clone());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let admitted = cores + cores * 8;
+    // Scans that hold their slot (or their place in the queue) until released.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let mut held = Vec::new();
+    for _ in 0..admitted {
+        let api = api.clone();
+        let mut released = released.clone();
+        held.push(tokio::spawn(async move {
+            api.scan(async move {
+                let _ = released.wait_for(|r| *r).await;
+                Ok(())
+            })
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = api.scan(async { Ok(()) }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("retry with backoff"), "{refused:?}");
+    release.send(true).unwrap();
+    for scan in held {
+        scan.await.unwrap().unwrap();
+    }
+    // With the queue drained, scans are admitted again.
+    api.scan(async { Ok(()) }).await.unwrap();
+    server.stop().await;
+}

@@ -20,11 +20,60 @@ use crate::registry::{ANONYMOUS, Mutation, Registry, paging};
 #[derive(Clone)]
 pub struct Api {
     pub registry: Arc<Registry>,
+    /// Scans running at once: one per core.
+    scan_slots: Arc<tokio::sync::Semaphore>,
+    /// Scans waiting for a slot; beyond `scan_queue_limit` new ones are shed.
+    scans_waiting: Arc<std::sync::atomic::AtomicUsize>,
+    scan_queue_limit: usize,
 }
+
+/// Scans that may wait for a slot, per core: bounds an admitted scan's wait to
+/// about this many scans' time.
+const SCANS_WAITING_PER_CORE: usize = 8;
 
 impl Api {
     pub fn new(registry: Arc<Registry>) -> Api {
-        Api { registry }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Api {
+            registry,
+            scan_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+            scans_waiting: Default::default(),
+            scan_queue_limit: cores * SCANS_WAITING_PER_CORE,
+        }
+    }
+
+    /// Runs a scan-heavy read (List, GetRelationship) on the blocking pool, one
+    /// per core at a time, so the async workers stay free to take (and shed)
+    /// calls. At most `SCANS_WAITING_PER_CORE` per core wait for a slot; beyond
+    /// that a scan is refused at once with RESOURCE_EXHAUSTED, which keeps an
+    /// admitted scan's latency bounded under overload.
+    pub async fn scan<T, W>(&self, work: W) -> Result<T, tonic::Status>
+    where
+        W: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let waiting = Waiting(&self.scans_waiting);
+        if self.scans_waiting.fetch_add(1, Ordering::AcqRel) >= self.scan_queue_limit {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "the server is busy with list and relationship queries ({} waiting); retry with backoff",
+                self.scan_queue_limit
+            )));
+        }
+        let slot = self.scan_slots.clone().acquire_owned().await.expect("the scan semaphore is never closed");
+        drop(waiting);
+        let _slot = slot;
+        let runtime = tokio::runtime::Handle::current();
+        match tokio::task::spawn_blocking(move || runtime.block_on(work)).await {
+            Ok(result) => result.map_err(tonic::Status::from),
+            Err(e) => Err(crate::error::Error::internal(format!("scan task failed: {e}")).into()),
+        }
     }
 }
 
@@ -114,7 +163,8 @@ macro_rules! resource_service {
                     order_by: request.order_by,
                     deadline,
                 };
-                let page = self.registry.list::<$resource>(&query).await?;
+                let registry = self.registry.clone();
+                let page = self.scan(async move { registry.list::<$resource>(&query).await }).await?;
                 Ok(tonic::Response::new($list_resp {
                     $items: page.items,
                     next_page_token: page.next_page_token,

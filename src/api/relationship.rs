@@ -18,6 +18,7 @@ impl RelationshipService for super::Api {
             window_months: request.window_months,
             deadline,
         };
-        Ok(tonic::Response::new(self.registry.relationship(&query).await?))
+        let registry = self.registry.clone();
+        Ok(tonic::Response::new(self.scan(async move { registry.relationship(&query).await }).await?))
     }
 }

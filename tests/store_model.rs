@@ -1,0 +1,239 @@
+//! Property test of the storage contract: random sequences of transactions
+//! (several submitted at once, so they share a write group), compactions and
+//! reopenings run against the sled store, the memory store and a plain model
+//! of the contract written here; after every step all three must agree on
+//! every key, scans, the revision and the change log.
+//!
+//! `PROPTEST_CASES=2000 cargo test --release --test store_model` runs longer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cooperation_registry::store::memory::MemoryStore;
+use cooperation_registry::store::sled::{SledOptions, SledStore};
+use cooperation_registry::store::{Condition, Durability, Entry, Op, Outcome, Store, Txn};
+use proptest::prelude::*;
+
+const KEYS: [&str; 7] = ["a", "ab", "b", "c/1", "c/2", "c/3", "c/33"];
+const PREFIXES: [&str; 4] = ["", "a", "c/", "c/3"];
+
+/// A condition, made concrete against the model when it runs, so that both
+/// holding and failing conditions occur.
+#[derive(Clone, Debug)]
+enum ConditionSpec {
+    /// The key's current revision (holds), or that plus `off` (fails unless 0).
+    KeyAt { key: usize, off: u64 },
+    /// The key is absent.
+    Absent { key: usize },
+    /// Nothing under the prefix written after the current revision minus `back`.
+    NoneWrittenAfter { prefix: usize, back: u64 },
+}
+
+#[derive(Clone, Debug)]
+enum OpSpec {
+    Put { key: usize, value: u8 },
+    Delete { key: usize },
+}
+
+#[derive(Clone, Debug)]
+struct TxnSpec {
+    conditions: Vec<ConditionSpec>,
+    ops: Vec<OpSpec>,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Transactions submitted together, applied in submission order.
+    Group(Vec<TxnSpec>),
+    /// Compact the change log to the current revision minus `back`.
+    Compact { back: u64 },
+    /// Close the stores and open them again (the memory store is kept).
+    Reopen,
+}
+
+fn condition() -> impl Strategy<Value = ConditionSpec> {
+    prop_oneof![
+        (0..KEYS.len(), prop_oneof![3 => Just(0u64), 1 => 1..3u64])
+            .prop_map(|(key, off)| ConditionSpec::KeyAt { key, off }),
+        (0..KEYS.len()).prop_map(|key| ConditionSpec::Absent { key }),
+        (0..PREFIXES.len(), 0..3u64).prop_map(|(prefix, back)| ConditionSpec::NoneWrittenAfter { prefix, back }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = OpSpec> {
+    prop_oneof![
+        3 => (0..KEYS.len(), any::<u8>()).prop_map(|(key, value)| OpSpec::Put { key, value }),
+        1 => (0..KEYS.len()).prop_map(|key| OpSpec::Delete { key }),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let txn = (prop::collection::vec(condition(), 0..3), prop::collection::vec(op(), 0..4))
+        .prop_map(|(conditions, ops)| TxnSpec { conditions, ops });
+    prop_oneof![
+        8 => prop::collection::vec(txn, 1..5).prop_map(Step::Group),
+        1 => (0..4u64).prop_map(|back| Step::Compact { back }),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+/// The contract, as plainly as it can be written.
+#[derive(Default)]
+struct Model {
+    keys: BTreeMap<Vec<u8>, Entry>,
+    changes: BTreeMap<u64, Vec<u8>>,
+    revision: u64,
+    first_change: u64,
+}
+
+impl Model {
+    fn concrete(&self, spec: &TxnSpec, serial: usize) -> Txn {
+        let conditions = spec
+            .conditions
+            .iter()
+            .map(|c| match c {
+                ConditionSpec::KeyAt { key, off } => {
+                    let key = KEYS[*key].as_bytes().to_vec();
+                    let current = self.keys.get(&key).map_or(0, |e| e.mod_revision);
+                    Condition::ModRevision { key, equals: current + off }
+                }
+                ConditionSpec::Absent { key } => Condition::ModRevision { key: KEYS[*key].into(), equals: 0 },
+                ConditionSpec::NoneWrittenAfter { prefix, back } => Condition::NoneWrittenAfter {
+                    prefix: PREFIXES[*prefix].into(),
+                    revision: self.revision.saturating_sub(*back),
+                },
+            })
+            .collect();
+        let ops = spec
+            .ops
+            .iter()
+            .map(|o| match o {
+                OpSpec::Put { key, value } => {
+                    Op::Put { key: KEYS[*key].into(), value: vec![*value; 1 + *value as usize % 5] }
+                }
+                OpSpec::Delete { key } => Op::Delete { key: KEYS[*key].into() },
+            })
+            .collect();
+        Txn { conditions, ops, change: format!("change {serial}").into_bytes() }
+    }
+
+    fn holds(&self, condition: &Condition) -> bool {
+        match condition {
+            Condition::ModRevision { key, equals } => self.keys.get(key).map_or(0, |e| e.mod_revision) == *equals,
+            Condition::NoneWrittenAfter { prefix, revision } => {
+                self.keys.iter().filter(|(k, _)| k.starts_with(prefix)).all(|(_, e)| e.mod_revision <= *revision)
+            }
+        }
+    }
+
+    fn commit(&mut self, txn: &Txn) -> Outcome {
+        if !txn.conditions.iter().all(|c| self.holds(c)) {
+            return Outcome::ConditionFailed;
+        }
+        self.revision += 1;
+        for op in &txn.ops {
+            match op {
+                Op::Put { key, value } => {
+                    self.keys.insert(key.clone(), Entry { mod_revision: self.revision, value: value.clone() });
+                }
+                Op::Delete { key } => {
+                    self.keys.remove(key);
+                }
+            }
+        }
+        self.changes.insert(self.revision, txn.change.clone());
+        Outcome::Committed { revision: self.revision }
+    }
+
+    fn compact(&mut self, to: u64) {
+        let to = to.min(self.revision + 1);
+        if to > self.first_change.max(1) {
+            self.first_change = to;
+            self.changes = self.changes.split_off(&to);
+        }
+    }
+}
+
+fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
+    assert_eq!(store.revision(), model.revision, "{which}: revision");
+    for key in KEYS {
+        assert_eq!(store.get(key.as_bytes()).unwrap().as_ref(), model.keys.get(key.as_bytes()), "{which}: key {key}");
+    }
+    for prefix in PREFIXES {
+        let expected: Vec<(Vec<u8>, Entry)> = model
+            .keys
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        assert_eq!(store.scan(prefix.as_bytes(), b"", 100).unwrap(), expected, "{which}: scan {prefix:?}");
+        // Paged by two from each key on.
+        if let Some((second, _)) = expected.get(1) {
+            assert_eq!(
+                store.scan(prefix.as_bytes(), second, 2).unwrap(),
+                expected[1..].iter().take(2).cloned().collect::<Vec<_>>()
+            );
+        }
+    }
+    let first = model.first_change.max(1);
+    assert_eq!(store.first_change().unwrap(), first, "{which}: first change");
+    let expected: Vec<(u64, Vec<u8>)> = model.changes.iter().map(|(r, c)| (*r, c.clone())).collect();
+    assert_eq!(store.changes(first, 10_000).unwrap(), expected, "{which}: change log");
+}
+
+fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
+    let options = SledOptions { durability: Durability::None, cache_capacity: 8 * 1024 * 1024 };
+    Arc::new(SledStore::open(dir, options).expect("sled store opens"))
+}
+
+fn run(steps: Vec<Step>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sled = open_sled(dir.path());
+    let memory = MemoryStore::new();
+    let mut model = Model::default();
+    let mut serial = 0;
+    for step in steps {
+        match step {
+            Step::Group(specs) => {
+                // Submitted one after another without waiting, so the writer
+                // takes them as one group, in this order.
+                let mut expected = Vec::new();
+                let mut pending = Vec::new();
+                for spec in &specs {
+                    serial += 1;
+                    let txn = model.concrete(spec, serial);
+                    expected.push(model.commit(&txn));
+                    pending.push((sled.commit(txn.clone()), memory.commit(txn)));
+                }
+                for ((on_sled, in_memory), expected) in pending.into_iter().zip(expected) {
+                    assert_eq!(runtime.block_on(on_sled).unwrap(), expected, "sled outcome");
+                    assert_eq!(runtime.block_on(in_memory).unwrap(), expected, "memory outcome");
+                }
+            }
+            Step::Compact { back } => {
+                let to = model.revision.saturating_sub(back);
+                model.compact(to);
+                sled.compact(to).unwrap();
+                memory.compact(to).unwrap();
+            }
+            Step::Reopen => {
+                sled.close().unwrap();
+                drop(sled);
+                sled = open_sled(dir.path());
+            }
+        }
+        assert_agrees(&model, &*sled, "sled");
+        assert_agrees(&model, &memory, "memory");
+    }
+    sled.close().unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sled_and_memory_stores_agree_with_the_model(steps in prop::collection::vec(step(), 1..40)) {
+        run(steps);
+    }
+}
