@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
@@ -30,6 +29,9 @@ pub struct ServerOptions {
     pub access: crate::auth::Access,
     /// Calls served at once; more fail with RESOURCE_EXHAUSTED (load shedding).
     pub max_concurrent_calls: usize,
+    /// Lists and relationship queries waiting for a core; more fail with
+    /// RESOURCE_EXHAUSTED.
+    pub max_queued_scans: usize,
     /// Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
     /// Largest response message sent.
@@ -44,6 +46,7 @@ impl Default for ServerOptions {
             tls: None,
             access: crate::auth::Access::open(),
             max_concurrent_calls: 256,
+            max_queued_scans: crate::api::default_max_queued_scans(),
             max_request_bytes: 4 * 1024 * 1024,
             max_response_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -72,7 +75,7 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let api = Api::new(registry.clone());
+    let api = Api::new(registry.clone(), options.max_queued_scans);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgreementServiceServer<Api>>().await;
     health.set_serving::<PartyServiceServer<Api>>().await;
@@ -134,7 +137,14 @@ pub async fn serve(
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
         .add_service(configured!(AdminServiceServer, api, options))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+        // Without TCP_NODELAY a response written in two segments waits for the
+        // client's delayed ACK (40 ms).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            stop_accepting,
+        );
     let transport = if options.tls.is_some() { "tls" } else { "plaintext" };
     tracing::info!(address = %local, transport, revision = registry.revision(), "serving cooperation.v1");
 

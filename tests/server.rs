@@ -250,9 +250,10 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_beyond_the_waiting_room_are_shed_at_once() {
     let server = TestServer::start().await;
-    let api = cooperation_registry::api::Api::new(server.registry.clone());
+    let queued = 5;
+    let api = cooperation_registry::api::Api::new(server.registry.clone(), queued);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let admitted = cores + cores * 8;
+    let admitted = cores + queued;
     // Scans that hold their slot (or their place in the queue) until released.
     let (release, released) = tokio::sync::watch::channel(false);
     let mut held = Vec::new();
@@ -270,7 +271,7 @@ async fn scans_beyond_the_waiting_room_are_shed_at_once() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refused = api.scan(async { Ok(()) }).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(refused.message().contains("retry with backoff"), "{refused:?}");
+    assert!(refused.message().contains("(5 waiting, --max-queued-scans)"), "{refused:?}");
     release.send(true).unwrap();
     for scan in held {
         scan.await.unwrap().unwrap();

@@ -27,26 +27,35 @@ pub struct Api {
     scan_queue_limit: usize,
 }
 
-/// Scans that may wait for a slot, per core: bounds an admitted scan's wait to
-/// about this many scans' time.
-const SCANS_WAITING_PER_CORE: usize = 8;
+/// Scans that may wait for a slot by default, per core: bounds an admitted
+/// scan's wait to about this many scans' time.
+pub const QUEUED_SCANS_PER_CORE: usize = 8;
+
+/// The default `--max-queued-scans`.
+pub fn default_max_queued_scans() -> usize {
+    cores() * QUEUED_SCANS_PER_CORE
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
 
 impl Api {
-    pub fn new(registry: Arc<Registry>) -> Api {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    /// `max_queued_scans`: how many scans may wait for a turn (see `scan`).
+    pub fn new(registry: Arc<Registry>, max_queued_scans: usize) -> Api {
         Api {
             registry,
-            scan_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+            scan_slots: Arc::new(tokio::sync::Semaphore::new(cores())),
             scans_waiting: Default::default(),
-            scan_queue_limit: cores * SCANS_WAITING_PER_CORE,
+            scan_queue_limit: max_queued_scans,
         }
     }
 
     /// Runs a scan-heavy read (List, GetRelationship) on the blocking pool, one
     /// per core at a time, so the async workers stay free to take (and shed)
-    /// calls. At most `SCANS_WAITING_PER_CORE` per core wait for a slot; beyond
-    /// that a scan is refused at once with RESOURCE_EXHAUSTED, which keeps an
-    /// admitted scan's latency bounded under overload.
+    /// calls. At most `max_queued_scans` wait for a slot; beyond that a scan is
+    /// refused at once with RESOURCE_EXHAUSTED, which keeps an admitted scan's
+    /// latency bounded under overload.
     pub async fn scan<T, W>(&self, work: W) -> Result<T, tonic::Status>
     where
         W: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
@@ -62,7 +71,7 @@ impl Api {
         let waiting = Waiting(&self.scans_waiting);
         if self.scans_waiting.fetch_add(1, Ordering::AcqRel) >= self.scan_queue_limit {
             return Err(tonic::Status::resource_exhausted(format!(
-                "the server is busy with list and relationship queries ({} waiting); retry with backoff",
+                "the server is busy with list and relationship queries ({} waiting, --max-queued-scans); retry with backoff",
                 self.scan_queue_limit
             )));
         }

@@ -233,6 +233,17 @@ impl Candidates {
     }
 }
 
+/// Whether the index entries of `filter`'s one condition are exactly the
+/// records it matches, so a record found through them need not be tested
+/// again (an equality on an indexed string or enum, through repeated fields
+/// with any-element semantics like the filter's).
+pub fn answers_exactly(kind: &Kind, filter: &Filter) -> bool {
+    match filter.conjuncts().as_slice() {
+        [only] => lookup_for(kind, only).is_some_and(|lookup| lookup.is_exact()),
+        _ => false,
+    }
+}
+
 /// Where to look for the records that may match `filter`: its most selective
 /// indexed condition, or `None` when no condition can use an index (scan
 /// everything). A single exact condition is read lazily; with several, each is

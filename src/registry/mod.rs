@@ -384,12 +384,13 @@ impl Registry {
         };
         let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
         let mut more = false;
+        // A filter the index answers exactly needs no test (nor its transcoding).
+        let test_filter =
+            !filter.matches_everything() && !(candidates.is_some() && index::answers_exactly(R::KIND, &filter));
         let newest = if order.is_by_name() {
             let after = cursor.as_ref().map(|(_, name)| name.as_str());
             self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
-                if visible(&mut record, revision)
-                    && (filter.matches_everything() || filter.matches(&record.transcode_to_dynamic()))
-                {
+                if visible(&mut record, revision) && (!test_filter || filter.matches(&record.transcode_to_dynamic())) {
                     if rows.len() == size {
                         more = true;
                         return false;
