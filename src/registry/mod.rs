@@ -386,7 +386,7 @@ impl Registry {
         let mut more = false;
         // A filter the index answers exactly needs no test (nor its transcoding).
         let test_filter =
-            !filter.matches_everything() && !(candidates.is_some() && index::answers_exactly(R::KIND, &filter));
+            !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, &filter)));
         let newest = if order.is_by_name() {
             let after = cursor.as_ref().map(|(_, name)| name.as_str());
             self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
