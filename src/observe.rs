@@ -98,7 +98,7 @@ fn recorder() -> Result<&'static PrometheusHandle, String> {
 pub fn serve_metrics(listener: TcpListener, registry: Arc<Registry>) -> Result<tokio::task::JoinHandle<()>, String> {
     let handle = recorder()?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(address = %local, "serving Prometheus metrics at /metrics");
+    tracing::info!(target: "cooperation_registry::server", address = %local, "serving Prometheus metrics at /metrics");
     Ok(tokio::spawn(accept_scrapes(listener, registry, handle)))
 }
 
