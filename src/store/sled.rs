@@ -75,6 +75,8 @@ pub struct SledStore {
     applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
     failure: watch::Receiver<Option<StoreError>>,
+    /// Shared with the writer: a read that finds the disk full reports it too.
+    report_failure: Arc<watch::Sender<Option<StoreError>>>,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -119,6 +121,7 @@ impl SledStore {
         let applied = Arc::new(AtomicU64::new(revision));
         let (durable_tx, durable) = watch::channel(revision);
         let (failure_tx, failure) = watch::channel(None);
+        let failure_tx = Arc::new(failure_tx);
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             tree: tree.clone(),
@@ -131,7 +134,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             marked: (recorded, Instant::now()),
             failed: None,
-            failure: failure_tx,
+            failure: failure_tx.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -142,6 +145,7 @@ impl SledStore {
             applied,
             durable,
             failure,
+            report_failure: failure_tx,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
         })
@@ -329,9 +333,21 @@ fn decode_entry(raw: &[u8]) -> StoreResult<Entry> {
     Ok(Entry { mod_revision: decode_u64(rev).unwrap_or_default(), value: value.to_vec() })
 }
 
+impl SledStore {
+    /// A read error, reported as the store's failure when it says the disk is
+    /// full: sled's reads fail once its log could not be written.
+    fn read_error(&self, e: sled::Error) -> StoreError {
+        let e = storage(e);
+        if matches!(e, StoreError::Full(_)) && self.report_failure.borrow().is_none() {
+            self.report_failure.send_replace(Some(e.clone()));
+        }
+        e
+    }
+}
+
 impl Store for SledStore {
     fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
-        match self.tree.get(user_key(key)).map_err(storage)? {
+        match self.tree.get(user_key(key)).map_err(|e| self.read_error(e))? {
             Some(raw) => decode_entry(&raw).map(Some),
             None => Ok(None),
         }
@@ -345,7 +361,7 @@ impl Store for SledStore {
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = item.map_err(storage)?;
+            let (k, v) = item.map_err(|e| self.read_error(e))?;
             if !k.starts_with(&full_prefix) {
                 break;
             }
@@ -500,7 +516,7 @@ struct Writer {
     /// later write is refused rather than risk acknowledging on top of it.
     failed: Option<StoreError>,
     /// Tells the store's owner about that failure.
-    failure: watch::Sender<Option<StoreError>>,
+    failure: Arc<watch::Sender<Option<StoreError>>>,
 }
 
 impl Writer {
@@ -538,8 +554,8 @@ impl Writer {
     /// durable, and sled may wait forever on its failed log: report the
     /// failure instead.
     fn final_flush(&mut self) -> StoreResult<()> {
-        if let Some(failure) = &self.failed {
-            return Err(failure.clone());
+        if let Some(failure) = self.failed.clone().or_else(|| self.failure.borrow().clone()) {
+            return Err(failure);
         }
         self.flush(Durability::Fsync)?;
         self.mark_durable(true);
@@ -569,6 +585,10 @@ impl Writer {
         if pending.is_empty() {
             return;
         }
+        if self.failed.is_none() {
+            // A read may have found the failure first.
+            self.failed = self.failure.borrow().clone();
+        }
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
@@ -577,11 +597,19 @@ impl Writer {
                 Some(reason) => {
                     Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
                 }
-                None => self.stage(&p.txn, &mut group),
+                None => {
+                    // sled's reads fail too once its log could not be written
+                    // (its own background flush may be the first to find out).
+                    let staged = self.stage(&p.txn, &mut group);
+                    if let Err(e) = &staged {
+                        self.fail(e);
+                    }
+                    staged
+                }
             };
             answers.push((p.reply, result));
         }
-        if group.revision > self.revision {
+        if self.failed.is_none() && group.revision > self.revision {
             group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
             let written = self.tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
                 self.revision = group.revision;
@@ -589,13 +617,14 @@ impl Writer {
                 self.flush(self.durability)
             });
             if let Err(e) = written {
-                tracing::error!(error = %e, "a write to the data dir failed; refusing every later write");
-                self.failed = Some(e.clone());
-                self.failure.send_replace(Some(e.clone()));
-                for (_, result) in answers.iter_mut() {
-                    if matches!(result, Ok(Outcome::Committed { .. })) {
-                        *result = Err(e.clone());
-                    }
+                self.fail(&e);
+            }
+        }
+        // Nothing of a group is acknowledged once the store has failed.
+        if let Some(e) = &self.failed {
+            for (_, result) in answers.iter_mut() {
+                if matches!(result, Ok(Outcome::Committed { .. })) {
+                    *result = Err(e.clone());
                 }
             }
         }
@@ -608,6 +637,16 @@ impl Writer {
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
+        }
+    }
+
+    /// Records that the store can no longer write: every later write is
+    /// refused and the owner is told (see `Store::failed`).
+    fn fail(&mut self, e: &StoreError) {
+        if self.failed.is_none() {
+            tracing::error!(error = %e, "a write to the data dir failed; refusing every later write");
+            self.failed = Some(e.clone());
+            self.failure.send_replace(Some(e.clone()));
         }
     }
 
