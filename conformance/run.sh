@@ -18,7 +18,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
+  # Servers write their data dirs until they have exited (the final flush).
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work" || true
 }
 trap cleanup EXIT
 step() { printf '\n-- %s\n' "$*"; }
