@@ -170,16 +170,7 @@ impl Server {
 
     /// (resident, peak resident) in KiB.
     fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        memory_kib(self.pid())
     }
 
     fn stop(mut self) {
@@ -195,9 +186,27 @@ impl Drop for Server {
     }
 }
 
+/// (resident, peak resident) memory of process `pid`, in KiB.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Clock ticks a second (`getconf CLK_TCK`), asked once.
 fn clock_ticks() -> u64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
-    out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+    })
 }
 
 /// Starts the registry on `data_dir`; returns once it serves, with the time
@@ -338,13 +347,7 @@ fn h2load(server: &Server, path: &str, body: &Path, clients: u32, streams: u32, 
     let calls = number_after("requests:", "succeeded") as u64;
     let failed = number_after("requests:", "failed") as u64 + number_after("requests:", "errored") as u64;
     let rate = number_after("finished in", "req/s");
-    let data_bytes = text
-        .lines()
-        .find(|l| l.starts_with("traffic:"))
-        .and_then(|l| l.rsplit_once(" data").map(|(head, _)| head))
-        .and_then(|head| head.rsplit_once('(').map(|(_, n)| n.trim_end_matches(')').to_string()))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let data_bytes = data_bytes(&text);
     let mut latencies: Vec<u64> = std::fs::read_to_string(log.path())
         .unwrap_or_default()
         .lines()
@@ -371,9 +374,20 @@ fn h2load(server: &Server, path: &str, body: &Path, clients: u32, streams: u32, 
     }
 }
 
-/// The bytes of one response frame for a unary call, measured with a real call.
-async fn response_frame_len<M: Message + Default>(response: M) -> u64 {
+/// The bytes of one response frame for a unary call.
+fn response_frame_len(response: &impl Message) -> u64 {
     5 + response.encoded_len() as u64
+}
+
+/// The DATA bytes in h2load's "traffic:" line.
+fn data_bytes(h2load_output: &str) -> u64 {
+    h2load_output
+        .lines()
+        .find(|l| l.starts_with("traffic:"))
+        .and_then(|l| l.rsplit_once(" data").map(|(head, _)| head))
+        .and_then(|head| head.rsplit_once('(').map(|(_, n)| n.trim_end_matches(')').to_string()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Loads `count` agreements and `count / 10` engagements through the API with
@@ -515,14 +529,7 @@ async fn overload() {
     let pid = server.pid();
     let sampler = tokio::spawn(async move {
         loop {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss: u64 = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            peak_rss = peak_rss.max(rss);
+            peak_rss = peak_rss.max(memory_kib(pid).0);
             tokio::select! {
                 _ = &mut stop_rx => return peak_rss,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -694,21 +701,21 @@ async fn compare() {
             peer: Peer::Registry,
             path: "/grpc.health.v1.Health/Check".into(),
             body: write_body(dir, "health.bin", &frame(&health)),
-            check: Check::ResponseBytes(response_frame_len(health_reply).await),
+            check: Check::ResponseBytes(response_frame_len(&health_reply)),
         },
         Target {
             name: "GetAgreement",
             peer: Peer::Registry,
             path: agreements("GetAgreement"),
             body: write_body(dir, "get.bin", &frame(&get)),
-            check: Check::ResponseBytes(response_frame_len(got).await),
+            check: Check::ResponseBytes(response_frame_len(&got)),
         },
         Target {
             name: "ListAgreements party page 50",
             peer: Peer::Registry,
             path: agreements("ListAgreements"),
             body: write_body(dir, "list.bin", &frame(&list)),
-            check: Check::ResponseBytes(response_frame_len(listed).await),
+            check: Check::ResponseBytes(response_frame_len(&listed)),
         },
         Target {
             name: "CreateAgreement (fsync)",
@@ -753,13 +760,7 @@ async fn compare() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&probe.stdout);
-        let range_bytes = text
-            .lines()
-            .find(|l| l.starts_with("traffic:"))
-            .and_then(|l| l.rsplit_once(" data").map(|(h, _)| h))
-            .and_then(|h| h.rsplit_once('(').map(|(_, n)| n.trim_end_matches(')').to_string()))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let range_bytes = data_bytes(&text);
         targets.push(Target {
             name: "etcd Range (serializable)",
             peer: Peer::Etcd,

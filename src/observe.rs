@@ -272,15 +272,16 @@ fn in_grpc_terms(
     response: http::Response<tonic::body::Body>,
     limits: &CallLimits,
 ) -> http::Response<tonic::body::Body> {
-    let oversized = response.headers().get("grpc-status").map(status_code) == Some(tonic::Code::OutOfRange)
-        && tonic::Status::from_header_map(response.headers())
-            .is_some_and(|s| s.message().starts_with("Error, decoded message length too large"));
-    if !oversized {
+    // Cheap test first: this runs on every response.
+    if response.headers().get("grpc-status").map(status_code) != Some(tonic::Code::OutOfRange) {
         return response;
     }
-    let found = tonic::Status::from_header_map(response.headers())
-        .and_then(|s| s.message().split("found ").nth(1).and_then(|r| r.split(' ').next()).map(str::to_string))
-        .unwrap_or_else(|| "more".into());
+    let Some(found) = tonic::Status::from_header_map(response.headers()).and_then(|status| {
+        let rest = status.message().strip_prefix("Error, decoded message length too large: found ")?;
+        rest.split(' ').next().map(str::to_string)
+    }) else {
+        return response;
+    };
     tonic::Status::resource_exhausted(format!(
         "the request message is {found} bytes; the limit is {} bytes (--max-request-bytes)",
         limits.max_request_bytes

@@ -70,13 +70,35 @@ enum Message {
     Backup(mpsc::SyncSender<Vec<u8>>, mpsc::SyncSender<StoreResult<u64>>),
 }
 
+/// The store's failure, once a write, a flush or a read finds the data dir
+/// can no longer be written: shared by the store and its writer, watched by
+/// the owner (`Store::failed`). The first cause stays.
+#[derive(Clone, Default)]
+struct Failure(Arc<watch::Sender<Option<StoreError>>>);
+
+impl Failure {
+    fn get(&self) -> Option<StoreError> {
+        self.0.borrow().clone()
+    }
+
+    fn report(&self, e: &StoreError) {
+        self.0.send_if_modified(|failure| {
+            if failure.is_some() {
+                return false;
+            }
+            tracing::error!(error = %e, "the data dir cannot be written; refusing every later write");
+            *failure = Some(e.clone());
+            true
+        });
+    }
+}
+
 pub struct SledStore {
     tree: sled::Db,
     applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
-    failure: watch::Receiver<Option<StoreError>>,
     /// Shared with the writer: a read that finds the disk full reports it too.
-    report_failure: Arc<watch::Sender<Option<StoreError>>>,
+    failure: Failure,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -120,8 +142,7 @@ impl SledStore {
         };
         let applied = Arc::new(AtomicU64::new(revision));
         let (durable_tx, durable) = watch::channel(revision);
-        let (failure_tx, failure) = watch::channel(None);
-        let failure_tx = Arc::new(failure_tx);
+        let failure = Failure::default();
         let (sender, receiver) = mpsc::channel();
         let writer = Writer {
             tree: tree.clone(),
@@ -133,8 +154,7 @@ impl SledStore {
             data_file,
             dir: dir.to_path_buf(),
             marked: (recorded, Instant::now()),
-            failed: None,
-            failure: failure_tx.clone(),
+            failure: failure.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -145,7 +165,6 @@ impl SledStore {
             applied,
             durable,
             failure,
-            report_failure: failure_tx,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
         })
@@ -338,8 +357,8 @@ impl SledStore {
     /// full: sled's reads fail once its log could not be written.
     fn read_error(&self, e: sled::Error) -> StoreError {
         let e = storage(e);
-        if matches!(e, StoreError::Full(_)) && self.report_failure.borrow().is_none() {
-            self.report_failure.send_replace(Some(e.clone()));
+        if matches!(e, StoreError::Full(_)) {
+            self.failure.report(&e);
         }
         e
     }
@@ -447,14 +466,11 @@ impl Store for SledStore {
     }
 
     fn failed(&self) -> BoxFuture<'static, StoreError> {
-        let mut failure = self.failure.clone();
+        let mut failure = self.failure.0.subscribe();
         Box::pin(async move {
             let failed = failure.wait_for(Option::is_some).await.map(|failed| failed.clone());
-            match failed {
-                Ok(failed) => failed.unwrap_or(StoreError::Closed),
-                // The writer ended without a failure (closed): nothing to report.
-                Err(_) => std::future::pending().await,
-            }
+            // (The store holds the sender: Err cannot happen while it lives.)
+            failed.ok().flatten().unwrap_or(StoreError::Closed)
         })
     }
 
@@ -478,7 +494,7 @@ impl Drop for SledStore {
         if self.writer.lock().map(|w| w.is_some()).unwrap_or(false) {
             let _ = self.close();
         }
-        if self.failure.borrow().is_some() {
+        if self.failure.get().is_some() {
             // sled flushes when its last handle goes, and on a failed log that
             // flush can wait forever: keep one handle alive instead (the
             // process is stopping; nothing more can be made durable).
@@ -514,9 +530,7 @@ struct Writer {
     marked: (u64, Instant),
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
-    failed: Option<StoreError>,
-    /// Tells the store's owner about that failure.
-    failure: Arc<watch::Sender<Option<StoreError>>>,
+    failure: Failure,
 }
 
 impl Writer {
@@ -554,7 +568,7 @@ impl Writer {
     /// durable, and sled may wait forever on its failed log: report the
     /// failure instead.
     fn final_flush(&mut self) -> StoreResult<()> {
-        if let Some(failure) = self.failed.clone().or_else(|| self.failure.borrow().clone()) {
+        if let Some(failure) = self.failure.get() {
             return Err(failure);
         }
         self.flush(Durability::Fsync)?;
@@ -569,7 +583,7 @@ impl Writer {
         let (marked, at) = self.marked;
         let due =
             flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
-        if self.failed.is_some() || self.revision <= marked || !due {
+        if self.failure.get().is_some() || self.revision <= marked || !due {
             return;
         }
         match write_marker(&self.dir, self.revision) {
@@ -585,15 +599,12 @@ impl Writer {
         if pending.is_empty() {
             return;
         }
-        if self.failed.is_none() {
-            // A read may have found the failure first.
-            self.failed = self.failure.borrow().clone();
-        }
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
-            let result = match &self.failed {
-                Some(StoreError::Full(reason)) => Err(StoreError::Full(reason.clone())),
+            // (A read may have found the failure first.)
+            let result = match self.failure.get() {
+                Some(StoreError::Full(reason)) => Err(StoreError::Full(reason)),
                 Some(reason) => {
                     Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
                 }
@@ -602,14 +613,14 @@ impl Writer {
                     // (its own background flush may be the first to find out).
                     let staged = self.stage(&p.txn, &mut group);
                     if let Err(e) = &staged {
-                        self.fail(e);
+                        self.failure.report(e);
                     }
                     staged
                 }
             };
             answers.push((p.reply, result));
         }
-        if self.failed.is_none() && group.revision > self.revision {
+        if self.failure.get().is_none() && group.revision > self.revision {
             group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
             let written = self.tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
                 self.revision = group.revision;
@@ -617,18 +628,19 @@ impl Writer {
                 self.flush(self.durability)
             });
             if let Err(e) = written {
-                self.fail(&e);
+                self.failure.report(&e);
             }
         }
         // Nothing of a group is acknowledged once the store has failed.
-        if let Some(e) = &self.failed {
+        let failed = self.failure.get();
+        if let Some(e) = &failed {
             for (_, result) in answers.iter_mut() {
                 if matches!(result, Ok(Outcome::Committed { .. })) {
                     *result = Err(e.clone());
                 }
             }
         }
-        match (&self.failed, &self.durable) {
+        match (&failed, &self.durable) {
             (None, Some(durable)) => {
                 durable.send_replace(self.revision);
                 self.mark_durable(false);
@@ -637,16 +649,6 @@ impl Writer {
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
-        }
-    }
-
-    /// Records that the store can no longer write: every later write is
-    /// refused and the owner is told (see `Store::failed`).
-    fn fail(&mut self, e: &StoreError) {
-        if self.failed.is_none() {
-            tracing::error!(error = %e, "a write to the data dir failed; refusing every later write");
-            self.failed = Some(e.clone());
-            self.failure.send_replace(Some(e.clone()));
         }
     }
 
