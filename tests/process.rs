@@ -166,7 +166,12 @@ async fn sigkill_loses_nothing_acknowledged() {
                 }
             }));
         }
-        // A different moment in each cycle, from 150 ms to 1 s into the writes.
+        // Writes are flowing (the first acknowledged; a loaded machine may take
+        // a while), then a different moment in each cycle, 150 ms to 1 s on.
+        let flowing = Instant::now() + Duration::from_secs(30);
+        while acked.lock().unwrap().is_empty() && Instant::now() < flowing {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(150 + (cycle as u64 * 379) % 850)).await;
         server.child.kill().unwrap(); // SIGKILL
         server.child.wait().unwrap();
