@@ -162,29 +162,23 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
 /// Calls `visit` with the id of every key of a lookup from `start`, in key
 /// order, until it returns false. Returns whether every key was visited.
 fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(&str) -> bool) -> StoreResult<bool> {
-    const CHUNK: usize = 256;
-    let mut start = start.to_vec();
-    loop {
-        let batch = store.scan(&lookup.prefix, &start, CHUNK)?;
-        for (key, _) in &batch {
-            let rest = &key[lookup.prefix.len()..];
-            if let (Some(end), Some(len)) = (lookup.end, lookup.value_len)
-                && rest.len() >= len
-                && rest[..len] > end[..]
-            {
-                return Ok(true);
-            }
-            // The id follows the last 0 byte of the key (ids never hold one).
-            let Some(at) = key.iter().rposition(|b| *b == 0) else { continue };
-            if !visit(&String::from_utf8_lossy(&key[at + 1..])) {
-                return Ok(false);
-            }
+    let mut past_end = false;
+    let complete = crate::store::for_each_entry(store, &lookup.prefix, start, |key, _| {
+        let rest = &key[lookup.prefix.len()..];
+        if let (Some(end), Some(len)) = (lookup.end, lookup.value_len)
+            && rest.len() >= len
+            && rest[..len] > end[..]
+        {
+            past_end = true;
+            return Ok::<_, crate::store::StoreError>(false);
         }
-        match batch.last() {
-            Some((key, _)) if batch.len() == CHUNK => start = crate::store::key_after(key),
-            _ => return Ok(true),
+        // The id follows the last 0 byte of the key (ids never hold one).
+        match key.iter().rposition(|b| *b == 0) {
+            Some(at) => Ok(visit(&String::from_utf8_lossy(&key[at + 1..]))),
+            None => Ok(true),
         }
-    }
+    })?;
+    Ok(complete || past_end)
 }
 
 /// Where the records that may match a filter are.

@@ -249,3 +249,39 @@ async fn backups_restore_everything() {
         source.close().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn for_each_entry_visits_every_key_across_growing_chunks_and_stops_when_asked() {
+    let store = MemoryStore::new();
+    // 1,500 keys: chunks of 64, 128, … 1024 and a short last one; a neighbour
+    // prefix that must not be visited.
+    let keys: Vec<String> = (0..1500).map(|i| format!("k/{i:05}")).collect();
+    let mut ops: Vec<Op> = keys.iter().map(|k| put(k, "v")).collect();
+    ops.push(put("l/00000", "other prefix"));
+    commit(&store, txn(ops, vec![])).await;
+
+    let mut seen = Vec::new();
+    let complete = super::for_each_entry(&store, b"k/", b"", |key, entry| {
+        assert_eq!(entry.value, b"v");
+        seen.push(String::from_utf8(key.to_vec()).unwrap());
+        Ok::<_, StoreError>(true)
+    })
+    .unwrap();
+    assert!(complete);
+    assert_eq!(seen, keys);
+
+    // From a start key, stopping after 100: the visit stops there.
+    let mut count = 0;
+    let complete = super::for_each_entry(&store, b"k/", b"k/00100", |key, _| {
+        count += 1;
+        assert!(key >= &b"k/00100"[..]);
+        Ok::<_, StoreError>(count < 100)
+    })
+    .unwrap();
+    assert!(!complete);
+    assert_eq!(count, 100);
+
+    // An error from the visit ends the walk with it.
+    let failed = super::for_each_entry(&store, b"k/", b"", |_, _| Err::<bool, _>(StoreError::Closed));
+    assert_eq!(failed, Err(StoreError::Closed));
+}

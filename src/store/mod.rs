@@ -160,3 +160,39 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
     next.push(0);
     next
 }
+
+/// Entries read by the first chunk of [`for_each_entry`]: a page of a List
+/// is often all that is wanted, so the first read is about that size.
+const FIRST_CHUNK: usize = 64;
+/// The most entries [`for_each_entry`] reads at once.
+const MAX_CHUNK: usize = 1024;
+
+/// Calls `visit` with every entry under `prefix` from `start` (as in
+/// [`Store::scan`]) in key order until it returns false, reading in chunks that
+/// start small and double, so a caller that stops early reads little and a long
+/// walk makes few calls. Returns whether every entry was visited.
+pub fn for_each_entry<E: From<StoreError>>(
+    store: &dyn Store,
+    prefix: &[u8],
+    start: &[u8],
+    mut visit: impl FnMut(&[u8], Entry) -> Result<bool, E>,
+) -> Result<bool, E> {
+    let mut start = start.to_vec();
+    let mut chunk = FIRST_CHUNK;
+    loop {
+        let batch = store.scan(prefix, &start, chunk)?;
+        let full = batch.len() == chunk;
+        let mut last = None;
+        for (key, entry) in batch {
+            if !visit(&key, entry)? {
+                return Ok(false);
+            }
+            last = Some(key);
+        }
+        match last {
+            Some(key) if full => start = key_after(&key),
+            _ => return Ok(true),
+        }
+        chunk = (chunk * 2).min(MAX_CHUNK);
+    }
+}
