@@ -502,24 +502,15 @@ impl Registry {
             return failure.map_or(Ok(newest), Err);
         }
         let prefix = record_key(&format!("{}/", R::KIND.collection));
-        let mut start = match after_id {
+        let start = match after_id {
             Some(id) => key_after(&record_key(&R::KIND.name_of(id))),
             None => Vec::new(),
         };
-        const CHUNK: usize = 256;
-        loop {
-            let batch = self.store.scan(&prefix, &start, CHUNK)?;
-            for (_, entry) in &batch {
-                newest = newest.max(entry.mod_revision);
-                if !visit(decode(&entry.value)?, entry.mod_revision)? {
-                    return Ok(newest);
-                }
-            }
-            match batch.last() {
-                Some((key, _)) if batch.len() == CHUNK => start = key_after(key),
-                _ => return Ok(newest),
-            }
-        }
+        crate::store::for_each_entry(&*self.store, &prefix, &start, |_, entry| {
+            newest = newest.max(entry.mod_revision);
+            visit(decode(&entry.value)?, entry.mod_revision)
+        })?;
+        Ok(newest)
     }
 
     pub async fn create<R: Resource>(&self, id: &str, resource: R, mutation: &Mutation) -> Result<R> {
@@ -801,19 +792,28 @@ impl Registry {
         violations: &mut Violations,
         conditions: &mut Vec<Condition>,
     ) -> Result<()> {
-        let mut checked = BTreeSet::new();
+        // Each distinct target is read once (an agreement names its parties
+        // again as its signatories' parties): None when it is live.
+        let mut problems: std::collections::BTreeMap<&str, Option<&'static str>> = Default::default();
         for reference in references {
-            let key = record_key(&reference.name);
-            match self.store.get(&key)? {
-                None => violations.add(&reference.field, format!("{} does not exist", reference.name)),
-                Some(entry) if is_deleted(&reference.name, &entry.value)? => {
-                    violations.add(&reference.field, format!("{} is deleted", reference.name))
+            let problem = match problems.get(reference.name.as_str()) {
+                Some(problem) => *problem,
+                None => {
+                    let key = record_key(&reference.name);
+                    let problem = match self.store.get(&key)? {
+                        None => Some("does not exist"),
+                        Some(entry) if is_deleted(&reference.name, &entry.value)? => Some("is deleted"),
+                        Some(entry) => {
+                            conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
+                            None
+                        }
+                    };
+                    problems.insert(&reference.name, problem);
+                    problem
                 }
-                Some(entry) => {
-                    if checked.insert(reference.name.clone()) {
-                        conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
-                    }
-                }
+            };
+            if let Some(problem) = problem {
+                violations.add(&reference.field, format!("{} {problem}", reference.name));
             }
         }
         Ok(())
