@@ -1,6 +1,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod coalesce;
 pub mod error;
 pub mod import;
 pub mod observe;

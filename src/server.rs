@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
@@ -138,11 +139,13 @@ pub async fn serve(
         .add_service(configured!(ChangeServiceServer, api, options))
         .add_service(configured!(AdminServiceServer, api, options))
         // Without TCP_NODELAY a response written in two segments waits for the
-        // client's delayed ACK (40 ms).
+        // client's delayed ACK (40 ms); `Coalesced` gathers the responses of
+        // calls in flight on a connection into one write.
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
+                .with_keepalive(Some(Duration::from_secs(60)))
+                .map(|accepted| accepted.map(crate::coalesce::Coalesced::new)),
             stop_accepting,
         );
     let transport = if options.tls.is_some() { "tls" } else { "plaintext" };
