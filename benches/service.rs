@@ -11,7 +11,9 @@
 //!   CreateAgreement and UpdateAgreement, and etcd 3.4 (Range of one key,
 //!   serializable, after compaction; Put of a value the size of our encoded
 //!   agreement), each at c1/m1, c16/m16 and c64/m8, interleaved, REPS times
-//!   (default 3). Writes a table to `target/bench-service.md`.
+//!   (default 3). Writes a table to `target/bench-service.md`. With
+//!   `DATA_DIR=path` the loaded data dir is kept there and a later run with
+//!   the same AGREEMENTS uses it instead of loading again.
 //! - `BENCH=overload`: the sustainable rate of party-filtered ListAgreements
 //!   with `--max-concurrent-calls 64`, then ten times that rate offered
 //!   open-loop for OVERLOAD_SECS (default 10) seconds: served and shed calls,
@@ -306,6 +308,10 @@ struct Run {
     data_bytes: u64,
     p50_us: u64,
     p99_us: u64,
+    /// Server CPU over the whole run, warm-up included.
+    cpu_us: u64,
+    /// `cpu_us` over the calls the server itself counted in the run (h2load's
+    /// count leaves the warm-up out).
     cpu_us_per_call: f64,
 }
 
@@ -370,7 +376,8 @@ fn h2load(server: &Server, path: &str, body: &Path, clients: u32, streams: u32, 
         data_bytes,
         p50_us: quantile(0.50),
         p99_us: quantile(0.99),
-        cpu_us_per_call: if calls > 0 { cpu as f64 / calls as f64 } else { 0.0 },
+        cpu_us: cpu,
+        cpu_us_per_call: f64::NAN,
     }
 }
 
@@ -654,7 +661,11 @@ async fn compare() {
     let reps: usize = env_or("REPS", 3);
     let seconds: u32 = env_or("SECONDS", 4);
     let work = tempfile::tempdir().unwrap();
-    let data_dir = work.path().join("registry");
+    // DATA_DIR keeps the loaded data dir for later runs (a 1,000,000-agreement
+    // load takes a quarter of an hour); a file beside it records the count.
+    let data_dir = std::env::var_os("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| work.path().join("registry"));
+    let loaded_marker = data_dir.with_extension("loaded");
+    let already_loaded = std::fs::read_to_string(&loaded_marker).ok().and_then(|t| t.trim().parse::<usize>().ok());
 
     // Room for c64/m8 (512 calls in flight) and the benchmark's own calls, so
     // throughput is measured without shedding.
@@ -662,10 +673,28 @@ async fn compare() {
     // Loaded on both cores without waiting for each write to be durable (the
     // clean shutdown after it flushes everything): how the data got there is
     // not what is measured.
-    let (server, _) = start_registry_on(&data_dir, &["--durability", "none"], "0,1");
-    let get_name = load(server.addr, count).await;
-    server.stop();
+    let get_name = match already_loaded {
+        Some(loaded) if loaded == count => {
+            eprintln!("{} already holds {count} agreements (DATA_DIR): not loading", data_dir.display());
+            "agreements/a0000000".to_string()
+        }
+        Some(other) => {
+            panic!("{} holds {other} agreements, not {count}: remove it or set AGREEMENTS", data_dir.display())
+        }
+        None => {
+            let (server, _) = start_registry_on(&data_dir, &["--durability", "none"], "0,1");
+            let name = load(server.addr, count).await;
+            server.stop();
+            std::fs::write(&loaded_marker, count.to_string()).unwrap();
+            name
+        }
+    };
+    // sled replays at start what was logged since the previous start, so the
+    // first start after the load and the one after it differ; both are shown.
     let (server, cold_start) = start_registry(&data_dir, &serve_flags);
+    let first_start_peak_kib = server.memory_kib().1;
+    server.stop();
+    let (server, restart) = start_registry(&data_dir, &serve_flags);
     let data_mib = du_mib(&data_dir);
 
     // Request bodies, and the exact response sizes of the reads.
@@ -781,7 +810,7 @@ async fn compare() {
 
     let shapes: [(u32, u32); 3] = [(1, 1), (16, 16), (64, 8)];
     let mut results: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
-    let mut peak_kib = server.memory_kib().1;
+    let mut peak_kib = server.memory_kib().1.max(first_start_peak_kib);
     for rep in 0..reps {
         for (s, &(c, m)) in shapes.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
@@ -795,12 +824,13 @@ async fn compare() {
                 };
                 let metrics_addr = process.metrics.expect("metrics address");
                 let counted_before = handled(&scrape(metrics_addr).await, &target.path);
-                let run =
+                let mut run =
                     tokio::task::block_in_place(|| h2load(process, &target.path, &target.body, c, m, seconds, None));
                 let counted_after = handled(&scrape(metrics_addr).await, &target.path);
                 let ok = counted_after.0 - counted_before.0;
                 let cancelled = counted_after.1 - counted_before.1;
                 let other = counted_after.2 - counted_before.2;
+                run.cpu_us_per_call = run.cpu_us as f64 / (ok + cancelled + other).max(1.0);
                 if other > 0.0 || cancelled > (c * m) as f64 || ok < run.calls as f64 || run.failed > 0 {
                     panic!(
                         "{} at c{c}/m{m}: the server answered {ok} OK, {cancelled} cancelled and {other} otherwise \
@@ -892,10 +922,13 @@ async fn compare() {
     }
     let _ = writeln!(
         table,
-        "\nPeak server memory {:.1} MiB (while measuring, after a restart on the loaded data dir); data dir \
-         {data_mib:.1} MiB; cold start {:.2} s (process start to serving, on the loaded data dir).",
+        "\nPeak server memory {:.1} MiB (the first start on the loaded data dir, and while measuring); data dir \
+         {data_mib:.1} MiB; cold start (process start to serving) {:.2} s the first time after the load{}, {:.2} s \
+         the next time.",
         peak_kib as f64 / 1024.0,
-        cold_start.as_secs_f64()
+        cold_start.as_secs_f64(),
+        if already_loaded.is_some() { " (loaded by an earlier run: not its first start)" } else { "" },
+        restart.as_secs_f64()
     );
     let _ = writeln!(
         table,
