@@ -22,6 +22,9 @@ use tonic::transport::server::Connected;
 /// the size from which a write bypasses the buffer.
 const WRITE_THROUGH: usize = 64 * 1024;
 
+/// The most buffer capacity a connection keeps between writes.
+const RETAINED_CAPACITY: usize = 16 * 1024;
+
 /// A connection whose writes are gathered and sent at a deferred flush.
 pub struct Coalesced<T> {
     io: T,
@@ -48,9 +51,14 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
             }
             self.sent += n;
         }
-        self.pending.clear();
         self.sent = 0;
         self.deferred = false;
+        if self.pending.capacity() > RETAINED_CAPACITY {
+            // A burst's buffer is not kept by an idle connection.
+            self.pending = Vec::new();
+        } else {
+            self.pending.clear();
+        }
         Poll::Ready(Ok(()))
     }
 }

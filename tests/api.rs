@@ -790,3 +790,50 @@ async fn parties_domains_and_engagements_answer_all_six_methods() {
         .unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_one_record_all_succeed_in_turn() {
+    // Blind updates (no etag) of one agreement, all at once: each must be
+    // applied at a revision of its own, none refused with ABORTED.
+    let server = TestServer::start().await;
+    let mut client = server.agreements();
+    let created = client
+        .create_agreement(v1::CreateAgreementRequest { agreement: Some(agreement("Hot record")), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let calls = 150;
+    let mut tasks = Vec::new();
+    for i in 0..calls {
+        let mut client = server.agreements();
+        let mut changed = created.clone();
+        changed.title = format!("Hot record, version {i}");
+        changed.etag = String::new();
+        tasks.push(tokio::spawn(async move {
+            client
+                .update_agreement(v1::UpdateAgreementRequest {
+                    agreement: Some(changed),
+                    update_mask: mask(&["title"]),
+                    request_id: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap().expect("every update succeeds"));
+    }
+    let mut etags: Vec<u64> = answers.iter().map(|a| a.etag.parse().unwrap()).collect();
+    etags.sort_unstable();
+    etags.dedup();
+    assert_eq!(etags.len(), calls, "each update has a revision of its own");
+    let last = answers.iter().max_by_key(|a| a.etag.parse::<u64>().unwrap()).unwrap();
+    let stored = client
+        .get_agreement(v1::GetAgreementRequest { name: created.name.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stored.title.as_str(), stored.etag.as_str()), (last.title.as_str(), last.etag.as_str()));
+    server.stop().await;
+}
