@@ -5,11 +5,13 @@
 //! many calls in flight on a connection every response of a realistic record
 //! became a `writev` of its own and a loopback round through the kernel:
 //! GetAgreement made 1.2 writes per call where Health/Check made 0.4.
-//! [`Coalesced`] keeps written bytes in a buffer and, at the first flush of a
-//! batch, lets the connection task run once more before writing (it wakes
-//! itself), so the responses that complete meanwhile go out in the same write.
-//! A response waits for at most one more turn of the runtime's queue: the
-//! next read or flush on the connection writes it.
+//! [`Coalesced`] keeps written bytes in a buffer and answers a flush without
+//! writing while the connection task is still producing: it wakes the task,
+//! which runs again after the tasks queued behind it, so the responses that
+//! complete meanwhile join the same write. It writes at the first flush that
+//! found nothing new, after MAX_DEFERRALS turns, at 64 KiB, or at the next
+//! read. On the 1,000,000-agreement data dir, GetAgreement at c16/m16 went
+//! from 1.2 to 0.3 socket writes per call.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -22,6 +24,9 @@ use tonic::transport::server::Connected;
 /// the size from which a write bypasses the buffer.
 const WRITE_THROUGH: usize = 64 * 1024;
 
+/// The most turns a write waits for while responses keep arriving.
+const MAX_DEFERRALS: u32 = 4;
+
 /// The most buffer capacity a connection keeps between writes.
 const RETAINED_CAPACITY: usize = 16 * 1024;
 
@@ -31,13 +36,17 @@ pub struct Coalesced<T> {
     pending: Vec<u8>,
     /// How much of `pending` the socket has taken.
     sent: usize,
-    /// A flush was answered without writing; the next one writes.
+    /// A flush was answered without writing; a later flush or read writes.
     deferred: bool,
+    /// Flushes answered without writing since the last write, and how much
+    /// was buffered at the last of them.
+    deferrals: u32,
+    deferred_len: usize,
 }
 
 impl<T> Coalesced<T> {
     pub fn new(io: T) -> Self {
-        Coalesced { io, pending: Vec::new(), sent: 0, deferred: false }
+        Coalesced { io, pending: Vec::new(), sent: 0, deferred: false, deferrals: 0, deferred_len: 0 }
     }
 }
 
@@ -53,6 +62,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         }
         self.sent = 0;
         self.deferred = false;
+        self.deferrals = 0;
         if self.pending.capacity() > RETAINED_CAPACITY {
             // A burst's buffer is not kept by an idle connection.
             self.pending = Vec::new();
@@ -95,12 +105,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         let this = self.get_mut();
         if this.pending.is_empty() {
             this.deferred = false;
+            this.deferrals = 0;
             return Pin::new(&mut this.io).poll_flush(cx);
         }
-        if !this.deferred {
-            // Run once more before writing: responses finishing meanwhile join
-            // this write. The wake guarantees the next flush comes.
+        // Run once more before writing, and again while each turn adds
+        // responses (up to MAX_DEFERRALS turns): responses finishing meanwhile
+        // join this write. The wake guarantees the next flush comes.
+        let grew = !this.deferred || this.pending.len() > this.deferred_len;
+        if grew && this.deferrals < MAX_DEFERRALS {
             this.deferred = true;
+            this.deferrals += 1;
+            this.deferred_len = this.pending.len();
             cx.waker().wake_by_ref();
             return Poll::Ready(Ok(()));
         }
@@ -178,6 +193,31 @@ mod tests {
         let mut buf = [0u8; 5];
         far.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"hello");
+    }
+
+    #[tokio::test]
+    async fn responses_arriving_at_every_turn_wait_at_most_max_deferrals_turns() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut conn = Coalesced::new(near);
+        let mut flushes = 0;
+        // Every turn adds a response before flushing, as a busy connection does.
+        std::future::poll_fn(|cx| {
+            flushes += 1;
+            let mut chunk = [0u8; 10];
+            chunk[0] = flushes as u8;
+            assert!(matches!(Pin::new(&mut conn).poll_write(cx, &chunk), Poll::Ready(Ok(10))));
+            match Pin::new(&mut conn).poll_flush(cx) {
+                Poll::Ready(Ok(())) if conn.pending.is_empty() => Poll::Ready(()),
+                Poll::Ready(Ok(())) => Poll::Pending,
+                other => panic!("{other:?}"),
+            }
+        })
+        .await;
+        assert_eq!(flushes, MAX_DEFERRALS + 1, "deferred while growing, then written");
+        let mut all = vec![0u8; 10 * flushes as usize];
+        far.read_exact(&mut all).await.unwrap();
+        let firsts: Vec<u8> = all.chunks(10).map(|c| c[0]).collect();
+        assert_eq!(firsts, (1..=flushes as u8).collect::<Vec<_>>(), "in order, in one write");
     }
 
     #[tokio::test]
