@@ -310,9 +310,15 @@ struct Run {
     p99_us: u64,
     /// Server CPU over the whole run, warm-up included.
     cpu_us: u64,
-    /// `cpu_us` over the calls the server itself counted in the run (h2load's
-    /// count leaves the warm-up out).
-    cpu_us_per_call: f64,
+    /// Calls the server itself counted in the run, warm-up included (h2load's
+    /// `calls` leaves the warm-up out).
+    server_calls: f64,
+}
+
+impl Run {
+    fn cpu_us_per_call(&self) -> f64 {
+        self.cpu_us as f64 / self.server_calls.max(1.0)
+    }
 }
 
 /// One h2load run of `seconds` (after a one-second warm-up) posting `body` to
@@ -377,7 +383,7 @@ fn h2load(server: &Server, path: &str, body: &Path, clients: u32, streams: u32, 
         p50_us: quantile(0.50),
         p99_us: quantile(0.99),
         cpu_us: cpu,
-        cpu_us_per_call: f64::NAN,
+        server_calls: 0.0,
     }
 }
 
@@ -724,42 +730,32 @@ async fn compare() {
     let health_reply = tonic_health::pb::HealthCheckResponse { status: 1 };
     let encoded_agreement = agreement(7).encode_to_vec();
     let dir = work.path();
+    // The request written where h2load reads it, named after its method.
+    let registry = |name, path: String, request: Vec<u8>, check| {
+        let file = format!("{}.bin", path.rsplit('/').next().unwrap());
+        Target { name, peer: Peer::Registry, body: write_body(dir, &file, &request), path, check }
+    };
     let mut targets = vec![
-        Target {
-            name: "Health/Check (ceiling)",
-            peer: Peer::Registry,
-            path: "/grpc.health.v1.Health/Check".into(),
-            body: write_body(dir, "health.bin", &frame(&health)),
-            check: Check::ResponseBytes(response_frame_len(&health_reply)),
-        },
-        Target {
-            name: "GetAgreement",
-            peer: Peer::Registry,
-            path: agreements("GetAgreement"),
-            body: write_body(dir, "get.bin", &frame(&get)),
-            check: Check::ResponseBytes(response_frame_len(&got)),
-        },
-        Target {
-            name: "ListAgreements party page 50",
-            peer: Peer::Registry,
-            path: agreements("ListAgreements"),
-            body: write_body(dir, "list.bin", &frame(&list)),
-            check: Check::ResponseBytes(response_frame_len(&listed)),
-        },
-        Target {
-            name: "CreateAgreement (fsync)",
-            peer: Peer::Registry,
-            path: agreements("CreateAgreement"),
-            body: write_body(dir, "create.bin", &frame(&create)),
-            check: Check::RegistryWrite,
-        },
-        Target {
-            name: "UpdateAgreement (fsync)",
-            peer: Peer::Registry,
-            path: agreements("UpdateAgreement"),
-            body: write_body(dir, "update.bin", &frame(&update)),
-            check: Check::RegistryWrite,
-        },
+        registry(
+            "Health/Check (ceiling)",
+            "/grpc.health.v1.Health/Check".into(),
+            frame(&health),
+            Check::ResponseBytes(response_frame_len(&health_reply)),
+        ),
+        registry(
+            "GetAgreement",
+            agreements("GetAgreement"),
+            frame(&get),
+            Check::ResponseBytes(response_frame_len(&got)),
+        ),
+        registry(
+            "ListAgreements party page 50",
+            agreements("ListAgreements"),
+            frame(&list),
+            Check::ResponseBytes(response_frame_len(&listed)),
+        ),
+        registry("CreateAgreement (fsync)", agreements("CreateAgreement"), frame(&create), Check::RegistryWrite),
+        registry("UpdateAgreement (fsync)", agreements("UpdateAgreement"), frame(&update), Check::RegistryWrite),
     ];
 
     // etcd, if installed: one key of our agreement's size, compacted.
@@ -775,21 +771,18 @@ async fn compare() {
         let warm = h2load(etcd, "/etcdserverpb.KV/Put", &put_body, 1, 1, 1, None);
         let compact = CompactionRequest { revision: warm.calls as i64 + 1, physical: true };
         let compact_body = write_body(dir, "etcd-compact.bin", &frame(&compact));
-        let _ = Command::new("h2load")
-            .args(["-n", "1", "-c", "1", "-d"])
-            .arg(&compact_body)
-            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-            .arg(format!("http://{}/etcdserverpb.KV/Compact", etcd.addr))
-            .output();
-        let probe = Command::new("h2load")
-            .args(["-n", "1", "-c", "1", "-d"])
-            .arg(&range_body)
-            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
-            .arg(format!("http://{}/etcdserverpb.KV/Range", etcd.addr))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&probe.stdout);
-        let range_bytes = data_bytes(&text);
+        let once = |path: &str, body: &Path| {
+            let out = Command::new("h2load")
+                .args(["-n", "1", "-c", "1", "-d"])
+                .arg(body)
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+                .arg(format!("http://{}{path}", etcd.addr))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        once("/etcdserverpb.KV/Compact", &compact_body);
+        let range_bytes = data_bytes(&once("/etcdserverpb.KV/Range", &range_body));
         targets.push(Target {
             name: "etcd Range (serializable)",
             peer: Peer::Etcd,
@@ -830,7 +823,7 @@ async fn compare() {
                 let ok = counted_after.0 - counted_before.0;
                 let cancelled = counted_after.1 - counted_before.1;
                 let other = counted_after.2 - counted_before.2;
-                run.cpu_us_per_call = run.cpu_us as f64 / (ok + cancelled + other).max(1.0);
+                run.server_calls = ok + cancelled + other;
                 if other > 0.0 || cancelled > (c * m) as f64 || ok < run.calls as f64 || run.failed > 0 {
                     panic!(
                         "{} at c{c}/m{m}: the server answered {ok} OK, {cancelled} cancelled and {other} otherwise \
@@ -868,7 +861,11 @@ async fn compare() {
                 peak_kib = peak_kib.max(server.memory_kib().1);
                 eprintln!(
                     "rep {rep} c{c}/m{m} {:<32} {:>9.0}/s p50 {:>6} µs p99 {:>6} µs {:>6.1} CPU µs/call",
-                    target.name, run.rate, run.p50_us, run.p99_us, run.cpu_us_per_call
+                    target.name,
+                    run.rate,
+                    run.p50_us,
+                    run.p99_us,
+                    run.cpu_us_per_call()
                 );
                 results.entry((s, t)).or_default().push(run);
             }
@@ -916,7 +913,7 @@ async fn compare() {
                 target.name,
                 mid(|r| r.p50_us as f64),
                 mid(|r| r.p99_us as f64),
-                mid(|r| r.cpu_us_per_call),
+                mid(|r| r.cpu_us_per_call()),
             );
         }
     }

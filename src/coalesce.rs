@@ -36,17 +36,15 @@ pub struct Coalesced<T> {
     pending: Vec<u8>,
     /// How much of `pending` the socket has taken.
     sent: usize,
-    /// A flush was answered without writing; a later flush or read writes.
-    deferred: bool,
-    /// Flushes answered without writing since the last write, and how much
-    /// was buffered at the last of them.
+    /// Flushes answered without writing since the last write (a later flush
+    /// or read writes), and how much was buffered at the last of them.
     deferrals: u32,
     deferred_len: usize,
 }
 
 impl<T> Coalesced<T> {
     pub fn new(io: T) -> Self {
-        Coalesced { io, pending: Vec::new(), sent: 0, deferred: false, deferrals: 0, deferred_len: 0 }
+        Coalesced { io, pending: Vec::new(), sent: 0, deferrals: 0, deferred_len: 0 }
     }
 }
 
@@ -61,7 +59,6 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
             self.sent += n;
         }
         self.sent = 0;
-        self.deferred = false;
         self.deferrals = 0;
         if self.pending.capacity() > RETAINED_CAPACITY {
             // A burst's buffer is not kept by an idle connection.
@@ -104,16 +101,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending.is_empty() {
-            this.deferred = false;
             this.deferrals = 0;
             return Pin::new(&mut this.io).poll_flush(cx);
         }
         // Run once more before writing, and again while each turn adds
         // responses (up to MAX_DEFERRALS turns): responses finishing meanwhile
         // join this write. The wake guarantees the next flush comes.
-        let grew = !this.deferred || this.pending.len() > this.deferred_len;
+        let grew = this.deferrals == 0 || this.pending.len() > this.deferred_len;
         if grew && this.deferrals < MAX_DEFERRALS {
-            this.deferred = true;
             this.deferrals += 1;
             this.deferred_len = this.pending.len();
             cx.waker().wake_by_ref();
@@ -136,7 +131,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<T> {
         // A deferred flush completes at the next read too: a TLS
         // handshake, woken after it, reads rather than flushes again. (If the
         // socket is full, its readiness wakes the task to try again.)
-        if this.deferred
+        if this.deferrals > 0
             && let Poll::Ready(Err(e)) = this.poll_drain(cx)
         {
             return Poll::Ready(Err(e));
@@ -158,6 +153,26 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Flushes whenever woken, as an h2 connection does, calling `each_turn`
+    /// first, until everything is written; returns the number of flushes.
+    async fn flush_until_written(
+        conn: &mut Coalesced<tokio::io::DuplexStream>,
+        mut each_turn: impl FnMut(&mut Coalesced<tokio::io::DuplexStream>, &mut Context<'_>, u32),
+    ) -> u32 {
+        let mut flushes = 0;
+        std::future::poll_fn(|cx| {
+            flushes += 1;
+            each_turn(conn, cx, flushes);
+            match Pin::new(&mut *conn).poll_flush(cx) {
+                Poll::Ready(Ok(())) if conn.pending.is_empty() => Poll::Ready(()),
+                Poll::Ready(Ok(())) => Poll::Pending,
+                other => panic!("{other:?}"),
+            }
+        })
+        .await;
+        flushes
+    }
+
     #[tokio::test]
     async fn a_flush_writes_everything_by_the_second_call() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
@@ -178,17 +193,7 @@ mod tests {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut conn = Coalesced::new(near);
         conn.write_all(b"hello").await.unwrap();
-        let mut flushes = 0;
-        // A caller that flushes whenever it is woken, as an h2 connection does.
-        std::future::poll_fn(|cx| {
-            flushes += 1;
-            match Pin::new(&mut conn).poll_flush(cx) {
-                Poll::Ready(Ok(())) if conn.pending.is_empty() => Poll::Ready(()),
-                Poll::Ready(Ok(())) => Poll::Pending,
-                other => panic!("{other:?}"),
-            }
-        })
-        .await;
+        let flushes = flush_until_written(&mut conn, |_, _, _| {}).await;
         assert_eq!(flushes, 2, "woken once, written at the second flush");
         let mut buf = [0u8; 5];
         far.read_exact(&mut buf).await.unwrap();
@@ -199,18 +204,11 @@ mod tests {
     async fn responses_arriving_at_every_turn_wait_at_most_max_deferrals_turns() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut conn = Coalesced::new(near);
-        let mut flushes = 0;
         // Every turn adds a response before flushing, as a busy connection does.
-        std::future::poll_fn(|cx| {
-            flushes += 1;
+        let flushes = flush_until_written(&mut conn, |conn, cx, turn| {
             let mut chunk = [0u8; 10];
-            chunk[0] = flushes as u8;
-            assert!(matches!(Pin::new(&mut conn).poll_write(cx, &chunk), Poll::Ready(Ok(10))));
-            match Pin::new(&mut conn).poll_flush(cx) {
-                Poll::Ready(Ok(())) if conn.pending.is_empty() => Poll::Ready(()),
-                Poll::Ready(Ok(())) => Poll::Pending,
-                other => panic!("{other:?}"),
-            }
+            chunk[0] = turn as u8;
+            assert!(matches!(Pin::new(conn).poll_write(cx, &chunk), Poll::Ready(Ok(10))));
         })
         .await;
         assert_eq!(flushes, MAX_DEFERRALS + 1, "deferred while growing, then written");

@@ -819,21 +819,13 @@ impl Registry {
         conditions: &mut Vec<Condition>,
     ) -> Result<()> {
         // Each distinct target is read once (an agreement names its parties
-        // again as its signatories' parties): None when it is live.
+        // again as its signatories' parties).
         let mut problems: std::collections::BTreeMap<&str, Option<&'static str>> = Default::default();
         for reference in references {
             let problem = match problems.get(reference.name.as_str()) {
                 Some(problem) => *problem,
                 None => {
-                    let key = record_key(&reference.name);
-                    let problem = match self.store.get(&key)? {
-                        None => Some("does not exist"),
-                        Some(entry) if is_deleted(&reference.name, &entry.value)? => Some("is deleted"),
-                        Some(entry) => {
-                            conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
-                            None
-                        }
-                    };
+                    let problem = self.target_problem(&reference.name, conditions)?;
                     problems.insert(&reference.name, problem);
                     problem
                 }
@@ -843,6 +835,20 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// What is wrong with `name` as the target of a reference (None when it is
+    /// live, and then a condition that it is unchanged at commit is added).
+    fn target_problem(&self, name: &str, conditions: &mut Vec<Condition>) -> Result<Option<&'static str>> {
+        let key = record_key(name);
+        Ok(match self.store.get(&key)? {
+            None => Some("does not exist"),
+            Some(entry) if is_deleted(name, &entry.value)? => Some("is deleted"),
+            Some(entry) => {
+                conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
+                None
+            }
+        })
     }
 }
 

@@ -164,7 +164,8 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
 /// Entries read by the first chunk of [`for_each_entry`]: a page of a List
 /// is often all that is wanted, so the first read is about that size.
 const FIRST_CHUNK: usize = 64;
-/// The most entries [`for_each_entry`] reads at once.
+/// The most entries [`for_each_entry`] reads at once (and the most a scan
+/// allocates room for in advance).
 const MAX_CHUNK: usize = 1024;
 
 /// Calls `visit` with every entry under `prefix` from `start` (as in

@@ -375,7 +375,7 @@ impl Store for SledStore {
     fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
         let full_prefix = user_key(prefix);
         let from = if start.is_empty() { full_prefix.clone() } else { user_key(start) };
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.min(super::MAX_CHUNK));
         for item in self.tree.range(from..) {
             if out.len() >= limit {
                 break;
