@@ -729,7 +729,12 @@ async fn compare() {
     let health = tonic_health::pb::HealthCheckRequest { service: String::new() };
     let health_reply = tonic_health::pb::HealthCheckResponse { status: 1 };
     let encoded_agreement = agreement(7).encode_to_vec();
-    let dir = work.path();
+    // BODIES_DIR keeps the request bodies, to drive the server with h2load by hand.
+    let bodies_dir = std::env::var_os("BODIES_DIR").map(PathBuf::from);
+    if let Some(kept) = &bodies_dir {
+        std::fs::create_dir_all(kept).unwrap();
+    }
+    let dir = bodies_dir.as_deref().unwrap_or(work.path());
     // The request written where h2load reads it, named after its method.
     let registry = |name, path: String, request: Vec<u8>, check| {
         let file = format!("{}.bin", path.rsplit('/').next().unwrap());

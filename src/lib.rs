@@ -4,6 +4,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod error;
 pub mod import;
+pub mod logs;
 pub mod observe;
 pub mod pb;
 pub mod registry;

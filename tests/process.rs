@@ -121,7 +121,16 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
     sigterm(&server.child);
     let status = wait_exit(&mut server.child, Duration::from_secs(15));
     assert!(status.success(), "{status:?}: {:?}", server.log.lock().unwrap());
-    assert!(server.log.lock().unwrap().iter().any(|l| l.contains("store flushed and closed")));
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("store flushed and closed")));
+    // Every call's access line is out by exit (they are written in batches),
+    // and before the shutdown lines.
+    let access: Vec<usize> =
+        (0..log.len()).filter(|&i| log[i].contains("cooperation_registry::access: call finished code=Ok")).collect();
+    let creates = access.iter().filter(|&&i| log[i].contains("/Create")).count();
+    assert_eq!(creates, 19, "{log:?}");
+    let shutting_down = log.iter().position(|l| l.contains("shutting down")).unwrap();
+    assert!(access.iter().all(|&i| i < shutting_down), "{log:?}");
 
     let mut server = start(dir.path());
     let mut client = AgreementServiceClient::new(connect(server.addr).await);
