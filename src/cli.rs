@@ -89,13 +89,18 @@ pub struct ServeArgs {
     /// Most calls served at once; calls beyond it fail at once with
     /// RESOURCE_EXHAUSTED instead of queueing. (A stream counts only while its
     /// call starts.)
-    #[arg(long, env = "COOPERATION_REGISTRY_MAX_CONCURRENT_CALLS", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "COOPERATION_REGISTRY_MAX_CONCURRENT_CALLS", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT_CALLS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_concurrent_calls: u64,
     /// Lists and relationship queries (which scan records) run one per core;
     /// at most this many wait for a turn, and more fail at once with
-    /// RESOURCE_EXHAUSTED, which bounds an admitted one's wait. Default: 8 per core.
+    /// RESOURCE_EXHAUSTED. Default: --max-concurrent-calls.
     #[arg(long, env = "COOPERATION_REGISTRY_MAX_QUEUED_SCANS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_scans: Option<u64>,
+    /// A list or relationship query that would wait longer than this for its
+    /// turn (judged by how long recent ones ran), or past its deadline, fails
+    /// at once with RESOURCE_EXHAUSTED: this bounds an admitted one's wait.
+    #[arg(long, env = "COOPERATION_REGISTRY_MAX_SCAN_WAIT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_scan_wait_ms: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (calls by method and
     /// code, latency histograms, calls in flight, store size, revision,
     /// watchers). Off unless set; keep it on a private address.
@@ -306,10 +311,10 @@ async fn serve(args: ServeArgs) -> CliResult {
         tls,
         access,
         max_concurrent_calls: args.max_concurrent_calls as usize,
-        max_queued_scans: args
-            .max_queued_scans
-            .map(|n| n as usize)
-            .unwrap_or_else(crate::api::default_max_queued_scans),
+        scan_limits: crate::api::ScanLimits {
+            max_queued: args.max_queued_scans.unwrap_or(args.max_concurrent_calls) as usize,
+            max_wait: Duration::from_millis(args.max_scan_wait_ms),
+        },
         max_request_bytes: args.max_request_bytes,
         max_response_bytes: args.max_response_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),

@@ -22,6 +22,12 @@ use crate::pb::cooperation::v1::party_service_server::PartyServiceServer;
 use crate::pb::cooperation::v1::relationship_service_server::RelationshipServiceServer;
 use crate::registry::Registry;
 
+/// Calls served at once by default: above the concurrency of a typical load
+/// test (64 connections × 8 streams), so that callers who wait for their
+/// answers are served rather than refused; scans are bounded by their own
+/// waiting room ([`crate::api::ScanLimits`]).
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 1024;
+
 #[derive(Clone)]
 pub struct ServerOptions {
     /// TLS (and, with a client CA, mutual TLS); `None` serves plaintext.
@@ -30,9 +36,9 @@ pub struct ServerOptions {
     pub access: crate::auth::Access,
     /// Calls served at once; more fail with RESOURCE_EXHAUSTED (load shedding).
     pub max_concurrent_calls: usize,
-    /// Lists and relationship queries waiting for a core; more fail with
-    /// RESOURCE_EXHAUSTED.
-    pub max_queued_scans: usize,
+    /// Lists and relationship queries waiting for a core, and how long they
+    /// may expect to wait; more fail with RESOURCE_EXHAUSTED.
+    pub scan_limits: crate::api::ScanLimits,
     /// Largest request message accepted; larger ones fail with RESOURCE_EXHAUSTED.
     pub max_request_bytes: usize,
     /// Largest response message sent.
@@ -46,8 +52,8 @@ impl Default for ServerOptions {
         ServerOptions {
             tls: None,
             access: crate::auth::Access::open(),
-            max_concurrent_calls: 256,
-            max_queued_scans: crate::api::default_max_queued_scans(),
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            scan_limits: crate::api::ScanLimits::for_calls(DEFAULT_MAX_CONCURRENT_CALLS),
             max_request_bytes: 4 * 1024 * 1024,
             max_response_bytes: 32 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -76,7 +82,7 @@ pub async fn serve(
     options: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let api = Api::new(registry.clone(), options.max_queued_scans);
+    let api = Api::new(registry.clone(), options.scan_limits);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgreementServiceServer<Api>>().await;
     health.set_serving::<PartyServiceServer<Api>>().await;

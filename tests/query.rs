@@ -4,10 +4,15 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
+use cooperation_registry::api::ScanLimits;
 use cooperation_registry::import::{import, parse_dataset};
+use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::relationship_service_client::RelationshipServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, relationship};
+use cooperation_registry::server::ServerOptions;
 use prost_types::FieldMask;
 use tonic::Code;
 
@@ -370,5 +375,44 @@ async fn a_passed_deadline_stops_scans_and_writes_and_changes_nothing() {
     assert!(matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled), "{err:?}");
     // The server goes on serving.
     assert_eq!(all_pages(&server, "", "", 100).await.len(), 200);
+    server.stop().await;
+}
+
+/// As many List calls at once as a load test sends (64 connections × 8
+/// streams) are all answered with the default waiting room: they wait their
+/// turn. (The wait limit is raised: unoptimised test builds scan ten times
+/// slower, and 512 of their scans would take longer than the default second.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_lists_within_the_limits_is_served_not_shed() {
+    let defaults = ServerOptions::default();
+    let patient = ScanLimits { max_wait: Duration::from_secs(60), ..defaults.scan_limits };
+    let server =
+        TestServer::start_in(tempfile::tempdir().unwrap(), ServerOptions { scan_limits: patient, ..defaults }).await;
+    let mut client = server.agreements();
+    for i in 0..60 {
+        client.create_agreement(create_agreement(&format!("a{i}"), agreement(&format!("A {i}")))).await.unwrap();
+    }
+    let mut calls = Vec::new();
+    for c in 0..64 {
+        let channel = connect(server.addr).await;
+        for _ in 0..8 {
+            let mut client = AgreementServiceClient::new(channel.clone());
+            calls.push(tokio::spawn(async move {
+                let filter = if c % 2 == 0 { "title:\"A 1\"" } else { "" };
+                client
+                    .list_agreements(v1::ListAgreementsRequest {
+                        filter: filter.into(),
+                        page_size: 50,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().agreements.len())
+            }));
+        }
+    }
+    for call in calls {
+        let listed = call.await.unwrap().unwrap_or_else(|status| panic!("a List was refused: {status:?}"));
+        assert!(listed > 0);
+    }
     server.stop().await;
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use cooperation_registry::api::{Api, ScanLimits};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1};
 use cooperation_registry::server::ServerOptions;
@@ -247,29 +248,41 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     server.stop().await;
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// `count` scans that hold their slot (or their place in the queue) until
+/// `release` sends true.
+fn hold_scans(
+    api: &Api,
+    count: usize,
+) -> (tokio::sync::watch::Sender<bool>, Vec<tokio::task::JoinHandle<Result<(), tonic::Status>>>) {
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held = (0..count)
+        .map(|_| {
+            let api = api.clone();
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                api.scan(None, async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    Ok(())
+                })
+                .await
+            })
+        })
+        .collect();
+    (release, held)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scans_beyond_the_waiting_room_are_shed_at_once() {
     let server = TestServer::start().await;
-    let queued = 5;
-    let api = cooperation_registry::api::Api::new(server.registry.clone(), queued);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let admitted = cores + queued;
-    // Scans that hold their slot (or their place in the queue) until released.
-    let (release, released) = tokio::sync::watch::channel(false);
-    let mut held = Vec::new();
-    for _ in 0..admitted {
-        let api = api.clone();
-        let mut released = released.clone();
-        held.push(tokio::spawn(async move {
-            api.scan(async move {
-                let _ = released.wait_for(|r| *r).await;
-                Ok(())
-            })
-            .await
-        }));
-    }
+    let limits = ScanLimits { max_queued: 5, max_wait: Duration::from_secs(60) };
+    let api = Api::new(server.registry.clone(), limits);
+    let (release, held) = hold_scans(&api, cores() + 5);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = api.scan(async { Ok(()) }).await.unwrap_err();
+    let refused = api.scan(None, async { Ok(()) }).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("(5 waiting, --max-queued-scans)"), "{refused:?}");
     release.send(true).unwrap();
@@ -277,6 +290,29 @@ async fn scans_beyond_the_waiting_room_are_shed_at_once() {
         scan.await.unwrap().unwrap();
     }
     // With the queue drained, scans are admitted again.
-    api.scan(async { Ok(()) }).await.unwrap();
+    api.scan(None, async { Ok(()) }).await.unwrap();
+    server.stop().await;
+}
+
+/// A scan that waits --max-scan-wait-ms for a turn is refused then. (Refusing
+/// at once on the expected wait is unit-tested in api/mod.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_that_wait_too_long_are_shed() {
+    let server = TestServer::start().await;
+    let max_wait = Duration::from_millis(300);
+    let api = Api::new(server.registry.clone(), ScanLimits { max_queued: 1000, max_wait });
+
+    // No history yet: the estimate is zero, so the wait itself is bounded.
+    let (release, held) = hold_scans(&api, cores());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let refused = api.scan(None, async { Ok(()) }).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("waited 300 ms for a turn, --max-scan-wait-ms"), "{refused:?}");
+    assert!(started.elapsed() >= max_wait, "refused after {:?}", started.elapsed());
+    release.send(true).unwrap();
+    for scan in held {
+        scan.await.unwrap().unwrap();
+    }
     server.stop().await;
 }

@@ -29,7 +29,7 @@ fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let registry = runtime.block_on(Registry::open(Arc::new(MemoryStore::new()))).expect("registry opens");
-        Harness { runtime, api: Api::new(Arc::new(registry), 64) }
+        Harness { runtime, api: Api::new(Arc::new(registry), cooperation_registry::api::ScanLimits::for_calls(64)) }
     })
 }
 

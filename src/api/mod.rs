@@ -11,6 +11,8 @@ pub mod party;
 pub mod relationship;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 
@@ -22,18 +24,62 @@ pub struct Api {
     pub registry: Arc<Registry>,
     /// Scans running at once: one per core.
     scan_slots: Arc<tokio::sync::Semaphore>,
-    /// Scans waiting for a slot; beyond `scan_queue_limit` new ones are shed.
-    scans_waiting: Arc<std::sync::atomic::AtomicUsize>,
-    scan_queue_limit: usize,
+    /// How many slots there are.
+    slots: usize,
+    /// Scans waiting for a slot.
+    scans_waiting: Arc<AtomicUsize>,
+    /// Recent scans' running time in nanoseconds (a moving average), to judge
+    /// how long a newcomer would wait.
+    scan_nanos: Arc<AtomicU64>,
+    limits: ScanLimits,
 }
 
-/// Scans that may wait for a slot by default, per core: bounds an admitted
-/// scan's wait to about this many scans' time.
-pub const QUEUED_SCANS_PER_CORE: usize = 8;
+/// How many scans may wait for a slot, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanLimits {
+    /// Most scans waiting at once (`--max-queued-scans`).
+    pub max_queued: usize,
+    /// Longest a scan may expect to wait before it starts (`--max-scan-wait-ms`).
+    pub max_wait: Duration,
+}
 
-/// The default `--max-queued-scans`.
-pub fn default_max_queued_scans() -> usize {
-    cores() * QUEUED_SCANS_PER_CORE
+impl ScanLimits {
+    /// As many waiting as calls may be in flight, so that callers within
+    /// `--max-concurrent-calls` are queued rather than refused while the wait
+    /// stays under a second.
+    pub fn for_calls(max_concurrent_calls: usize) -> ScanLimits {
+        ScanLimits { max_queued: max_concurrent_calls, max_wait: Duration::from_secs(1) }
+    }
+}
+
+impl ScanLimits {
+    /// Why a scan arriving behind `ahead` waiting ones is refused, if it is:
+    /// too many waiting, or an expected wait (`per_slot_turn` for each scan
+    /// ahead of it, when no slot is free) beyond `max_wait` or its deadline.
+    fn refusal(
+        &self,
+        ahead: usize,
+        all_busy: bool,
+        per_slot_turn: Duration,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Option<String> {
+        if ahead >= self.max_queued {
+            return Some(format!("{} waiting, --max-queued-scans", self.max_queued));
+        }
+        if !all_busy {
+            return None;
+        }
+        let wait = per_slot_turn.saturating_mul(ahead as u32 + 1);
+        let limit = if wait > self.max_wait {
+            format!("longer than {} ms, --max-scan-wait-ms", self.max_wait.as_millis())
+        } else if deadline.is_some_and(|d| now + wait > d) {
+            "past the call's deadline".to_string()
+        } else {
+            return None;
+        };
+        Some(format!("{ahead} waiting, about {} ms before this one could start: {limit}", wait.as_millis()))
+    }
 }
 
 fn cores() -> usize {
@@ -41,45 +87,72 @@ fn cores() -> usize {
 }
 
 impl Api {
-    /// `max_queued_scans`: how many scans may wait for a turn (see `scan`).
-    pub fn new(registry: Arc<Registry>, max_queued_scans: usize) -> Api {
+    pub fn new(registry: Arc<Registry>, limits: ScanLimits) -> Api {
         Api {
             registry,
             scan_slots: Arc::new(tokio::sync::Semaphore::new(cores())),
+            slots: cores(),
             scans_waiting: Default::default(),
-            scan_queue_limit: max_queued_scans,
+            scan_nanos: Default::default(),
+            limits,
         }
+    }
+
+    /// Folds one scan's running time into the moving average (weight 1/8).
+    fn record_scan_time(&self, took: Duration) {
+        let sample = took.as_nanos().min(u64::MAX as u128) as u64;
+        let _ = self.scan_nanos.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            // From zero, not from the first sample: a cold first scan must not
+            // turn away the callers that arrived with it.
+            Some(old - old / 8 + sample / 8)
+        });
     }
 
     /// Runs a scan-heavy read (List, GetRelationship) on the blocking pool, one
     /// per core at a time, so the async workers stay free to take (and shed)
-    /// calls. At most `max_queued_scans` wait for a slot; beyond that a scan is
-    /// refused at once with RESOURCE_EXHAUSTED, which keeps an admitted scan's
-    /// latency bounded under overload.
-    pub async fn scan<T, W>(&self, work: W) -> Result<T, tonic::Status>
+    /// calls. A scan waits for a slot unless `max_queued` already wait, or
+    /// those ahead would keep it waiting longer than `max_wait` or past the
+    /// caller's `deadline`: then it is refused at once with RESOURCE_EXHAUSTED,
+    /// which keeps an admitted scan's latency bounded under overload.
+    pub async fn scan<T, W>(&self, deadline: Option<Instant>, work: W) -> Result<T, tonic::Status>
     where
         W: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        use std::sync::atomic::Ordering;
-        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        struct Waiting<'a>(&'a AtomicUsize);
         impl Drop for Waiting<'_> {
             fn drop(&mut self) {
                 self.0.fetch_sub(1, Ordering::AcqRel);
             }
         }
         let waiting = Waiting(&self.scans_waiting);
-        if self.scans_waiting.fetch_add(1, Ordering::AcqRel) >= self.scan_queue_limit {
+        let ahead = self.scans_waiting.fetch_add(1, Ordering::AcqRel);
+        let recent = Duration::from_nanos(self.scan_nanos.load(Ordering::Relaxed));
+        let all_busy = self.scan_slots.available_permits() == 0;
+        if let Some(reason) = self.limits.refusal(ahead, all_busy, recent / self.slots as u32, deadline, Instant::now())
+        {
             return Err(tonic::Status::resource_exhausted(format!(
-                "the server is busy with list and relationship queries ({} waiting, --max-queued-scans); retry with backoff",
-                self.scan_queue_limit
+                "the server is busy with list and relationship queries ({reason}); retry with backoff"
             )));
         }
-        let slot = self.scan_slots.clone().acquire_owned().await.expect("the scan semaphore is never closed");
+        // The estimate can be wrong (scans vary): the wait itself is bounded too.
+        let slot = match tokio::time::timeout(self.limits.max_wait, self.scan_slots.clone().acquire_owned()).await {
+            Ok(slot) => slot.expect("the scan semaphore is never closed"),
+            Err(_) => {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "the server is busy with list and relationship queries (waited {} ms for a turn, \
+                     --max-scan-wait-ms); retry with backoff",
+                    self.limits.max_wait.as_millis()
+                )));
+            }
+        };
         drop(waiting);
         let _slot = slot;
         let runtime = tokio::runtime::Handle::current();
-        match tokio::task::spawn_blocking(move || runtime.block_on(work)).await {
+        let started = Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || runtime.block_on(work)).await;
+        self.record_scan_time(started.elapsed());
+        match outcome {
             Ok(result) => result.map_err(tonic::Status::from),
             Err(e) => Err(crate::error::Error::internal(format!("scan task failed: {e}")).into()),
         }
@@ -173,7 +246,7 @@ macro_rules! resource_service {
                     deadline,
                 };
                 let registry = self.registry.clone();
-                let page = self.scan(async move { registry.list::<$resource>(&query).await }).await?;
+                let page = self.scan(deadline, async move { registry.list::<$resource>(&query).await }).await?;
                 Ok(tonic::Response::new($list_resp {
                     $items: page.items,
                     next_page_token: page.next_page_token,
@@ -232,3 +305,41 @@ macro_rules! resource_service {
     };
 }
 pub(crate) use resource_service;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: ScanLimits = ScanLimits { max_queued: 10, max_wait: Duration::from_millis(300) };
+    const TURN: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_full_waiting_room_refuses_whatever_the_wait() {
+        let refusal = LIMITS.refusal(10, false, Duration::ZERO, None, Instant::now());
+        assert_eq!(refusal.as_deref(), Some("10 waiting, --max-queued-scans"));
+    }
+
+    #[test]
+    fn a_free_slot_admits_at_once() {
+        assert_eq!(LIMITS.refusal(5, false, Duration::from_secs(10), None, Instant::now()), None);
+    }
+
+    #[test]
+    fn an_expected_wait_beyond_the_limit_refuses() {
+        // Two ahead: this one starts after three turns, 300 ms: admitted.
+        assert_eq!(LIMITS.refusal(2, true, TURN, None, Instant::now()), None);
+        let refusal = LIMITS.refusal(3, true, TURN, None, Instant::now()).unwrap();
+        assert_eq!(
+            refusal,
+            "3 waiting, about 400 ms before this one could start: longer than 300 ms, --max-scan-wait-ms"
+        );
+    }
+
+    #[test]
+    fn an_expected_wait_past_the_deadline_refuses() {
+        let now = Instant::now();
+        assert_eq!(LIMITS.refusal(1, true, TURN, Some(now + Duration::from_millis(250)), now), None);
+        let refusal = LIMITS.refusal(1, true, TURN, Some(now + Duration::from_millis(150)), now).unwrap();
+        assert!(refusal.ends_with("past the call's deadline"), "{refusal}");
+    }
+}

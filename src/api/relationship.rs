@@ -19,6 +19,6 @@ impl RelationshipService for super::Api {
             deadline,
         };
         let registry = self.registry.clone();
-        Ok(tonic::Response::new(self.scan(async move { registry.relationship(&query).await }).await?))
+        Ok(tonic::Response::new(self.scan(deadline, async move { registry.relationship(&query).await }).await?))
     }
 }
