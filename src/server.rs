@@ -12,6 +12,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::api::Api;
+use crate::api::encoded::EncodedGets;
 use crate::pb;
 use crate::pb::cooperation::v1::admin_service_server::AdminServiceServer;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
@@ -137,10 +138,11 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(configured!(AgreementServiceServer, api, options))
-        .add_service(configured!(PartyServiceServer, api, options))
-        .add_service(configured!(PartnershipDomainServiceServer, api, options))
-        .add_service(configured!(EngagementServiceServer, api, options))
+        // Gets answered from the stored bytes (see api/encoded.rs).
+        .add_service(EncodedGets::new(configured!(AgreementServiceServer, api, options), api.clone()))
+        .add_service(EncodedGets::new(configured!(PartyServiceServer, api, options), api.clone()))
+        .add_service(EncodedGets::new(configured!(PartnershipDomainServiceServer, api, options), api.clone()))
+        .add_service(EncodedGets::new(configured!(EngagementServiceServer, api, options), api.clone()))
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
         .add_service(configured!(AdminServiceServer, api, options))

@@ -416,3 +416,118 @@ async fn a_burst_of_lists_within_the_limits_is_served_not_shed() {
     }
     server.stop().await;
 }
+
+/// A Get is answered from the stored bytes unless the client accepts
+/// compressed responses (then tonic encodes, and compresses, the decoded
+/// record): both give the same record, as of any day, deleted or not, and the
+/// same errors.
+#[tokio::test]
+async fn gets_from_stored_bytes_equal_decoded_gets() {
+    use cooperation_registry::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
+    use cooperation_registry::pb::cooperation::v1::partnership_domain_service_client::PartnershipDomainServiceClient;
+    use cooperation_registry::pb::cooperation::v1::party_service_client::PartyServiceClient;
+    use tonic::codec::CompressionEncoding::Gzip;
+
+    let server = TestServer::start().await;
+    import(server.channel.clone(), parse_dataset(include_str!("../examples/india-japan-2020.json")).unwrap(), false)
+        .await
+        .unwrap();
+    let mut stored = server.agreements();
+    let mut decoded = AgreementServiceClient::new(server.channel.clone()).accept_compressed(Gzip);
+    let mut ended = agreement("Ended");
+    ended.signature_date = date(2000, 1, 1);
+    ended.entry_into_force_date = date(2000, 2, 1);
+    ended.end = Some(agreement::End {
+        date: date(2010, 1, 1),
+        reason: agreement::end::Reason::Superseded as i32,
+        ..Default::default()
+    });
+    let mut provisional = agreement("Provisional");
+    provisional.signature_date = date(2019, 5, 5);
+    provisional.provisional_application_date = date(2019, 6, 1);
+    let mut renewing = agreement("Renewing");
+    renewing.signature_date = date(2000, 12, 1);
+    renewing.entry_into_force_date = date(2001, 1, 1);
+    renewing.term =
+        Some(agreement::Term { years: 5, renewal: agreement::term::Renewal::Automatic as i32, ..Default::default() });
+    for (id, record) in [("ended", ended), ("provisional", provisional), ("renewing", renewing)] {
+        stored.create_agreement(create_agreement(id, record)).await.unwrap();
+    }
+    stored
+        .delete_agreement(v1::DeleteAgreementRequest { name: "agreements/ended".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let agreements = stored
+        .list_agreements(v1::ListAgreementsRequest { page_size: 1000, show_deleted: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .agreements;
+    assert_eq!(agreements.len(), 5, "{agreements:?}");
+    let days = [None, date(1990, 1, 1), date(2011, 8, 1), date(2020, 9, 10), date(2025, 1, 1), date(2040, 1, 1)];
+    for listed in &agreements {
+        for as_of in days {
+            let request = v1::GetAgreementRequest { name: listed.name.clone(), as_of };
+            let fast = stored.get_agreement(request.clone()).await.unwrap().into_inner();
+            let slow = decoded.get_agreement(request).await.unwrap().into_inner();
+            assert_eq!(fast, slow, "{} as of {as_of:?}", listed.name);
+            if as_of.is_none() {
+                assert_eq!(&fast, listed);
+            }
+        }
+    }
+    let mut statuses: Vec<_> = agreements.iter().map(|a| a.status()).collect();
+    statuses.dedup();
+    assert!(statuses.len() > 1, "the example holds agreements in more than one status: {statuses:?}");
+
+    // The other kinds.
+    let parties = PartyServiceClient::new(server.channel.clone())
+        .list_parties(v1::ListPartiesRequest { page_size: 5, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .parties;
+    for party in parties {
+        let request = v1::GetPartyRequest { name: party.name.clone() };
+        let fast = PartyServiceClient::new(server.channel.clone()).get_party(request.clone()).await.unwrap();
+        let slow =
+            PartyServiceClient::new(server.channel.clone()).accept_compressed(Gzip).get_party(request).await.unwrap();
+        assert_eq!(fast.get_ref(), slow.get_ref());
+        assert_eq!(fast.get_ref(), &party);
+    }
+    let domains = PartnershipDomainServiceClient::new(server.channel.clone())
+        .list_partnership_domains(v1::ListPartnershipDomainsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .partnership_domains;
+    let domain = &domains[0];
+    let request = v1::GetPartnershipDomainRequest { name: domain.name.clone() };
+    let fast =
+        PartnershipDomainServiceClient::new(server.channel.clone()).get_partnership_domain(request).await.unwrap();
+    assert_eq!(fast.get_ref(), domain);
+    let engagements = EngagementServiceClient::new(server.channel.clone())
+        .list_engagements(v1::ListEngagementsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .engagements;
+    let engagement = &engagements[0];
+    let request = v1::GetEngagementRequest { name: engagement.name.clone() };
+    let fast = EngagementServiceClient::new(server.channel.clone()).get_engagement(request).await.unwrap();
+    assert_eq!(fast.get_ref(), engagement);
+
+    // Errors: missing, malformed name, bad day.
+    for request in [
+        v1::GetAgreementRequest { name: "agreements/none".into(), as_of: None },
+        v1::GetAgreementRequest { name: "parties/ind".into(), as_of: None },
+        v1::GetAgreementRequest { name: agreements[0].name.clone(), as_of: date(2020, 2, 30) },
+    ] {
+        let fast = stored.get_agreement(request.clone()).await.unwrap_err();
+        let slow = decoded.get_agreement(request.clone()).await.unwrap_err();
+        assert_eq!((fast.code(), fast.message()), (slow.code(), slow.message()), "{request:?}");
+        assert_eq!(fast.details(), slow.details(), "{request:?}");
+        assert_ne!(fast.code(), Code::Ok);
+    }
+    server.stop().await;
+}

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agreement;
 pub mod change;
+pub mod encoded;
 pub mod engagement;
 pub mod partnership_domain;
 pub mod party;

@@ -346,6 +346,28 @@ impl Registry {
         Ok(record)
     }
 
+    /// What [`Registry::get`] answers, as the encoded message: the stored
+    /// bytes with the etag and the derived fields appended, so that serving a
+    /// record does not decode and re-encode it.
+    pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<Vec<u8>> {
+        let mut violations = Violations::new();
+        if let Err(e) = R::KIND.parse_name(name) {
+            violations.add("name", e);
+        }
+        let as_of = as_of_day(as_of, &mut violations);
+        violations.into_result()?;
+        let Some(entry) = self.store.get(&record_key(name))? else {
+            return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
+        };
+        self.store.wait_durable(entry.mod_revision).await?;
+        let undecodable = |e| Error::internal(format!("stored {} does not decode: {e}", R::KIND.singular));
+        let mut derived = R::derived_from(&entry.value, &as_of).map_err(undecodable)?.unwrap_or_default();
+        derived.set_etag(etag_of(entry.mod_revision));
+        let mut bytes = entry.value;
+        derived.encode(&mut bytes).map_err(Error::internal)?;
+        Ok(bytes)
+    }
+
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
         let mut violations = Violations::new();
         if query.page_size < 0 {

@@ -144,6 +144,17 @@ pub trait Rules {
 
     /// Sets output-only fields derived on read, as of `as_of`.
     fn derive(&mut self, _as_of: &Date) {}
+
+    /// The fields `derive` sets, alone in a message, from the stored record's
+    /// bytes: appended to those bytes they give the record as `derive` leaves
+    /// it (a later occurrence of a field replaces an earlier one), without
+    /// decoding the rest. `None` when the kind derives nothing.
+    fn derived_from(_stored: &[u8], _as_of: &Date) -> Result<Option<Self>, prost::DecodeError>
+    where
+        Self: Sized,
+    {
+        Ok(None)
+    }
 }
 
 macro_rules! resource {
