@@ -12,7 +12,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::api::Api;
-use crate::api::encoded::EncodedGets;
+use crate::api::encoded::EncodedReads;
 use crate::pb;
 use crate::pb::cooperation::v1::admin_service_server::AdminServiceServer;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
@@ -138,11 +138,27 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // Gets answered from the stored bytes (see api/encoded.rs).
-        .add_service(EncodedGets::new(configured!(AgreementServiceServer, api, options), api.clone()))
-        .add_service(EncodedGets::new(configured!(PartyServiceServer, api, options), api.clone()))
-        .add_service(EncodedGets::new(configured!(PartnershipDomainServiceServer, api, options), api.clone()))
-        .add_service(EncodedGets::new(configured!(EngagementServiceServer, api, options), api.clone()))
+        // Gets and Lists answered from the stored bytes (see api/encoded.rs).
+        .add_service(EncodedReads::new(
+            configured!(AgreementServiceServer, api, options),
+            api.clone(),
+            options.max_response_bytes,
+        ))
+        .add_service(EncodedReads::new(
+            configured!(PartyServiceServer, api, options),
+            api.clone(),
+            options.max_response_bytes,
+        ))
+        .add_service(EncodedReads::new(
+            configured!(PartnershipDomainServiceServer, api, options),
+            api.clone(),
+            options.max_response_bytes,
+        ))
+        .add_service(EncodedReads::new(
+            configured!(EngagementServiceServer, api, options),
+            api.clone(),
+            options.max_response_bytes,
+        ))
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
         .add_service(configured!(AdminServiceServer, api, options))

@@ -1,8 +1,8 @@
-//! The Get methods answered from the stored bytes.
+//! The Get and List methods answered from the stored bytes.
 //!
 //! The generated services take and return messages, so a Get decodes the
 //! stored record and tonic encodes it again: for a 1 KB agreement about 18,000
-//! of the 92,000 instructions of a whole call (callgrind). [`EncodedGets`]
+//! of the 92,000 instructions of a whole call (callgrind). [`EncodedReads`]
 //! sits in front of a generated service and answers its Get itself with
 //! [`Registry::get_encoded`]: the stored bytes with the etag and the derived
 //! fields appended. Everything else, and any Get it cannot answer exactly as
@@ -14,8 +14,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use prost::Message;
@@ -23,7 +24,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
 
-use super::{Api, AsOf};
+use super::{Api, AsOf, ListRequest};
 use crate::pb::cooperation::v1 as pb;
 use crate::registry::Resource;
 
@@ -33,19 +34,48 @@ const MAX_GET_REQUEST: usize = 64 * 1024;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A Get request's bytes to the response message's bytes.
-type Answer = fn(Api, Bytes) -> BoxFuture<Result<Vec<u8>, tonic::Status>>;
+/// A request's bytes (and the caller's deadline) to the response message's bytes.
+type Answer = fn(Api, Bytes, Option<Instant>) -> BoxFuture<Result<Vec<u8>, tonic::Status>>;
 
-fn answer<R, Q>(api: Api, request: Bytes) -> BoxFuture<Result<Vec<u8>, tonic::Status>>
+fn decode_request<Q: Message + Default>(request: Bytes) -> Result<Q, tonic::Status> {
+    Q::decode(request).map_err(|e| tonic::Status::internal(format!("failed to decode Protobuf message: {e}")))
+}
+
+fn get<R, Q>(api: Api, request: Bytes, _: Option<Instant>) -> BoxFuture<Result<Vec<u8>, tonic::Status>>
 where
     R: Resource,
     Q: Message + Default + AsOf + GetRequest + Send + 'static,
 {
     Box::pin(async move {
-        let request =
-            Q::decode(request).map_err(|e| tonic::Status::internal(format!("failed to decode request: {e}")))?;
+        let request = decode_request::<Q>(request)?;
         Ok(api.registry.get_encoded::<R>(request.name(), request.as_of()).await?)
     })
+}
+
+fn list<R, Q>(api: Api, request: Bytes, deadline: Option<Instant>) -> BoxFuture<Result<Vec<u8>, tonic::Status>>
+where
+    R: Resource,
+    Q: Message + Default + ListRequest + Send + 'static,
+{
+    Box::pin(async move {
+        let query = decode_request::<Q>(request)?.into_query(deadline);
+        let registry = api.registry.clone();
+        let page = api.scan(deadline, async move { registry.list_encoded::<R>(&query).await }).await?;
+        Ok(EncodedList { items: page.items, next_page_token: page.next_page_token, revision: page.revision as i64 }
+            .encode_to_vec())
+    })
+}
+
+/// Every `List…Response`, with its records already encoded: a repeated
+/// message field and a repeated bytes field are the same on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedList {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    items: Vec<Vec<u8>>,
+    #[prost(string, tag = "2")]
+    next_page_token: String,
+    #[prost(int64, tag = "3")]
+    revision: i64,
 }
 
 /// The name a Get request asks for.
@@ -67,12 +97,18 @@ get_request!(pb::GetAgreementRequest, pb::GetPartyRequest, pb::GetPartnershipDom
 /// The Get this layer answers at `path`, if any.
 fn route(path: &str) -> Option<Answer> {
     Some(match path {
-        "/cooperation.v1.AgreementService/GetAgreement" => answer::<pb::Agreement, pb::GetAgreementRequest>,
-        "/cooperation.v1.PartyService/GetParty" => answer::<pb::Party, pb::GetPartyRequest>,
+        "/cooperation.v1.AgreementService/GetAgreement" => get::<pb::Agreement, pb::GetAgreementRequest>,
+        "/cooperation.v1.AgreementService/ListAgreements" => list::<pb::Agreement, pb::ListAgreementsRequest>,
+        "/cooperation.v1.PartyService/GetParty" => get::<pb::Party, pb::GetPartyRequest>,
+        "/cooperation.v1.PartyService/ListParties" => list::<pb::Party, pb::ListPartiesRequest>,
         "/cooperation.v1.PartnershipDomainService/GetPartnershipDomain" => {
-            answer::<pb::PartnershipDomain, pb::GetPartnershipDomainRequest>
+            get::<pb::PartnershipDomain, pb::GetPartnershipDomainRequest>
         }
-        "/cooperation.v1.EngagementService/GetEngagement" => answer::<pb::Engagement, pb::GetEngagementRequest>,
+        "/cooperation.v1.PartnershipDomainService/ListPartnershipDomains" => {
+            list::<pb::PartnershipDomain, pb::ListPartnershipDomainsRequest>
+        }
+        "/cooperation.v1.EngagementService/GetEngagement" => get::<pb::Engagement, pb::GetEngagementRequest>,
+        "/cooperation.v1.EngagementService/ListEngagements" => list::<pb::Engagement, pb::ListEngagementsRequest>,
         _ => return None,
     })
 }
@@ -88,24 +124,27 @@ fn uncompressed(headers: &http::HeaderMap) -> bool {
             .all(|v| v.to_str().is_ok_and(|v| v.split(',').all(|e| !matches!(e.trim(), "gzip" | "zstd"))))
 }
 
-/// A generated service with its Get answered from the stored bytes.
+/// A generated service with its Get and List answered from the stored bytes.
 #[derive(Clone)]
-pub struct EncodedGets<S> {
+pub struct EncodedReads<S> {
     inner: S,
     api: Api,
+    /// The generated service's limit (`--max-response-bytes`): a larger
+    /// answer goes to it, to be refused as it refuses one.
+    max_response_bytes: usize,
 }
 
-impl<S> EncodedGets<S> {
-    pub fn new(inner: S, api: Api) -> EncodedGets<S> {
-        EncodedGets { inner, api }
+impl<S> EncodedReads<S> {
+    pub fn new(inner: S, api: Api, max_response_bytes: usize) -> EncodedReads<S> {
+        EncodedReads { inner, api, max_response_bytes }
     }
 }
 
-impl<S: NamedService> NamedService for EncodedGets<S> {
+impl<S: NamedService> NamedService for EncodedReads<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> tower::Service<http::Request<Body>> for EncodedGets<S>
+impl<S> tower::Service<http::Request<Body>> for EncodedReads<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -129,16 +168,19 @@ where
         // The ready service answers the fallback; a clone waits for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let api = self.api.clone();
+        let (api, max_response_bytes) = (self.api.clone(), self.max_response_bytes);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            match read_message(body).await {
-                Ok(message) => Ok(respond(answer(api, message).await)),
-                Err(Unread { read, rest }) => {
-                    let body = Body::new(Prepended { read: Some(read), rest });
-                    inner.call(http::Request::from_parts(parts, body)).await
-                }
-            }
+            let deadline = parts.extensions.get::<crate::observe::Deadline>().map(|d| d.0);
+            let unread = match read_message(body).await {
+                Ok(framed) => match answer(api, framed.slice(5..), deadline).await {
+                    Ok(message) if message.len() > max_response_bytes => Unread { read: framed, rest: None },
+                    outcome => return Ok(respond(outcome)),
+                },
+                Err(unread) => unread,
+            };
+            let body = Body::new(Prepended { read: Some(unread.read), rest: unread.rest });
+            inner.call(http::Request::from_parts(parts, body)).await
         })
     }
 }
@@ -149,7 +191,8 @@ struct Unread {
     rest: Option<Body>,
 }
 
-/// The one uncompressed message of a unary request, or the body back.
+/// The one uncompressed message of a unary request, framed (its 5 header
+/// bytes first), or the body back.
 async fn read_message(mut body: Body) -> Result<Bytes, Unread> {
     let mut read = BytesMut::new();
     let give_back = |read: BytesMut, rest| Err(Unread { read: read.freeze(), rest });
@@ -175,9 +218,7 @@ async fn read_message(mut body: Body) -> Result<Bytes, Unread> {
     if read.len() < 5 || read.len() != 5 + u32::from_be_bytes([read[1], read[2], read[3], read[4]]) as usize {
         return give_back(read, None);
     }
-    let mut message = read.freeze();
-    message.advance(5);
-    Ok(message)
+    Ok(read.freeze())
 }
 
 /// The response tonic sends for a unary call: the message in gRPC framing and
@@ -263,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn a_framed_message_in_pieces_is_read_whole() {
         let body = body_of(vec![&[0, 0, 0], &[0, 3, b'a'], b"bc"]);
-        assert_eq!(read_message(body).await.ok().unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(read_message(body).await.ok().unwrap(), Bytes::from_static(&[0, 0, 0, 0, 3, b'a', b'b', b'c']));
     }
 
     #[tokio::test]
@@ -298,6 +339,29 @@ mod tests {
         assert!(!uncompressed(&headers(&[("grpc-encoding", "gzip")])));
         assert!(!uncompressed(&headers(&[("grpc-accept-encoding", "identity, zstd")])));
         assert!(!uncompressed(&headers(&[("grpc-accept-encoding", "gzip")])));
+    }
+
+    #[test]
+    fn an_encoded_list_is_every_list_response_on_the_wire() {
+        let agreement = pb::Agreement { name: "agreements/a".into(), title: "A".into(), ..Default::default() };
+        let party = pb::Party { name: "parties/ind".into(), ..Default::default() };
+        let encoded =
+            |items: Vec<Vec<u8>>| EncodedList { items, next_page_token: "next".into(), revision: 7 }.encode_to_vec();
+        let agreements = pb::ListAgreementsResponse {
+            agreements: vec![agreement.clone(), agreement.clone()],
+            next_page_token: "next".into(),
+            revision: 7,
+        };
+        assert_eq!(encoded(vec![agreement.encode_to_vec(); 2]), agreements.encode_to_vec());
+        let parties =
+            pb::ListPartiesResponse { parties: vec![party.clone()], next_page_token: "next".into(), revision: 7 };
+        assert_eq!(encoded(vec![party.encode_to_vec()]), parties.encode_to_vec());
+        let domains =
+            pb::ListPartnershipDomainsResponse { next_page_token: "next".into(), revision: 7, ..Default::default() };
+        assert_eq!(encoded(Vec::new()), domains.encode_to_vec());
+        let engagements =
+            pb::ListEngagementsResponse { next_page_token: "next".into(), revision: 7, ..Default::default() };
+        assert_eq!(encoded(Vec::new()), engagements.encode_to_vec());
     }
 
     #[tokio::test]

@@ -204,6 +204,35 @@ pub trait AsOf {
     }
 }
 
+/// A List request as the registry's query.
+pub trait ListRequest: AsOf {
+    fn into_query(self, deadline: Option<Instant>) -> crate::registry::ListQuery;
+}
+
+macro_rules! list_request {
+    ($($request:ty),*) => {$(
+        impl ListRequest for $request {
+            fn into_query(self, deadline: Option<Instant>) -> crate::registry::ListQuery {
+                crate::registry::ListQuery {
+                    as_of: AsOf::as_of(&self).copied(),
+                    page_size: self.page_size,
+                    page_token: self.page_token,
+                    show_deleted: self.show_deleted,
+                    filter: self.filter,
+                    order_by: self.order_by,
+                    deadline,
+                }
+            }
+        }
+    )*};
+}
+list_request!(
+    crate::pb::cooperation::v1::ListAgreementsRequest,
+    crate::pb::cooperation::v1::ListPartiesRequest,
+    crate::pb::cooperation::v1::ListPartnershipDomainsRequest,
+    crate::pb::cooperation::v1::ListEngagementsRequest
+);
+
 /// The resource a Create or Update request must carry.
 pub fn required<T>(value: Option<T>, field: &str) -> Result<T, tonic::Status> {
     value.ok_or_else(|| crate::error::Error::invalid(field, "is required").into())
@@ -236,16 +265,7 @@ macro_rules! resource_service {
                 request: tonic::Request<$list_req>,
             ) -> Result<tonic::Response<$list_resp>, tonic::Status> {
                 let deadline = $crate::observe::Deadline::of(&request);
-                let request = request.into_inner();
-                let query = $crate::registry::ListQuery {
-                    as_of: $crate::api::AsOf::as_of(&request).copied(),
-                    page_size: request.page_size,
-                    page_token: request.page_token,
-                    show_deleted: request.show_deleted,
-                    filter: request.filter,
-                    order_by: request.order_by,
-                    deadline,
-                };
+                let query = $crate::api::ListRequest::into_query(request.into_inner(), deadline);
                 let registry = self.registry.clone();
                 let page = self.scan(deadline, async move { registry.list::<$resource>(&query).await }).await?;
                 Ok(tonic::Response::new($list_resp {

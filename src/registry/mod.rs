@@ -99,6 +99,37 @@ pub struct Page<R> {
     pub revision: u64,
 }
 
+/// A record of a page, decoded or as its encoded message.
+enum Listed<R> {
+    Record(R),
+    Encoded { name: String, bytes: Vec<u8> },
+}
+
+impl<R: Resource> Listed<R> {
+    fn name(&self) -> &str {
+        match self {
+            Listed::Record(record) => record.name(),
+            Listed::Encoded { name, .. } => name,
+        }
+    }
+}
+
+/// Whether the encoded message `bytes` holds a field numbered `tag` at its top
+/// level (false if it does not decode).
+fn has_field(mut bytes: &[u8], tag: u32) -> bool {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    while !bytes.is_empty() {
+        let Ok((found, wire_type)) = decode_key(&mut bytes) else { return false };
+        if found == tag {
+            return true;
+        }
+        if skip_field(wire_type, found, &mut bytes, DecodeContext::default()).is_err() {
+            return false;
+        }
+    }
+    false
+}
+
 pub struct Registry {
     store: Arc<dyn Store>,
     /// Turns true when the server begins to shut down: watchers end then.
@@ -360,15 +391,46 @@ impl Registry {
             return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
         };
         self.store.wait_durable(entry.mod_revision).await?;
+        self.with_derived::<R>(entry.value, entry.mod_revision, &as_of)
+    }
+
+    /// A stored record's bytes with what [`Registry::present`] sets appended:
+    /// the etag and the fields derived as of `as_of`.
+    fn with_derived<R: Resource>(&self, mut bytes: Vec<u8>, revision: u64, as_of: &Date) -> Result<Vec<u8>> {
         let undecodable = |e| Error::internal(format!("stored {} does not decode: {e}", R::KIND.singular));
-        let mut derived = R::derived_from(&entry.value, &as_of).map_err(undecodable)?.unwrap_or_default();
-        derived.set_etag(etag_of(entry.mod_revision));
-        let mut bytes = entry.value;
+        let mut derived = R::derived_from(&bytes, as_of).map_err(undecodable)?.unwrap_or_default();
+        derived.set_etag(etag_of(revision));
         derived.encode(&mut bytes).map_err(Error::internal)?;
         Ok(bytes)
     }
 
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
+        let page = self.list_items::<R>(query, false).await?;
+        let items = page.items.into_iter().map(|item| match item {
+            Listed::Record(record) => Ok(record),
+            Listed::Encoded { bytes, .. } => decode(&bytes),
+        });
+        Ok(Page {
+            items: items.collect::<Result<_>>()?,
+            next_page_token: page.next_page_token,
+            revision: page.revision,
+        })
+    }
+
+    /// What [`Registry::list`] answers, each record as its encoded message.
+    /// A page in name order that the indexes answer exactly (or with no
+    /// filter) is made of the stored bytes with the etag and derived fields
+    /// appended, without decoding a record.
+    pub async fn list_encoded<R: Resource>(&self, query: &ListQuery) -> Result<Page<Vec<u8>>> {
+        let page = self.list_items::<R>(query, true).await?;
+        let items = page.items.into_iter().map(|item| match item {
+            Listed::Record(record) => record.encode_to_vec(),
+            Listed::Encoded { bytes, .. } => bytes,
+        });
+        Ok(Page { items: items.collect(), next_page_token: page.next_page_token, revision: page.revision })
+    }
+
+    async fn list_items<R: Resource>(&self, query: &ListQuery, encoded: bool) -> Result<Page<Listed<R>>> {
         let mut violations = Violations::new();
         if query.page_size < 0 {
             violations.add("page_size", format!("must not be negative (got {})", query.page_size));
@@ -413,12 +475,28 @@ impl Registry {
             self.present(record, revision, &as_of);
             query.show_deleted || record.delete_time().is_none()
         };
-        let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
+        let mut rows: Vec<(Vec<order::SortValue>, Listed<R>)> = Vec::new();
         let mut more = false;
         // A filter the index answers exactly needs no test (nor its transcoding).
         let test_filter =
             !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, &filter)));
-        let newest = if order.is_by_name() {
+        let newest = if encoded && order.is_by_name() && !test_filter {
+            // Nothing to test but deletion: the stored bytes as they are.
+            let after = cursor.as_ref().map(|(_, name)| name.as_str());
+            let delete_time = R::default().descriptor().get_field_by_name("delete_time").map(|f| f.number());
+            self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, bytes, revision| {
+                let deleted = delete_time.is_some_and(|tag| has_field(&bytes, tag));
+                if query.show_deleted || !deleted {
+                    if rows.len() == size {
+                        more = true;
+                        return Ok(false);
+                    }
+                    let bytes = self.with_derived::<R>(bytes, revision, &as_of)?;
+                    rows.push((Vec::new(), Listed::Encoded { name: name.to_string(), bytes }));
+                }
+                Ok(true)
+            })?
+        } else if order.is_by_name() {
             let after = cursor.as_ref().map(|(_, name)| name.as_str());
             self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
                 if visible(&mut record, revision) && (!test_filter || filter.matches(&record.transcode_to_dynamic())) {
@@ -426,7 +504,7 @@ impl Registry {
                         more = true;
                         return false;
                     }
-                    rows.push((Vec::new(), record));
+                    rows.push((Vec::new(), Listed::Record(record)));
                 }
                 true
             })?
@@ -435,7 +513,7 @@ impl Registry {
                 if visible(&mut record, revision) {
                     let dynamic = record.transcode_to_dynamic();
                     if filter.matches(&dynamic) {
-                        rows.push((order.sort_key(&dynamic), record));
+                        rows.push((order.sort_key(&dynamic), Listed::Record(record)));
                     }
                 }
                 true
@@ -484,9 +562,20 @@ impl Registry {
         deadline: Option<Instant>,
         mut visit: impl FnMut(R, u64) -> bool,
     ) -> Result<u64> {
+        self.scan_stored::<R>(candidates, after, deadline, |_, bytes, revision| Ok(visit(decode(&bytes)?, revision)))
+    }
+
+    /// [`Registry::scan`] with each record's name and stored bytes, undecoded.
+    fn scan_stored<R: Resource>(
+        &self,
+        candidates: Option<&index::Candidates>,
+        after: Option<&str>,
+        deadline: Option<Instant>,
+        mut visit: impl FnMut(&str, Vec<u8>, u64) -> Result<bool>,
+    ) -> Result<u64> {
         let mut newest = 0;
         let mut visited = 0u64;
-        let mut visit = |record: R, revision: u64| -> Result<bool> {
+        let mut visit = |name: &str, bytes: Vec<u8>, revision: u64| -> Result<bool> {
             visited += 1;
             if visited % DEADLINE_CHECK_INTERVAL == 0 {
                 check_deadline(deadline, || {
@@ -495,7 +584,8 @@ impl Registry {
                     )
                 })?;
             }
-            Ok(visit(record, revision))
+            newest = newest.max(revision);
+            visit(name, bytes, revision)
         };
         let after_id = match after {
             Some(name) => Some(
@@ -508,27 +598,16 @@ impl Registry {
         if let Some(candidates) = candidates {
             let mut failure = None;
             candidates.for_each(&*self.store, after_id, &mut |id| {
-                let found =
-                    self.store.get(&record_key(&R::KIND.name_of(id))).map_err(Error::from).and_then(
-                        |entry| match entry {
-                            Some(entry) => decode::<R>(&entry.value).map(|record| Some((record, entry.mod_revision))),
-                            None => Ok(None),
-                        },
-                    );
-                match found {
-                    Ok(Some((record, revision))) => {
-                        newest = newest.max(revision);
-                        visit(record, revision).unwrap_or_else(|e| {
-                            failure = Some(e);
-                            false
-                        })
-                    }
-                    Ok(None) => true,
-                    Err(e) => {
-                        failure = Some(e);
-                        false
-                    }
-                }
+                let name = R::KIND.name_of(id);
+                let visited = match self.store.get(&record_key(&name)) {
+                    Ok(Some(entry)) => visit(&name, entry.value, entry.mod_revision),
+                    Ok(None) => Ok(true),
+                    Err(e) => Err(e.into()),
+                };
+                visited.unwrap_or_else(|e| {
+                    failure = Some(e);
+                    false
+                })
             })?;
             return failure.map_or(Ok(newest), Err);
         }
@@ -537,9 +616,9 @@ impl Registry {
             Some(id) => key_after(&record_key(&R::KIND.name_of(id))),
             None => Vec::new(),
         };
-        crate::store::for_each_entry(&*self.store, &prefix, &start, |_, entry| {
-            newest = newest.max(entry.mod_revision);
-            visit(decode(&entry.value)?, entry.mod_revision)
+        crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {
+            let name = std::str::from_utf8(&key[2..]).map_err(Error::internal)?;
+            visit(name, entry.value, entry.mod_revision)
         })?;
         Ok(newest)
     }
@@ -925,4 +1004,24 @@ fn reference_ops(source: &str, before: &BTreeSet<String>, after: &BTreeSet<Strin
     let removed = before.difference(after).map(|t| Op::Delete { key: reference_key(t, source) });
     let added = after.difference(before).map(|t| Op::Put { key: reference_key(t, source), value: Vec::new() });
     removed.chain(added).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn has_field_finds_a_top_level_field_and_nothing_in_garbage() {
+        use crate::pb::cooperation::v1::Agreement;
+        let deleted = Agreement {
+            title: "t".into(),
+            delete_time: Some(Timestamp { seconds: 1, nanos: 0 }),
+            ..Default::default()
+        };
+        let tag = deleted.descriptor().get_field_by_name("delete_time").unwrap().number();
+        assert!(has_field(&deleted.encode_to_vec(), tag));
+        let live = Agreement { title: "t".into(), ..Default::default() };
+        assert!(!has_field(&live.encode_to_vec(), tag));
+        assert!(!has_field(&[0xff, 0xff, 0xff], tag));
+    }
 }
