@@ -206,12 +206,15 @@ async fn read_message(mut body: Body) -> Result<Bytes, Unread> {
             Some(length) if length <= MAX_GET_REQUEST => {}
             _ => return give_back(read, Some(body)),
         }
+        // Trailers, or the error of a body the client gave up on, are given
+        // back as they came: the generated service answers them as it would.
+        let rest = |frame| Some(Body::new(http_body_util::StreamBody::new(tokio_stream::once(frame))));
         match body.frame().await {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => read.extend_from_slice(&data),
-                Err(_) => return give_back(read, None),
+                Err(frame) => return give_back(read, rest(Ok(frame))),
             },
-            Some(Err(_)) => return give_back(read, None),
+            Some(Err(status)) => return give_back(read, rest(Err(status))),
             None => break,
         }
     }
@@ -323,6 +326,18 @@ mod tests {
             let again = Prepended { read: Some(unread.read), rest: unread.rest };
             assert_eq!(all_of(again).await, whole);
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_is_given_back_with_its_error() {
+        let frames = vec![Ok(Frame::data(Bytes::from_static(&[0, 0, 0]))), Err(tonic::Status::unknown("reset"))];
+        let body = Body::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+        let Err(unread) = read_message(body).await else { panic!("answered") };
+        let mut again = Prepended { read: Some(unread.read), rest: unread.rest };
+        let first = again.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(&[0, 0, 0]));
+        let failed = again.frame().await.unwrap().unwrap_err();
+        assert_eq!((failed.code(), failed.message()), (tonic::Code::Unknown, "reset"));
     }
 
     #[test]
