@@ -228,6 +228,8 @@ where
             request.extensions_mut().insert(Deadline(deadline));
         }
         let record = CallRecord::start(request.uri().path(), deadline);
+        let request = request
+            .map(|body| tonic::body::Body::new(WatchedRequest { inner: body, failed: record.request_failed.clone() }));
         let span = record.span.clone();
         let limits = self.limits;
         let call = span.in_scope(|| self.inner.call(request));
@@ -300,13 +302,22 @@ struct CallRecord {
     start: Instant,
     deadline: Option<Instant>,
     finished: bool,
+    /// Set when reading the request body failed.
+    request_failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl CallRecord {
     fn start(path: &str, deadline: Option<Instant>) -> CallRecord {
         metrics::gauge!(IN_FLIGHT).increment(1.0);
         let span = tracing::info_span!("call", method = %path);
-        CallRecord { span, path: path.to_string(), start: Instant::now(), deadline, finished: false }
+        CallRecord {
+            span,
+            path: path.to_string(),
+            start: Instant::now(),
+            deadline,
+            finished: false,
+            request_failed: Default::default(),
+        }
     }
 
     fn finish(mut self, code: tonic::Code) {
@@ -315,6 +326,14 @@ impl CallRecord {
 
     fn report(&mut self, code: tonic::Code) {
         self.finished = true;
+        // The request could not be read to its end: the client reset its stream
+        // or its connection closed. tonic answers that INTERNAL or UNKNOWN; it is
+        // the caller cancelling, not a server fault to alert on.
+        let code = if code != tonic::Code::Ok && self.request_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            tonic::Code::Cancelled
+        } else {
+            code
+        };
         let latency = self.start.elapsed();
         let (service, method) = match code {
             // Unknown paths are not labelled by name: a client must not be
@@ -383,6 +402,36 @@ impl http_body::Body for ObservedBody {
                 }
             }
             Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that notes whether reading it failed.
+struct WatchedRequest {
+    inner: tonic::body::Body,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for WatchedRequest {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         polled
     }

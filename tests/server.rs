@@ -316,3 +316,55 @@ async fn scans_that_wait_too_long_are_shed() {
     }
     server.stop().await;
 }
+
+/// A client that resets its stream before it has sent the whole request is
+/// counted CANCELLED: tonic answers such a call INTERNAL (or UNKNOWN when the
+/// connection closes), which would read as a server fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_client_abandons_counts_as_cancelled() {
+    let server = TestServer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let endpoint = cooperation_registry::observe::serve_metrics(listener, server.registry.clone()).unwrap();
+    let series = |code: &str| {
+        format!(
+            "grpc_server_handled_total{{grpc_service=\"cooperation.v1.EngagementService\",grpc_method=\"GetEngagement\",grpc_code=\"{code}\"}}"
+        )
+    };
+    let count = |body: &str, code: &str| metric(body, &series(code)).unwrap_or(0.0);
+    let before = http_get(metrics_addr, "/metrics").await.1;
+
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = tonic::codegen::http::Request::post(format!(
+        "http://{}/cooperation.v1.EngagementService/GetEngagement",
+        server.addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (_response, mut stream) = client.send_request(request, false).unwrap();
+    // Three bytes of the five-byte message header, then the reset.
+    stream.send_data(bytes::Bytes::from_static(&[0, 0, 0]), false).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.send_reset(h2::Reason::INTERNAL_ERROR);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let body = http_get(metrics_addr, "/metrics").await.1;
+        if count(&body, "Cancelled") > count(&before, "Cancelled") {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never counted as cancelled: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for code in ["Internal", "Unknown"] {
+        assert_eq!(count(&after, code), count(&before, code), "counted {code}: {after}");
+    }
+    connection.abort();
+    endpoint.abort();
+    server.stop().await;
+}
