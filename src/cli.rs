@@ -99,7 +99,7 @@ pub struct ServeArgs {
     /// A list or relationship query that would wait longer than this for its
     /// turn (judged by how long recent ones ran), or past its deadline, fails
     /// at once with RESOURCE_EXHAUSTED: this bounds an admitted one's wait.
-    #[arg(long, env = "COOPERATION_REGISTRY_MAX_SCAN_WAIT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "COOPERATION_REGISTRY_MAX_SCAN_WAIT_MS", default_value_t = crate::api::DEFAULT_MAX_SCAN_WAIT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_scan_wait_ms: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (calls by method and
     /// code, latency histograms, calls in flight, store size, revision,

@@ -75,6 +75,14 @@ macro_rules! configured {
     };
 }
 
+/// A record service with its Get and List answered from the stored bytes
+/// (see api/encoded.rs).
+macro_rules! with_encoded_reads {
+    ($server:ident, $api:expr, $options:expr) => {
+        EncodedReads::new(configured!($server, $api, $options), $api.clone(), $options.max_response_bytes)
+    };
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains and closes the
 /// registry's store.
 pub async fn serve(
@@ -138,27 +146,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // Gets and Lists answered from the stored bytes (see api/encoded.rs).
-        .add_service(EncodedReads::new(
-            configured!(AgreementServiceServer, api, options),
-            api.clone(),
-            options.max_response_bytes,
-        ))
-        .add_service(EncodedReads::new(
-            configured!(PartyServiceServer, api, options),
-            api.clone(),
-            options.max_response_bytes,
-        ))
-        .add_service(EncodedReads::new(
-            configured!(PartnershipDomainServiceServer, api, options),
-            api.clone(),
-            options.max_response_bytes,
-        ))
-        .add_service(EncodedReads::new(
-            configured!(EngagementServiceServer, api, options),
-            api.clone(),
-            options.max_response_bytes,
-        ))
+        .add_service(with_encoded_reads!(AgreementServiceServer, api, options))
+        .add_service(with_encoded_reads!(PartyServiceServer, api, options))
+        .add_service(with_encoded_reads!(PartnershipDomainServiceServer, api, options))
+        .add_service(with_encoded_reads!(EngagementServiceServer, api, options))
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
         .add_service(configured!(AdminServiceServer, api, options))

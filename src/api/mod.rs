@@ -35,6 +35,9 @@ pub struct Api {
     limits: ScanLimits,
 }
 
+/// The default `--max-scan-wait-ms`.
+pub const DEFAULT_MAX_SCAN_WAIT: Duration = Duration::from_secs(1);
+
 /// How many scans may wait for a slot, and for how long.
 #[derive(Clone, Copy, Debug)]
 pub struct ScanLimits {
@@ -49,7 +52,7 @@ impl ScanLimits {
     /// `--max-concurrent-calls` are queued rather than refused while the wait
     /// stays under a second.
     pub fn for_calls(max_concurrent_calls: usize) -> ScanLimits {
-        ScanLimits { max_queued: max_concurrent_calls, max_wait: Duration::from_secs(1) }
+        ScanLimits { max_queued: max_concurrent_calls, max_wait: DEFAULT_MAX_SCAN_WAIT }
     }
 }
 

@@ -365,15 +365,9 @@ impl Registry {
     }
 
     pub async fn get<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<R> {
-        let mut violations = Violations::new();
-        if let Err(e) = R::KIND.parse_name(name) {
-            violations.add("name", e);
-        }
-        let as_of = as_of_day(as_of, &mut violations);
-        violations.into_result()?;
-        let (mut record, revision) = self.read::<R>(name)?;
-        self.store.wait_durable(revision).await?;
-        self.present(&mut record, revision, &as_of);
+        let (entry, as_of) = self.read_for_get::<R>(name, as_of).await?;
+        let mut record: R = decode(&entry.value)?;
+        self.present(&mut record, entry.mod_revision, &as_of);
         Ok(record)
     }
 
@@ -381,6 +375,13 @@ impl Registry {
     /// bytes with the etag and the derived fields appended, so that serving a
     /// record does not decode and re-encode it.
     pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<Vec<u8>> {
+        let (entry, as_of) = self.read_for_get::<R>(name, as_of).await?;
+        self.with_derived::<R>(entry.value, entry.mod_revision, &as_of)
+    }
+
+    /// A Get's checks and read: the name and day checked, the stored entry
+    /// once durable, and the day to derive fields for.
+    async fn read_for_get<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<(crate::store::Entry, Date)> {
         let mut violations = Violations::new();
         if let Err(e) = R::KIND.parse_name(name) {
             violations.add("name", e);
@@ -391,7 +392,7 @@ impl Registry {
             return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
         };
         self.store.wait_durable(entry.mod_revision).await?;
-        self.with_derived::<R>(entry.value, entry.mod_revision, &as_of)
+        Ok((entry, as_of))
     }
 
     /// A stored record's bytes with what [`Registry::present`] sets appended:
@@ -483,7 +484,7 @@ impl Registry {
         let newest = if encoded && order.is_by_name() && !test_filter {
             // Nothing to test but deletion: the stored bytes as they are.
             let after = cursor.as_ref().map(|(_, name)| name.as_str());
-            let delete_time = R::default().descriptor().get_field_by_name("delete_time").map(|f| f.number());
+            let delete_time = descriptor.get_field_by_name("delete_time").map(|f| f.number());
             self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, bytes, revision| {
                 let deleted = delete_time.is_some_and(|tag| has_field(&bytes, tag));
                 if query.show_deleted || !deleted {
