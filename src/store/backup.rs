@@ -1,9 +1,10 @@
 //! The backup file: a consistent copy of a store, independent of the engine.
 //!
 //! ```text
-//! header   "cooperation-registry backup\n", u32 format 1, u64 revision, u64 first change
+//! header   "cooperation-registry backup\n", u32 format (2), u64 revision, u64 first change
 //! entries  1, u32 key length, key, u64 mod revision, u32 value length, value   (a key)
 //!          2, u64 revision, u32 length, change bytes                           (a change)
+//!          3, u32 set length, set, u32 member length, member, u64 revision    (a set member)
 //! trailer  0, u64 entry count, u64 FNV-1a of every byte before the trailer
 //! ```
 //! Numbers are big-endian. The trailer lets a restore refuse a truncated or
@@ -15,14 +16,28 @@ use std::sync::mpsc::SyncSender;
 use super::{StoreError, StoreResult};
 
 const MAGIC: &[u8] = b"cooperation-registry backup\n";
-const FORMAT: u32 = 1;
+/// 2 added set members; a format 1 backup (without them) still reads.
+const FORMAT: u32 = 2;
 const CHUNK: usize = 64 * 1024;
 
 /// One thing a backup holds.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BackupEntry {
-    Key { key: Vec<u8>, mod_revision: u64, value: Vec<u8> },
-    Change { revision: u64, bytes: Vec<u8> },
+    Key {
+        key: Vec<u8>,
+        mod_revision: u64,
+        value: Vec<u8>,
+    },
+    Change {
+        revision: u64,
+        bytes: Vec<u8>,
+    },
+    /// A member of a set, and the revision that last wrote it.
+    Member {
+        set: Vec<u8>,
+        member: Vec<u8>,
+        revision: u64,
+    },
 }
 
 fn fnv(hash: u64, bytes: &[u8]) -> u64 {
@@ -81,6 +96,17 @@ impl BackupWriter {
         self.send_full()
     }
 
+    pub fn member(&mut self, set: &[u8], member: &[u8], revision: u64) -> StoreResult<()> {
+        self.put(&[3]);
+        self.put(&(set.len() as u32).to_be_bytes());
+        self.put(set);
+        self.put(&(member.len() as u32).to_be_bytes());
+        self.put(member);
+        self.put(&revision.to_be_bytes());
+        self.count += 1;
+        self.send_full()
+    }
+
     pub fn finish(mut self) -> StoreResult<()> {
         let (count, hash) = (self.count, self.hash);
         self.buffer.push(0);
@@ -108,8 +134,10 @@ pub fn read_backup(input: &mut dyn Read) -> StoreResult<(u64, u64, Vec<BackupEnt
     let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
     let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
     let format = u32_of(take(4)?);
-    if format != FORMAT {
-        return Err(StoreError::Incompatible(format!("backup format {format} is not the {FORMAT} this build reads")));
+    if format != FORMAT && format != 1 {
+        return Err(StoreError::Incompatible(format!(
+            "backup format {format} is not one this build reads (1 to {FORMAT})"
+        )));
     }
     let revision = u64_of(take(8)?);
     let first_change = u64_of(take(8)?);
@@ -128,6 +156,13 @@ pub fn read_backup(input: &mut dyn Read) -> StoreResult<(u64, u64, Vec<BackupEnt
                 let revision = u64_of(take(8)?);
                 let len = u32_of(take(4)?) as usize;
                 entries.push(BackupEntry::Change { revision, bytes: take(len)?.to_vec() });
+            }
+            3 => {
+                let len = u32_of(take(4)?) as usize;
+                let set = take(len)?.to_vec();
+                let len = u32_of(take(4)?) as usize;
+                let member = take(len)?.to_vec();
+                entries.push(BackupEntry::Member { set, member, revision: u64_of(take(8)?) });
             }
             0 => {
                 let count = u64_of(take(8)?);

@@ -124,8 +124,74 @@ async fn suite(store: Arc<dyn Store>) {
     assert!(store.changes(0, 10).unwrap().is_empty());
     assert_eq!(store.get(b"a/1").unwrap().unwrap().value, b"one", "records stay");
 
+    sets(&*store).await;
+
     store.close().unwrap();
     assert_eq!(store.commit(txn(vec![put("z", "z")], vec![])).await, Err(StoreError::Closed));
+}
+
+fn add(set: &str, member: &str) -> Op {
+    Op::Add { set: set.as_bytes().to_vec(), member: member.as_bytes().to_vec() }
+}
+
+fn remove(set: &str, member: &str) -> Op {
+    Op::Remove { set: set.as_bytes().to_vec(), member: member.as_bytes().to_vec() }
+}
+
+fn members(store: &dyn Store, prefix: &str, start: &str, limit: usize) -> Vec<String> {
+    let found = store.members(prefix.as_bytes(), start.as_bytes(), limit).unwrap();
+    found.into_iter().map(|m| String::from_utf8(m).unwrap()).collect()
+}
+
+/// Sets: members read back in order from any start, whatever order and
+/// grouping they came in; adding twice or removing an absent member changes
+/// nothing; a failed condition adds nothing; `NoneWrittenAfter` sees added
+/// members of the sets under its prefix and not of others.
+async fn sets(store: &dyn Store) {
+    let start = store.revision();
+    assert!(members(store, "x/", "", 10).is_empty());
+    // 300 members of three sets, in an order that is neither ascending nor
+    // descending, some committed together.
+    let ids: Vec<usize> = (0..300).map(|i| (i * 7919) % 300).collect();
+    for group in ids.chunks(7) {
+        let ops = group.iter().map(|i| add(&format!("x/{}\0", i % 3), &format!("m{i:03}"))).collect();
+        commit(store, txn(ops, vec![])).await;
+    }
+    let expected =
+        |set: usize| (0..300).filter(|i| i % 3 == set).map(|i| format!("x/{set}\0m{i:03}")).collect::<Vec<_>>();
+    assert_eq!(members(store, "x/1\0", "", 1000), expected(1));
+    assert_eq!(members(store, "x/", "", 1000), [expected(0), expected(1), expected(2)].concat());
+    assert_eq!(members(store, "x/1\0", "x/1\0m151", 3), ["x/1\0m151", "x/1\0m154", "x/1\0m157"]);
+    assert_eq!(members(store, "x/1\0", "x/1\0m152", 1), ["x/1\0m154"]);
+    assert!(members(store, "x/3\0", "", 10).is_empty());
+    assert!(store.scan(b"x/", b"", 10).unwrap().is_empty(), "members are not keys");
+
+    // Adding a member again and removing an absent one change no member.
+    commit(store, txn(vec![add("x/1\0", "m001"), remove("x/1\0", "m002"), remove("x/9\0", "m")], vec![])).await;
+    assert_eq!(members(store, "x/1\0", "", 1000), expected(1));
+
+    // Removal, and a removal undone by a failed condition.
+    commit(store, txn(vec![remove("x/1\0", "m001"), remove("x/1\0", "m298")], vec![])).await;
+    let stale = Condition::ModRevision { key: b"a/1".to_vec(), equals: 999 };
+    assert_eq!(
+        commit(store, txn(vec![remove("x/1\0", "m004"), add("x/1\0", "m999")], vec![stale])).await,
+        Outcome::ConditionFailed
+    );
+    let mut left = expected(1);
+    left.retain(|m| !m.ends_with("m001") && !m.ends_with("m298"));
+    assert_eq!(members(store, "x/1\0", "", 1000), left);
+
+    // NoneWrittenAfter: an added member of a set under the prefix fails it;
+    // members of other sets do not.
+    let seen = store.revision();
+    commit(store, txn(vec![add("x/2\0", "m500")], vec![])).await;
+    let quiet = |prefix: &str, revision| Condition::NoneWrittenAfter { prefix: prefix.as_bytes().to_vec(), revision };
+    assert_eq!(commit(store, txn(vec![put("z/1", "z")], vec![quiet("x/2\0", seen)])).await, Outcome::ConditionFailed);
+    assert!(matches!(
+        commit(store, txn(vec![put("z/1", "z")], vec![quiet("x/1\0", seen)])).await,
+        Outcome::Committed { .. }
+    ));
+    assert!(store.revision() > start);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,22 +287,26 @@ async fn backups_restore_everything() {
             source.commit(txn(vec![put(&format!("r/{i:02}"), &format!("value {i}"))], vec![])).await.unwrap();
         }
         source.commit(txn(vec![Op::Delete { key: b"r/07".to_vec() }], vec![])).await.unwrap();
+        let ops = (0..40).map(|i| add(&format!("x/{}\0", i % 2), &format!("m{i:02}"))).collect();
+        source.commit(txn(ops, vec![])).await.unwrap();
         source.compact(10).unwrap();
         let (sender, receiver) = std::sync::mpsc::sync_channel(4);
         let copy = std::thread::spawn(move || receiver.into_iter().flatten().collect::<Vec<u8>>());
         let revision = source.backup(sender).unwrap();
         let bytes = copy.join().unwrap();
-        assert_eq!(revision, 51);
+        assert_eq!(revision, 52);
 
         let target = tempfile::tempdir().unwrap();
-        assert_eq!(SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap(), 51);
+        assert_eq!(SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap(), 52);
         let restored = SledStore::open(target.path(), SledOptions::default()).unwrap();
-        assert_eq!(restored.revision(), 51);
+        assert_eq!(restored.revision(), 52);
         assert_eq!(restored.scan(b"r/", b"", 100).unwrap(), source.scan(b"r/", b"", 100).unwrap());
+        assert_eq!(restored.members(b"x/", b"", 100).unwrap(), source.members(b"x/", b"", 100).unwrap());
+        assert_eq!(restored.members(b"x/", b"", 100).unwrap().len(), 40);
         assert_eq!(restored.first_change().unwrap(), 10);
         assert_eq!(restored.changes(0, 100).unwrap(), source.changes(0, 100).unwrap());
         let next = restored.commit(txn(vec![put("r/new", "after")], vec![])).await.unwrap();
-        assert_eq!(next, Outcome::Committed { revision: 52 }, "the revision continues");
+        assert_eq!(next, Outcome::Committed { revision: 53 }, "the revision continues");
         restored.close().unwrap();
 
         let truncated = &bytes[..bytes.len() - 5];

@@ -9,6 +9,9 @@ use super::{BoxFuture, Condition, Entry, Op, Outcome, Store, StoreError, StoreRe
 #[derive(Default)]
 struct State {
     keys: BTreeMap<Vec<u8>, Entry>,
+    /// Set members by set name followed by member: the length of the set's
+    /// name and the revision that added the member.
+    members: BTreeMap<Vec<u8>, (usize, u64)>,
     changes: BTreeMap<u64, Vec<u8>>,
     revision: u64,
     first_change: u64,
@@ -32,11 +35,17 @@ impl State {
             Condition::ModRevision { key, equals } => {
                 self.keys.get(key).map(|e| e.mod_revision).unwrap_or(0) == *equals
             }
-            Condition::NoneWrittenAfter { prefix, revision } => self
-                .keys
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .all(|(_, e)| e.mod_revision <= *revision),
+            Condition::NoneWrittenAfter { prefix, revision } => {
+                self.keys
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .all(|(_, e)| e.mod_revision <= *revision)
+                    && self
+                        .members
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(prefix))
+                        .all(|(_, (set_len, added))| *set_len < prefix.len() || added <= revision)
+            }
         }
     }
 }
@@ -55,6 +64,18 @@ impl Store for MemoryStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .take(limit)
             .map(|(k, e)| (k.clone(), e.clone()))
+            .collect())
+    }
+
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
+        let state = self.state.lock().expect("state lock");
+        let from = if start.is_empty() { prefix.to_vec() } else { start.to_vec() };
+        Ok(state
+            .members
+            .range(from..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, _)| k.clone())
             .collect())
     }
 
@@ -82,6 +103,13 @@ impl Store for MemoryStore {
                     }
                     Op::Delete { key } => {
                         state.keys.remove(&key);
+                    }
+                    Op::Add { set, member } => {
+                        let set_len = set.len();
+                        state.members.entry([set, member].concat()).or_insert((set_len, revision));
+                    }
+                    Op::Remove { set, member } => {
+                        state.members.remove(&[set, member].concat());
                     }
                 }
             }
@@ -119,6 +147,10 @@ impl Store for MemoryStore {
         for (key, entry) in &state.keys {
             writer.key(key, entry.mod_revision, &entry.value)?;
         }
+        for (key, (set_len, revision)) in &state.members {
+            let (set, member) = key.split_at(*set_len);
+            writer.member(set, member, *revision)?;
+        }
         for (revision, bytes) in &state.changes {
             writer.change(*revision, bytes)?;
         }
@@ -130,7 +162,8 @@ impl Store for MemoryStore {
         let state = self.state.lock().expect("state lock");
         let keys: usize = state.keys.iter().map(|(k, e)| k.len() + e.value.len() + 16).sum();
         let changes: usize = state.changes.values().map(|c| c.len() + 8).sum();
-        Ok((keys + changes) as u64)
+        let members: usize = state.members.keys().map(|k| k.len() + 16).sum();
+        Ok((keys + changes + members) as u64)
     }
 
     fn failed(&self) -> BoxFuture<'static, StoreError> {

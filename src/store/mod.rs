@@ -2,6 +2,15 @@
 //! transactions and a change log, the model etcd also has, so another engine can
 //! sit behind it without touching the layers above. Nothing above this module
 //! knows which engine is in use.
+//!
+//! Beside the keys, a store holds sets: named collections of members, read in
+//! the order of `set name || member` as if each member were a key of its own.
+//! They serve entries that carry no value (index and reference entries), which
+//! an engine may pack many to a stored key: in sled, one key per member cost a
+//! page of the tree for every ~8 entries, and the page table is what the
+//! process's memory and start time grow with. Set names must be prefix-free
+//! (none is a prefix of another; ending each in a byte it cannot otherwise
+//! hold does it), so each set's members stay together in that order.
 
 pub mod backup;
 pub mod memory;
@@ -28,16 +37,33 @@ pub struct Entry {
 pub enum Condition {
     /// The key was last written at exactly this revision; 0 means it must be absent.
     ModRevision { key: Vec<u8>, equals: u64 },
-    /// No key under the prefix was written after this revision. Written keys include
-    /// new ones, so this guards "nothing was added here since I looked".
+    /// No key under the prefix, and no member of a set whose name starts with
+    /// it, was written after this revision. Written keys and members include
+    /// new ones, so this guards "nothing was added here since I looked". An
+    /// engine may count a removed member as a write too.
     NoneWrittenAfter { prefix: Vec<u8>, revision: u64 },
 }
 
 /// One write of a transaction.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Adds `member` to the set `set` (nothing changes if it is in it).
+    Add {
+        set: Vec<u8>,
+        member: Vec<u8>,
+    },
+    /// Takes `member` out of the set `set` (nothing changes if it is not in it).
+    Remove {
+        set: Vec<u8>,
+        member: Vec<u8>,
+    },
 }
 
 /// Conditions, writes and the change-log entry of one revision.
@@ -114,6 +140,11 @@ pub trait Store: Send + Sync + 'static {
     /// itself under `prefix` or empty for the first) in ascending key order.
     fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>>;
 
+    /// Up to `limit` set members under `prefix`, each as its set's name followed
+    /// by the member, from `start` (inclusive, and itself under `prefix` or empty
+    /// for the first) in ascending order of those bytes.
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>>;
+
     /// The revision of the last applied transaction (0 for an empty store).
     fn revision(&self) -> u64;
 
@@ -178,20 +209,43 @@ pub fn for_each_entry<E: From<StoreError>>(
     start: &[u8],
     mut visit: impl FnMut(&[u8], Entry) -> Result<bool, E>,
 ) -> Result<bool, E> {
+    in_chunks(start, |from, chunk| store.scan(prefix, from, chunk), |(key, _)| key, |(key, entry)| visit(&key, entry))
+}
+
+/// Calls `visit` with every set member under `prefix` from `start` (as in
+/// [`Store::members`], set name and member together) in order until it
+/// returns false, reading as [`for_each_entry`] does. Returns whether every
+/// member was visited.
+pub fn for_each_member<E: From<StoreError>>(
+    store: &dyn Store,
+    prefix: &[u8],
+    start: &[u8],
+    mut visit: impl FnMut(&[u8]) -> Result<bool, E>,
+) -> Result<bool, E> {
+    in_chunks(start, |from, chunk| store.members(prefix, from, chunk), |key| key, |key| visit(&key))
+}
+
+/// The chunked walk behind [`for_each_entry`] and [`for_each_member`]: `read`
+/// gives up to `chunk` items from a start key, `key_of` an item's key.
+fn in_chunks<T, E: From<StoreError>>(
+    start: &[u8],
+    mut read: impl FnMut(&[u8], usize) -> StoreResult<Vec<T>>,
+    key_of: impl Fn(&T) -> &Vec<u8>,
+    mut visit: impl FnMut(T) -> Result<bool, E>,
+) -> Result<bool, E> {
     let mut start = start.to_vec();
     let mut chunk = FIRST_CHUNK;
     loop {
-        let batch = store.scan(prefix, &start, chunk)?;
+        let batch = read(&start, chunk)?;
         let full = batch.len() == chunk;
-        let mut last = None;
-        for (key, entry) in batch {
-            if !visit(&key, entry)? {
+        let resume = batch.last().map(|item| key_after(key_of(item)));
+        for item in batch {
+            if !visit(item)? {
                 return Ok(false);
             }
-            last = Some(key);
         }
-        match last {
-            Some(key) if full => start = key_after(&key),
+        match resume {
+            Some(key) if full => start = key,
             _ => return Ok(true),
         }
         chunk = (chunk * 2).min(MAX_CHUNK);

@@ -2,7 +2,8 @@
 //!
 //! Layout: one sled tree, so that a transaction's writes, the revision counter and
 //! the change-log entry go to disk in one atomic batch. Keys are prefixed:
-//! `m` meta (format, schema, revision), `k` user keys, `c` change log by revision.
+//! `m` meta (format, schema, revision), `k` user keys, `c` change log by revision,
+//! `s` set members, many to a key (see `chunks`).
 //! A value is the 8-byte big-endian revision that wrote it, then the user bytes.
 //!
 //! Writes go through one writer thread that applies transactions in order and
@@ -24,10 +25,14 @@ use tokio::sync::{oneshot, watch};
 
 use super::{BoxFuture, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
 
+mod chunks;
+
 /// Written in the meta keys; a data dir without them, or with other values, is refused.
 const FORMAT: &[u8] = b"cooperation-registry/sled";
-/// Bump when the on-disk layout changes incompatibly.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Bump when the on-disk layout changes incompatibly: 2 added set chunks,
+/// which a build of version 1 would not see. A data dir of an older version
+/// is marked with this one when opened (the layout only grew).
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META_FORMAT: &[u8] = b"mformat";
 /// A file beside sled's own, written once the database is initialised: if it is
@@ -203,6 +208,7 @@ impl SledStore {
         }
         let store = SledStore::open(dir, SledOptions { durability: Durability::Fsync, ..SledOptions::default() })?;
         let mut batch = sled::Batch::default();
+        let mut members = Vec::new();
         for entry in entries {
             match entry {
                 super::backup::BackupEntry::Key { key, mod_revision, value } => {
@@ -213,7 +219,11 @@ impl SledStore {
                 super::backup::BackupEntry::Change { revision, bytes } => {
                     batch.insert(&change_key(revision)[..], bytes)
                 }
+                super::backup::BackupEntry::Member { set, member, revision } => members.push((set, member, revision)),
             }
+        }
+        for (key, chunk) in chunks::pack(members) {
+            batch.insert(key, chunk.encode());
         }
         batch.insert(META_REVISION, &revision.to_be_bytes()[..]);
         batch.insert(META_FIRST_CHANGE, &first_change.to_be_bytes()[..]);
@@ -257,6 +267,10 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
                      run a newer cooperation-registry",
                     dir.display()
                 )));
+            }
+            if schema < SCHEMA_VERSION {
+                tree.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).map_err(storage)?;
+                tree.flush().map_err(storage)?;
             }
             Ok(())
         }
@@ -389,6 +403,14 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
+        chunks::scan(&self.tree, prefix, start, limit).inspect_err(|e| {
+            if matches!(e, StoreError::Full(_)) {
+                self.failure.report(e);
+            }
+        })
+    }
+
     fn revision(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }
@@ -509,6 +531,8 @@ struct Group {
     batch: sled::Batch,
     /// Revision of each key the group wrote; `None` for a key it removed.
     written: std::collections::BTreeMap<Vec<u8>, Option<u64>>,
+    /// The set chunks the group wrote, put in the batch when it is applied.
+    chunks: chunks::Pending,
     /// The revision of the group's last transaction (0 before the first).
     revision: u64,
 }
@@ -622,6 +646,12 @@ impl Writer {
         }
         if self.failure.get().is_none() && group.revision > self.revision {
             group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
+            for (key, chunk) in std::mem::take(&mut group.chunks) {
+                match chunk {
+                    Some(chunk) => group.batch.insert(key, chunk.encode()),
+                    None => group.batch.remove(key),
+                }
+            }
             let written = self.tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
                 self.revision = group.revision;
                 self.applied.store(group.revision, Ordering::Release);
@@ -675,6 +705,8 @@ impl Writer {
                     group.batch.remove(user_key(key));
                     group.written.insert(key.clone(), None);
                 }
+                Op::Add { set, member } => chunks::add(&self.tree, &mut group.chunks, set, member, revision)?,
+                Op::Remove { set, member } => chunks::remove(&self.tree, &mut group.chunks, set, member, revision)?,
             }
         }
         group.batch.insert(&change_key(revision)[..], txn.change.as_slice());
@@ -713,9 +745,26 @@ impl Writer {
                         return Ok(false);
                     }
                 }
-                Ok(true)
+                Ok(!self.chunk_written_after(prefix, *revision, group)?)
             }
         }
+    }
+
+    /// Whether a chunk of a set whose name starts with `prefix` was written
+    /// after `revision`, in the group (a removed chunk was) or the tree.
+    fn chunk_written_after(&self, prefix: &[u8], revision: u64, group: &Group) -> StoreResult<bool> {
+        let from = chunks::chunk_key(prefix, b"");
+        let mut in_group = group.chunks.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from));
+        if in_group.any(|(_, chunk)| chunk.as_ref().is_none_or(|c| c.revision > revision)) {
+            return Ok(true);
+        }
+        for item in self.tree.scan_prefix(&from) {
+            let (key, raw) = item.map_err(storage)?;
+            if !group.chunks.contains_key(key.as_ref()) && chunks::Chunk::decode(&raw)?.revision > revision {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Copies the tree as it is between two groups, so the copy is consistent
@@ -732,6 +781,13 @@ impl Writer {
                     writer.key(&key[1..], entry.mod_revision, &entry.value)?;
                 }
                 Some(&CHANGE) => writer.change(decode_u64(&key[1..]).unwrap_or_default(), &value)?,
+                Some(&chunks::SET) => {
+                    let chunk = chunks::Chunk::decode(&value)?;
+                    let set = &key[1..1 + chunk.set_len];
+                    for member in &chunk.members {
+                        writer.member(set, member, chunk.revision)?;
+                    }
+                }
                 _ => {}
             }
         }

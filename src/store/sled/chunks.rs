@@ -1,0 +1,327 @@
+//! Set members packed many to a sled key.
+//!
+//! A chunk holds some members of one set, sorted, under the key
+//! `s{set}{lowest member it may hold}`; its value is the 8-byte revision that
+//! last wrote it, the set name's length (u32) and each member as a u16 length
+//! and its bytes. The chunks of a set cover disjoint, ascending ranges of
+//! members, so the greatest chunk key at or before `s{set}{member}` is the
+//! chunk where that member is or belongs, and reading chunks in key order
+//! gives the members in order. Members that arrive in ascending order (ids
+//! are time-ordered) fill a chunk and start the next one; others split a full
+//! chunk in two.
+
+use std::collections::BTreeMap;
+
+use super::storage;
+use crate::store::{StoreError, StoreResult};
+
+/// First byte of every chunk key.
+pub(super) const SET: u8 = b's';
+/// Most members in a chunk: each added member rewrites its chunk, so a
+/// chunk stays a few hundred bytes; 32 entries to a key instead of one.
+const MAX_MEMBERS: usize = 32;
+
+/// The members of one set that one chunk holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Chunk {
+    pub revision: u64,
+    pub set_len: usize,
+    pub members: Vec<Vec<u8>>,
+}
+
+/// The chunk writes of a group not yet in the tree, by chunk key; `None`
+/// for a chunk it removed.
+pub(super) type Pending = BTreeMap<Vec<u8>, Option<Chunk>>;
+
+pub(super) fn chunk_key(set: &[u8], member: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + set.len() + member.len());
+    key.push(SET);
+    key.extend_from_slice(set);
+    key.extend_from_slice(member);
+    key
+}
+
+impl Chunk {
+    pub fn encode(&self) -> Vec<u8> {
+        let size = 12 + self.members.iter().map(|m| 2 + m.len()).sum::<usize>();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&self.revision.to_be_bytes());
+        out.extend_from_slice(&(self.set_len as u32).to_be_bytes());
+        for member in &self.members {
+            out.extend_from_slice(&(member.len() as u16).to_be_bytes());
+            out.extend_from_slice(member);
+        }
+        out
+    }
+
+    pub fn decode(raw: &[u8]) -> StoreResult<Chunk> {
+        let corrupt = || StoreError::Storage("a stored set chunk is corrupt".into());
+        let revision = u64::from_be_bytes(raw.get(..8).ok_or_else(corrupt)?.try_into().expect("8 bytes"));
+        let set_len = u32::from_be_bytes(raw.get(8..12).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
+        let mut members = Vec::new();
+        let mut rest = &raw[12..];
+        while !rest.is_empty() {
+            let len = u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().expect("2 bytes")) as usize;
+            members.push(rest.get(2..2 + len).ok_or_else(corrupt)?.to_vec());
+            rest = &rest[2 + len..];
+        }
+        Ok(Chunk { revision, set_len, members })
+    }
+}
+
+/// Refuses a member too long for a chunk's u16 length.
+pub(super) fn check_member(member: &[u8]) -> StoreResult<()> {
+    if member.len() > usize::from(u16::MAX) {
+        return Err(StoreError::Storage(format!("a set member of {} bytes is longer than 65535", member.len())));
+    }
+    Ok(())
+}
+
+/// The chunk of `set` with the greatest key at or before `at` (when
+/// `before`) or after it (otherwise), as the tree and the group's pending
+/// writes together hold it.
+fn neighbour(
+    tree: &sled::Tree,
+    pending: &Pending,
+    set: &[u8],
+    at: &[u8],
+    before: bool,
+) -> StoreResult<Option<(Vec<u8>, Chunk)>> {
+    let first = chunk_key(set, b"");
+    let live = |(key, chunk): (&Vec<u8>, &Option<Chunk>)| chunk.as_ref().map(|c| (key.clone(), c.clone()));
+    let from_pending = if before {
+        pending.range(first.clone()..=at.to_vec()).rev().find_map(live)
+    } else {
+        use std::ops::Bound::{Excluded, Unbounded};
+        pending
+            .range::<Vec<u8>, _>((Excluded(at.to_vec()), Unbounded))
+            .take_while(|(key, _)| key.starts_with(&first))
+            .find_map(live)
+    };
+    let from_tree = {
+        let mut found = None;
+        let mut visit = |item: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<bool> {
+            let (key, raw) = item.map_err(storage)?;
+            if !key.starts_with(&first) {
+                return Ok(true);
+            }
+            if pending.contains_key(key.as_ref()) {
+                return Ok(false);
+            }
+            found = Some((key.to_vec(), Chunk::decode(&raw)?));
+            Ok(true)
+        };
+        if before {
+            for item in tree.range(first.as_slice()..=at).rev() {
+                if visit(item)? {
+                    break;
+                }
+            }
+        } else {
+            use std::ops::Bound::{Excluded, Unbounded};
+            for item in tree.range::<&[u8], _>((Excluded(at), Unbounded)) {
+                if visit(item)? {
+                    break;
+                }
+            }
+        }
+        found
+    };
+    Ok(match (from_pending, from_tree) {
+        (Some(p), Some(t)) => Some(if (p.0 > t.0) == before { p } else { t }),
+        (p, t) => p.or(t),
+    })
+}
+
+/// Adds `member` to `set` in the group's pending chunk writes.
+pub(super) fn add(
+    tree: &sled::Tree,
+    pending: &mut Pending,
+    set: &[u8],
+    member: &[u8],
+    revision: u64,
+) -> StoreResult<()> {
+    check_member(member)?;
+    let at = chunk_key(set, member);
+    let Some((key, mut chunk)) = neighbour(tree, pending, set, &at, true)? else {
+        // Below every chunk of the set: the first chunk takes it if it has
+        // room (under a lower key), else it starts a chunk of its own.
+        let members = match neighbour(tree, pending, set, &at, false)? {
+            Some((next, chunk)) if chunk.members.len() < MAX_MEMBERS => {
+                pending.insert(next, None);
+                [vec![member.to_vec()], chunk.members].concat()
+            }
+            _ => vec![member.to_vec()],
+        };
+        pending.insert(at, Some(Chunk { revision, set_len: set.len(), members }));
+        return Ok(());
+    };
+    let Err(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else { return Ok(()) };
+    chunk.members.insert(place, member.to_vec());
+    chunk.revision = revision;
+    if chunk.members.len() > MAX_MEMBERS {
+        // Ascending arrivals start a new chunk and leave this one full;
+        // others split it in half.
+        let split = if place == chunk.members.len() - 1 { place } else { chunk.members.len() / 2 };
+        let upper = chunk.members.split_off(split);
+        let upper_key = chunk_key(set, &upper[0]);
+        pending.insert(upper_key, Some(Chunk { revision, set_len: set.len(), members: upper }));
+    }
+    pending.insert(key, Some(chunk));
+    Ok(())
+}
+
+/// Takes `member` out of `set` in the group's pending chunk writes.
+pub(super) fn remove(
+    tree: &sled::Tree,
+    pending: &mut Pending,
+    set: &[u8],
+    member: &[u8],
+    revision: u64,
+) -> StoreResult<()> {
+    let at = chunk_key(set, member);
+    let Some((key, mut chunk)) = neighbour(tree, pending, set, &at, true)? else { return Ok(()) };
+    let Ok(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else { return Ok(()) };
+    chunk.members.remove(place);
+    chunk.revision = revision;
+    pending.insert(key, (!chunk.members.is_empty()).then_some(chunk));
+    Ok(())
+}
+
+/// Up to `limit` members under `prefix` from `start` (set name and member
+/// together), in order, read from the tree.
+pub(super) fn scan(tree: &sled::Tree, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
+    let from = if start.is_empty() { prefix } else { start };
+    let from_key = chunk_key(from, b"");
+    // The chunk at or before `from` may hold members at or after it.
+    let begin = match tree.range(..=from_key.as_slice()).next_back() {
+        Some(item) => {
+            let (key, _) = item.map_err(storage)?;
+            if key.first() == Some(&SET) { key.to_vec() } else { from_key }
+        }
+        None => from_key,
+    };
+    let mut out = Vec::with_capacity(limit.min(crate::store::MAX_CHUNK));
+    for item in tree.range(begin..) {
+        let (key, raw) = item.map_err(storage)?;
+        if key.first() != Some(&SET) {
+            break;
+        }
+        let chunk = Chunk::decode(&raw)?;
+        let set =
+            key.get(1..1 + chunk.set_len).ok_or_else(|| StoreError::Storage("a set chunk key is short".into()))?;
+        for member in chunk.members {
+            let full = [set, &member].concat();
+            if full.as_slice() < from {
+                continue;
+            }
+            if !full.starts_with(prefix) || out.len() >= limit {
+                return Ok(out);
+            }
+            out.push(full);
+        }
+    }
+    Ok(out)
+}
+
+/// The chunks that hold `members` (set, member, revision), given in order,
+/// as full as chunks get: for a restore.
+pub(super) fn pack(members: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, u64)>) -> Vec<(Vec<u8>, Chunk)> {
+    let mut chunks: Vec<(Vec<u8>, Vec<u8>, Chunk)> = Vec::new();
+    for (set, member, revision) in members {
+        match chunks.last_mut() {
+            Some((last_set, _, chunk)) if *last_set == set && chunk.members.len() < MAX_MEMBERS => {
+                chunk.members.push(member);
+                chunk.revision = chunk.revision.max(revision);
+            }
+            _ => {
+                let key = chunk_key(&set, &member);
+                let set_len = set.len();
+                chunks.push((set, key, Chunk { revision, set_len, members: vec![member] }));
+            }
+        }
+    }
+    chunks.into_iter().map(|(_, key, chunk)| (key, chunk)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temporary_tree() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, db)
+    }
+
+    fn apply(tree: &sled::Tree, pending: Pending) {
+        for (key, chunk) in pending {
+            match chunk {
+                Some(chunk) => tree.insert(key, chunk.encode()).unwrap(),
+                None => tree.remove(key).unwrap(),
+            };
+        }
+    }
+
+    #[test]
+    fn a_chunk_decodes_to_what_was_encoded_and_garbage_is_refused() {
+        let chunk = Chunk { revision: 7, set_len: 3, members: vec![b"a1".to_vec(), Vec::new(), vec![0; 300]] };
+        assert_eq!(Chunk::decode(&chunk.encode()).unwrap(), chunk);
+        assert!(Chunk::decode(&[0; 5]).is_err());
+        let mut cut = chunk.encode();
+        cut.pop();
+        assert!(Chunk::decode(&cut).is_err());
+        assert!(check_member(&vec![1; 70_000]).is_err());
+    }
+
+    /// Adds and removes in several orders and groups agree with a plain
+    /// ordered set, chunks never exceed their size, and members read back in
+    /// order from any start.
+    #[test]
+    fn members_read_back_in_order_whatever_order_they_came_in() {
+        let (_dir, tree) = temporary_tree();
+        let mut model = std::collections::BTreeSet::new();
+        let sets: [&[u8]; 3] = [b"i/a\0x\0", b"i/a\0y\0", b"i/b\0\0\0\0\0"];
+        let mut revision = 0;
+        // Ascending, descending and scattered ids, applied in groups of 10.
+        let ids: Vec<u32> = (0..200).chain((300..400).rev()).chain((0..200).map(|i| (i * 7919) % 500)).collect();
+        for group in ids.chunks(10) {
+            let mut pending = Pending::new();
+            for id in group {
+                revision += 1;
+                let set = sets[*id as usize % 3];
+                let member = format!("{id:05}").into_bytes();
+                if id % 11 == 0 && model.contains(&[set, &member].concat()) {
+                    remove(&tree, &mut pending, set, &member, revision).unwrap();
+                    model.remove(&[set, &member].concat());
+                } else {
+                    add(&tree, &mut pending, set, &member, revision).unwrap();
+                    model.insert([set, &member].concat());
+                }
+            }
+            apply(&tree, pending);
+        }
+        let all: Vec<Vec<u8>> = model.iter().cloned().collect();
+        assert_eq!(scan(&tree, b"i/", b"", usize::MAX).unwrap(), all);
+        for chunk in tree.scan_prefix([SET]) {
+            let chunk = Chunk::decode(&chunk.unwrap().1).unwrap();
+            assert!((1..=MAX_MEMBERS).contains(&chunk.members.len()));
+        }
+        // From any start, within any prefix, up to a limit.
+        for (at, start) in all.iter().enumerate().step_by(17) {
+            assert_eq!(scan(&tree, b"i/", start, 5).unwrap(), all[at..(at + 5).min(all.len())]);
+        }
+        let only_y: Vec<Vec<u8>> = all.iter().filter(|m| m.starts_with(sets[1])).cloned().collect();
+        assert_eq!(scan(&tree, sets[1], b"", usize::MAX).unwrap(), only_y);
+        assert_eq!(scan(&tree, b"i/c", b"", 10).unwrap(), Vec::<Vec<u8>>::new());
+        // A restore packs the same members into full chunks.
+        let sets_of = |m: &Vec<u8>| *sets.iter().find(|s| m.starts_with(s)).unwrap();
+        let packed = pack(all.iter().map(|m| (sets_of(m).to_vec(), m[sets_of(m).len()..].to_vec(), 1)));
+        let (_dir2, restored) = temporary_tree();
+        for (key, chunk) in packed {
+            restored.insert(key, chunk.encode()).unwrap();
+        }
+        assert_eq!(scan(&restored, b"i/", b"", usize::MAX).unwrap(), all);
+        assert!(restored.len() <= all.len() / MAX_MEMBERS + 3);
+    }
+}
