@@ -2,7 +2,7 @@
 //! (several submitted at once, so they share a write group), compactions and
 //! reopenings run against the sled store, the memory store and a plain model
 //! of the contract written here; after every step all three must agree on
-//! every key, scans, the revision and the change log.
+//! every key, set member, scans, the revision and the change log.
 //!
 //! `PROPTEST_CASES=2000 cargo test --release --test store_model` runs longer.
 
@@ -15,7 +15,10 @@ use cooperation_registry::store::{Condition, Durability, Entry, Op, Outcome, Sto
 use proptest::prelude::*;
 
 const KEYS: [&str; 7] = ["a", "ab", "b", "c/1", "c/2", "c/3", "c/33"];
-const PREFIXES: [&str; 4] = ["", "a", "c/", "c/3"];
+const PREFIXES: [&str; 7] = ["", "a", "c/", "c/3", "x/", "x/a\0", "y"];
+/// Prefix-free set names, and members enough to fill more than one chunk.
+const SETS: [&str; 3] = ["x/a\0", "x/b\0", "y\0"];
+const MEMBERS: usize = 48;
 
 /// A condition, made concrete against the model when it runs, so that both
 /// holding and failing conditions occur.
@@ -33,6 +36,8 @@ enum ConditionSpec {
 enum OpSpec {
     Put { key: usize, value: u8 },
     Delete { key: usize },
+    Add { set: usize, member: usize },
+    Remove { set: usize, member: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -64,11 +69,13 @@ fn op() -> impl Strategy<Value = OpSpec> {
     prop_oneof![
         3 => (0..KEYS.len(), any::<u8>()).prop_map(|(key, value)| OpSpec::Put { key, value }),
         1 => (0..KEYS.len()).prop_map(|key| OpSpec::Delete { key }),
+        4 => (0..SETS.len(), 0..MEMBERS).prop_map(|(set, member)| OpSpec::Add { set, member }),
+        1 => (0..SETS.len(), 0..MEMBERS).prop_map(|(set, member)| OpSpec::Remove { set, member }),
     ]
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let txn = (prop::collection::vec(condition(), 0..3), prop::collection::vec(op(), 0..4))
+    let txn = (prop::collection::vec(condition(), 0..3), prop::collection::vec(op(), 0..6))
         .prop_map(|(conditions, ops)| TxnSpec { conditions, ops });
     prop_oneof![
         8 => prop::collection::vec(txn, 1..5).prop_map(Step::Group),
@@ -81,9 +88,17 @@ fn step() -> impl Strategy<Value = Step> {
 #[derive(Default)]
 struct Model {
     keys: BTreeMap<Vec<u8>, Entry>,
+    /// Set members (set name and member together) and the revision that added each.
+    members: BTreeMap<Vec<u8>, u64>,
+    /// Each removal of a member: its set, and the revision.
+    removals: Vec<(&'static str, u64)>,
     changes: BTreeMap<u64, Vec<u8>>,
     revision: u64,
     first_change: u64,
+}
+
+fn member_of(set: usize, member: usize) -> (Vec<u8>, Vec<u8>) {
+    (SETS[set].as_bytes().to_vec(), format!("m{member:02}").into_bytes())
 }
 
 impl Model {
@@ -91,17 +106,20 @@ impl Model {
         let conditions = spec
             .conditions
             .iter()
-            .map(|c| match c {
+            .filter_map(|c| match c {
                 ConditionSpec::KeyAt { key, off } => {
                     let key = KEYS[*key].as_bytes().to_vec();
                     let current = self.keys.get(&key).map_or(0, |e| e.mod_revision);
-                    Condition::ModRevision { key, equals: current + off }
+                    Some(Condition::ModRevision { key, equals: current + off })
                 }
-                ConditionSpec::Absent { key } => Condition::ModRevision { key: KEYS[*key].into(), equals: 0 },
-                ConditionSpec::NoneWrittenAfter { prefix, back } => Condition::NoneWrittenAfter {
-                    prefix: PREFIXES[*prefix].into(),
-                    revision: self.revision.saturating_sub(*back),
-                },
+                ConditionSpec::Absent { key } => Some(Condition::ModRevision { key: KEYS[*key].into(), equals: 0 }),
+                ConditionSpec::NoneWrittenAfter { prefix, back } => {
+                    let (prefix, revision) = (PREFIXES[*prefix], self.revision.saturating_sub(*back));
+                    // Whether a removal counts as a write is the engine's
+                    // choice: a condition it would decide is left out.
+                    let removed = self.removals.iter().any(|(set, r)| set.starts_with(prefix) && *r > revision);
+                    (!removed).then(|| Condition::NoneWrittenAfter { prefix: prefix.into(), revision })
+                }
             })
             .collect();
         let ops = spec
@@ -112,6 +130,14 @@ impl Model {
                     Op::Put { key: KEYS[*key].into(), value: vec![*value; 1 + *value as usize % 5] }
                 }
                 OpSpec::Delete { key } => Op::Delete { key: KEYS[*key].into() },
+                OpSpec::Add { set, member } => {
+                    let (set, member) = member_of(*set, *member);
+                    Op::Add { set, member }
+                }
+                OpSpec::Remove { set, member } => {
+                    let (set, member) = member_of(*set, *member);
+                    Op::Remove { set, member }
+                }
             })
             .collect();
         Txn { conditions, ops, change: format!("change {serial}").into_bytes() }
@@ -121,7 +147,13 @@ impl Model {
         match condition {
             Condition::ModRevision { key, equals } => self.keys.get(key).map_or(0, |e| e.mod_revision) == *equals,
             Condition::NoneWrittenAfter { prefix, revision } => {
+                let set_of = |key: &[u8]| SETS.iter().find(|s| key.starts_with(s.as_bytes())).copied().unwrap();
                 self.keys.iter().filter(|(k, _)| k.starts_with(prefix)).all(|(_, e)| e.mod_revision <= *revision)
+                    && self
+                        .members
+                        .iter()
+                        .filter(|(k, _)| set_of(k).as_bytes().starts_with(prefix))
+                        .all(|(_, added)| added <= revision)
             }
         }
     }
@@ -138,6 +170,15 @@ impl Model {
                 }
                 Op::Delete { key } => {
                     self.keys.remove(key);
+                }
+                Op::Add { set, member } => {
+                    self.members.entry([set.as_slice(), member].concat()).or_insert(self.revision);
+                }
+                Op::Remove { set, member } => {
+                    if self.members.remove(&[set.as_slice(), member].concat()).is_some() {
+                        let set = SETS.iter().find(|s| s.as_bytes() == set.as_slice()).unwrap();
+                        self.removals.push((set, self.revision));
+                    }
                 }
             }
         }
@@ -172,6 +213,17 @@ fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
             assert_eq!(
                 store.scan(prefix.as_bytes(), second, 2).unwrap(),
                 expected[1..].iter().take(2).cloned().collect::<Vec<_>>()
+            );
+        }
+    }
+    for prefix in PREFIXES {
+        let expected: Vec<Vec<u8>> =
+            model.members.keys().filter(|k| k.starts_with(prefix.as_bytes())).cloned().collect();
+        assert_eq!(store.members(prefix.as_bytes(), b"", 1000).unwrap(), expected, "{which}: members {prefix:?}");
+        if let Some(third) = expected.get(2) {
+            assert_eq!(
+                store.members(prefix.as_bytes(), third, 3).unwrap(),
+                expected[2..].iter().take(3).cloned().collect::<Vec<_>>()
             );
         }
     }

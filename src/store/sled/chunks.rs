@@ -29,9 +29,9 @@ pub(super) struct Chunk {
     pub members: Vec<Vec<u8>>,
 }
 
-/// The chunk writes of a group not yet in the tree, by chunk key; `None`
-/// for a chunk it removed.
-pub(super) type Pending = BTreeMap<Vec<u8>, Option<Chunk>>;
+/// The chunk writes of a group not yet in the tree, by chunk key; a chunk
+/// without members is one the group removed (its revision says when).
+pub(super) type Pending = BTreeMap<Vec<u8>, Chunk>;
 
 pub(super) fn chunk_key(set: &[u8], member: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + set.len() + member.len());
@@ -88,7 +88,7 @@ fn neighbour(
     before: bool,
 ) -> StoreResult<Option<(Vec<u8>, Chunk)>> {
     let first = chunk_key(set, b"");
-    let live = |(key, chunk): (&Vec<u8>, &Option<Chunk>)| chunk.as_ref().map(|c| (key.clone(), c.clone()));
+    let live = |(key, chunk): (&Vec<u8>, &Chunk)| (!chunk.members.is_empty()).then(|| (key.clone(), chunk.clone()));
     let from_pending = if before {
         pending.range(first.clone()..=at.to_vec()).rev().find_map(live)
     } else {
@@ -148,12 +148,12 @@ pub(super) fn add(
         // room (under a lower key), else it starts a chunk of its own.
         let members = match neighbour(tree, pending, set, &at, false)? {
             Some((next, chunk)) if chunk.members.len() < MAX_MEMBERS => {
-                pending.insert(next, None);
+                pending.insert(next, Chunk { revision, set_len: set.len(), members: Vec::new() });
                 [vec![member.to_vec()], chunk.members].concat()
             }
             _ => vec![member.to_vec()],
         };
-        pending.insert(at, Some(Chunk { revision, set_len: set.len(), members }));
+        pending.insert(at, Chunk { revision, set_len: set.len(), members });
         return Ok(());
     };
     let Err(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else { return Ok(()) };
@@ -165,9 +165,9 @@ pub(super) fn add(
         let split = if place == chunk.members.len() - 1 { place } else { chunk.members.len() / 2 };
         let upper = chunk.members.split_off(split);
         let upper_key = chunk_key(set, &upper[0]);
-        pending.insert(upper_key, Some(Chunk { revision, set_len: set.len(), members: upper }));
+        pending.insert(upper_key, Chunk { revision, set_len: set.len(), members: upper });
     }
-    pending.insert(key, Some(chunk));
+    pending.insert(key, chunk);
     Ok(())
 }
 
@@ -184,7 +184,7 @@ pub(super) fn remove(
     let Ok(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else { return Ok(()) };
     chunk.members.remove(place);
     chunk.revision = revision;
-    pending.insert(key, (!chunk.members.is_empty()).then_some(chunk));
+    pending.insert(key, chunk);
     Ok(())
 }
 
@@ -256,9 +256,9 @@ mod tests {
 
     fn apply(tree: &sled::Tree, pending: Pending) {
         for (key, chunk) in pending {
-            match chunk {
-                Some(chunk) => tree.insert(key, chunk.encode()).unwrap(),
-                None => tree.remove(key).unwrap(),
+            match chunk.members.is_empty() {
+                false => tree.insert(key, chunk.encode()).unwrap(),
+                true => tree.remove(key).unwrap(),
             };
         }
     }

@@ -647,9 +647,9 @@ impl Writer {
         if self.failure.get().is_none() && group.revision > self.revision {
             group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
             for (key, chunk) in std::mem::take(&mut group.chunks) {
-                match chunk {
-                    Some(chunk) => group.batch.insert(key, chunk.encode()),
-                    None => group.batch.remove(key),
+                match chunk.members.is_empty() {
+                    false => group.batch.insert(key, chunk.encode()),
+                    true => group.batch.remove(key),
                 }
             }
             let written = self.tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
@@ -751,11 +751,11 @@ impl Writer {
     }
 
     /// Whether a chunk of a set whose name starts with `prefix` was written
-    /// after `revision`, in the group (a removed chunk was) or the tree.
+    /// after `revision`, in the group or the tree.
     fn chunk_written_after(&self, prefix: &[u8], revision: u64, group: &Group) -> StoreResult<bool> {
         let from = chunks::chunk_key(prefix, b"");
         let mut in_group = group.chunks.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from));
-        if in_group.any(|(_, chunk)| chunk.as_ref().is_none_or(|c| c.revision > revision)) {
+        if in_group.any(|(_, chunk)| chunk.revision > revision) {
             return Ok(true);
         }
         for item in self.tree.scan_prefix(&from) {
