@@ -1,8 +1,9 @@
 //! Secondary indexes, written in the same transaction as the record, and the
 //! planner that answers a filter from the most selective one.
 //!
-//! Key: `i/{collection}/{field path}\0{value}\0{id}`, one per distinct value
-//! of the path in the record (through repeated fields). Strings are stored as
+//! Entry: the id, a member of the store set `i/{collection}/{field path}\0{value}\0`,
+//! one per distinct value of the path in the record (through repeated fields),
+//! read in the order of `set || id` as if each were a key. Strings are stored as
 //! they are, enums as 4 big-endian bytes, dates as the 8-byte order-preserving
 //! day number of their first day, so date ranges are key ranges. Soft-deleted
 //! records keep their entries: List with `show_deleted` uses them too.
@@ -60,29 +61,29 @@ fn values_at(message: &DynamicMessage, path: &[&str], out: &mut Vec<Value>) {
     }
 }
 
-/// The index keys of a record of `kind` with id `id`.
-pub fn entries(kind: &Kind, id: &str, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
-    let mut keys = BTreeSet::new();
+/// The index sets a record of `kind` is in (its id is the member).
+pub fn entries(kind: &Kind, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
+    let mut sets = BTreeSet::new();
     for path in kind.indexes {
         let mut values = Vec::new();
         values_at(record, &path.split('.').collect::<Vec<_>>(), &mut values);
         for value in values {
             if let Some(encoded) = encode_value(&value) {
-                let mut key = prefix(kind, path);
-                key.extend_from_slice(&encoded);
-                key.push(0);
-                key.extend_from_slice(id.as_bytes());
-                keys.insert(key);
+                let mut set = prefix(kind, path);
+                set.extend_from_slice(&encoded);
+                set.push(0);
+                sets.insert(set);
             }
         }
     }
-    keys
+    sets
 }
 
-/// Store writes that move a record's index entries from `before` to `after`.
-pub fn diff(before: &BTreeSet<Vec<u8>>, after: &BTreeSet<Vec<u8>>) -> Vec<StoreOp> {
-    let removed = before.difference(after).map(|k| StoreOp::Delete { key: k.clone() });
-    let added = after.difference(before).map(|k| StoreOp::Put { key: k.clone(), value: Vec::new() });
+/// Store writes that move the record `id` from the sets `before` to `after`.
+pub fn diff(id: &str, before: &BTreeSet<Vec<u8>>, after: &BTreeSet<Vec<u8>>) -> Vec<StoreOp> {
+    let member = || id.as_bytes().to_vec();
+    let removed = before.difference(after).map(|set| StoreOp::Remove { set: set.clone(), member: member() });
+    let added = after.difference(before).map(|set| StoreOp::Add { set: set.clone(), member: member() });
     removed.chain(added).collect()
 }
 
@@ -163,7 +164,7 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
 /// order, until it returns false. Returns whether every key was visited.
 fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(&str) -> bool) -> StoreResult<bool> {
     let mut past_end = false;
-    let complete = crate::store::for_each_entry(store, &lookup.prefix, start, |key, _| {
+    let complete = crate::store::for_each_member(store, &lookup.prefix, start, |key| {
         let rest = &key[lookup.prefix.len()..];
         if let (Some(end), Some(len)) = (lookup.end, lookup.value_len)
             && rest.len() >= len

@@ -4,10 +4,13 @@
 //!
 //! Keys in the store:
 //! - `r/{name}`: the record (protobuf, without etag and derived fields);
-//! - `x/{target}\0{source}`: `source` (live) refers to `target`;
 //! - `q/{request_id}`: a request that succeeded, for retries;
-//! - `i/{collection}/{path}\0{value}\0{id}`: secondary indexes (see `index`);
 //! - `meta/registry-schema`: the version of this layout.
+//!
+//! and sets (store members, packed by the engine):
+//! - `x/{target}\0` holds `source` while `source` (live) refers to `target`;
+//! - `i/{collection}/{path}\0{value}\0` holds the ids of the records with that
+//!   value: secondary indexes (see `index`).
 //!
 //! Every write is a store transaction conditioned on the revisions of what it
 //! read (the record, the records it refers to, the referrers of what it
@@ -56,8 +59,9 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// The actor recorded for changes that upgrade a data dir.
 pub const MIGRATION_ACTOR: &str = "system:migration";
 /// Version of the registry's key layout above the store: 2 added the
-/// secondary indexes. An older data dir is upgraded on open.
-const REGISTRY_SCHEMA: u32 = 2;
+/// secondary indexes, 3 made index and reference entries set members instead
+/// of keys. An older data dir is upgraded on open.
+const REGISTRY_SCHEMA: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
 /// Fresh reads and retries of one write before giving up with ABORTED.
 const MAX_ATTEMPTS: usize = 16;
@@ -170,12 +174,9 @@ fn record_key(name: &str) -> Vec<u8> {
     format!("r/{name}").into_bytes()
 }
 
-fn referrers_prefix(target: &str) -> Vec<u8> {
+/// The set of the records that refer to `target`.
+fn referrers_set(target: &str) -> Vec<u8> {
     format!("x/{target}\0").into_bytes()
-}
-
-fn reference_key(target: &str, source: &str) -> Vec<u8> {
-    format!("x/{target}\0{source}").into_bytes()
 }
 
 fn request_key(request_id: &str) -> Vec<u8> {
@@ -232,31 +233,46 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Writes the secondary index entries of every record (for data dirs from
-    /// before an index existed), then the schema version.
+    /// Writes the index and reference sets of every record (for data dirs
+    /// from before the indexes, or from when their entries were keys: those
+    /// are removed first), then the schema version.
     async fn rebuild_indexes(&self) -> Result<()> {
+        let migration = || {
+            let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
+            Txn { change: change.encode_to_vec(), ..Default::default() }
+        };
+        let mut removed = 0;
+        for old in [&b"i/"[..], b"x/"] {
+            loop {
+                let batch = self.store.scan(old, &[], 10_000)?;
+                if batch.is_empty() {
+                    break;
+                }
+                removed += batch.len();
+                let mut txn = migration();
+                txn.ops = batch.into_iter().map(|(key, _)| Op::Delete { key }).collect();
+                self.store.commit(txn).await?;
+            }
+        }
         let mut written = 0;
         for kind in resource::KINDS {
             let prefix = record_key(&format!("{}/", kind.collection));
             let descriptor =
                 DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
+            let deleted = descriptor.get_field_by_name("delete_time").ok_or_else(|| Error::internal("delete_time"))?;
             let mut start = Vec::new();
             loop {
                 let batch = self.store.scan(&prefix, &start, 500)?;
-                let mut txn = Txn {
-                    change: StoredChange {
-                        actor: MIGRATION_ACTOR.into(),
-                        commit_time: Some(now()),
-                        events: Vec::new(),
-                    }
-                    .encode_to_vec(),
-                    ..Default::default()
-                };
+                let mut txn = migration();
                 for (key, entry) in &batch {
                     let record =
                         DynamicMessage::decode(descriptor.clone(), entry.value.as_slice()).map_err(Error::internal)?;
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                    txn.ops.extend(index::diff(&BTreeSet::new(), &index::entries(kind, &id, &record)));
+                    txn.ops.extend(index::diff(&id, &BTreeSet::new(), &index::entries(kind, &record)));
+                    if !record.has_field(&deleted) {
+                        let references = validate::check_message(&record, kind.singular, &mut Violations::new());
+                        txn.ops.extend(reference_ops(&kind.name_of(&id), &BTreeSet::new(), &targets(&references)));
+                    }
                 }
                 written += batch.len();
                 if !txn.ops.is_empty() {
@@ -268,10 +284,15 @@ impl Registry {
                 }
             }
         }
-        let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
-        let ops = vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }];
-        self.store.commit(Txn { conditions: Vec::new(), ops, change: change.encode_to_vec() }).await?;
-        tracing::info!(records = written, schema = REGISTRY_SCHEMA, "rebuilt the secondary indexes");
+        let mut txn = migration();
+        txn.ops = vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }];
+        self.store.commit(txn).await?;
+        tracing::info!(
+            records = written,
+            old_entries_removed = removed,
+            schema = REGISTRY_SCHEMA,
+            "rebuilt the index and reference sets"
+        );
         Ok(())
     }
 
@@ -322,8 +343,8 @@ impl Registry {
             party.create_time = Some(time);
             party.update_time = Some(time);
             let bytes = party.encode_to_vec();
-            let entries = index::entries(&resource::PARTY, &id, &party.transcode_to_dynamic());
-            txn.ops.extend(index::diff(&BTreeSet::new(), &entries));
+            let entries = index::entries(&resource::PARTY, &party.transcode_to_dynamic());
+            txn.ops.extend(index::diff(&id, &BTreeSet::new(), &entries));
             txn.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
             txn.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
             change.events.push(StoredEvent {
@@ -716,11 +737,11 @@ impl Registry {
             // Read the revision before the referrers: any referrer added after it
             // fails the condition below.
             let seen = self.store.revision();
-            let prefix = referrers_prefix(name);
-            let referrers = self.store.scan(&prefix, &[], 11)?;
+            let prefix = referrers_set(name);
+            let referrers = self.store.members(&prefix, &[], 11)?;
             if !referrers.is_empty() {
                 let names: Vec<String> =
-                    referrers.iter().map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect();
+                    referrers.iter().map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect();
                 let shown = names.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
                 let more = if names.len() > 10 { " and more" } else { "" };
                 return Err(Error::FailedPrecondition {
@@ -828,8 +849,8 @@ impl Registry {
             let Planned { mut record, previous, previous_revision, kind, mut ops, mut conditions } = plan()?;
             let name = record.name().to_string();
             let id = R::KIND.parse_name(&name).map_err(Error::internal)?;
-            let before = previous.map(|p| index::entries(R::KIND, id, &p.transcode_to_dynamic())).unwrap_or_default();
-            ops.extend(index::diff(&before, &index::entries(R::KIND, id, &record.transcode_to_dynamic())));
+            let before = previous.map(|p| index::entries(R::KIND, &p.transcode_to_dynamic())).unwrap_or_default();
+            ops.extend(index::diff(id, &before, &index::entries(R::KIND, &record.transcode_to_dynamic())));
             let bytes = record.encode_to_vec();
             ops.push(Op::Put { key: record_key(&name), value: bytes.clone() });
             if !mutation.request_id.is_empty() {
@@ -1000,16 +1021,70 @@ fn deleted_error(name: &str, action: &str) -> Error {
     }
 }
 
-/// Index writes that move `source`'s references from `before` to `after`.
+/// Store writes that move `source`'s references from the targets `before` to `after`.
 fn reference_ops(source: &str, before: &BTreeSet<String>, after: &BTreeSet<String>) -> Vec<Op> {
-    let removed = before.difference(after).map(|t| Op::Delete { key: reference_key(t, source) });
-    let added = after.difference(before).map(|t| Op::Put { key: reference_key(t, source), value: Vec::new() });
+    let member = || source.as_bytes().to_vec();
+    let removed = before.difference(after).map(|t| Op::Remove { set: referrers_set(t), member: member() });
+    let added = after.difference(before).map(|t| Op::Add { set: referrers_set(t), member: member() });
     removed.chain(added).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pb::cooperation::v1::{Agreement, Party};
+    use crate::store::memory::MemoryStore;
+
+    /// A data dir of schema 2, whose index and reference entries were keys,
+    /// is upgraded when opened: the old keys go, and the sets answer Lists
+    /// and keep a referenced party from being deleted.
+    #[tokio::test]
+    async fn a_schema_2_data_dir_is_upgraded_to_sets() {
+        let store = Arc::new(MemoryStore::new());
+        Registry::open(store.clone()).await.unwrap();
+        let agreement = Agreement {
+            name: "agreements/a1".into(),
+            title: "Reciprocal provision of supplies and services".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            instrument_type: 1,
+            create_time: Some(now()),
+            update_time: Some(now()),
+            ..Default::default()
+        };
+        let key_of = |set: &[u8], member: &str| Op::Put { key: [set, member.as_bytes()].concat(), value: Vec::new() };
+        let mut ops = vec![Op::Put { key: record_key(&agreement.name), value: agreement.encode_to_vec() }];
+        ops.extend(
+            index::entries(&resource::AGREEMENT, &agreement.transcode_to_dynamic()).iter().map(|set| key_of(set, "a1")),
+        );
+        ops.push(key_of(&referrers_set("parties/ind"), "agreements/a1"));
+        ops.push(key_of(&referrers_set("parties/jpn"), "agreements/a1"));
+        ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: 2u32.to_be_bytes().to_vec() });
+        store.commit(Txn { ops, ..Default::default() }).await.unwrap();
+        assert!(!store.scan(b"i/", b"", 10).unwrap().is_empty());
+
+        let registry = Registry::open(store.clone()).await.unwrap();
+        assert!(store.scan(b"i/", b"", 10).unwrap().is_empty(), "old index keys removed");
+        assert!(store.scan(b"x/", b"", 10).unwrap().is_empty(), "old reference keys removed");
+        assert_eq!(store.get(SCHEMA_KEY).unwrap().unwrap().value, REGISTRY_SCHEMA.to_be_bytes());
+        assert_eq!(store.members(b"x/parties/jpn\0", b"", 10).unwrap(), [b"x/parties/jpn\0agreements/a1".to_vec()]);
+        let query = ListQuery { filter: "parties:\"parties/ind\"".into(), ..Default::default() };
+        let page = registry.list::<Agreement>(&query).await.unwrap();
+        assert_eq!(page.items.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["agreements/a1"]);
+        let query = ListQuery { filter: "kind = STATE".into(), page_size: 1000, ..Default::default() };
+        assert!(registry.list::<Party>(&query).await.unwrap().items.len() > 200, "the seeded parties' sets too");
+        let mutation = Mutation {
+            actor: ANONYMOUS.into(),
+            request_id: String::new(),
+            method: "DeleteParty",
+            fingerprint: 0,
+            deadline: None,
+        };
+        let refused = registry.delete::<Party>("parties/ind", "", &mutation).await.unwrap_err();
+        assert!(
+            matches!(refused, Error::FailedPrecondition { ref reason, .. } if reason == "RESOURCE_REFERENCED"),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn has_field_finds_a_top_level_field_and_nothing_in_garbage() {
