@@ -355,3 +355,21 @@ async fn for_each_entry_visits_every_key_across_growing_chunks_and_stops_when_as
     let failed = super::for_each_entry(&store, b"k/", b"", |_, _| Err::<bool, _>(StoreError::Closed));
     assert_eq!(failed, Err(StoreError::Closed));
 }
+
+/// A set member longer than sled's chunks hold fails its own transaction,
+/// writes none of it, and does not stop the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_refuses_an_oversized_member_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    let oversized = Op::Add { set: b"x/\0".to_vec(), member: vec![b'm'; 70_000] };
+    let refused = store.commit(txn(vec![put("a", "1"), oversized], vec![])).await;
+    assert!(matches!(refused, Err(StoreError::Storage(ref m)) if m.contains("65535")), "{refused:?}");
+    assert_eq!(store.get(b"a").unwrap(), None);
+    assert_eq!(store.revision(), 0);
+    assert_eq!(
+        commit(&store, txn(vec![put("a", "2"), add("x/\0", "m")], vec![])).await,
+        Outcome::Committed { revision: 1 }
+    );
+    store.close().unwrap();
+}

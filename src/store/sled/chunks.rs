@@ -10,7 +10,8 @@
 //! are time-ordered) fill a chunk and start the next one; others split a full
 //! chunk in two.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound::{self, Excluded, Included, Unbounded};
 
 use super::storage;
 use crate::store::{StoreError, StoreResult};
@@ -69,94 +70,186 @@ impl Chunk {
     }
 }
 
-/// Refuses a member too long for a chunk's u16 length.
-pub(super) fn check_member(member: &[u8]) -> StoreResult<()> {
-    if member.len() > usize::from(u16::MAX) {
-        return Err(StoreError::Storage(format!("a set member of {} bytes is longer than 65535", member.len())));
+/// Refuses a set member too long for a chunk's u16 length, before any of
+/// its transaction is staged.
+pub(super) fn check_op(op: &crate::store::Op) -> StoreResult<()> {
+    match op {
+        crate::store::Op::Add { member, .. } | crate::store::Op::Remove { member, .. }
+            if member.len() > usize::from(u16::MAX) =>
+        {
+            Err(StoreError::Storage(format!("a set member of {} bytes is longer than 65535", member.len())))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// The chunk of `set` with the greatest key at or before `at` (when
-/// `before`) or after it (otherwise), as the tree and the group's pending
-/// writes together hold it.
-fn neighbour(
+/// The key of the last chunk of each set, as far as the writer knows: it is
+/// the only one writing chunks while the store is open and keeps this true
+/// as it stages, so adding to the end of a set (ids are time-ordered) costs
+/// a point read rather than a search of the tree. Sets it does not know are
+/// looked up; it forgets everything when it knows too many.
+#[derive(Default)]
+pub(super) struct Tails(HashMap<Vec<u8>, Option<Vec<u8>>>);
+
+/// Most sets whose last chunk [`Tails`] remembers (a few MB).
+const MAX_TAILS: usize = 65_536;
+
+impl Tails {
+    /// The key of the last chunk of `set`, `None` when it has none.
+    fn last(&mut self, tree: &sled::Tree, pending: &Pending, set: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+        if let Some(known) = self.0.get(set) {
+            return Ok(known.clone());
+        }
+        let first = chunk_key(set, b"");
+        let end = match successor(&first) {
+            Some(end) => Excluded(end),
+            None => Unbounded,
+        };
+        let last = last_in(tree, pending, (Included(first), end))?;
+        self.remember(set, last.clone());
+        Ok(last)
+    }
+
+    fn remember(&mut self, set: &[u8], last: Option<Vec<u8>>) {
+        if self.0.len() >= MAX_TAILS && !self.0.contains_key(set) {
+            self.0.clear();
+        }
+        self.0.insert(set.to_vec(), last);
+    }
+}
+
+/// The least key greater than every key that starts with `prefix`, if any.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn is_live(chunk: &Chunk) -> bool {
+    !chunk.members.is_empty()
+}
+
+/// The greatest key of a live chunk in `range`, as the tree and the group's
+/// pending writes together hold them.
+fn last_in(
     tree: &sled::Tree,
     pending: &Pending,
-    set: &[u8],
-    at: &[u8],
-    before: bool,
-) -> StoreResult<Option<(Vec<u8>, Chunk)>> {
-    let first = chunk_key(set, b"");
-    let live = |(key, chunk): (&Vec<u8>, &Chunk)| (!chunk.members.is_empty()).then(|| (key.clone(), chunk.clone()));
-    let from_pending = if before {
-        pending.range(first.clone()..=at.to_vec()).rev().find_map(live)
-    } else {
-        use std::ops::Bound::{Excluded, Unbounded};
-        pending
-            .range::<Vec<u8>, _>((Excluded(at.to_vec()), Unbounded))
-            .take_while(|(key, _)| key.starts_with(&first))
-            .find_map(live)
-    };
-    let from_tree = {
-        let mut found = None;
-        let mut visit = |item: sled::Result<(sled::IVec, sled::IVec)>| -> StoreResult<bool> {
-            let (key, raw) = item.map_err(storage)?;
-            if !key.starts_with(&first) {
-                return Ok(true);
-            }
-            if pending.contains_key(key.as_ref()) {
-                return Ok(false);
-            }
-            found = Some((key.to_vec(), Chunk::decode(&raw)?));
-            Ok(true)
-        };
-        if before {
-            for item in tree.range(first.as_slice()..=at).rev() {
-                if visit(item)? {
-                    break;
-                }
-            }
-        } else {
-            use std::ops::Bound::{Excluded, Unbounded};
-            for item in tree.range::<&[u8], _>((Excluded(at), Unbounded)) {
-                if visit(item)? {
-                    break;
-                }
-            }
+    range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+) -> StoreResult<Option<Vec<u8>>> {
+    let in_pending = pending.range(range.clone()).rev().find(|(_, c)| is_live(c)).map(|(k, _)| k.clone());
+    let mut in_tree = None;
+    for item in tree.range(range).rev() {
+        let (key, _) = item.map_err(storage)?;
+        if !pending.contains_key(key.as_ref()) {
+            in_tree = Some(key.to_vec());
+            break;
         }
-        found
-    };
-    Ok(match (from_pending, from_tree) {
-        (Some(p), Some(t)) => Some(if (p.0 > t.0) == before { p } else { t }),
+    }
+    Ok(in_pending.max(in_tree))
+}
+
+/// The least key of a live chunk of `set` after `at`.
+fn first_after(tree: &sled::Tree, pending: &Pending, set: &[u8], at: &[u8]) -> StoreResult<Option<Vec<u8>>> {
+    let first = chunk_key(set, b"");
+    let range = (Excluded(at.to_vec()), Unbounded);
+    let in_pending = pending
+        .range::<Vec<u8>, _>(range.clone())
+        .take_while(|(k, _)| k.starts_with(&first))
+        .find(|(_, c)| is_live(c))
+        .map(|(k, _)| k.clone());
+    let mut in_tree = None;
+    for item in tree.range(range) {
+        let (key, _) = item.map_err(storage)?;
+        if !key.starts_with(&first) {
+            break;
+        }
+        if !pending.contains_key(key.as_ref()) {
+            in_tree = Some(key.to_vec());
+            break;
+        }
+    }
+    Ok(match (in_pending, in_tree) {
+        (Some(p), Some(t)) => Some(p.min(t)),
         (p, t) => p.or(t),
     })
+}
+
+/// The key of the chunk of `set` where `at` (a chunk key) is or belongs:
+/// the live one with the greatest key at or before it.
+fn chunk_for(
+    tree: &sled::Tree,
+    pending: &Pending,
+    tails: &mut Tails,
+    set: &[u8],
+    at: &[u8],
+) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+    let tail = tails.last(tree, pending, set)?;
+    let found = match &tail {
+        Some(last) if at >= last.as_slice() => Some(last.clone()),
+        Some(_) => last_in(tree, pending, (Included(chunk_key(set, b"")), Included(at.to_vec())))?,
+        None => None,
+    };
+    Ok((found, tail))
+}
+
+/// Takes the live chunk under `key` out of the group's pending writes, or
+/// reads it from the tree; says which.
+fn take(tree: &sled::Tree, pending: &mut Pending, key: &[u8]) -> StoreResult<(Chunk, bool)> {
+    if let Some(chunk) = pending.remove(key) {
+        return Ok((chunk, true));
+    }
+    let raw = tree.get(key).map_err(storage)?.ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?;
+    Ok((Chunk::decode(&raw)?, false))
 }
 
 /// Adds `member` to `set` in the group's pending chunk writes.
 pub(super) fn add(
     tree: &sled::Tree,
     pending: &mut Pending,
+    tails: &mut Tails,
     set: &[u8],
     member: &[u8],
     revision: u64,
 ) -> StoreResult<()> {
-    check_member(member)?;
     let at = chunk_key(set, member);
-    let Some((key, mut chunk)) = neighbour(tree, pending, set, &at, true)? else {
+    let (found, tail) = chunk_for(tree, pending, tails, set, &at)?;
+    let Some(key) = found else {
         // Below every chunk of the set: the first chunk takes it if it has
         // room (under a lower key), else it starts a chunk of its own.
-        let members = match neighbour(tree, pending, set, &at, false)? {
-            Some((next, chunk)) if chunk.members.len() < MAX_MEMBERS => {
-                pending.insert(next, Chunk { revision, set_len: set.len(), members: Vec::new() });
-                [vec![member.to_vec()], chunk.members].concat()
+        let mut members = vec![member.to_vec()];
+        if let Some(next) = first_after(tree, pending, set, &at)? {
+            let (chunk, from_pending) = take(tree, pending, &next)?;
+            if chunk.members.len() < MAX_MEMBERS {
+                members.extend(chunk.members);
+                pending.insert(next.clone(), Chunk { revision, set_len: set.len(), members: Vec::new() });
+                if tail.as_ref() == Some(&next) {
+                    tails.remember(set, Some(at.clone()));
+                }
+            } else if from_pending {
+                pending.insert(next, chunk);
             }
-            _ => vec![member.to_vec()],
-        };
+        }
+        if tail.is_none() {
+            tails.remember(set, Some(at.clone()));
+        }
         pending.insert(at, Chunk { revision, set_len: set.len(), members });
         return Ok(());
     };
-    let Err(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else { return Ok(()) };
+    let (mut chunk, from_pending) = take(tree, pending, &key)?;
+    let place = match chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) {
+        Err(place) => place,
+        Ok(_) => {
+            if from_pending {
+                pending.insert(key, chunk);
+            }
+            return Ok(());
+        }
+    };
     chunk.members.insert(place, member.to_vec());
     chunk.revision = revision;
     if chunk.members.len() > MAX_MEMBERS {
@@ -165,6 +258,9 @@ pub(super) fn add(
         let split = if place == chunk.members.len() - 1 { place } else { chunk.members.len() / 2 };
         let upper = chunk.members.split_off(split);
         let upper_key = chunk_key(set, &upper[0]);
+        if tail.as_ref() == Some(&key) {
+            tails.remember(set, Some(upper_key.clone()));
+        }
         pending.insert(upper_key, Chunk { revision, set_len: set.len(), members: upper });
     }
     pending.insert(key, chunk);
@@ -175,15 +271,26 @@ pub(super) fn add(
 pub(super) fn remove(
     tree: &sled::Tree,
     pending: &mut Pending,
+    tails: &mut Tails,
     set: &[u8],
     member: &[u8],
     revision: u64,
 ) -> StoreResult<()> {
     let at = chunk_key(set, member);
-    let Some((key, mut chunk)) = neighbour(tree, pending, set, &at, true)? else { return Ok(()) };
-    let Ok(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else { return Ok(()) };
+    let (Some(key), tail) = chunk_for(tree, pending, tails, set, &at)? else { return Ok(()) };
+    let (mut chunk, from_pending) = take(tree, pending, &key)?;
+    let Ok(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else {
+        if from_pending {
+            pending.insert(key, chunk);
+        }
+        return Ok(());
+    };
     chunk.members.remove(place);
     chunk.revision = revision;
+    if chunk.members.is_empty() && tail.as_ref() == Some(&key) {
+        // The set's last chunk goes: the one before it is looked up when needed.
+        tails.0.remove(set);
+    }
     pending.insert(key, chunk);
     Ok(())
 }
@@ -271,7 +378,8 @@ mod tests {
         let mut cut = chunk.encode();
         cut.pop();
         assert!(Chunk::decode(&cut).is_err());
-        assert!(check_member(&vec![1; 70_000]).is_err());
+        let long = crate::store::Op::Add { set: b"s\0".to_vec(), member: vec![1; 70_000] };
+        assert!(check_op(&long).is_err());
     }
 
     /// Adds and removes in several orders and groups agree with a plain
@@ -283,6 +391,7 @@ mod tests {
         let mut model = std::collections::BTreeSet::new();
         let sets: [&[u8]; 3] = [b"i/a\0x\0", b"i/a\0y\0", b"i/b\0\0\0\0\0"];
         let mut revision = 0;
+        let mut tails = Tails::default();
         // Ascending, descending and scattered ids, applied in groups of 10.
         let ids: Vec<u32> = (0..200).chain((300..400).rev()).chain((0..200).map(|i| (i * 7919) % 500)).collect();
         for group in ids.chunks(10) {
@@ -292,10 +401,10 @@ mod tests {
                 let set = sets[*id as usize % 3];
                 let member = format!("{id:05}").into_bytes();
                 if id % 11 == 0 && model.contains(&[set, &member].concat()) {
-                    remove(&tree, &mut pending, set, &member, revision).unwrap();
+                    remove(&tree, &mut pending, &mut tails, set, &member, revision).unwrap();
                     model.remove(&[set, &member].concat());
                 } else {
-                    add(&tree, &mut pending, set, &member, revision).unwrap();
+                    add(&tree, &mut pending, &mut tails, set, &member, revision).unwrap();
                     model.insert([set, &member].concat());
                 }
             }

@@ -160,6 +160,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             marked: (recorded, Instant::now()),
             failure: failure.clone(),
+            tails: chunks::Tails::default(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -555,6 +556,8 @@ struct Writer {
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
     failure: Failure,
+    /// The last chunk of each set the writer has touched.
+    tails: chunks::Tails,
 }
 
 impl Writer {
@@ -632,6 +635,8 @@ impl Writer {
                 Some(reason) => {
                     Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
                 }
+                // A transaction the engine cannot hold is refused alone.
+                None if let Err(e) = p.txn.ops.iter().try_for_each(chunks::check_op) => Err(e),
                 None => {
                     // sled's reads fail too once its log could not be written
                     // (its own background flush may be the first to find out).
@@ -684,7 +689,7 @@ impl Writer {
 
     /// Checks a transaction's conditions against the tree and the group so far,
     /// and adds its writes and change-log entry to the group's batch.
-    fn stage(&self, txn: &Txn, group: &mut Group) -> StoreResult<Outcome> {
+    fn stage(&mut self, txn: &Txn, group: &mut Group) -> StoreResult<Outcome> {
         for condition in &txn.conditions {
             if !self.holds(condition, group)? {
                 return Ok(Outcome::ConditionFailed);
@@ -705,8 +710,12 @@ impl Writer {
                     group.batch.remove(user_key(key));
                     group.written.insert(key.clone(), None);
                 }
-                Op::Add { set, member } => chunks::add(&self.tree, &mut group.chunks, set, member, revision)?,
-                Op::Remove { set, member } => chunks::remove(&self.tree, &mut group.chunks, set, member, revision)?,
+                Op::Add { set, member } => {
+                    chunks::add(&self.tree, &mut group.chunks, &mut self.tails, set, member, revision)?
+                }
+                Op::Remove { set, member } => {
+                    chunks::remove(&self.tree, &mut group.chunks, &mut self.tails, set, member, revision)?
+                }
             }
         }
         group.batch.insert(&change_key(revision)[..], txn.change.as_slice());
