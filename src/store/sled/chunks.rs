@@ -179,22 +179,23 @@ fn first_after(tree: &sled::Tree, pending: &Pending, set: &[u8], at: &[u8]) -> S
     })
 }
 
-/// The key of the chunk of `set` where `at` (a chunk key) is or belongs:
-/// the live one with the greatest key at or before it.
-fn chunk_for(
-    tree: &sled::Tree,
-    pending: &Pending,
-    tails: &mut Tails,
-    set: &[u8],
-    at: &[u8],
-) -> StoreResult<(Option<Vec<u8>>, Option<Vec<u8>>)> {
+/// Where a member of a set is or belongs.
+struct Place {
+    /// The live chunk with the greatest key at or before the member's.
+    chunk: Option<Vec<u8>>,
+    /// The set's last chunk.
+    tail: Option<Vec<u8>>,
+}
+
+/// Where `at` (a chunk key of `set`) is or belongs.
+fn chunk_for(tree: &sled::Tree, pending: &Pending, tails: &mut Tails, set: &[u8], at: &[u8]) -> StoreResult<Place> {
     let tail = tails.last(tree, pending, set)?;
-    let found = match &tail {
+    let chunk = match &tail {
         Some(last) if at >= last.as_slice() => Some(last.clone()),
         Some(_) => last_in(tree, pending, (Included(chunk_key(set, b"")), Included(at.to_vec())))?,
         None => None,
     };
-    Ok((found, tail))
+    Ok(Place { chunk, tail })
 }
 
 /// Takes the live chunk under `key` out of the group's pending writes, or
@@ -217,7 +218,7 @@ pub(super) fn add(
     revision: u64,
 ) -> StoreResult<()> {
     let at = chunk_key(set, member);
-    let (found, tail) = chunk_for(tree, pending, tails, set, &at)?;
+    let Place { chunk: found, tail } = chunk_for(tree, pending, tails, set, &at)?;
     let Some(key) = found else {
         // Below every chunk of the set: the first chunk takes it if it has
         // room (under a lower key), else it starts a chunk of its own.
@@ -277,7 +278,7 @@ pub(super) fn remove(
     revision: u64,
 ) -> StoreResult<()> {
     let at = chunk_key(set, member);
-    let (Some(key), tail) = chunk_for(tree, pending, tails, set, &at)? else { return Ok(()) };
+    let Place { chunk: Some(key), tail } = chunk_for(tree, pending, tails, set, &at)? else { return Ok(()) };
     let (mut chunk, from_pending) = take(tree, pending, &key)?;
     let Ok(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else {
         if from_pending {
