@@ -150,13 +150,18 @@ const RECORD_LOCKS: usize = 1024;
 /// A change planned from one read of the store.
 struct Planned<R> {
     record: R,
-    /// The record as stored before, for the index entries to replace.
-    previous: Option<R>,
-    /// The revision of `previous` (0 for a creation).
+    /// The revision of the record as stored before (0 for a creation).
     previous_revision: u64,
     kind: ChangeKind,
     ops: Vec<Op>,
     conditions: Vec<Condition>,
+}
+
+/// What [`Registry::validate`] finds in a record besides its violations.
+struct Checked {
+    references: Vec<Reference>,
+    /// The index sets the record belongs in (see `index::entries`).
+    index: BTreeSet<Vec<u8>>,
 }
 
 /// How many records a scan visits between looks at the caller's deadline.
@@ -660,7 +665,7 @@ impl Registry {
         let mut record = without_output_only(&resource)?;
         record.set_name(name.clone());
         record.normalize();
-        let references = self.validate(&record, &mut violations);
+        let Checked { references, index } = self.validate(&record, &mut violations);
 
         self.mutate(&name, mutation, || {
             let mut violations = violations.clone();
@@ -674,8 +679,9 @@ impl Registry {
             let time = now();
             record.set_create_time(Some(time));
             record.set_update_time(Some(time));
-            let ops = reference_ops(&name, &BTreeSet::new(), &targets(&references));
-            Ok(Planned { record, previous: None, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
+            let mut ops = reference_ops(&name, &BTreeSet::new(), &targets(&references));
+            ops.extend(index::diff(&id, &BTreeSet::new(), &index));
+            Ok(Planned { record, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
         })
         .await
     }
@@ -704,22 +710,17 @@ impl Registry {
             record.set_name(name.clone());
             record.normalize();
             let mut violations = Violations::new();
-            let references = self.validate(&record, &mut violations);
+            let checked = self.validate(&record, &mut violations);
             let mut conditions = vec![Condition::ModRevision { key: record_key(&name), equals: revision }];
-            self.check_targets(&references, &mut violations, &mut conditions)?;
+            self.check_targets(&checked.references, &mut violations, &mut conditions)?;
             violations.into_result()?;
             record.set_create_time(stored.create_time().cloned());
             record.set_update_time(Some(now()));
-            let before = targets(&self.validate(&stored, &mut Violations::new()));
-            let ops = reference_ops(&name, &before, &targets(&references));
-            Ok(Planned {
-                record,
-                previous: Some(stored),
-                previous_revision: revision,
-                kind: ChangeKind::Updated,
-                ops,
-                conditions,
-            })
+            let before = self.validate(&stored, &mut Violations::new());
+            let mut ops = reference_ops(&name, &targets(&before.references), &targets(&checked.references));
+            let id = kind.parse_name(&name).map_err(Error::internal)?;
+            ops.extend(index::diff(id, &before.index, &checked.index));
+            Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
         })
         .await
     }
@@ -762,13 +763,12 @@ impl Registry {
                 Condition::ModRevision { key: record_key(name), equals: revision },
                 Condition::NoneWrittenAfter { prefix, revision: seen },
             ];
-            let outgoing = targets(&self.validate(&record, &mut Violations::new()));
+            let outgoing = targets(&self.validate(&record, &mut Violations::new()).references);
             let ops = reference_ops(name, &outgoing, &BTreeSet::new());
-            let previous = Some(record.clone());
             let time = now();
             record.set_delete_time(Some(time));
             record.set_update_time(Some(time));
-            Ok(Planned { record, previous, previous_revision: revision, kind: ChangeKind::Deleted, ops, conditions })
+            Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Deleted, ops, conditions })
         })
         .await
     }
@@ -787,7 +787,7 @@ impl Registry {
             if !etag.is_empty() && etag != etag_of(revision) {
                 return Err(Error::EtagMismatch { name: name.into() });
             }
-            let references = self.validate(&record, &mut Violations::new());
+            let references = self.validate(&record, &mut Violations::new()).references;
             let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
             let mut missing = Violations::new();
             self.check_targets(&references, &mut missing, &mut conditions)?;
@@ -807,10 +807,9 @@ impl Registry {
                 });
             }
             let ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
-            let previous = Some(record.clone());
             record.set_delete_time(None);
             record.set_update_time(Some(now()));
-            Ok(Planned { record, previous, previous_revision: revision, kind: ChangeKind::Undeleted, ops, conditions })
+            Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Undeleted, ops, conditions })
         })
         .await
     }
@@ -846,11 +845,8 @@ impl Registry {
             if let Some(answer) = self.previous_answer::<R>(mutation).await? {
                 return Ok(answer);
             }
-            let Planned { mut record, previous, previous_revision, kind, mut ops, mut conditions } = plan()?;
+            let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = plan()?;
             let name = record.name().to_string();
-            let id = R::KIND.parse_name(&name).map_err(Error::internal)?;
-            let before = previous.map(|p| index::entries(R::KIND, &p.transcode_to_dynamic())).unwrap_or_default();
-            ops.extend(index::diff(id, &before, &index::entries(R::KIND, &record.transcode_to_dynamic())));
             let bytes = record.encode_to_vec();
             ops.push(Op::Put { key: record_key(&name), value: bytes.clone() });
             if !mutation.request_id.is_empty() {
@@ -923,14 +919,16 @@ impl Registry {
 
     /// Checks a record against its annotations and its kind's rules, adding
     /// violations with paths from the request (`agreement.title`), and returns
-    /// the names it refers to.
-    fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Vec<Reference> {
+    /// the names it refers to and the index sets it belongs in (both read
+    /// from one reflected copy of it).
+    fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Checked {
         let prefix = R::KIND.singular;
-        let references = validate::check_message(&record.transcode_to_dynamic(), prefix, violations);
+        let dynamic = record.transcode_to_dynamic();
+        let references = validate::check_message(&dynamic, prefix, violations);
         let mut own = Violations::new();
         record.check(&mut own);
         violations.extend(own.prefixed(prefix));
-        references
+        Checked { references, index: index::entries(R::KIND, &dynamic) }
     }
 
     /// Adds a violation for every reference to a missing or deleted record, and
