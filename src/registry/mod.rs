@@ -1002,9 +1002,9 @@ fn is_deleted(name: &str, bytes: &[u8]) -> Result<bool> {
 
 /// The request's resource without the fields the server sets.
 fn without_output_only<R: Resource>(resource: &R) -> Result<R> {
-    let mut dynamic = resource.transcode_to_dynamic();
-    validate::clear_output_only(&mut dynamic);
-    dynamic.transcode_to::<R>().map_err(Error::internal)
+    let stripped = validate::strip_output_only(&resource.encode_to_vec(), &resource.descriptor())
+        .ok_or_else(|| Error::internal("an encoded request does not parse"))?;
+    decode(&stripped)
 }
 
 fn into_invalid(violations: Violations) -> Error {

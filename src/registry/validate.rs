@@ -87,29 +87,41 @@ pub struct Reference {
     pub name: String,
 }
 
-/// Clears every OUTPUT_ONLY field, at any depth: the server sets those.
-pub fn clear_output_only(message: &mut DynamicMessage) {
-    let descriptor = message.descriptor();
-    for plan in plans(&descriptor) {
-        if plan.output_only {
-            message.clear_field(&plan.field);
+/// The encoded message `bytes` (of type `message`) without its OUTPUT_ONLY
+/// fields, at any depth: the server sets those. Works on the wire, copying
+/// every other field as it came, so a write does not reflect its whole
+/// request to drop them. `None` for bytes that do not parse.
+pub fn strip_output_only(mut bytes: &[u8], message: &MessageDescriptor) -> Option<Vec<u8>> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_varint, skip_field};
+    let plans = plans(message);
+    let mut out = Vec::with_capacity(bytes.len());
+    while !bytes.is_empty() {
+        let field_start = bytes;
+        let (number, wire_type) = decode_key(&mut bytes).ok()?;
+        let plan = plans.iter().find(|p| p.field.number() == number);
+        if plan.is_some_and(|p| p.output_only) {
+            skip_field(wire_type, number, &mut bytes, DecodeContext::default()).ok()?;
             continue;
         }
-        if !message.has_field(&plan.field) {
+        // A message of ours may hold OUTPUT_ONLY fields of its own.
+        if let Some(FieldKind::Message(inner)) = plan.map(|p| p.field.kind())
+            && wire_type == WireType::LengthDelimited
+            && !self::plans(&inner).is_empty()
+        {
+            let key = &field_start[..field_start.len() - bytes.len()];
+            let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
+            let payload = bytes.get(..len)?;
+            bytes = &bytes[len..];
+            let stripped = strip_output_only(payload, &inner)?;
+            out.extend_from_slice(key);
+            encode_varint(stripped.len() as u64, &mut out);
+            out.extend_from_slice(&stripped);
             continue;
         }
-        match message.get_field_mut(&plan.field) {
-            Value::Message(inner) => clear_output_only(inner),
-            Value::List(items) => {
-                for item in items {
-                    if let Value::Message(inner) = item {
-                        clear_output_only(inner);
-                    }
-                }
-            }
-            _ => {}
-        }
+        skip_field(wire_type, number, &mut bytes, DecodeContext::default()).ok()?;
+        out.extend_from_slice(&field_start[..field_start.len() - bytes.len()]);
     }
+    Some(out)
 }
 
 /// Checks a message against its annotations and the generic rules, adding a
@@ -265,17 +277,31 @@ mod tests {
     }
 
     #[test]
-    fn output_only_fields_are_cleared_at_any_depth() {
-        let a = Agreement {
+    fn output_only_fields_are_stripped_and_every_other_field_kept() {
+        use prost::Message;
+        let kept = Agreement {
             title: "t".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            signatories: vec![agreement::Signatory {
+                person: "A".into(),
+                party: "parties/ind".into(),
+                ..Default::default()
+            }],
+            signature_date: Some(Date { year: 2020, month: 9, day: 9 }),
+            provisions: vec![agreement::Provision { category: 3, reciprocal: true, ..Default::default() }],
+            labels: [("source".to_string(), "mea".to_string())].into(),
+            ..Default::default()
+        };
+        let sent = Agreement {
             status: 4,
             etag: "e".into(),
             create_time: Some(prost_types::Timestamp { seconds: 5, nanos: 0 }),
-            ..Default::default()
+            delete_time: Some(prost_types::Timestamp { seconds: 6, nanos: 0 }),
+            ..kept.clone()
         };
-        let mut dynamic = a.transcode_to_dynamic();
-        clear_output_only(&mut dynamic);
-        let cleared: Agreement = dynamic.transcode_to().unwrap();
-        assert_eq!(cleared, Agreement { title: "t".into(), ..Default::default() });
+        let stripped = strip_output_only(&sent.encode_to_vec(), &sent.descriptor()).unwrap();
+        assert_eq!(Agreement::decode(stripped.as_slice()).unwrap(), kept);
+        assert_eq!(strip_output_only(&kept.encode_to_vec(), &kept.descriptor()).unwrap(), kept.encode_to_vec());
+        assert_eq!(strip_output_only(&[0x0a, 0x05, b'a'], &kept.descriptor()), None, "a cut field");
     }
 }
