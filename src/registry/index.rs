@@ -15,7 +15,7 @@ use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 use crate::registry::dates;
 use crate::registry::filter::{self, Filter, Op, Typed};
 use crate::registry::resource::Kind;
-use crate::store::{Op as StoreOp, Store, StoreResult};
+use crate::store::{Store, StoreResult};
 
 /// Most index entries counted to judge an index's selectivity.
 const COUNT_LIMIT: usize = 100_000;
@@ -77,14 +77,6 @@ pub fn entries(kind: &Kind, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
         }
     }
     sets
-}
-
-/// Store writes that move the record `id` from the sets `before` to `after`.
-pub fn diff(id: &str, before: &BTreeSet<Vec<u8>>, after: &BTreeSet<Vec<u8>>) -> Vec<StoreOp> {
-    let member = || id.as_bytes().to_vec();
-    let removed = before.difference(after).map(|set| StoreOp::Remove { set: set.clone(), member: member() });
-    let added = after.difference(before).map(|set| StoreOp::Add { set: set.clone(), member: member() });
-    removed.chain(added).collect()
 }
 
 /// A lookup in one index: keys from `start` (inclusive) while under `prefix`

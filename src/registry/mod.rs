@@ -43,7 +43,7 @@ use prost_types::Timestamp;
 use crate::error::{Error, PreconditionViolation, Result, Violations};
 use crate::pb::DESCRIPTOR_POOL;
 use crate::pb::google::r#type::Date;
-use crate::store::{Condition, Op, Outcome, Store, Txn, key_after};
+use crate::store::{Condition, Op, Outcome, Store, Txn, key_after, move_member};
 use filter::Filter;
 use order::OrderBy;
 use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
@@ -273,7 +273,7 @@ impl Registry {
                     let record =
                         DynamicMessage::decode(descriptor.clone(), entry.value.as_slice()).map_err(Error::internal)?;
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                    txn.ops.extend(index::diff(&id, &BTreeSet::new(), &index::entries(kind, &record)));
+                    txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &index::entries(kind, &record)));
                     if !record.has_field(&deleted) {
                         let references = validate::check_message(&record, kind.singular, &mut Violations::new());
                         txn.ops.extend(reference_ops(&kind.name_of(&id), &BTreeSet::new(), &targets(&references)));
@@ -349,7 +349,7 @@ impl Registry {
             party.update_time = Some(time);
             let bytes = party.encode_to_vec();
             let entries = index::entries(&resource::PARTY, &party.transcode_to_dynamic());
-            txn.ops.extend(index::diff(&id, &BTreeSet::new(), &entries));
+            txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
             txn.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
             txn.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
             change.events.push(StoredEvent {
@@ -680,7 +680,7 @@ impl Registry {
             record.set_create_time(Some(time));
             record.set_update_time(Some(time));
             let mut ops = reference_ops(&name, &BTreeSet::new(), &targets(&references));
-            ops.extend(index::diff(&id, &BTreeSet::new(), &index));
+            ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &index));
             Ok(Planned { record, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
         })
         .await
@@ -719,7 +719,7 @@ impl Registry {
             let before = self.validate(&stored, &mut Violations::new());
             let mut ops = reference_ops(&name, &targets(&before.references), &targets(&checked.references));
             let id = kind.parse_name(&name).map_err(Error::internal)?;
-            ops.extend(index::diff(id, &before.index, &checked.index));
+            ops.extend(move_member(id.as_bytes(), &before.index, &checked.index));
             Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
         })
         .await
@@ -1021,10 +1021,8 @@ fn deleted_error(name: &str, action: &str) -> Error {
 
 /// Store writes that move `source`'s references from the targets `before` to `after`.
 fn reference_ops(source: &str, before: &BTreeSet<String>, after: &BTreeSet<String>) -> Vec<Op> {
-    let member = || source.as_bytes().to_vec();
-    let removed = before.difference(after).map(|t| Op::Remove { set: referrers_set(t), member: member() });
-    let added = after.difference(before).map(|t| Op::Add { set: referrers_set(t), member: member() });
-    removed.chain(added).collect()
+    let sets = |targets: &BTreeSet<String>| targets.iter().map(|t| referrers_set(t)).collect();
+    move_member(source.as_bytes(), &sets(before), &sets(after))
 }
 
 #[cfg(test)]

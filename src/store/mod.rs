@@ -184,6 +184,17 @@ pub trait Store: Send + Sync + 'static {
     fn failed(&self) -> BoxFuture<'static, StoreError>;
 }
 
+/// The writes that move `member` from the sets `before` to the sets `after`.
+pub fn move_member(
+    member: &[u8],
+    before: &std::collections::BTreeSet<Vec<u8>>,
+    after: &std::collections::BTreeSet<Vec<u8>>,
+) -> Vec<Op> {
+    let removed = before.difference(after).map(|set| Op::Remove { set: set.clone(), member: member.to_vec() });
+    let added = after.difference(before).map(|set| Op::Add { set: set.clone(), member: member.to_vec() });
+    removed.chain(added).collect()
+}
+
 /// The smallest key greater than every key that starts with `key` followed by
 /// anything: used to resume a scan after `key`.
 pub fn key_after(key: &[u8]) -> Vec<u8> {

@@ -100,12 +100,7 @@ impl Tails {
         if let Some(known) = self.0.get(set) {
             return Ok(known.clone());
         }
-        let first = chunk_key(set, b"");
-        let end = match successor(&first) {
-            Some(end) => Excluded(end),
-            None => Unbounded,
-        };
-        let last = last_in(tree, pending, (Included(first), end))?;
+        let last = live_key_in(tree, pending, (Included(chunk_key(set, b"")), set_end(set)), End::Last)?;
         self.remember(set, last.clone());
         Ok(last)
     }
@@ -118,63 +113,46 @@ impl Tails {
     }
 }
 
-/// The least key greater than every key that starts with `prefix`, if any.
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
+/// The bound past every chunk key of `set`: the least key greater than every
+/// key that starts with its chunk prefix, if there is one.
+fn set_end(set: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = chunk_key(set, b"");
     while let Some(last) = end.pop() {
         if last < u8::MAX {
             end.push(last + 1);
-            return Some(end);
+            return Excluded(end);
         }
     }
-    None
+    Unbounded
 }
 
 fn is_live(chunk: &Chunk) -> bool {
     !chunk.members.is_empty()
 }
 
-/// The greatest key of a live chunk in `range`, as the tree and the group's
-/// pending writes together hold them.
-fn last_in(
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    First,
+    Last,
+}
+
+/// The least or greatest key of a live chunk in `range`, as the tree and the
+/// group's pending writes together hold them.
+fn live_key_in(
     tree: &sled::Tree,
     pending: &Pending,
     range: (Bound<Vec<u8>>, Bound<Vec<u8>>),
+    end: End,
 ) -> StoreResult<Option<Vec<u8>>> {
-    let in_pending = pending.range(range.clone()).rev().find(|(_, c)| is_live(c)).map(|(k, _)| k.clone());
-    let mut in_tree = None;
-    for item in tree.range(range).rev() {
-        let (key, _) = item.map_err(storage)?;
-        if !pending.contains_key(key.as_ref()) {
-            in_tree = Some(key.to_vec());
-            break;
-        }
-    }
-    Ok(in_pending.max(in_tree))
-}
-
-/// The least key of a live chunk of `set` after `at`.
-fn first_after(tree: &sled::Tree, pending: &Pending, set: &[u8], at: &[u8]) -> StoreResult<Option<Vec<u8>>> {
-    let first = chunk_key(set, b"");
-    let range = (Excluded(at.to_vec()), Unbounded);
-    let in_pending = pending
-        .range::<Vec<u8>, _>(range.clone())
-        .take_while(|(k, _)| k.starts_with(&first))
-        .find(|(_, c)| is_live(c))
-        .map(|(k, _)| k.clone());
-    let mut in_tree = None;
-    for item in tree.range(range) {
-        let (key, _) = item.map_err(storage)?;
-        if !key.starts_with(&first) {
-            break;
-        }
-        if !pending.contains_key(key.as_ref()) {
-            in_tree = Some(key.to_vec());
-            break;
-        }
-    }
+    let mut in_pending = pending.range(range.clone()).filter(|(_, chunk)| is_live(chunk)).map(|(key, _)| key);
+    let in_pending = if end == End::Last { in_pending.next_back() } else { in_pending.next() }.cloned();
+    // The tree's chunks that the group rewrote or removed are judged above.
+    let mut in_tree =
+        tree.range(range).filter(|item| item.as_ref().map_or(true, |(key, _)| !pending.contains_key(key.as_ref())));
+    let in_tree = if end == End::Last { in_tree.next_back() } else { in_tree.next() };
+    let in_tree = in_tree.transpose().map_err(storage)?.map(|(key, _)| key.to_vec());
     Ok(match (in_pending, in_tree) {
-        (Some(p), Some(t)) => Some(p.min(t)),
+        (Some(p), Some(t)) => Some(if end == End::Last { p.max(t) } else { p.min(t) }),
         (p, t) => p.or(t),
     })
 }
@@ -192,7 +170,7 @@ fn chunk_for(tree: &sled::Tree, pending: &Pending, tails: &mut Tails, set: &[u8]
     let tail = tails.last(tree, pending, set)?;
     let chunk = match &tail {
         Some(last) if at >= last.as_slice() => Some(last.clone()),
-        Some(_) => last_in(tree, pending, (Included(chunk_key(set, b"")), Included(at.to_vec())))?,
+        Some(_) => live_key_in(tree, pending, (Included(chunk_key(set, b"")), Included(at.to_vec())), End::Last)?,
         None => None,
     };
     Ok(Place { chunk, tail })
@@ -223,7 +201,7 @@ pub(super) fn add(
         // Below every chunk of the set: the first chunk takes it if it has
         // room (under a lower key), else it starts a chunk of its own.
         let mut members = vec![member.to_vec()];
-        if let Some(next) = first_after(tree, pending, set, &at)? {
+        if let Some(next) = live_key_in(tree, pending, (Excluded(at.clone()), set_end(set)), End::First)? {
             let (chunk, from_pending) = take(tree, pending, &next)?;
             if chunk.members.len() < MAX_MEMBERS {
                 members.extend(chunk.members);
