@@ -63,6 +63,8 @@ pub const MIGRATION_ACTOR: &str = "system:migration";
 /// of keys. An older data dir is upgraded on open.
 const REGISTRY_SCHEMA: u32 = 3;
 const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
+/// How often an upgrade of the data dir logs its progress.
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Fresh reads and retries of one write before giving up with ABORTED.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -247,6 +249,15 @@ impl Registry {
             Txn { change: change.encode_to_vec(), ..Default::default() }
         };
         let mut removed = 0;
+        // An upgrade of a large data dir takes minutes: say how far it is.
+        let mut reported = Instant::now();
+        let mut report = |stage: &str, done: usize| {
+            if reported.elapsed() >= PROGRESS_INTERVAL {
+                tracing::info!(stage, done, "upgrading the data dir to the set layout");
+                reported = Instant::now();
+            }
+        };
+        tracing::info!(schema = REGISTRY_SCHEMA, "upgrading the data dir: rebuilding the index and reference sets");
         for old in [&b"i/"[..], b"x/"] {
             loop {
                 let batch = self.store.scan(old, &[], 10_000)?;
@@ -254,6 +265,7 @@ impl Registry {
                     break;
                 }
                 removed += batch.len();
+                report("old entries removed", removed);
                 let mut txn = migration();
                 txn.ops = batch.into_iter().map(|(key, _)| Op::Delete { key }).collect();
                 self.store.commit(txn).await?;
@@ -280,6 +292,7 @@ impl Registry {
                     }
                 }
                 written += batch.len();
+                report("records indexed", written);
                 if !txn.ops.is_empty() {
                     self.store.commit(txn).await?;
                 }
