@@ -259,11 +259,14 @@ impl Registry {
         };
         tracing::info!(schema = REGISTRY_SCHEMA, "upgrading the data dir: rebuilding the index and reference sets");
         for old in [&b"i/"[..], b"x/"] {
+            // Each batch starts after the last key removed: sled keeps emptied
+            // leaves for a while, and walking them again from the prefix each
+            // time made the upgrade quadratic.
+            let mut start = Vec::new();
             loop {
-                let batch = self.store.scan(old, &[], 10_000)?;
-                if batch.is_empty() {
-                    break;
-                }
+                let batch = self.store.scan(old, &start, 10_000)?;
+                let Some((last, _)) = batch.last() else { break };
+                start = key_after(last);
                 removed += batch.len();
                 report("old entries removed", removed);
                 let mut txn = migration();
