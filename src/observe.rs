@@ -228,8 +228,9 @@ where
             request.extensions_mut().insert(Deadline(deadline));
         }
         let record = CallRecord::start(request.uri().path(), deadline);
-        let request = request
-            .map(|body| tonic::body::Body::new(WatchedRequest { inner: body, failed: record.request_failed.clone() }));
+        let request = request.map(|body| {
+            tonic::body::Body::new(Tapped { inner: body, watcher: NoteRequestFailure(record.request_failed.clone()) })
+        });
         let span = record.span.clone();
         let limits = self.limits;
         let call = span.in_scope(|| self.inner.call(request));
@@ -245,7 +246,8 @@ where
                     Ok(response)
                 }
                 None => {
-                    Ok(response.map(|body| tonic::body::Body::new(ObservedBody { inner: body, record: Some(record) })))
+                    let watcher = FinishOnTrailers(Some(record));
+                    Ok(response.map(|body| tonic::body::Body::new(Tapped { inner: body, watcher })))
                 }
             }
         };
@@ -366,13 +368,19 @@ impl Drop for CallRecord {
     }
 }
 
-/// A response body that finishes its call's record when the trailers pass.
-struct ObservedBody {
-    inner: tonic::body::Body,
-    record: Option<CallRecord>,
+/// What a [`Tapped`] body shows each poll's result to.
+trait FrameWatcher: Unpin + Send + 'static {
+    /// A frame, an error, or the end (`None`) came out of the body.
+    fn saw(&mut self, polled: &Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>);
 }
 
-impl http_body::Body for ObservedBody {
+/// A body that is its inner body, shown frame by frame to a watcher.
+struct Tapped<W> {
+    inner: tonic::body::Body,
+    watcher: W,
+}
+
+impl<W: FrameWatcher> http_body::Body for Tapped<W> {
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 
@@ -380,30 +388,9 @@ impl http_body::Body for ObservedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    let code = trailers.get("grpc-status").map(status_code).unwrap_or(tonic::Code::Ok);
-                    if let Some(record) = self.record.take() {
-                        record.finish(code);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(status))) => {
-                let code = status.code();
-                if let Some(record) = self.record.take() {
-                    record.finish(code);
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(record) = self.record.take() {
-                    record.finish(tonic::Code::Ok);
-                }
-            }
-            Poll::Pending => {}
-        }
-        polled
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        self.watcher.saw(&polled);
+        Poll::Ready(polled)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -415,33 +402,33 @@ impl http_body::Body for ObservedBody {
     }
 }
 
-/// A request body that notes whether reading it failed.
-struct WatchedRequest {
-    inner: tonic::body::Body,
-    failed: Arc<std::sync::atomic::AtomicBool>,
+/// Finishes its call's record when a response's trailers pass (or it fails or ends).
+struct FinishOnTrailers(Option<CallRecord>);
+
+impl FrameWatcher for FinishOnTrailers {
+    fn saw(&mut self, polled: &Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>) {
+        let code = match polled {
+            Some(Ok(frame)) => match frame.trailers_ref() {
+                Some(trailers) => trailers.get("grpc-status").map(status_code).unwrap_or(tonic::Code::Ok),
+                None => return,
+            },
+            Some(Err(status)) => status.code(),
+            None => tonic::Code::Ok,
+        };
+        if let Some(record) = self.0.take() {
+            record.finish(code);
+        }
+    }
 }
 
-impl http_body::Body for WatchedRequest {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
+/// Notes whether reading a request body failed.
+struct NoteRequestFailure(Arc<std::sync::atomic::AtomicBool>);
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+impl FrameWatcher for NoteRequestFailure {
+    fn saw(&mut self, polled: &Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>) {
+        if let Some(Err(_)) = polled {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

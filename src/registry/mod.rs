@@ -162,8 +162,16 @@ struct Planned<R> {
 /// What [`Registry::validate`] finds in a record besides its violations.
 struct Checked {
     references: Vec<Reference>,
+    /// The record as validation reflected it: writes that move it between
+    /// index sets read them from here rather than reflect it again.
+    reflected: DynamicMessage,
+}
+
+impl Checked {
     /// The index sets the record belongs in (see `index::entries`).
-    index: BTreeSet<Vec<u8>>,
+    fn index(&self, kind: &Kind) -> BTreeSet<Vec<u8>> {
+        index::entries(kind, &self.reflected)
+    }
 }
 
 /// How many records a scan visits between looks at the caller's deadline.
@@ -681,12 +689,13 @@ impl Registry {
         let mut record = without_output_only(&resource)?;
         record.set_name(name.clone());
         record.normalize();
-        let Checked { references, index } = self.validate(&record, &mut violations);
+        let checked = self.validate(&record, &mut violations);
+        let index = checked.index(kind);
 
         self.mutate(&name, mutation, || {
             let mut violations = violations.clone();
             let mut conditions = vec![Condition::ModRevision { key: record_key(&name), equals: 0 }];
-            self.check_targets(&references, &mut violations, &mut conditions)?;
+            self.check_targets(&checked.references, &mut violations, &mut conditions)?;
             violations.clone().into_result()?;
             if self.store.get(&record_key(&name))?.is_some() {
                 return Err(Error::AlreadyExists { resource_type: kind.resource_type.into(), name: name.clone() });
@@ -695,7 +704,7 @@ impl Registry {
             let time = now();
             record.set_create_time(Some(time));
             record.set_update_time(Some(time));
-            let mut ops = reference_ops(&name, &BTreeSet::new(), &targets(&references));
+            let mut ops = reference_ops(&name, &BTreeSet::new(), &targets(&checked.references));
             ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &index));
             Ok(Planned { record, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
         })
@@ -735,7 +744,7 @@ impl Registry {
             let before = self.validate(&stored, &mut Violations::new());
             let mut ops = reference_ops(&name, &targets(&before.references), &targets(&checked.references));
             let id = kind.parse_name(&name).map_err(Error::internal)?;
-            ops.extend(move_member(id.as_bytes(), &before.index, &checked.index));
+            ops.extend(move_member(id.as_bytes(), &before.index(kind), &checked.index(kind)));
             Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
         })
         .await
@@ -935,8 +944,7 @@ impl Registry {
 
     /// Checks a record against its annotations and its kind's rules, adding
     /// violations with paths from the request (`agreement.title`), and returns
-    /// the names it refers to and the index sets it belongs in (both read
-    /// from one reflected copy of it).
+    /// the names it refers to and its reflected copy (for its index sets).
     fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Checked {
         let prefix = R::KIND.singular;
         let dynamic = record.transcode_to_dynamic();
@@ -944,7 +952,7 @@ impl Registry {
         let mut own = Violations::new();
         record.check(&mut own);
         violations.extend(own.prefixed(prefix));
-        Checked { references, index: index::entries(R::KIND, &dynamic) }
+        Checked { references, reflected: dynamic }
     }
 
     /// Adds a violation for every reference to a missing or deleted record, and

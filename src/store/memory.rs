@@ -29,6 +29,18 @@ impl MemoryStore {
     }
 }
 
+/// The entries of `map` under `prefix`, from `start` (itself under
+/// `prefix`, or empty for the first), in order: what `scan`, `members` and
+/// the conditions read.
+fn under<'a, V>(
+    map: &'a BTreeMap<Vec<u8>, V>,
+    prefix: &'a [u8],
+    start: &[u8],
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a V)> {
+    let from = if start.is_empty() { prefix } else { start };
+    map.range(from.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
+}
+
 impl State {
     fn holds(&self, condition: &Condition) -> bool {
         match condition {
@@ -36,14 +48,8 @@ impl State {
                 self.keys.get(key).map(|e| e.mod_revision).unwrap_or(0) == *equals
             }
             Condition::NoneWrittenAfter { prefix, revision } => {
-                self.keys
-                    .range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .all(|(_, e)| e.mod_revision <= *revision)
-                    && self
-                        .members
-                        .range(prefix.clone()..)
-                        .take_while(|(k, _)| k.starts_with(prefix))
+                under(&self.keys, prefix, b"").all(|(_, e)| e.mod_revision <= *revision)
+                    && under(&self.members, prefix, b"")
                         .all(|(_, (set_len, added))| *set_len < prefix.len() || added <= revision)
             }
         }
@@ -57,26 +63,12 @@ impl Store for MemoryStore {
 
     fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
         let state = self.state.lock().expect("state lock");
-        let from = if start.is_empty() { prefix.to_vec() } else { start.to_vec() };
-        Ok(state
-            .keys
-            .range(from..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, e)| (k.clone(), e.clone()))
-            .collect())
+        Ok(under(&state.keys, prefix, start).take(limit).map(|(k, e)| (k.clone(), e.clone())).collect())
     }
 
     fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
         let state = self.state.lock().expect("state lock");
-        let from = if start.is_empty() { prefix.to_vec() } else { start.to_vec() };
-        Ok(state
-            .members
-            .range(from..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, _)| k.clone())
-            .collect())
+        Ok(under(&state.members, prefix, start).take(limit).map(|(k, _)| k.clone()).collect())
     }
 
     fn revision(&self) -> u64 {

@@ -165,113 +165,129 @@ struct Place {
     tail: Option<Vec<u8>>,
 }
 
-/// Where `at` (a chunk key of `set`) is or belongs.
-fn chunk_for(tree: &sled::Tree, pending: &Pending, tails: &mut Tails, set: &[u8], at: &[u8]) -> StoreResult<Place> {
-    let tail = tails.last(tree, pending, set)?;
-    let chunk = match &tail {
-        Some(last) if at >= last.as_slice() => Some(last.clone()),
-        Some(_) => live_key_in(tree, pending, (Included(chunk_key(set, b"")), Included(at.to_vec())), End::Last)?,
-        None => None,
-    };
-    Ok(Place { chunk, tail })
+/// A chunk taken out to change, and whether it came from the group's
+/// pending writes (an unchanged one goes back there; the tree keeps its own).
+struct Taken {
+    chunk: Chunk,
+    from_pending: bool,
 }
 
-/// Takes the live chunk under `key` out of the group's pending writes, or
-/// reads it from the tree; says which.
-fn take(tree: &sled::Tree, pending: &mut Pending, key: &[u8]) -> StoreResult<(Chunk, bool)> {
-    if let Some(chunk) = pending.remove(key) {
-        return Ok((chunk, true));
+/// What staging a set write works on: the tree, the group's pending chunk
+/// writes and the writer's memory of each set's last chunk.
+pub(super) struct Staging<'a> {
+    pub tree: &'a sled::Tree,
+    pub pending: &'a mut Pending,
+    pub tails: &'a mut Tails,
+}
+
+impl Staging<'_> {
+    /// Where `at` (a chunk key of `set`) is or belongs.
+    fn chunk_for(&mut self, set: &[u8], at: &[u8]) -> StoreResult<Place> {
+        let tail = self.tails.last(self.tree, self.pending, set)?;
+        let chunk = match &tail {
+            Some(last) if at >= last.as_slice() => Some(last.clone()),
+            Some(_) => {
+                let range = (Included(chunk_key(set, b"")), Included(at.to_vec()));
+                live_key_in(self.tree, self.pending, range, End::Last)?
+            }
+            None => None,
+        };
+        Ok(Place { chunk, tail })
     }
-    let raw = tree.get(key).map_err(storage)?.ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?;
-    Ok((Chunk::decode(&raw)?, false))
-}
 
-/// Adds `member` to `set` in the group's pending chunk writes.
-pub(super) fn add(
-    tree: &sled::Tree,
-    pending: &mut Pending,
-    tails: &mut Tails,
-    set: &[u8],
-    member: &[u8],
-    revision: u64,
-) -> StoreResult<()> {
-    let at = chunk_key(set, member);
-    let Place { chunk: found, tail } = chunk_for(tree, pending, tails, set, &at)?;
-    let Some(key) = found else {
-        // Below every chunk of the set: the first chunk takes it if it has
-        // room (under a lower key), else it starts a chunk of its own.
-        let mut members = vec![member.to_vec()];
-        if let Some(next) = live_key_in(tree, pending, (Excluded(at.clone()), set_end(set)), End::First)? {
-            let (chunk, from_pending) = take(tree, pending, &next)?;
-            if chunk.members.len() < MAX_MEMBERS {
-                members.extend(chunk.members);
-                pending.insert(next.clone(), Chunk { revision, set_len: set.len(), members: Vec::new() });
-                if tail.as_ref() == Some(&next) {
-                    tails.remember(set, Some(at.clone()));
+    /// Takes the live chunk under `key` out of the pending writes, or reads it
+    /// from the tree.
+    fn take(&mut self, key: &[u8]) -> StoreResult<Taken> {
+        if let Some(chunk) = self.pending.remove(key) {
+            return Ok(Taken { chunk, from_pending: true });
+        }
+        let raw = self
+            .tree
+            .get(key)
+            .map_err(storage)?
+            .ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?;
+        Ok(Taken { chunk: Chunk::decode(&raw)?, from_pending: false })
+    }
+
+    /// Puts back a chunk taken and left as it was.
+    fn untouched(&mut self, key: Vec<u8>, taken: Taken) {
+        if taken.from_pending {
+            self.pending.insert(key, taken.chunk);
+        }
+    }
+
+    /// Adds `member` to `set`.
+    pub fn add(&mut self, set: &[u8], member: &[u8], revision: u64) -> StoreResult<()> {
+        let at = chunk_key(set, member);
+        let Place { chunk: found, tail } = self.chunk_for(set, &at)?;
+        let Some(key) = found else {
+            // Below every chunk of the set: the first chunk takes it if it has
+            // room (under a lower key), else it starts a chunk of its own.
+            let mut members = vec![member.to_vec()];
+            let after = (Excluded(at.clone()), set_end(set));
+            if let Some(next) = live_key_in(self.tree, self.pending, after, End::First)? {
+                let taken = self.take(&next)?;
+                if taken.chunk.members.len() < MAX_MEMBERS {
+                    members.extend(taken.chunk.members);
+                    self.pending.insert(next.clone(), Chunk { revision, set_len: set.len(), members: Vec::new() });
+                    if tail.as_ref() == Some(&next) {
+                        self.tails.remember(set, Some(at.clone()));
+                    }
+                } else {
+                    self.untouched(next, taken);
                 }
-            } else if from_pending {
-                pending.insert(next, chunk);
             }
-        }
-        if tail.is_none() {
-            tails.remember(set, Some(at.clone()));
-        }
-        pending.insert(at, Chunk { revision, set_len: set.len(), members });
-        return Ok(());
-    };
-    let (mut chunk, from_pending) = take(tree, pending, &key)?;
-    let place = match chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) {
-        Err(place) => place,
-        Ok(_) => {
-            if from_pending {
-                pending.insert(key, chunk);
+            if tail.is_none() {
+                self.tails.remember(set, Some(at.clone()));
             }
+            self.pending.insert(at, Chunk { revision, set_len: set.len(), members });
             return Ok(());
+        };
+        let taken = self.take(&key)?;
+        let place = match taken.chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) {
+            Err(place) => place,
+            Ok(_) => {
+                self.untouched(key, taken);
+                return Ok(());
+            }
+        };
+        let mut chunk = taken.chunk;
+        chunk.members.insert(place, member.to_vec());
+        chunk.revision = revision;
+        if chunk.members.len() > MAX_MEMBERS {
+            // Ascending arrivals start a new chunk and leave this one full;
+            // others split it in half.
+            let split = if place == chunk.members.len() - 1 { place } else { chunk.members.len() / 2 };
+            let upper = chunk.members.split_off(split);
+            let upper_key = chunk_key(set, &upper[0]);
+            if tail.as_ref() == Some(&key) {
+                self.tails.remember(set, Some(upper_key.clone()));
+            }
+            self.pending.insert(upper_key, Chunk { revision, set_len: set.len(), members: upper });
         }
-    };
-    chunk.members.insert(place, member.to_vec());
-    chunk.revision = revision;
-    if chunk.members.len() > MAX_MEMBERS {
-        // Ascending arrivals start a new chunk and leave this one full;
-        // others split it in half.
-        let split = if place == chunk.members.len() - 1 { place } else { chunk.members.len() / 2 };
-        let upper = chunk.members.split_off(split);
-        let upper_key = chunk_key(set, &upper[0]);
-        if tail.as_ref() == Some(&key) {
-            tails.remember(set, Some(upper_key.clone()));
-        }
-        pending.insert(upper_key, Chunk { revision, set_len: set.len(), members: upper });
+        self.pending.insert(key, chunk);
+        Ok(())
     }
-    pending.insert(key, chunk);
-    Ok(())
-}
 
-/// Takes `member` out of `set` in the group's pending chunk writes.
-pub(super) fn remove(
-    tree: &sled::Tree,
-    pending: &mut Pending,
-    tails: &mut Tails,
-    set: &[u8],
-    member: &[u8],
-    revision: u64,
-) -> StoreResult<()> {
-    let at = chunk_key(set, member);
-    let Place { chunk: Some(key), tail } = chunk_for(tree, pending, tails, set, &at)? else { return Ok(()) };
-    let (mut chunk, from_pending) = take(tree, pending, &key)?;
-    let Ok(place) = chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else {
-        if from_pending {
-            pending.insert(key, chunk);
+    /// Takes `member` out of `set`.
+    pub fn remove(&mut self, set: &[u8], member: &[u8], revision: u64) -> StoreResult<()> {
+        let at = chunk_key(set, member);
+        let Place { chunk: Some(key), tail } = self.chunk_for(set, &at)? else { return Ok(()) };
+        let taken = self.take(&key)?;
+        let Ok(place) = taken.chunk.members.binary_search_by(|m| m.as_slice().cmp(member)) else {
+            self.untouched(key, taken);
+            return Ok(());
+        };
+        let mut chunk = taken.chunk;
+        chunk.members.remove(place);
+        chunk.revision = revision;
+        if chunk.members.is_empty() && tail.as_ref() == Some(&key) {
+            // The set's last chunk goes: the one before it is looked up when needed.
+            self.tails.0.remove(set);
         }
-        return Ok(());
-    };
-    chunk.members.remove(place);
-    chunk.revision = revision;
-    if chunk.members.is_empty() && tail.as_ref() == Some(&key) {
-        // The set's last chunk goes: the one before it is looked up when needed.
-        tails.0.remove(set);
+        self.pending.insert(key, chunk);
+        Ok(())
     }
-    pending.insert(key, chunk);
-    Ok(())
 }
 
 /// Up to `limit` members under `prefix` from `start` (set name and member
@@ -375,15 +391,16 @@ mod tests {
         let ids: Vec<u32> = (0..200).chain((300..400).rev()).chain((0..200).map(|i| (i * 7919) % 500)).collect();
         for group in ids.chunks(10) {
             let mut pending = Pending::new();
+            let mut staging = Staging { tree: &tree, pending: &mut pending, tails: &mut tails };
             for id in group {
                 revision += 1;
                 let set = sets[*id as usize % 3];
                 let member = format!("{id:05}").into_bytes();
                 if id % 11 == 0 && model.contains(&[set, &member].concat()) {
-                    remove(&tree, &mut pending, &mut tails, set, &member, revision).unwrap();
+                    staging.remove(set, &member, revision).unwrap();
                     model.remove(&[set, &member].concat());
                 } else {
-                    add(&tree, &mut pending, &mut tails, set, &member, revision).unwrap();
+                    staging.add(set, &member, revision).unwrap();
                     model.insert([set, &member].concat());
                 }
             }

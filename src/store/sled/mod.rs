@@ -371,7 +371,11 @@ impl SledStore {
     /// A read error, reported as the store's failure when it says the disk is
     /// full: sled's reads fail once its log could not be written.
     fn read_error(&self, e: sled::Error) -> StoreError {
-        let e = storage(e);
+        self.read_failure(storage(e))
+    }
+
+    /// A read's error, reported as the store's failure when the disk is full.
+    fn read_failure(&self, e: StoreError) -> StoreError {
         if matches!(e, StoreError::Full(_)) {
             self.failure.report(&e);
         }
@@ -405,11 +409,7 @@ impl Store for SledStore {
     }
 
     fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
-        chunks::scan(&self.tree, prefix, start, limit).inspect_err(|e| {
-            if matches!(e, StoreError::Full(_)) {
-                self.failure.report(e);
-            }
-        })
+        chunks::scan(&self.tree, prefix, start, limit).map_err(|e| self.read_failure(e))
     }
 
     fn revision(&self) -> u64 {
@@ -697,6 +697,7 @@ impl Writer {
         }
         let revision = group.revision.max(self.revision) + 1;
         let header = revision.to_be_bytes();
+        let mut sets = chunks::Staging { tree: &self.tree, pending: &mut group.chunks, tails: &mut self.tails };
         for op in &txn.ops {
             match op {
                 Op::Put { key, value } => {
@@ -710,12 +711,8 @@ impl Writer {
                     group.batch.remove(user_key(key));
                     group.written.insert(key.clone(), None);
                 }
-                Op::Add { set, member } => {
-                    chunks::add(&self.tree, &mut group.chunks, &mut self.tails, set, member, revision)?
-                }
-                Op::Remove { set, member } => {
-                    chunks::remove(&self.tree, &mut group.chunks, &mut self.tails, set, member, revision)?
-                }
+                Op::Add { set, member } => sets.add(set, member, revision)?,
+                Op::Remove { set, member } => sets.remove(set, member, revision)?,
             }
         }
         group.batch.insert(&change_key(revision)[..], txn.change.as_slice());
