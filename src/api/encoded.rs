@@ -61,21 +61,23 @@ where
         let query = decode_request::<Q>(request)?.into_query(deadline);
         let registry = api.registry.clone();
         let page = api.scan(deadline, async move { registry.list_encoded::<R>(&query).await }).await?;
-        Ok(EncodedList { items: page.items, next_page_token: page.next_page_token, revision: page.revision as i64 }
-            .encode_to_vec())
+        Ok(list_response(page))
     })
 }
 
-/// Every `List…Response`, with its records already encoded: a repeated
-/// message field and a repeated bytes field are the same on the wire.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EncodedList {
-    #[prost(bytes = "vec", repeated, tag = "1")]
-    items: Vec<Vec<u8>>,
-    #[prost(string, tag = "2")]
-    next_page_token: String,
-    #[prost(int64, tag = "3")]
-    revision: i64,
+/// Every `List…Response`: its records (field 1, already encoded), then
+/// `next_page_token` (2) and `revision` (3), each left out when it has its
+/// default value, as prost leaves them out.
+fn list_response(page: crate::registry::EncodedPage) -> Vec<u8> {
+    let mut response = page.items;
+    if !page.next_page_token.is_empty() {
+        prost::encoding::string::encode(2, &page.next_page_token, &mut response);
+    }
+    let revision = page.revision as i64;
+    if revision != 0 {
+        prost::encoding::int64::encode(3, &revision, &mut response);
+    }
+    response
 }
 
 /// The name a Get request asks for.
@@ -360,8 +362,13 @@ mod tests {
     fn an_encoded_list_is_every_list_response_on_the_wire() {
         let agreement = pb::Agreement { name: "agreements/a".into(), title: "A".into(), ..Default::default() };
         let party = pb::Party { name: "parties/ind".into(), ..Default::default() };
-        let encoded =
-            |items: Vec<Vec<u8>>| EncodedList { items, next_page_token: "next".into(), revision: 7 }.encode_to_vec();
+        let encoded = |records: Vec<Vec<u8>>| {
+            let mut items = Vec::new();
+            for record in &records {
+                prost::encoding::bytes::encode(1, record, &mut items);
+            }
+            list_response(crate::registry::EncodedPage { items, next_page_token: "next".into(), revision: 7 })
+        };
         let agreements = pb::ListAgreementsResponse {
             agreements: vec![agreement.clone(), agreement.clone()],
             next_page_token: "next".into(),
@@ -377,6 +384,9 @@ mod tests {
         let engagements =
             pb::ListEngagementsResponse { next_page_token: "next".into(), revision: 7, ..Default::default() };
         assert_eq!(encoded(Vec::new()), engagements.encode_to_vec());
+        // The last page: no token; a revision of 0 left out as prost leaves it.
+        let last = crate::registry::EncodedPage { items: Vec::new(), next_page_token: String::new(), revision: 0 };
+        assert_eq!(list_response(last), pb::ListAgreementsResponse::default().encode_to_vec());
     }
 
     #[tokio::test]

@@ -2,8 +2,21 @@
 //! year, a year and month, or a full date), and the arithmetic the status rules
 //! need. A partial date names a period; it counts from the period's first day.
 
+use prost_reflect::{DynamicMessage, ReflectMessage};
+
 use crate::error::Violations;
 use crate::pb::google::r#type::Date;
+
+/// The `google.type.Date` a dynamic message holds, read field by field (a
+/// transcode encodes and decodes it: most of what indexing a date cost);
+/// `None` when the message is not a date.
+pub fn from_dynamic(message: &DynamicMessage) -> Option<Date> {
+    if message.descriptor().full_name() != "google.type.Date" {
+        return None;
+    }
+    let int = |number| message.get_field_by_number(number).and_then(|v| v.as_i32());
+    Some(Date { year: int(1)?, month: int(2)?, day: int(3)? })
+}
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
 pub fn days_from_civil(year: i32, month: u32, day: u32) -> i64 {
@@ -121,6 +134,16 @@ mod tests {
 
     fn date(year: i32, month: i32, day: i32) -> Date {
         Date { year, month, day }
+    }
+
+    #[test]
+    fn a_date_is_read_from_a_dynamic_message_as_a_transcode_reads_it() {
+        for d in [date(2020, 9, 9), date(2020, 9, 0), date(2020, 0, 0), date(0, 0, 0), date(-1, 13, 40)] {
+            let dynamic = d.transcode_to_dynamic();
+            assert_eq!(from_dynamic(&dynamic), Some(dynamic.transcode_to::<Date>().unwrap()));
+        }
+        let timestamp = prost_types::Timestamp { seconds: 1, nanos: 2 }.transcode_to_dynamic();
+        assert_eq!(from_dynamic(&timestamp), None, "a message that is not a date");
     }
 
     #[test]

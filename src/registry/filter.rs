@@ -625,7 +625,7 @@ fn compare(actual: Option<&Value>, op: Op, expected: &Typed) -> bool {
         (Value::U32(a), Typed::Int(e)) => i64::from(*a).cmp(e),
         (Value::U64(a), Typed::Int(e)) => i128::from(*a).cmp(&i128::from(*e)),
         (Value::Message(m), Typed::Date(first, last)) => {
-            let Ok(date) = m.transcode_to::<crate::pb::google::r#type::Date>() else { return false };
+            let Some(date) = dates::from_dynamic(m) else { return false };
             return period_compare(
                 dates::first_day(&date).into(),
                 dates::last_day(&date).into(),

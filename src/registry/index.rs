@@ -32,32 +32,30 @@ fn encode_value(value: &Value) -> Option<Vec<u8>> {
     match value {
         Value::String(s) if !s.is_empty() => Some(s.as_bytes().to_vec()),
         Value::EnumNumber(n) => Some(((*n as u32) ^ (1 << 31)).to_be_bytes().to_vec()),
-        Value::Message(m) if m.descriptor().full_name() == "google.type.Date" => {
-            let date = m.transcode_to::<crate::pb::google::r#type::Date>().ok()?;
-            Some(encode_date(dates::first_day(&date)).to_vec())
-        }
+        Value::Message(m) => Some(encode_date(dates::first_day(&dates::from_dynamic(m)?)).to_vec()),
         _ => None,
     }
 }
 
-/// Every value at a dotted path, through repeated and nested fields.
-fn values_at(message: &DynamicMessage, path: &[&str], out: &mut Vec<Value>) {
+/// Visits every value at a dotted path, through repeated and nested fields
+/// (borrowed: a write computes its index sets from every indexed field).
+fn for_each_value_at(message: &DynamicMessage, path: &[&str], visit: &mut dyn FnMut(&Value)) {
     let Some((name, rest)) = path.split_first() else { return };
     let Some(field) = message.descriptor().get_field_by_name(name) else { return };
     if !message.has_field(&field) {
         return;
     }
     let value = message.get_field(&field);
-    let items: Vec<&Value> = match &*value {
-        Value::List(items) => items.iter().collect(),
-        single => vec![single],
-    };
-    for item in items {
+    let mut each = |item: &Value| {
         if rest.is_empty() {
-            out.push(item.clone());
+            visit(item);
         } else if let Value::Message(inner) = item {
-            values_at(inner, rest, out);
+            for_each_value_at(inner, rest, visit);
         }
+    };
+    match &*value {
+        Value::List(items) => items.iter().for_each(&mut each),
+        single => each(single),
     }
 }
 
@@ -65,16 +63,15 @@ fn values_at(message: &DynamicMessage, path: &[&str], out: &mut Vec<Value>) {
 pub fn entries(kind: &Kind, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
     let mut sets = BTreeSet::new();
     for path in kind.indexes {
-        let mut values = Vec::new();
-        values_at(record, &path.split('.').collect::<Vec<_>>(), &mut values);
-        for value in values {
-            if let Some(encoded) = encode_value(&value) {
+        let steps: Vec<&str> = path.split('.').collect();
+        for_each_value_at(record, &steps, &mut |value| {
+            if let Some(encoded) = encode_value(value) {
                 let mut set = prefix(kind, path);
                 set.extend_from_slice(&encoded);
                 set.push(0);
                 sets.insert(set);
             }
-        }
+        });
     }
     sets
 }

@@ -105,35 +105,47 @@ pub struct Page<R> {
     pub revision: u64,
 }
 
-/// A record of a page, decoded or as its encoded message.
-enum Listed<R> {
-    Record(R),
-    Encoded { name: String, bytes: Vec<u8> },
+/// A page whose `items` are the bytes of the response's repeated field.
+pub type EncodedPage = Page<u8>;
+
+/// The field number of the records in every `List…Response`.
+const ITEMS_FIELD: u32 = 1;
+
+/// A page's records as a List found them.
+enum Rows<R> {
+    /// Decoded, each with its sort key.
+    Records(Vec<(Vec<order::SortValue>, R)>),
+    /// Already encoded as the response's repeated field (see `list_encoded`).
+    Encoded(Vec<u8>),
 }
 
-impl<R: Resource> Listed<R> {
-    fn name(&self) -> &str {
-        match self {
-            Listed::Record(record) => record.name(),
-            Listed::Encoded { name, .. } => name,
-        }
-    }
+/// A page as a List found it, before it is answered.
+struct Found<R> {
+    rows: Rows<R>,
+    next_page_token: String,
+    revision: u64,
+}
+
+/// The repeated field of a `List…Response` with its records left encoded (a
+/// repeated message and a repeated bytes field are the same on the wire).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedItems {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    items: Vec<Vec<u8>>,
 }
 
 /// Whether the encoded message `bytes` holds a field numbered `tag` at its top
-/// level (false if it does not decode).
-fn has_field(mut bytes: &[u8], tag: u32) -> bool {
+/// level, read on the wire without decoding the message.
+fn has_field(mut bytes: &[u8], tag: u32) -> std::result::Result<bool, prost::DecodeError> {
     use prost::encoding::{DecodeContext, decode_key, skip_field};
     while !bytes.is_empty() {
-        let Ok((found, wire_type)) = decode_key(&mut bytes) else { return false };
+        let (found, wire_type) = decode_key(&mut bytes)?;
         if found == tag {
-            return true;
+            return Ok(true);
         }
-        if skip_field(wire_type, found, &mut bytes, DecodeContext::default()).is_err() {
-            return false;
-        }
+        skip_field(wire_type, found, &mut bytes, DecodeContext::default())?;
     }
-    false
+    Ok(false)
 }
 
 pub struct Registry {
@@ -206,8 +218,13 @@ fn etag_of(revision: u64) -> String {
     revision.to_string()
 }
 
+/// A stored record that does not parse: the store is damaged, not the request.
+fn undecodable(kind: &Kind, e: &prost::DecodeError) -> Error {
+    Error::internal(format!("stored {} does not decode: {e}", kind.singular))
+}
+
 fn decode<R: Resource>(bytes: &[u8]) -> Result<R> {
-    R::decode(bytes).map_err(|e| Error::internal(format!("stored {} does not decode: {e}", R::KIND.singular)))
+    R::decode(bytes).map_err(|e| undecodable(R::KIND, &e))
 }
 
 /// The distinct resource names a record refers to.
@@ -445,43 +462,55 @@ impl Registry {
         Ok((entry, as_of))
     }
 
-    /// A stored record's bytes with what [`Registry::present`] sets appended:
-    /// the etag and the fields derived as of `as_of`.
-    fn with_derived<R: Resource>(&self, mut bytes: Vec<u8>, revision: u64, as_of: &Date) -> Result<Vec<u8>> {
-        let undecodable = |e| Error::internal(format!("stored {} does not decode: {e}", R::KIND.singular));
-        let mut derived = R::derived_from(&bytes, as_of).map_err(undecodable)?.unwrap_or_default();
+    /// What [`Registry::present`] sets, alone in a message: the etag and the
+    /// fields derived as of `as_of`. Appended to the stored bytes, it gives
+    /// the record as presented (a later occurrence of a field wins).
+    fn derived<R: Resource>(stored: &[u8], revision: u64, as_of: &Date) -> Result<R> {
+        let mut derived = R::derived_from(stored, as_of).map_err(|e| undecodable(R::KIND, &e))?.unwrap_or_default();
         derived.set_etag(etag_of(revision));
-        derived.encode(&mut bytes).map_err(Error::internal)?;
+        Ok(derived)
+    }
+
+    /// A stored record's bytes with what [`Registry::present`] sets appended.
+    fn with_derived<R: Resource>(&self, mut bytes: Vec<u8>, revision: u64, as_of: &Date) -> Result<Vec<u8>> {
+        let derived = Self::derived::<R>(&bytes, revision, as_of)?;
+        bytes.reserve_exact(derived.encoded_len());
+        derived.encode_raw(&mut bytes);
         Ok(bytes)
     }
 
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
-        let page = self.list_items::<R>(query, false).await?;
-        let items = page.items.into_iter().map(|item| match item {
-            Listed::Record(record) => Ok(record),
-            Listed::Encoded { bytes, .. } => decode(&bytes),
-        });
-        Ok(Page {
-            items: items.collect::<Result<_>>()?,
-            next_page_token: page.next_page_token,
-            revision: page.revision,
-        })
+        let found = self.list_items::<R>(query, false).await?;
+        let items = match found.rows {
+            Rows::Records(rows) => rows.into_iter().map(|(_, record)| record).collect(),
+            Rows::Encoded(bytes) => {
+                let items = EncodedItems::decode(bytes.as_slice()).map_err(|e| undecodable(R::KIND, &e))?;
+                items.items.iter().map(|item| decode(item)).collect::<Result<_>>()?
+            }
+        };
+        Ok(Page { items, next_page_token: found.next_page_token, revision: found.revision })
     }
 
-    /// What [`Registry::list`] answers, each record as its encoded message.
-    /// A page in name order that the indexes answer exactly (or with no
-    /// filter) is made of the stored bytes with the etag and derived fields
-    /// appended, without decoding a record.
-    pub async fn list_encoded<R: Resource>(&self, query: &ListQuery) -> Result<Page<Vec<u8>>> {
-        let page = self.list_items::<R>(query, true).await?;
-        let items = page.items.into_iter().map(|item| match item {
-            Listed::Record(record) => record.encode_to_vec(),
-            Listed::Encoded { bytes, .. } => bytes,
-        });
-        Ok(Page { items: items.collect(), next_page_token: page.next_page_token, revision: page.revision })
+    /// What [`Registry::list`] answers, its records already encoded as the
+    /// response's repeated field. A page in name order that the indexes
+    /// answer exactly (or with no filter) is made of the stored bytes with
+    /// the etag and derived fields appended, without decoding a record.
+    pub async fn list_encoded<R: Resource>(&self, query: &ListQuery) -> Result<EncodedPage> {
+        let found = self.list_items::<R>(query, true).await?;
+        let items = match found.rows {
+            Rows::Encoded(bytes) => bytes,
+            Rows::Records(rows) => {
+                let mut bytes = Vec::new();
+                for (_, record) in &rows {
+                    prost::encoding::message::encode(ITEMS_FIELD, record, &mut bytes);
+                }
+                bytes
+            }
+        };
+        Ok(Page { items, next_page_token: found.next_page_token, revision: found.revision })
     }
 
-    async fn list_items<R: Resource>(&self, query: &ListQuery, encoded: bool) -> Result<Page<Listed<R>>> {
+    async fn list_items<R: Resource>(&self, query: &ListQuery, encoded: bool) -> Result<Found<R>> {
         let mut violations = Violations::new();
         if query.page_size < 0 {
             violations.add("page_size", format!("must not be negative (got {})", query.page_size));
@@ -526,63 +555,92 @@ impl Registry {
             self.present(record, revision, &as_of);
             query.show_deleted || record.delete_time().is_none()
         };
-        let mut rows: Vec<(Vec<order::SortValue>, Listed<R>)> = Vec::new();
         let mut more = false;
         // A filter the index answers exactly needs no test (nor its transcoding).
         let test_filter =
             !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, &filter)));
-        let newest = if encoded && order.is_by_name() && !test_filter {
-            // Nothing to test but deletion: the stored bytes as they are.
-            let after = cursor.as_ref().map(|(_, name)| name.as_str());
+        let after = cursor.as_ref().map(|(_, name)| name.as_str());
+        let (rows, newest, last) = if encoded && order.is_by_name() && !test_filter {
+            // Nothing to test but deletion: the stored bytes as they are,
+            // each appended to the response with its derived fields.
             let delete_time = descriptor.get_field_by_name("delete_time").map(|f| f.number());
-            self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, bytes, revision| {
-                let deleted = delete_time.is_some_and(|tag| has_field(&bytes, tag));
-                if query.show_deleted || !deleted {
-                    if rows.len() == size {
-                        more = true;
-                        return Ok(false);
+            let mut items = Vec::new();
+            let mut count = 0;
+            let mut last = String::new();
+            let newest =
+                self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
+                    let deleted = match delete_time {
+                        Some(tag) => has_field(stored, tag).map_err(|e| undecodable(R::KIND, &e))?,
+                        None => false,
+                    };
+                    if query.show_deleted || !deleted {
+                        if count == size {
+                            more = true;
+                            return Ok(false);
+                        }
+                        let derived = Self::derived::<R>(stored, revision, &as_of)?;
+                        let len = stored.len() + derived.encoded_len();
+                        prost::encoding::encode_key(
+                            ITEMS_FIELD,
+                            prost::encoding::WireType::LengthDelimited,
+                            &mut items,
+                        );
+                        prost::encoding::encode_varint(len as u64, &mut items);
+                        items.extend_from_slice(stored);
+                        derived.encode_raw(&mut items);
+                        count += 1;
+                        if count == 1 {
+                            // Records of a kind are alike in size: room for the page at once.
+                            items.reserve(items.len() * (size - 1));
+                        }
+                        last.clear();
+                        last.push_str(name);
                     }
-                    let bytes = self.with_derived::<R>(bytes, revision, &as_of)?;
-                    rows.push((Vec::new(), Listed::Encoded { name: name.to_string(), bytes }));
-                }
-                Ok(true)
-            })?
-        } else if order.is_by_name() {
-            let after = cursor.as_ref().map(|(_, name)| name.as_str());
-            self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
-                if visible(&mut record, revision) && (!test_filter || filter.matches(&record.transcode_to_dynamic())) {
-                    if rows.len() == size {
-                        more = true;
-                        return false;
-                    }
-                    rows.push((Vec::new(), Listed::Record(record)));
-                }
-                true
-            })?
+                    Ok(true)
+                })?;
+            (Rows::Encoded(items), newest, (count > 0).then_some((Vec::new(), last)))
         } else {
-            let newest = self.scan::<R>(candidates.as_ref(), None, query.deadline, |mut record, revision| {
-                if visible(&mut record, revision) {
-                    let dynamic = record.transcode_to_dynamic();
-                    if filter.matches(&dynamic) {
-                        rows.push((order.sort_key(&dynamic), Listed::Record(record)));
+            let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
+            let newest = if order.is_by_name() {
+                self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
+                    if visible(&mut record, revision)
+                        && (!test_filter || filter.matches(&record.transcode_to_dynamic()))
+                    {
+                        if rows.len() == size {
+                            more = true;
+                            return false;
+                        }
+                        rows.push((Vec::new(), record));
                     }
+                    true
+                })?
+            } else {
+                let newest = self.scan::<R>(candidates.as_ref(), None, query.deadline, |mut record, revision| {
+                    if visible(&mut record, revision) {
+                        let dynamic = record.transcode_to_dynamic();
+                        if filter.matches(&dynamic) {
+                            rows.push((order.sort_key(&dynamic), record));
+                        }
+                    }
+                    true
+                })?;
+                rows.sort_by(|a, b| order.compare((&a.0, a.1.name()), (&b.0, b.1.name())));
+                if let Some((values, name)) = &cursor {
+                    rows.retain(|row| order.compare((&row.0, row.1.name()), (values, name)).is_gt());
                 }
-                true
-            })?;
-            rows.sort_by(|a, b| order.compare((&a.0, a.1.name()), (&b.0, b.1.name())));
-            if let Some((values, name)) = &cursor {
-                rows.retain(|row| order.compare((&row.0, row.1.name()), (values, name)).is_gt());
-            }
-            more = rows.len() > size;
-            rows.truncate(size);
-            newest
+                more = rows.len() > size;
+                rows.truncate(size);
+                newest
+            };
+            let last = rows.last().map(|(values, record)| (values.clone(), record.name().to_string()));
+            (Rows::Records(rows), newest, last)
         };
         self.store.wait_durable(newest.max(read_at)).await?;
-        let next_page_token = match (more, rows.last()) {
-            (true, Some((values, last))) => paging::encode(fingerprint, &order::encode_cursor(values, last.name())),
+        let next_page_token = match (more, last) {
+            (true, Some((values, name))) => paging::encode(fingerprint, &order::encode_cursor(&values, &name)),
             _ => String::new(),
         };
-        Ok(Page { items: rows.into_iter().map(|(_, record)| record).collect(), next_page_token, revision: read_at })
+        Ok(Found { rows, next_page_token, revision: read_at })
     }
 
     /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
@@ -613,20 +671,21 @@ impl Registry {
         deadline: Option<Instant>,
         mut visit: impl FnMut(R, u64) -> bool,
     ) -> Result<u64> {
-        self.scan_stored::<R>(candidates, after, deadline, |_, bytes, revision| Ok(visit(decode(&bytes)?, revision)))
+        self.scan_stored::<R>(candidates, after, deadline, |_, bytes, revision| Ok(visit(decode(bytes)?, revision)))
     }
 
-    /// [`Registry::scan`] with each record's name and stored bytes, undecoded.
+    /// [`Registry::scan`] with each record's name and stored bytes, undecoded
+    /// and lent.
     fn scan_stored<R: Resource>(
         &self,
         candidates: Option<&index::Candidates>,
         after: Option<&str>,
         deadline: Option<Instant>,
-        mut visit: impl FnMut(&str, Vec<u8>, u64) -> Result<bool>,
+        mut visit: impl FnMut(&str, &[u8], u64) -> Result<bool>,
     ) -> Result<u64> {
         let mut newest = 0;
         let mut visited = 0u64;
-        let mut visit = |name: &str, bytes: Vec<u8>, revision: u64| -> Result<bool> {
+        let mut visit = |name: &str, bytes: &[u8], revision: u64| -> Result<bool> {
             visited += 1;
             if visited % DEADLINE_CHECK_INTERVAL == 0 {
                 check_deadline(deadline, || {
@@ -650,12 +709,11 @@ impl Registry {
             let mut failure = None;
             candidates.for_each(&*self.store, after_id, &mut |id| {
                 let name = R::KIND.name_of(id);
-                let visited = match self.store.get(&record_key(&name)) {
-                    Ok(Some(entry)) => visit(&name, entry.value, entry.mod_revision),
-                    Ok(None) => Ok(true),
-                    Err(e) => Err(e.into()),
-                };
-                visited.unwrap_or_else(|e| {
+                let mut visited = Ok(true);
+                let read = self.store.read(&record_key(&name), &mut |bytes, revision| {
+                    visited = visit(&name, bytes, revision);
+                });
+                read.map_err(Error::from).and(visited).unwrap_or_else(|e| {
                     failure = Some(e);
                     false
                 })
@@ -669,7 +727,7 @@ impl Registry {
         };
         crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {
             let name = std::str::from_utf8(&key[2..]).map_err(Error::internal)?;
-            visit(name, entry.value, entry.mod_revision)
+            visit(name, &entry.value, entry.mod_revision)
         })?;
         Ok(newest)
     }
@@ -1017,11 +1075,11 @@ fn as_of_day(as_of: Option<&Date>, violations: &mut Violations) -> Date {
 /// Whether the stored record under `name` is soft-deleted, whatever its kind.
 fn is_deleted(name: &str, bytes: &[u8]) -> Result<bool> {
     let kind = resource::kind_of_name(name).ok_or_else(|| Error::internal(format!("no kind for {name}")))?;
-    let descriptor = DESCRIPTOR_POOL
+    let delete_time = DESCRIPTOR_POOL
         .get_message_by_name(kind.message)
-        .ok_or_else(|| Error::internal(format!("no descriptor for {}", kind.message)))?;
-    let record = DynamicMessage::decode(descriptor, bytes).map_err(Error::internal)?;
-    Ok(record.has_field_by_name("delete_time"))
+        .and_then(|descriptor| descriptor.get_field_by_name("delete_time"))
+        .ok_or_else(|| Error::internal(format!("{} has no delete_time", kind.message)))?;
+    has_field(bytes, delete_time.number()).map_err(|e| undecodable(kind, &e))
 }
 
 /// The request's resource without the fields the server sets.
@@ -1107,7 +1165,7 @@ mod tests {
     }
 
     #[test]
-    fn has_field_finds_a_top_level_field_and_nothing_in_garbage() {
+    fn has_field_finds_a_top_level_field_and_refuses_garbage() {
         use crate::pb::cooperation::v1::Agreement;
         let deleted = Agreement {
             title: "t".into(),
@@ -1115,9 +1173,9 @@ mod tests {
             ..Default::default()
         };
         let tag = deleted.descriptor().get_field_by_name("delete_time").unwrap().number();
-        assert!(has_field(&deleted.encode_to_vec(), tag));
+        assert!(has_field(&deleted.encode_to_vec(), tag).unwrap());
         let live = Agreement { title: "t".into(), ..Default::default() };
-        assert!(!has_field(&live.encode_to_vec(), tag));
-        assert!(!has_field(&[0xff, 0xff, 0xff], tag));
+        assert!(!has_field(&live.encode_to_vec(), tag).unwrap());
+        assert!(has_field(&[0xff, 0xff, 0xff], tag).is_err(), "a damaged record is an error, not a live record");
     }
 }

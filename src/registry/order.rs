@@ -4,7 +4,7 @@
 use std::cmp::Ordering;
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, Kind as FieldKind, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, Kind as FieldKind, Value};
 
 use crate::registry::dates;
 use crate::registry::filter::{self, Step};
@@ -117,11 +117,8 @@ fn value_at(record: &DynamicMessage, steps: &[Step]) -> SortValue {
             Value::U32(n) => SortValue::Int(i128::from(*n)),
             Value::U64(n) => SortValue::Int(i128::from(*n)),
             Value::Message(_) if !present => SortValue::Missing,
-            Value::Message(m) if m.descriptor().full_name() == "google.type.Date" => {
-                match m.transcode_to::<crate::pb::google::r#type::Date>() {
-                    Ok(d) => SortValue::Period(dates::first_day(&d), dates::last_day(&d)),
-                    Err(_) => SortValue::Missing,
-                }
+            Value::Message(m) if let Some(d) = dates::from_dynamic(m) => {
+                SortValue::Period(dates::first_day(&d), dates::last_day(&d))
             }
             Value::Message(m) => match m.transcode_to::<prost_types::Timestamp>() {
                 Ok(t) => SortValue::Int(i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)),
@@ -189,6 +186,7 @@ pub fn decode_cursor(bytes: &[u8], keys: usize) -> Option<(Vec<SortValue>, Strin
 
 #[cfg(test)]
 mod tests {
+    use prost_reflect::ReflectMessage;
 
     use super::*;
     use crate::pb::cooperation::v1::Agreement;

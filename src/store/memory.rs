@@ -57,8 +57,11 @@ impl State {
 }
 
 impl Store for MemoryStore {
-    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
-        Ok(self.state.lock().expect("state lock").keys.get(key).cloned())
+    fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
+        let state = self.state.lock().expect("state lock");
+        let Some(entry) = state.keys.get(key) else { return Ok(false) };
+        visit(&entry.value, entry.mod_revision);
+        Ok(true)
     }
 
     fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {

@@ -134,7 +134,16 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// `mod_revision` they read.
 pub trait Store: Send + Sync + 'static {
     /// The entry under `key`.
-    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>>;
+    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
+        let mut entry = None;
+        self.read(key, &mut |value, mod_revision| entry = Some(Entry { mod_revision, value: value.to_vec() }))?;
+        Ok(entry)
+    }
+
+    /// The value under `key` and its mod revision, lent to `visit` without a
+    /// copy (a List appends each record straight into its response); false
+    /// when the key is absent. `visit` must not call the store.
+    fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool>;
 
     /// Up to `limit` entries with keys under `prefix`, from `start` (inclusive, and
     /// itself under `prefix` or empty for the first) in ascending key order.

@@ -360,11 +360,17 @@ fn change_key(revision: u64) -> [u8; 9] {
 }
 
 fn decode_entry(raw: &[u8]) -> StoreResult<Entry> {
+    let (mod_revision, value) = split_entry(raw)?;
+    Ok(Entry { mod_revision, value: value.to_vec() })
+}
+
+/// A stored value's revision header and the value after it.
+fn split_entry(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
     if raw.len() < 8 {
         return Err(StoreError::Storage("stored value shorter than its revision header".into()));
     }
     let (rev, value) = raw.split_at(8);
-    Ok(Entry { mod_revision: decode_u64(rev).unwrap_or_default(), value: value.to_vec() })
+    Ok((decode_u64(rev).unwrap_or_default(), value))
 }
 
 impl SledStore {
@@ -384,11 +390,11 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
-        match self.tree.get(user_key(key)).map_err(|e| self.read_error(e))? {
-            Some(raw) => decode_entry(&raw).map(Some),
-            None => Ok(None),
-        }
+    fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
+        let Some(raw) = self.tree.get(user_key(key)).map_err(|e| self.read_error(e))? else { return Ok(false) };
+        let (mod_revision, value) = split_entry(&raw)?;
+        visit(value, mod_revision);
+        Ok(true)
     }
 
     fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
