@@ -83,6 +83,9 @@ impl Rules for Agreement {
         self.status = status_as_of(self, as_of) as i32;
     }
 
+    /// The tags of [`StatusInputs`].
+    const DERIVED_FROM_FIELDS: &'static [u32] = &[10, 12, 13, 15, 16];
+
     fn derived_from(stored: &[u8], as_of: &Date) -> Result<Option<Agreement>, prost::DecodeError> {
         let dates = StatusInputs::decode(stored)?;
         let inputs = Agreement {
@@ -217,6 +220,16 @@ mod tests {
                 let derived = Agreement::derived_from(&bytes, &day).unwrap().unwrap();
                 assert_eq!(derived.status, decoded.status, "{record:?} on {day:?}");
                 assert_eq!(derived, Agreement { status: decoded.status, ..Default::default() });
+                let mut only_inputs = Vec::new();
+                crate::registry::for_each_top_level_field(&bytes, |number, field| {
+                    if Agreement::DERIVED_FROM_FIELDS.contains(&number) {
+                        only_inputs.extend_from_slice(field);
+                    }
+                    true
+                })
+                .unwrap();
+                let from_inputs = Agreement::derived_from(&only_inputs, &day).unwrap().unwrap();
+                assert_eq!(from_inputs, derived, "DERIVED_FROM_FIELDS alone, {record:?} on {day:?}");
             }
         }
     }

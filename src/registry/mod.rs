@@ -134,18 +134,34 @@ struct EncodedItems {
     items: Vec<Vec<u8>>,
 }
 
-/// Whether the encoded message `bytes` holds a field numbered `tag` at its top
-/// level, read on the wire without decoding the message.
-fn has_field(mut bytes: &[u8], tag: u32) -> std::result::Result<bool, prost::DecodeError> {
+/// Calls `visit` with each top-level field of the encoded message `bytes`:
+/// its number and its bytes on the wire (key included), in order, without
+/// decoding the message; stops early when `visit` says false.
+fn for_each_top_level_field(
+    mut bytes: &[u8],
+    mut visit: impl FnMut(u32, &[u8]) -> bool,
+) -> std::result::Result<(), prost::DecodeError> {
     use prost::encoding::{DecodeContext, decode_key, skip_field};
     while !bytes.is_empty() {
-        let (found, wire_type) = decode_key(&mut bytes)?;
-        if found == tag {
-            return Ok(true);
+        let field = bytes;
+        let (number, wire_type) = decode_key(&mut bytes)?;
+        skip_field(wire_type, number, &mut bytes, DecodeContext::default())?;
+        if !visit(number, &field[..field.len() - bytes.len()]) {
+            break;
         }
-        skip_field(wire_type, found, &mut bytes, DecodeContext::default())?;
     }
-    Ok(false)
+    Ok(())
+}
+
+/// Whether the encoded message `bytes` holds a field numbered `tag` at its top
+/// level, read on the wire without decoding the message.
+fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, prost::DecodeError> {
+    let mut found = false;
+    for_each_top_level_field(bytes, |number, _| {
+        found = number == tag;
+        !found
+    })?;
+    Ok(found)
 }
 
 pub struct Registry {
@@ -567,18 +583,27 @@ impl Registry {
             let mut items = Vec::new();
             let mut count = 0;
             let mut last = String::new();
+            // One pass over each record's top level finds its deletion and
+            // copies out the few fields its derived ones are read from.
+            let mut inputs = Vec::new();
             let newest =
                 self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
-                    let deleted = match delete_time {
-                        Some(tag) => has_field(stored, tag).map_err(|e| undecodable(R::KIND, &e))?,
-                        None => false,
-                    };
+                    let mut deleted = false;
+                    inputs.clear();
+                    for_each_top_level_field(stored, |number, field| {
+                        deleted |= Some(number) == delete_time;
+                        if R::DERIVED_FROM_FIELDS.contains(&number) {
+                            inputs.extend_from_slice(field);
+                        }
+                        true
+                    })
+                    .map_err(|e| undecodable(R::KIND, &e))?;
                     if query.show_deleted || !deleted {
                         if count == size {
                             more = true;
                             return Ok(false);
                         }
-                        let derived = Self::derived::<R>(stored, revision, &as_of)?;
+                        let derived = Self::derived::<R>(&inputs, revision, &as_of)?;
                         let len = stored.len() + derived.encoded_len();
                         prost::encoding::encode_key(
                             ITEMS_FIELD,

@@ -145,6 +145,10 @@ pub trait Rules {
     /// Sets output-only fields derived on read, as of `as_of`.
     fn derive(&mut self, _as_of: &Date) {}
 
+    /// The top-level fields `derive` reads: `derived_from` gives the same
+    /// answer from just these fields of a stored record as from all of it.
+    const DERIVED_FROM_FIELDS: &'static [u32] = &[];
+
     /// The fields `derive` sets, alone in a message, from the stored record's
     /// bytes: appended to those bytes they give the record as `derive` leaves
     /// it (a later occurrence of a field replaces an earlier one), without
