@@ -28,13 +28,19 @@ fn encode_date(first_day: i64) -> [u8; 8] {
     ((first_day as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn encode_value(value: &Value) -> Option<Vec<u8>> {
+/// Appends the index encoding of `value` to `out`; false (and nothing
+/// appended) for a value that is not indexed (an empty string, say).
+fn append_value(value: &Value, out: &mut Vec<u8>) -> bool {
     match value {
-        Value::String(s) if !s.is_empty() => Some(s.as_bytes().to_vec()),
-        Value::EnumNumber(n) => Some(((*n as u32) ^ (1 << 31)).to_be_bytes().to_vec()),
-        Value::Message(m) => Some(encode_date(dates::first_day(&dates::from_dynamic(m)?)).to_vec()),
-        _ => None,
+        Value::String(s) if !s.is_empty() => out.extend_from_slice(s.as_bytes()),
+        Value::EnumNumber(n) => out.extend_from_slice(&((*n as u32) ^ (1 << 31)).to_be_bytes()),
+        Value::Message(m) => match dates::from_dynamic(m) {
+            Some(date) => out.extend_from_slice(&encode_date(dates::first_day(&date))),
+            None => return false,
+        },
+        _ => return false,
     }
+    true
 }
 
 /// Visits every value at a dotted path, through repeated and nested fields
@@ -64,10 +70,10 @@ pub fn entries(kind: &Kind, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
     let mut sets = BTreeSet::new();
     for path in kind.indexes {
         let steps: Vec<&str> = path.split('.').collect();
+        let base = prefix(kind, path);
         for_each_value_at(record, &steps, &mut |value| {
-            if let Some(encoded) = encode_value(value) {
-                let mut set = prefix(kind, path);
-                set.extend_from_slice(&encoded);
+            let mut set = base.clone();
+            if append_value(value, &mut set) {
                 set.push(0);
                 sets.insert(set);
             }

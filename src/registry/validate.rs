@@ -80,6 +80,26 @@ pub fn plans(message: &MessageDescriptor) -> &'static [FieldPlan] {
     PLANS.get(message.full_name()).map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// The messages of ours with an OUTPUT_ONLY field, at any depth: the only
+/// ones [`strip_output_only`] needs to look inside.
+static HOLDS_OUTPUT_ONLY: LazyLock<std::collections::HashSet<&'static str>> = LazyLock::new(|| {
+    let mut holders = std::collections::HashSet::new();
+    loop {
+        let before = holders.len();
+        for (name, plans) in PLANS.iter() {
+            let holds = plans.iter().any(|p| {
+                p.output_only || matches!(p.field.kind(), FieldKind::Message(m) if holders.contains(m.full_name()))
+            });
+            if holds {
+                holders.insert(name.as_str());
+            }
+        }
+        if holders.len() == before {
+            return holders;
+        }
+    }
+});
+
 /// A resource name found in a reference field, with the path it was found at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reference {
@@ -106,7 +126,7 @@ pub fn strip_output_only(mut bytes: &[u8], message: &MessageDescriptor) -> Optio
         // A message of ours may hold OUTPUT_ONLY fields of its own.
         if let Some(FieldKind::Message(inner)) = plan.map(|p| p.field.kind())
             && wire_type == WireType::LengthDelimited
-            && !self::plans(&inner).is_empty()
+            && HOLDS_OUTPUT_ONLY.contains(inner.full_name())
         {
             let key = &field_start[..field_start.len() - bytes.len()];
             let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
@@ -334,5 +354,10 @@ mod tests {
         assert_eq!(Agreement::decode(stripped.as_slice()).unwrap(), kept);
         assert_eq!(strip_output_only(&kept.encode_to_vec(), &kept.descriptor()).unwrap(), kept.encode_to_vec());
         assert_eq!(strip_output_only(&[0x0a, 0x05, b'a'], &kept.descriptor()), None, "a cut field");
+        // Only messages with an OUTPUT_ONLY field somewhere are looked inside.
+        for resource in ["Agreement", "Party", "PartnershipDomain", "Engagement"] {
+            assert!(HOLDS_OUTPUT_ONLY.contains(format!("cooperation.v1.{resource}").as_str()), "{resource}");
+        }
+        assert!(!HOLDS_OUTPUT_ONLY.contains("cooperation.v1.Agreement.Signatory"));
     }
 }
