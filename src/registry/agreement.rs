@@ -169,6 +169,8 @@ pub fn term_end(a: &Agreement, day: i64) -> Option<(i64, bool)> {
 
 #[cfg(test)]
 mod tests {
+    use prost_reflect::ReflectMessage;
+
     use super::*;
     use agreement::Status;
 
@@ -221,13 +223,9 @@ mod tests {
                 assert_eq!(derived.status, decoded.status, "{record:?} on {day:?}");
                 assert_eq!(derived, Agreement { status: decoded.status, ..Default::default() });
                 let mut only_inputs = Vec::new();
-                crate::registry::for_each_top_level_field(&bytes, |number, field| {
-                    if Agreement::DERIVED_FROM_FIELDS.contains(&number) {
-                        only_inputs.extend_from_slice(field);
-                    }
-                    true
-                })
-                .unwrap();
+                let delete_time = record.descriptor().get_field_by_name("delete_time").map(|f| f.number());
+                let deleted = crate::registry::read_top_level::<Agreement>(&bytes, delete_time, &mut only_inputs);
+                assert!(!deleted.unwrap(), "none of these is deleted");
                 let from_inputs = Agreement::derived_from(&only_inputs, &day).unwrap().unwrap();
                 assert_eq!(from_inputs, derived, "DERIVED_FROM_FIELDS alone, {record:?} on {day:?}");
             }

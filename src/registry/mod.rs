@@ -153,6 +153,33 @@ fn for_each_top_level_field(
     Ok(())
 }
 
+/// One pass over a stored record's top level: whether it holds `delete_time`
+/// (its field number), with the fields its derived ones are read from
+/// (`Rules::DERIVED_FROM_FIELDS`) copied into `inputs`.
+fn read_top_level<R: Resource>(stored: &[u8], delete_time: Option<u32>, inputs: &mut Vec<u8>) -> Result<bool> {
+    let mut deleted = false;
+    inputs.clear();
+    for_each_top_level_field(stored, |number, field| {
+        deleted |= Some(number) == delete_time;
+        if R::DERIVED_FROM_FIELDS.contains(&number) {
+            inputs.extend_from_slice(field);
+        }
+        true
+    })
+    .map_err(|e| undecodable(R::KIND, &e))?;
+    Ok(deleted)
+}
+
+/// Appends a record to a `List…Response`'s repeated field: its stored bytes,
+/// then what `derived` sets (see [`Registry::derived`]).
+fn append_item<R: Resource>(items: &mut Vec<u8>, stored: &[u8], derived: &R) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(ITEMS_FIELD, WireType::LengthDelimited, items);
+    encode_varint((stored.len() + derived.encoded_len()) as u64, items);
+    items.extend_from_slice(stored);
+    derived.encode_raw(items);
+}
+
 /// Whether the encoded message `bytes` holds a field numbered `tag` at its top
 /// level, read on the wire without decoding the message.
 fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, prost::DecodeError> {
@@ -583,36 +610,17 @@ impl Registry {
             let mut items = Vec::new();
             let mut count = 0;
             let mut last = String::new();
-            // One pass over each record's top level finds its deletion and
-            // copies out the few fields its derived ones are read from.
             let mut inputs = Vec::new();
             let newest =
                 self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
-                    let mut deleted = false;
-                    inputs.clear();
-                    for_each_top_level_field(stored, |number, field| {
-                        deleted |= Some(number) == delete_time;
-                        if R::DERIVED_FROM_FIELDS.contains(&number) {
-                            inputs.extend_from_slice(field);
-                        }
-                        true
-                    })
-                    .map_err(|e| undecodable(R::KIND, &e))?;
+                    let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
                     if query.show_deleted || !deleted {
                         if count == size {
                             more = true;
                             return Ok(false);
                         }
                         let derived = Self::derived::<R>(&inputs, revision, &as_of)?;
-                        let len = stored.len() + derived.encoded_len();
-                        prost::encoding::encode_key(
-                            ITEMS_FIELD,
-                            prost::encoding::WireType::LengthDelimited,
-                            &mut items,
-                        );
-                        prost::encoding::encode_varint(len as u64, &mut items);
-                        items.extend_from_slice(stored);
-                        derived.encode_raw(&mut items);
+                        append_item(&mut items, stored, &derived);
                         count += 1;
                         if count == 1 {
                             // Records of a kind are alike in size: room for the page at once.
