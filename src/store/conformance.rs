@@ -29,6 +29,11 @@ async fn suite(store: Arc<dyn Store>) {
     let a1 = store.get(b"a/1").unwrap().unwrap();
     assert_eq!((a1.mod_revision, a1.value.as_slice()), (1, &b"one"[..]));
     assert_eq!(store.changes(1, 10).unwrap(), vec![(1, b"change".to_vec())]);
+    // A read lends the value and its revision, and tells an absent key.
+    let mut lent = Vec::new();
+    assert!(store.read(b"a/2", &mut |value, revision| lent.push((value.to_vec(), revision))).unwrap());
+    assert!(!store.read(b"a/9", &mut |value, revision| lent.push((value.to_vec(), revision))).unwrap());
+    assert_eq!(lent, [(b"two".to_vec(), 1)], "one visit, for the present key only");
 
     // A failed condition writes nothing: no key, no revision, no change entry.
     let stale = Condition::ModRevision { key: b"a/1".to_vec(), equals: 7 };
