@@ -306,11 +306,18 @@ struct CallRecord {
     finished: bool,
     /// Set when reading the request body failed.
     request_failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether the metrics recorder was there to count the call in flight: a
+    /// call that began before it was installed must not be taken off at its
+    /// end (the gauge would go below the calls really in flight).
+    counted_in_flight: bool,
 }
 
 impl CallRecord {
     fn start(path: &str, deadline: Option<Instant>) -> CallRecord {
-        metrics::gauge!(IN_FLIGHT).increment(1.0);
+        let counted_in_flight = RECORDER.get().is_some_and(Result::is_ok);
+        if counted_in_flight {
+            metrics::gauge!(IN_FLIGHT).increment(1.0);
+        }
         let span = tracing::info_span!("call", method = %path);
         CallRecord {
             span,
@@ -319,6 +326,7 @@ impl CallRecord {
             deadline,
             finished: false,
             request_failed: Default::default(),
+            counted_in_flight,
         }
     }
 
@@ -364,7 +372,9 @@ impl Drop for CallRecord {
             let expired = self.deadline.is_some_and(|d| Instant::now() >= d);
             self.report(if expired { tonic::Code::DeadlineExceeded } else { tonic::Code::Cancelled });
         }
-        metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        if self.counted_in_flight {
+            metrics::gauge!(IN_FLIGHT).decrement(1.0);
+        }
     }
 }
 
@@ -440,6 +450,31 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The in-flight gauge as the recorder renders it.
+    fn in_flight(handle: &PrometheusHandle) -> f64 {
+        let text = handle.render();
+        let line = text.lines().find(|l| l.starts_with(&format!("{IN_FLIGHT} ")));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+
+    #[test]
+    fn a_call_begun_before_the_recorder_is_not_taken_off_the_in_flight_gauge() {
+        // (No other unit test records calls; the integration tests run in
+        // processes of their own.)
+        let early = CallRecord::start("/test.Service/Early", None);
+        let handle = recorder().unwrap();
+        let counted = early.counted_in_flight;
+        let before = in_flight(handle);
+        drop(early);
+        let taken_off = if counted { 1.0 } else { 0.0 };
+        assert_eq!(in_flight(handle), before - taken_off, "counted in flight: {counted}");
+        let late = CallRecord::start("/test.Service/Late", None);
+        assert!(late.counted_in_flight);
+        assert_eq!(in_flight(handle), before - taken_off + 1.0);
+        drop(late);
+        assert_eq!(in_flight(handle), before - taken_off);
+    }
 
     #[test]
     fn grpc_timeouts_parse_in_every_unit() {
