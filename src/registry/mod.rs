@@ -126,14 +126,6 @@ struct Found<R> {
     revision: u64,
 }
 
-/// The repeated field of a `List…Response` with its records left encoded (a
-/// repeated message and a repeated bytes field are the same on the wire).
-#[derive(Clone, PartialEq, prost::Message)]
-struct EncodedItems {
-    #[prost(bytes = "vec", repeated, tag = "1")]
-    items: Vec<Vec<u8>>,
-}
-
 /// Calls `visit` with each top-level field of the encoded message `bytes`:
 /// its number and its bytes on the wire (key included), in order, without
 /// decoding the message; stops early when `visit` says false.
@@ -486,7 +478,11 @@ impl Registry {
     /// record does not decode and re-encode it.
     pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<Vec<u8>> {
         let (entry, as_of) = self.read_for_get::<R>(name, as_of).await?;
-        self.with_derived::<R>(entry.value, entry.mod_revision, &as_of)
+        let derived = Self::derived::<R>(&entry.value, entry.mod_revision, &as_of)?;
+        let mut bytes = entry.value;
+        bytes.reserve_exact(derived.encoded_len());
+        derived.encode_raw(&mut bytes);
+        Ok(bytes)
     }
 
     /// A Get's checks and read: the name and day checked, the stored entry
@@ -514,22 +510,12 @@ impl Registry {
         Ok(derived)
     }
 
-    /// A stored record's bytes with what [`Registry::present`] sets appended.
-    fn with_derived<R: Resource>(&self, mut bytes: Vec<u8>, revision: u64, as_of: &Date) -> Result<Vec<u8>> {
-        let derived = Self::derived::<R>(&bytes, revision, as_of)?;
-        bytes.reserve_exact(derived.encoded_len());
-        derived.encode_raw(&mut bytes);
-        Ok(bytes)
-    }
-
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
         let found = self.list_items::<R>(query, false).await?;
         let items = match found.rows {
             Rows::Records(rows) => rows.into_iter().map(|(_, record)| record).collect(),
-            Rows::Encoded(bytes) => {
-                let items = EncodedItems::decode(bytes.as_slice()).map_err(|e| undecodable(R::KIND, &e))?;
-                items.items.iter().map(|item| decode(item)).collect::<Result<_>>()?
-            }
+            // (Only a List asked for encoded records is answered that way.)
+            Rows::Encoded(_) => return Err(Error::internal("a List of decoded records was answered encoded")),
         };
         Ok(Page { items, next_page_token: found.next_page_token, revision: found.revision })
     }

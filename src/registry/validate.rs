@@ -242,16 +242,11 @@ fn check_value(
                 violations.add(path.render(), format!("{number} is not a value of {}", enum_type.full_name()));
             }
         }
-        Value::Message(inner) if inner.descriptor().full_name() == "google.type.Date" => {
-            match dates::from_dynamic(inner) {
-                Some(date) => {
-                    let mut found = Violations::new();
-                    dates::check(&date, "", &mut found);
-                    if !found.is_empty() {
-                        violations.extend(found.prefixed(&path.render()));
-                    }
-                }
-                None => violations.add(path.render(), "is not a valid google.type.Date"),
+        Value::Message(inner) if let Some(date) = dates::from_dynamic(inner) => {
+            let mut found = Violations::new();
+            dates::check(&date, "", &mut found);
+            if !found.is_empty() {
+                violations.extend(found.prefixed(&path.render()));
             }
         }
         Value::Message(inner) => walk(inner, path, violations, references),
