@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// levels off at roughly this plus 170 MiB at 1,000,000 agreements).
     #[arg(long, env = "COOPERATION_REGISTRY_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
+    /// After this many MiB of records, index entries and changes written, the
+    /// store closes and reopens its database (a pause of about a second at
+    /// 1,000,000 agreements) so that a start after a crash replays at most that
+    /// much of sled's log; 0 never does, and a start replays all written since
+    /// the previous one.
+    #[arg(long, env = "COOPERATION_REGISTRY_CHECKPOINT_MIB", default_value_t = crate::store::sled::DEFAULT_CHECKPOINT_MIB)]
+    pub checkpoint_mib: u64,
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for calls in flight.
     #[arg(long, env = "COOPERATION_REGISTRY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -284,7 +291,11 @@ fn restore(args: &RestoreArgs) -> CliResult {
 }
 
 async fn serve(args: ServeArgs) -> CliResult {
-    let options = SledOptions { durability: args.durability.into(), cache_capacity: args.cache_mib * 1024 * 1024 };
+    let options = SledOptions {
+        durability: args.durability.into(),
+        cache_capacity: args.cache_mib * 1024 * 1024,
+        checkpoint_bytes: args.checkpoint_mib * 1024 * 1024,
+    };
     let store = SledStore::open(&args.data_dir, options)
         .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
     tracing::info!(data_dir = %args.data_dir.display(), durability = ?args.durability, "store open");

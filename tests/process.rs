@@ -25,9 +25,15 @@ struct Running {
 
 /// Starts `serve` on a free port and waits for its "serving" log line.
 fn start(data_dir: &Path) -> Running {
+    start_with(data_dir, &[])
+}
+
+/// `start`, with more flags.
+fn start_with(data_dir: &Path, flags: &[&str]) -> Running {
     let mut child = Command::new(BINARY)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(flags)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -77,6 +83,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         "--data-dir",
         "--durability",
         "--cache-mib",
+        "--checkpoint-mib",
         "--shutdown-timeout-secs",
         "--max-request-bytes",
         "--max-response-bytes",
@@ -151,14 +158,17 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
 /// checks after each restart that every acknowledged write is there.
 /// Kills the server with SIGKILL at a different moment of each cycle while 16
 /// clients write. `CRASH_CYCLES=100 cargo test --release --test process sigkill`
-/// runs more cycles than the default 3.
+/// runs more cycles than the default 3. The store checkpoints (closes and
+/// reopens its database) after every MiB written, so crashes also fall
+/// around and between checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
     let mut acknowledged: Vec<(String, String)> = Vec::new();
+    let mut checkpoints = 0;
     for cycle in 0..cycles {
-        let mut server = start(dir.path());
+        let mut server = start_with(dir.path(), &["--checkpoint-mib", "1"]);
         let channel = connect(server.addr).await;
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut writers = Vec::new();
@@ -181,12 +191,19 @@ async fn sigkill_loses_nothing_acknowledged() {
         while acked.lock().unwrap().is_empty() && Instant::now() < flowing {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // The first cycle crashes after a checkpoint, the others wherever they fall.
+        let checkpointed = || server.log.lock().unwrap().iter().any(|l| l.contains("checkpoint: reopened"));
+        let limit = Instant::now() + Duration::from_secs(60);
+        while cycle == 0 && !checkpointed() && Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(150 + (cycle as u64 * 379) % 850)).await;
         server.child.kill().unwrap(); // SIGKILL
         server.child.wait().unwrap();
         for w in writers {
             w.await.unwrap();
         }
+        checkpoints += server.log.lock().unwrap().iter().filter(|l| l.contains("checkpoint: reopened")).count();
         let acked = std::mem::take(&mut *acked.lock().unwrap());
         assert!(!acked.is_empty(), "cycle {cycle}: no write acknowledged");
         acknowledged.extend(acked);
@@ -201,7 +218,8 @@ async fn sigkill_loses_nothing_acknowledged() {
         server.child.kill().unwrap();
         server.child.wait().unwrap();
     }
-    eprintln!("{} acknowledged writes survived {cycles} SIGKILLs", acknowledged.len());
+    eprintln!("{} acknowledged writes survived {cycles} SIGKILLs and {checkpoints} checkpoints", acknowledged.len());
+    assert!(checkpoints > 0, "the writes reached no checkpoint");
 }
 
 /// A watch interrupted by a server crash resumes from the last revision it

@@ -234,7 +234,9 @@ fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
 }
 
 fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
-    let options = SledOptions { durability: Durability::None, cache_capacity: 8 * 1024 * 1024 };
+    // A checkpoint every few groups, so the model also checks that closing and
+    // reopening the database under the writer loses and changes nothing.
+    let options = SledOptions { durability: Durability::None, cache_capacity: 8 * 1024 * 1024, checkpoint_bytes: 200 };
     Arc::new(SledStore::open(dir, options).expect("sled store opens"))
 }
 

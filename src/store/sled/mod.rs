@@ -15,9 +15,10 @@
 //! does not disturb the rest of its group.
 
 use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,17 +56,73 @@ const MAX_GROUP: usize = 4096;
 /// off at about 290 MiB with 128 and 400 MiB with 256 (docs/benchmarks.md).
 pub const DEFAULT_CACHE_MIB: u64 = 192;
 
+/// The default for `SledOptions::checkpoint_bytes`, in MiB: a start after a
+/// crash then replays at most about this much of sled's log (sled replays
+/// roughly 650 MiB a second on the development machine; docs/benchmarks.md).
+pub const DEFAULT_CHECKPOINT_MIB: u64 = 512;
+
 #[derive(Clone, Debug)]
 pub struct SledOptions {
     pub durability: Durability,
     /// Bytes of page cache sled may keep.
     pub cache_capacity: u64,
+    /// Keys and values written, in bytes, after which the writer reopens the
+    /// database (a checkpoint: see `Writer::checkpoint`); 0 never does.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
-        SledOptions { durability: Durability::Fsync, cache_capacity: DEFAULT_CACHE_MIB * 1024 * 1024 }
+        SledOptions {
+            durability: Durability::Fsync,
+            cache_capacity: DEFAULT_CACHE_MIB * 1024 * 1024,
+            checkpoint_bytes: DEFAULT_CHECKPOINT_MIB * 1024 * 1024,
+        }
     }
+}
+
+/// The open database, shared by the readers and the writer. A reader holds
+/// the read side for one read; the writer takes the write side to close and
+/// reopen the database (a checkpoint). `None` only after a reopen failed.
+#[derive(Clone, Default)]
+struct Shared(Arc<RwLock<Option<sled::Db>>>);
+
+/// The open database, held for one read.
+struct Open<'a>(RwLockReadGuard<'a, Option<sled::Db>>);
+
+impl Deref for Open<'_> {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        self.0.as_ref().expect("an Open is made only of an open database")
+    }
+}
+
+impl Shared {
+    fn new(tree: sled::Db) -> Shared {
+        Shared(Arc::new(RwLock::new(Some(tree))))
+    }
+
+    /// The database, held open until the returned guard goes.
+    fn tree(&self) -> StoreResult<Open<'_>> {
+        let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        match *guard {
+            Some(_) => Ok(Open(guard)),
+            None => Err(StoreError::Storage("the database could not be reopened after a checkpoint".into())),
+        }
+    }
+}
+
+/// Opens sled's database in `dir`: at the start, and again at each checkpoint.
+/// sled replays here what was logged since it last opened the directory, then
+/// writes a snapshot of its page table.
+fn open_tree(dir: &Path, cache_capacity: u64) -> StoreResult<sled::Db> {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_capacity)
+        .mode(sled::Mode::HighThroughput)
+        .open()
+        .map_err(|e| open_error(dir, e))
 }
 
 struct Pending {
@@ -104,7 +161,7 @@ impl Failure {
 }
 
 pub struct SledStore {
-    tree: sled::Db,
+    db: Shared,
     applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
     /// Shared with the writer: a read that finds the disk full reports it too.
@@ -120,12 +177,9 @@ impl SledStore {
         refuse_foreign_dir(dir)?;
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        let tree = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_capacity)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+        let opening = Instant::now();
+        let tree = open_tree(dir, options.cache_capacity)?;
+        tracing::info!(seconds = opening.elapsed().as_secs_f64(), "sled opened the data dir");
         check_or_init_format(&tree, dir)?;
         let revision = match tree.get(META_REVISION).map_err(storage)? {
             Some(bytes) => {
@@ -154,8 +208,12 @@ impl SledStore {
         let (durable_tx, durable) = watch::channel(revision);
         let failure = Failure::default();
         let (sender, receiver) = mpsc::channel();
+        let db = Shared::new(tree);
         let writer = Writer {
-            tree: tree.clone(),
+            db: db.clone(),
+            cache_capacity: options.cache_capacity,
+            checkpoint_bytes: options.checkpoint_bytes,
+            written_since_open: 0,
             revision,
             applied: applied.clone(),
             durable: Some(durable_tx),
@@ -172,7 +230,7 @@ impl SledStore {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SledStore {
-            tree,
+            db,
             applied,
             durable,
             failure,
@@ -233,8 +291,11 @@ impl SledStore {
         }
         batch.insert(META_REVISION, &revision.to_be_bytes()[..]);
         batch.insert(META_FIRST_CHANGE, &first_change.to_be_bytes()[..]);
-        store.tree.apply_batch(batch).map_err(storage)?;
-        store.tree.flush().map_err(storage)?;
+        {
+            let tree = store.db.tree()?;
+            tree.apply_batch(batch).map_err(storage)?;
+            tree.flush().map_err(storage)?;
+        }
         store.close()?;
         Ok(revision)
     }
@@ -396,7 +457,8 @@ impl SledStore {
 
 impl Store for SledStore {
     fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
-        let Some(raw) = self.tree.get(user_key(key)).map_err(|e| self.read_error(e))? else { return Ok(false) };
+        let tree = self.db.tree()?;
+        let Some(raw) = tree.get(user_key(key)).map_err(|e| self.read_error(e))? else { return Ok(false) };
         let (mod_revision, value) = split_entry(&raw)?;
         visit(value, mod_revision);
         Ok(true)
@@ -406,7 +468,7 @@ impl Store for SledStore {
         let full_prefix = user_key(prefix);
         let from = if start.is_empty() { full_prefix.clone() } else { user_key(start) };
         let mut out = Vec::with_capacity(limit.min(super::MAX_CHUNK));
-        for item in self.tree.range(from..) {
+        for item in self.db.tree()?.range(from..) {
             if out.len() >= limit {
                 break;
             }
@@ -420,7 +482,7 @@ impl Store for SledStore {
     }
 
     fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
-        chunks::scan(&self.tree, prefix, start, limit).map_err(|e| self.read_failure(e))
+        chunks::scan(&*self.db.tree()?, prefix, start, limit).map_err(|e| self.read_failure(e))
     }
 
     fn revision(&self) -> u64 {
@@ -443,7 +505,7 @@ impl Store for SledStore {
 
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         let mut out = Vec::new();
-        for item in self.tree.range(change_key(from_revision)..) {
+        for item in self.db.tree()?.range(change_key(from_revision)..) {
             if out.len() >= limit {
                 break;
             }
@@ -458,7 +520,7 @@ impl Store for SledStore {
     }
 
     fn first_change(&self) -> StoreResult<u64> {
-        Ok(self.tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1))
+        Ok(self.db.tree()?.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1))
     }
 
     fn compact(&self, revision: u64) -> StoreResult<u64> {
@@ -467,14 +529,19 @@ impl Store for SledStore {
         if revision <= first {
             return Ok(0);
         }
-        // The floor goes to disk before any entry is removed.
-        self.tree.insert(META_FIRST_CHANGE, &revision.to_be_bytes()).map_err(storage)?;
-        self.tree.flush().map_err(storage)?;
+        // The floor goes to disk before any entry is removed. (Each step holds
+        // the database for itself, so a checkpoint can come between them.)
+        {
+            let tree = self.db.tree()?;
+            tree.insert(META_FIRST_CHANGE, &revision.to_be_bytes()).map_err(storage)?;
+            tree.flush().map_err(storage)?;
+        }
         let mut removed = 0;
         loop {
+            let tree = self.db.tree()?;
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
-            for item in self.tree.range(change_key(first)..change_key(revision)).take(4096) {
+            for item in tree.range(change_key(first)..change_key(revision)).take(4096) {
                 let (key, _) = item.map_err(storage)?;
                 batch.remove(key);
                 in_batch += 1;
@@ -482,10 +549,10 @@ impl Store for SledStore {
             if in_batch == 0 {
                 break;
             }
-            self.tree.apply_batch(batch).map_err(storage)?;
+            tree.apply_batch(batch).map_err(storage)?;
             removed += in_batch;
         }
-        self.tree.flush().map_err(storage)?;
+        self.db.tree()?.flush().map_err(storage)?;
         Ok(removed)
     }
 
@@ -496,7 +563,7 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> StoreResult<u64> {
-        self.tree.size_on_disk().map_err(storage)
+        self.db.tree()?.size_on_disk().map_err(storage)
     }
 
     fn failed(&self) -> BoxFuture<'static, StoreError> {
@@ -532,7 +599,9 @@ impl Drop for SledStore {
             // sled flushes when its last handle goes, and on a failed log that
             // flush can wait forever: keep one handle alive instead (the
             // process is stopping; nothing more can be made durable).
-            std::mem::forget(self.tree.clone());
+            if let Ok(tree) = self.db.tree() {
+                std::mem::forget(tree.clone());
+            }
         }
     }
 }
@@ -547,12 +616,18 @@ struct Group {
     chunks: chunks::Pending,
     /// The revision of the group's last transaction (0 before the first).
     revision: u64,
+    /// Bytes of keys and values the group writes.
+    bytes: u64,
 }
 
 /// The single writer: applies transactions in arrival order and acknowledges them
 /// after one flush per group.
 struct Writer {
-    tree: sled::Db,
+    db: Shared,
+    cache_capacity: u64,
+    checkpoint_bytes: u64,
+    /// Bytes of keys and values written since the database was last opened.
+    written_since_open: u64,
     revision: u64,
     applied: Arc<AtomicU64>,
     /// Tells readers how far writes are durable; dropped after a failure, so a
@@ -598,6 +673,9 @@ impl Writer {
                 let _ = reply.send(self.final_flush());
                 return;
             }
+            if self.checkpoint_bytes > 0 && self.written_since_open >= self.checkpoint_bytes {
+                self.checkpoint();
+            }
         }
         let _ = self.final_flush();
     }
@@ -609,9 +687,54 @@ impl Writer {
         if let Some(failure) = self.failure.get() {
             return Err(failure);
         }
-        self.flush(Durability::Fsync)?;
+        let db = self.db.clone();
+        self.flush(&*db.tree()?, Durability::Fsync)?;
         self.mark_durable(true);
         Ok(())
+    }
+
+    /// Closes and reopens the database between two groups. sled writes a
+    /// snapshot of its page table only when it opens a directory, and a start
+    /// replays all it logged after that snapshot: without this, the first start
+    /// after a long run replays everything the run wrote (12.75 s after loading
+    /// 1,000,000 agreements). Reads and writes wait while it runs; its time
+    /// grows with what was written since the last one (`checkpoint_bytes`).
+    fn checkpoint(&mut self) {
+        let started = Instant::now();
+        let written = self.written_since_open;
+        let mut shared = self.db.0.write().unwrap_or_else(PoisonError::into_inner);
+        // The old handle must be gone before the directory is opened again:
+        // sled locks it while open.
+        let flushed = shared.take().map_or(Ok(()), |old| old.flush().map(drop).map_err(storage));
+        let reopened = flushed.and_then(|()| {
+            let mut attempts = 0;
+            loop {
+                match open_tree(&self.dir, self.cache_capacity) {
+                    // sled's background threads may hold the old lock a moment longer.
+                    Err(StoreError::Locked(_)) if attempts < 100 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    other => break other,
+                }
+            }
+        });
+        match reopened {
+            Ok(tree) => {
+                *shared = Some(tree);
+                self.written_since_open = 0;
+                tracing::info!(
+                    written_mib = written / (1024 * 1024),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "checkpoint: reopened the database, so a restart replays only what is written from now on"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint: cannot reopen the database");
+                self.failure.report(&e);
+                self.durable = None;
+            }
+        }
     }
 
     /// Records the durable revision in the marker file: at the first durable
@@ -637,21 +760,24 @@ impl Writer {
         if pending.is_empty() {
             return;
         }
+        let db = self.db.clone();
+        let tree = db.tree();
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
             // (A read may have found the failure first.)
-            let result = match self.failure.get() {
-                Some(StoreError::Full(reason)) => Err(StoreError::Full(reason)),
-                Some(reason) => {
+            let result = match (self.failure.get(), &tree) {
+                (Some(StoreError::Full(reason)), _) => Err(StoreError::Full(reason)),
+                (Some(reason), _) => {
                     Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
                 }
+                (None, Err(e)) => Err(e.clone()),
                 // A transaction the engine cannot hold is refused alone.
-                None if let Err(e) = p.txn.ops.iter().try_for_each(chunks::check_op) => Err(e),
-                None => {
+                (None, Ok(_)) if let Err(e) = p.txn.ops.iter().try_for_each(chunks::check_op) => Err(e),
+                (None, Ok(tree)) => {
                     // sled's reads fail too once its log could not be written
                     // (its own background flush may be the first to find out).
-                    let staged = self.stage(&p.txn, &mut group);
+                    let staged = self.stage(tree, &p.txn, &mut group);
                     if let Err(e) = &staged {
                         self.failure.report(e);
                     }
@@ -660,18 +786,26 @@ impl Writer {
             };
             answers.push((p.reply, result));
         }
-        if self.failure.get().is_none() && group.revision > self.revision {
+        if let (None, Ok(tree)) = (self.failure.get(), &tree)
+            && group.revision > self.revision
+        {
             group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
             for (key, chunk) in std::mem::take(&mut group.chunks) {
+                group.bytes += key.len() as u64;
                 match chunk.members.is_empty() {
-                    false => group.batch.insert(key, chunk.encode()),
+                    false => {
+                        let encoded = chunk.encode();
+                        group.bytes += encoded.len() as u64;
+                        group.batch.insert(key, encoded)
+                    }
                     true => group.batch.remove(key),
                 }
             }
-            let written = self.tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
+            self.written_since_open += group.bytes;
+            let written = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
                 self.revision = group.revision;
                 self.applied.store(group.revision, Ordering::Release);
-                self.flush(self.durability)
+                self.flush(tree, self.durability)
             });
             if let Err(e) = written {
                 self.failure.report(&e);
@@ -700,25 +834,27 @@ impl Writer {
 
     /// Checks a transaction's conditions against the tree and the group so far,
     /// and adds its writes and change-log entry to the group's batch.
-    fn stage(&mut self, txn: &Txn, group: &mut Group) -> StoreResult<Outcome> {
+    fn stage(&mut self, tree: &sled::Db, txn: &Txn, group: &mut Group) -> StoreResult<Outcome> {
         for condition in &txn.conditions {
-            if !self.holds(condition, group)? {
+            if !Self::holds(tree, condition, group)? {
                 return Ok(Outcome::ConditionFailed);
             }
         }
         let revision = group.revision.max(self.revision) + 1;
         let header = revision.to_be_bytes();
-        let mut sets = chunks::Staging { tree: &self.tree, pending: &mut group.chunks, tails: &mut self.tails };
+        let mut sets = chunks::Staging { tree, pending: &mut group.chunks, tails: &mut self.tails };
         for op in &txn.ops {
             match op {
                 Op::Put { key, value } => {
                     let mut stored = Vec::with_capacity(8 + value.len());
                     stored.extend_from_slice(&header);
                     stored.extend_from_slice(value);
+                    group.bytes += (1 + key.len() + stored.len()) as u64;
                     group.batch.insert(user_key(key), stored);
                     group.written.insert(key.clone(), Some(revision));
                 }
                 Op::Delete { key } => {
+                    group.bytes += 1 + key.len() as u64;
                     group.batch.remove(user_key(key));
                     group.written.insert(key.clone(), None);
                 }
@@ -726,17 +862,18 @@ impl Writer {
                 Op::Remove { set, member } => sets.remove(set, member, revision)?,
             }
         }
+        group.bytes += (9 + txn.change.len()) as u64;
         group.batch.insert(&change_key(revision)[..], txn.change.as_slice());
         group.revision = revision;
         Ok(Outcome::Committed { revision })
     }
 
-    fn holds(&self, condition: &Condition, group: &Group) -> StoreResult<bool> {
+    fn holds(tree: &sled::Db, condition: &Condition, group: &Group) -> StoreResult<bool> {
         match condition {
             Condition::ModRevision { key, equals } => {
                 let current = match group.written.get(key) {
                     Some(written) => written.unwrap_or(0),
-                    None => match self.tree.get(user_key(key)).map_err(storage)? {
+                    None => match tree.get(user_key(key)).map_err(storage)? {
                         Some(raw) => decode_entry(&raw)?.mod_revision,
                         None => 0,
                     },
@@ -752,7 +889,7 @@ impl Writer {
                 if in_group {
                     return Ok(false);
                 }
-                for item in self.tree.scan_prefix(user_key(prefix)) {
+                for item in tree.scan_prefix(user_key(prefix)) {
                     let (key, raw) = item.map_err(storage)?;
                     // Keys the group rewrote or removed were judged above.
                     if group.written.contains_key(&key[1..]) {
@@ -762,20 +899,20 @@ impl Writer {
                         return Ok(false);
                     }
                 }
-                Ok(!self.chunk_written_after(prefix, *revision, group)?)
+                Ok(!Self::chunk_written_after(tree, prefix, *revision, group)?)
             }
         }
     }
 
     /// Whether a chunk of a set whose name starts with `prefix` was written
     /// after `revision`, in the group or the tree.
-    fn chunk_written_after(&self, prefix: &[u8], revision: u64, group: &Group) -> StoreResult<bool> {
+    fn chunk_written_after(tree: &sled::Db, prefix: &[u8], revision: u64, group: &Group) -> StoreResult<bool> {
         let from = chunks::chunk_key(prefix, b"");
         let mut in_group = group.chunks.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from));
         if in_group.any(|(_, chunk)| chunk.revision > revision) {
             return Ok(true);
         }
-        for item in self.tree.scan_prefix(&from) {
+        for item in tree.scan_prefix(&from) {
             let (key, raw) = item.map_err(storage)?;
             if !group.chunks.contains_key(key.as_ref()) && chunks::Chunk::decode(&raw)?.revision > revision {
                 return Ok(true);
@@ -787,10 +924,11 @@ impl Writer {
     /// Copies the tree as it is between two groups, so the copy is consistent
     /// at `self.revision`; writes wait until it is done.
     fn backup(&mut self, out: mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
+        let tree = self.db.tree()?;
         let first_change =
-            self.tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1);
+            tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1);
         let mut writer = super::backup::BackupWriter::new(out, self.revision, first_change);
-        for item in self.tree.iter() {
+        for item in tree.iter() {
             let (key, value) = item.map_err(storage)?;
             match key.first() {
                 Some(&USER) => {
@@ -812,11 +950,11 @@ impl Writer {
         Ok(self.revision)
     }
 
-    fn flush(&mut self, durability: Durability) -> StoreResult<()> {
+    fn flush(&mut self, tree: &sled::Db, durability: Durability) -> StoreResult<()> {
         if durability == Durability::None {
             return Ok(());
         }
-        self.tree.flush().map_err(storage)?;
+        tree.flush().map_err(storage)?;
         if durability == Durability::Fsync {
             if self.sync_file.is_none() {
                 self.sync_file = File::open(&self.data_file).ok();
