@@ -638,6 +638,13 @@ enum Check {
 /// (OK, cancelled, other codes) answers of `path` in a metrics scrape, for
 /// the registry's labels (`Ok`, `Cancelled`) and etcd's (`OK`, `Canceled`).
 /// Calls in flight when h2load stops are cancelled.
+/// The store's checkpoints in a metrics scrape: how many, and how long the
+/// last one held calls (seconds).
+fn checkpoints(scrape: &BTreeMap<String, f64>) -> (f64, f64) {
+    let value = |name: &str| scrape.get(name).copied().unwrap_or(0.0);
+    (value("cooperation_registry_checkpoints_total"), value("cooperation_registry_last_checkpoint_seconds"))
+}
+
 fn handled(scrape: &BTreeMap<String, f64>, path: &str) -> (f64, f64, f64) {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap();
     let (mut ok, mut cancelled, mut other) = (0.0, 0.0, 0.0);
@@ -680,6 +687,8 @@ async fn compare() {
     // Loaded on both cores without waiting for each write to be durable (the
     // clean shutdown after it flushes everything): how the data got there is
     // not what is measured.
+    // The load's checkpoints (count, last pause), when this run loaded.
+    let mut load_checkpoints = None;
     let get_name = match already_loaded {
         Some(loaded) if loaded == count => {
             eprintln!("{} already holds {count} agreements (DATA_DIR): not loading", data_dir.display());
@@ -691,6 +700,7 @@ async fn compare() {
         None => {
             let (server, _) = start_registry_on(&data_dir, &["--durability", "none"], "0,1");
             let name = load(server.addr, count).await;
+            load_checkpoints = Some(checkpoints(&scrape(server.metrics.expect("metrics address")).await));
             server.stop();
             std::fs::write(&loaded_marker, count.to_string()).unwrap();
             name
@@ -810,6 +820,9 @@ async fn compare() {
     let shapes: [(u32, u32); 3] = [(1, 1), (16, 16), (64, 8)];
     let mut results: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     let mut peak_kib = server.memory_kib().1.max(first_start_peak_kib);
+    // The runs during which the registry took a checkpoint, and the last pause.
+    let mut checkpointed_in = Vec::new();
+    let mut last_pause = 0.0;
     for rep in 0..reps {
         for (s, &(c, m)) in shapes.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
@@ -822,10 +835,19 @@ async fn compare() {
                     _ => None,
                 };
                 let metrics_addr = process.metrics.expect("metrics address");
-                let counted_before = handled(&scrape(metrics_addr).await, &target.path);
+                let scraped_before = scrape(metrics_addr).await;
+                let counted_before = handled(&scraped_before, &target.path);
                 let mut run =
                     tokio::task::block_in_place(|| h2load(process, &target.path, &target.body, c, m, seconds, None));
-                let counted_after = handled(&scrape(metrics_addr).await, &target.path);
+                let scraped_after = scrape(metrics_addr).await;
+                let counted_after = handled(&scraped_after, &target.path);
+                if target.peer == Peer::Registry {
+                    let (before, after) = (checkpoints(&scraped_before), checkpoints(&scraped_after));
+                    if after.0 > before.0 {
+                        checkpointed_in.push(format!("{} at c{c}/m{m} in repetition {}", target.name, rep + 1));
+                        last_pause = after.1;
+                    }
+                }
                 let ok = counted_after.0 - counted_before.0;
                 let cancelled = counted_after.1 - counted_before.1;
                 let other = counted_after.2 - counted_before.2;
@@ -937,6 +959,18 @@ async fn compare() {
         table,
         "Durability: the registry acknowledges a write after sled's flush and an fdatasync of its data file \
          (--durability fsync, the default); etcd after fsyncing its WAL."
+    );
+    let during_load = match load_checkpoints {
+        Some((count, last)) => format!("{count:.0} during the load (the last held calls {last:.2} s)"),
+        None => "the load's are not known (loaded by an earlier run)".into(),
+    };
+    let during_runs = match checkpointed_in.len() {
+        0 => "none during the measurements".to_string(),
+        _ => format!("during {} (the last held calls {last_pause:.2} s)", checkpointed_in.join(", ")),
+    };
+    let _ = writeln!(
+        table,
+        "Checkpoints (the store reopening its database, --checkpoint-mib): {during_load}; {during_runs}."
     );
     println!("{table}");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-service.md");

@@ -56,6 +56,8 @@ const IN_FLIGHT: &str = "grpc_server_calls_in_flight";
 const REVISION: &str = "cooperation_registry_revision";
 const STORE_BYTES: &str = "cooperation_registry_store_bytes";
 const WATCHERS: &str = "cooperation_registry_watchers";
+const CHECKPOINTS: &str = "cooperation_registry_checkpoints_total";
+const LAST_CHECKPOINT_SECONDS: &str = "cooperation_registry_last_checkpoint_seconds";
 
 /// Latency buckets, in seconds: from a cached read to a slow scan.
 const LATENCY_BUCKETS: &[f64] =
@@ -79,6 +81,16 @@ fn recorder() -> Result<&'static PrometheusHandle, String> {
                 metrics::describe_gauge!(REVISION, "The store's current revision.");
                 metrics::describe_gauge!(STORE_BYTES, metrics::Unit::Bytes, "Size of the data dir's database.");
                 metrics::describe_gauge!(WATCHERS, "WatchChanges streams open now.");
+                metrics::describe_counter!(
+                    CHECKPOINTS,
+                    "Checkpoints since the server started: the store closed and reopened its database \
+                     (--checkpoint-mib), holding calls meanwhile."
+                );
+                metrics::describe_gauge!(
+                    LAST_CHECKPOINT_SECONDS,
+                    metrics::Unit::Seconds,
+                    "How long the last checkpoint held calls (0 before the first)."
+                );
             };
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HANDLING_SECONDS.into()), LATENCY_BUCKETS)
@@ -163,6 +175,9 @@ fn scrape<B>(
     }
     metrics::gauge!(REVISION).set(registry.revision() as f64);
     metrics::gauge!(WATCHERS).set(registry.watchers() as f64);
+    let checkpoints = registry.checkpoints();
+    metrics::counter!(CHECKPOINTS).absolute(checkpoints.count);
+    metrics::gauge!(LAST_CHECKPOINT_SECONDS).set(checkpoints.last_seconds);
     match registry.store_bytes() {
         Ok(bytes) => metrics::gauge!(STORE_BYTES).set(bytes as f64),
         Err(e) => tracing::warn!(error = %e, "cannot read the store's size"),

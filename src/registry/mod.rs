@@ -398,6 +398,11 @@ impl Registry {
         self.store.size_on_disk().map_err(Error::from)
     }
 
+    /// The pauses the store took to bound its start time.
+    pub fn checkpoints(&self) -> crate::store::Checkpoints {
+        self.store.checkpoints()
+    }
+
     /// Ends every watcher (with UNAVAILABLE and the revision to resume from),
     /// so a graceful shutdown need not wait for open streams.
     pub fn begin_shutdown(&self) {

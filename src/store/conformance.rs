@@ -210,6 +210,16 @@ async fn sled_store_conforms() {
     suite(Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap())).await;
 }
 
+/// The same, with the database closed and reopened after every group of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_conforms_with_a_checkpoint_after_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { checkpoint_bytes: 1, ..SledOptions::default() };
+    let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
+    suite(store.clone()).await;
+    assert!(store.checkpoints().count > 10, "{:?}", store.checkpoints());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_store_keeps_data_and_revision_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -433,6 +443,8 @@ async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
         assert!(reader.join().expect("no reader failed") > 0);
     }
     assert_ne!(sled_snapshots(dir.path()), snapshots_at_open, "sled wrote a snapshot while the store was open");
+    let checkpoints = store.checkpoints();
+    assert!(checkpoints.count > 0 && checkpoints.last_seconds > 0.0, "{checkpoints:?}");
 
     store.close().unwrap();
     drop(store);

@@ -97,6 +97,16 @@ pub enum Durability {
     None,
 }
 
+/// The pauses an engine took to bound its start time (sled: closing and
+/// reopening its database, see `sled::SledOptions::checkpoint_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Checkpoints {
+    /// How many since the store was opened.
+    pub count: u64,
+    /// How long the last one held reads and writes, in seconds.
+    pub last_seconds: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The engine failed to read or write.
@@ -186,6 +196,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Bytes the store occupies (on disk, or in memory for the memory store).
     fn size_on_disk(&self) -> StoreResult<u64>;
+
+    /// The checkpoints taken since the store was opened (none, for an engine
+    /// that needs none).
+    fn checkpoints(&self) -> Checkpoints {
+        Checkpoints::default()
+    }
 
     /// Resolves, with the cause, if a write or flush fails: the store then
     /// refuses every later write and the state of the failed ones is unknown,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{BoxFuture, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
+use super::{BoxFuture, Checkpoints, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
 
 mod chunks;
 
@@ -162,6 +162,8 @@ impl Failure {
 
 pub struct SledStore {
     db: Shared,
+    /// Written by the writer at each checkpoint.
+    checkpoints: Arc<Mutex<Checkpoints>>,
     applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
     /// Shared with the writer: a read that finds the disk full reports it too.
@@ -209,8 +211,10 @@ impl SledStore {
         let failure = Failure::default();
         let (sender, receiver) = mpsc::channel();
         let db = Shared::new(tree);
+        let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
         let writer = Writer {
             db: db.clone(),
+            checkpoints: checkpoints.clone(),
             cache_capacity: options.cache_capacity,
             checkpoint_bytes: options.checkpoint_bytes,
             written_since_open: 0,
@@ -231,6 +235,7 @@ impl SledStore {
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SledStore {
             db,
+            checkpoints,
             applied,
             durable,
             failure,
@@ -566,6 +571,10 @@ impl Store for SledStore {
         self.db.tree()?.size_on_disk().map_err(storage)
     }
 
+    fn checkpoints(&self) -> Checkpoints {
+        *self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn failed(&self) -> BoxFuture<'static, StoreError> {
         let mut failure = self.failure.0.subscribe();
         Box::pin(async move {
@@ -624,6 +633,7 @@ struct Group {
 /// after one flush per group.
 struct Writer {
     db: Shared,
+    checkpoints: Arc<Mutex<Checkpoints>>,
     cache_capacity: u64,
     checkpoint_bytes: u64,
     /// Bytes of keys and values written since the database was last opened.
@@ -722,10 +732,14 @@ impl Writer {
         match reopened {
             Ok(tree) => {
                 *shared = Some(tree);
+                drop(shared);
                 self.written_since_open = 0;
+                let seconds = started.elapsed().as_secs_f64();
+                let mut checkpoints = self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner);
+                *checkpoints = Checkpoints { count: checkpoints.count + 1, last_seconds: seconds };
                 tracing::info!(
                     written_mib = written / (1024 * 1024),
-                    seconds = started.elapsed().as_secs_f64(),
+                    seconds,
                     "checkpoint: reopened the database, so a restart replays only what is written from now on"
                 );
             }
