@@ -52,7 +52,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COOPERATION_REGISTRY_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
     /// After this many MiB of records, index entries and changes written, the
-    /// store closes and reopens its database (a pause of about a second at
+    /// store closes and reopens its database (a pause of about 0.35 s at
     /// 1,000,000 agreements) so that a start after a crash replays at most that
     /// much of sled's log; 0 never does, and a start replays all written since
     /// the previous one.

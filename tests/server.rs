@@ -238,7 +238,7 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     assert_eq!(metric(&body, "cooperation_registry_revision ").unwrap(), server.registry.revision() as f64);
     assert_eq!(metric(&body, "cooperation_registry_watchers ").unwrap(), 1.0, "{body}");
     assert!(metric(&body, "cooperation_registry_store_bytes ").unwrap() > 0.0, "{body}");
-    // No checkpoint yet: the first comes after 512 MiB written.
+    // No checkpoint yet: the first comes after 128 MiB written.
     assert_eq!(metric(&body, "cooperation_registry_checkpoints_total ").unwrap(), 0.0, "{body}");
     assert_eq!(metric(&body, "cooperation_registry_last_checkpoint_seconds ").unwrap(), 0.0, "{body}");
     // The open watch is a call in flight.
