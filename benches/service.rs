@@ -961,6 +961,7 @@ async fn compare() {
          (--durability fsync, the default); etcd after fsyncing its WAL."
     );
     let during_load = match load_checkpoints {
+        Some((0.0, _)) => "none during the load".into(),
         Some((count, last)) => format!("{count:.0} during the load (the last held calls {last:.2} s)"),
         None => "the load's are not known (loaded by an earlier run)".into(),
     };

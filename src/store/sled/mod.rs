@@ -87,7 +87,7 @@ impl Default for SledOptions {
 /// The open database, shared by the readers and the writer. A reader holds
 /// the read side for one read; the writer takes the write side to close and
 /// reopen the database (a checkpoint). `None` only after a reopen failed.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Shared(Arc<RwLock<Option<sled::Db>>>);
 
 /// The open database, held for one read.
@@ -738,8 +738,16 @@ impl Writer {
         let written = self.written_since_open;
         let mut shared = self.db.0.write().unwrap_or_else(PoisonError::into_inner);
         // The old handle must be gone before the directory is opened again:
-        // sled locks it while open.
-        let flushed = shared.take().map_or(Ok(()), |old| old.flush().map(drop).map_err(storage));
+        // sled locks it while open. One whose flush failed is kept, not
+        // dropped: sled's drop flushes again, and on a failed log that can
+        // wait forever (see `Drop for SledStore`).
+        let flushed = match shared.take() {
+            Some(old) => old.flush().map(drop).map_err(|e| {
+                std::mem::forget(old);
+                storage(e)
+            }),
+            None => Ok(()),
+        };
         let reopened = flushed.and_then(|()| {
             let mut attempts = 0;
             loop {
