@@ -635,9 +635,6 @@ enum Check {
     EtcdWrite,
 }
 
-/// (OK, cancelled, other codes) answers of `path` in a metrics scrape, for
-/// the registry's labels (`Ok`, `Cancelled`) and etcd's (`OK`, `Canceled`).
-/// Calls in flight when h2load stops are cancelled.
 /// The store's checkpoints in a metrics scrape: how many, and how long the
 /// last one held calls (seconds).
 fn checkpoints(scrape: &BTreeMap<String, f64>) -> (f64, f64) {
@@ -645,6 +642,9 @@ fn checkpoints(scrape: &BTreeMap<String, f64>) -> (f64, f64) {
     (value("cooperation_registry_checkpoints_total"), value("cooperation_registry_last_checkpoint_seconds"))
 }
 
+/// (OK, cancelled, other codes) answers of `path` in a metrics scrape, for
+/// the registry's labels (`Ok`, `Cancelled`) and etcd's (`OK`, `Canceled`).
+/// Calls in flight when h2load stops are cancelled.
 fn handled(scrape: &BTreeMap<String, f64>, path: &str) -> (f64, f64, f64) {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap();
     let (mut ok, mut cancelled, mut other) = (0.0, 0.0, 0.0);
