@@ -399,6 +399,30 @@ fn sled_snapshots(dir: &std::path::Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// A restore leaves sled's snapshot at the end of the restored data, so the
+/// server's first start does not replay it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_leaves_nothing_for_the_first_start_to_replay() {
+    let source = MemoryStore::new();
+    let value = "v".repeat(4096);
+    for i in 0..300 {
+        source.commit(txn(vec![put(&format!("r/{i:03}"), &value)], vec![])).await.unwrap();
+    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+    let copy = std::thread::spawn(move || receiver.into_iter().flatten().collect::<Vec<u8>>());
+    source.backup(sender).unwrap();
+    let bytes = copy.join().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap();
+    // A snapshot's name is the log position it covers up to, in hex.
+    let newest = sled_snapshots(target.path())
+        .iter()
+        .filter_map(|name| u64::from_str_radix(name.trim_start_matches("snap."), 16).ok())
+        .max()
+        .expect("sled wrote a snapshot");
+    assert!(newest > 300 * 4096, "the newest snapshot covers only {newest} bytes of the log");
+}
+
 /// A checkpoint closes and reopens sled's database under the writer: sled
 /// writes a new snapshot (so a later start replays only what follows it),
 /// readers in other threads see every committed write throughout, and nothing

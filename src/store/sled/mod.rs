@@ -326,6 +326,10 @@ impl SledStore {
             tree.flush().map_err(storage)?;
         }
         store.close()?;
+        drop(store);
+        // Opened once more, so that sled replays the restored data and writes
+        // its snapshot here rather than at the server's first start.
+        SledStore::open(dir, SledOptions::default())?.close()?;
         Ok(revision)
     }
 }
