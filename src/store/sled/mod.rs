@@ -441,6 +441,11 @@ fn io_error(context: &str, e: &std::io::Error) -> StoreError {
     if full { StoreError::Full(message) } else { StoreError::Storage(message) }
 }
 
+/// The oldest revision the change log still holds (1 when nothing was compacted).
+fn first_change_in(tree: &sled::Db) -> StoreResult<u64> {
+    Ok(tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1))
+}
+
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
@@ -553,7 +558,7 @@ impl Store for SledStore {
     }
 
     fn first_change(&self) -> StoreResult<u64> {
-        Ok(self.db.tree()?.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1))
+        first_change_in(&*self.db.tree()?)
     }
 
     fn compact(&self, revision: u64) -> StoreResult<u64> {
@@ -900,13 +905,15 @@ impl Writer {
                     let mut stored = Vec::with_capacity(8 + value.len());
                     stored.extend_from_slice(&header);
                     stored.extend_from_slice(value);
-                    group.bytes += (1 + key.len() + stored.len()) as u64;
-                    group.batch.insert(user_key(key), stored);
+                    let stored_key = user_key(key);
+                    group.bytes += (stored_key.len() + stored.len()) as u64;
+                    group.batch.insert(stored_key, stored);
                     group.written.insert(key.clone(), Some(revision));
                 }
                 Op::Delete { key } => {
-                    group.bytes += 1 + key.len() as u64;
-                    group.batch.remove(user_key(key));
+                    let stored_key = user_key(key);
+                    group.bytes += stored_key.len() as u64;
+                    group.batch.remove(stored_key);
                     group.written.insert(key.clone(), None);
                 }
                 Op::Add { set, member } => sets.add(set, member, revision)?,
@@ -976,9 +983,7 @@ impl Writer {
     /// at `self.revision`; writes wait until it is done.
     fn backup(&mut self, out: mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
         let tree = self.db.tree()?;
-        let first_change =
-            tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1);
-        let mut writer = super::backup::BackupWriter::new(out, self.revision, first_change);
+        let mut writer = super::backup::BackupWriter::new(out, self.revision, first_change_in(&tree)?);
         for item in tree.iter() {
             let (key, value) = item.map_err(storage)?;
             match key.first() {
