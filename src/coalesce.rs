@@ -88,6 +88,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
                 return Pin::new(&mut this.io).poll_write_vectored(cx, slices);
             }
         }
+        let needed = this.pending.len() + total;
+        if needed > this.pending.capacity() && needed > RETAINED_CAPACITY {
+            // A large response (a List page): room for all that may gather
+            // before the next write at once, rather than doubling the buffer
+            // (each doubling copies it) and starting over after every write.
+            this.pending.reserve_exact(WRITE_THROUGH - this.pending.len());
+        }
         for slice in slices {
             this.pending.extend_from_slice(slice);
         }

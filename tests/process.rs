@@ -83,6 +83,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
         "--data-dir",
         "--durability",
         "--cache-mib",
+        "--read-cache-mib",
         "--checkpoint-mib",
         "--shutdown-timeout-secs",
         "--max-request-bytes",

@@ -235,8 +235,15 @@ fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
 
 fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
     // A checkpoint every few groups, so the model also checks that closing and
-    // reopening the database under the writer loses and changes nothing.
-    let options = SledOptions { durability: Durability::None, cache_capacity: 8 * 1024 * 1024, checkpoint_bytes: 200 };
+    // reopening the database under the writer loses and changes nothing; a
+    // read cache of a few entries, so that reads also come from it, and it
+    // drops and refills them as the writes go.
+    let options = SledOptions {
+        durability: Durability::None,
+        cache_capacity: 8 * 1024 * 1024,
+        checkpoint_bytes: 200,
+        read_cache_bytes: 16 * 1024,
+    };
     Arc::new(SledStore::open(dir, options).expect("sled store opens"))
 }
 

@@ -233,21 +233,34 @@ fn respond(outcome: Result<Vec<u8>, tonic::Status>) -> http::Response<Body> {
         Ok(message) => message,
         Err(status) => return status.into_http(),
     };
-    let mut framed = BytesMut::with_capacity(5 + message.len());
-    framed.extend_from_slice(&[0]);
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
+    let header = |len: usize| {
+        let mut header = [0; 5];
+        header[1..].copy_from_slice(&(len as u32).to_be_bytes());
+        header
+    };
+    // A large message (a List page) goes as it is, after its own header,
+    // rather than copied behind it: two DATA frames, which gRPC allows.
+    let frames = if message.len() >= COPIED_MESSAGE_MAX {
+        [Some(Bytes::copy_from_slice(&header(message.len()))), Some(Bytes::from(message))]
+    } else {
+        let mut framed = BytesMut::with_capacity(5 + message.len());
+        framed.extend_from_slice(&header(message.len()));
+        framed.extend_from_slice(&message);
+        [Some(framed.freeze()), None]
+    };
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let mut response =
-        http::Response::new(Body::new(Unary { message: Some(framed.freeze()), trailers: Some(trailers) }));
+    let mut response = http::Response::new(Body::new(Unary { frames, trailers: Some(trailers) }));
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     response
 }
 
-/// One DATA frame, then the trailers.
+/// The largest message [`respond`] copies behind its header into one frame.
+const COPIED_MESSAGE_MAX: usize = 4096;
+
+/// The message's DATA frames, then the trailers.
 struct Unary {
-    message: Option<Bytes>,
+    frames: [Option<Bytes>; 2],
     trailers: Option<http::HeaderMap>,
 }
 
@@ -256,18 +269,15 @@ impl http_body::Body for Unary {
     type Error = tonic::Status;
 
     fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        Poll::Ready(match (self.message.take(), self.trailers.take()) {
-            (Some(message), trailers) => {
-                self.trailers = trailers;
-                Some(Ok(Frame::data(message)))
-            }
-            (None, Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
-            (None, None) => None,
+        let next = self.frames.iter_mut().find_map(Option::take);
+        Poll::Ready(match next {
+            Some(data) => Some(Ok(Frame::data(data))),
+            None => self.trailers.take().map(|trailers| Ok(Frame::trailers(trailers))),
         })
     }
 
     fn is_end_stream(&self) -> bool {
-        self.message.is_none() && self.trailers.is_none()
+        self.frames.iter().all(Option::is_none) && self.trailers.is_none()
     }
 }
 

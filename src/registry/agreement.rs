@@ -86,19 +86,58 @@ impl Rules for Agreement {
     /// The tags of [`StatusInputs`].
     const DERIVED_FROM_FIELDS: &'static [u32] = &[10, 12, 13, 15, 16];
 
-    fn derived_from(stored: &[u8], as_of: &Date) -> Result<Option<Agreement>, prost::DecodeError> {
-        let dates = StatusInputs::decode(stored)?;
-        let inputs = Agreement {
-            signature_date: dates.signature_date,
-            provisional_application_date: dates.provisional_application_date,
-            entry_into_force_date: dates.entry_into_force_date,
-            term: dates.term,
-            end: dates.end,
-            ..Default::default()
-        };
-        Ok(Some(Agreement { status: status_as_of(&inputs, as_of) as i32, ..Default::default() }))
+    fn encode_derived(stored: &[u8], as_of: &Date, out: &mut Vec<u8>) -> Result<(), prost::DecodeError> {
+        let status = status_as_of(&StatusInputs::decode(stored)?, as_of) as i32;
+        // (As prost leaves out a field at its default value.)
+        if status != 0 {
+            prost::encoding::int32::encode(status_field(), &status, out);
+        }
+        Ok(())
     }
 }
+
+/// The number of `Agreement.status`.
+fn status_field() -> u32 {
+    static FIELD: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *FIELD.get_or_init(|| {
+        use prost_reflect::ReflectMessage;
+        Agreement::default().descriptor().get_field_by_name("status").expect("an agreement has a status").number()
+    })
+}
+
+/// The fields an agreement's status follows from: read from a whole record
+/// or from [`StatusInputs`], decoded from a stored one.
+pub trait StatusFields {
+    fn signature_date(&self) -> Option<&Date>;
+    fn provisional_application_date(&self) -> Option<&Date>;
+    fn entry_into_force_date(&self) -> Option<&Date>;
+    fn term(&self) -> Option<&agreement::Term>;
+    fn end(&self) -> Option<&agreement::End>;
+}
+
+macro_rules! status_fields {
+    ($($type:ty),*) => {$(
+        impl StatusFields for $type {
+            fn signature_date(&self) -> Option<&Date> {
+                self.signature_date.as_ref()
+            }
+            fn provisional_application_date(&self) -> Option<&Date> {
+                self.provisional_application_date.as_ref()
+            }
+            fn entry_into_force_date(&self) -> Option<&Date> {
+                self.entry_into_force_date.as_ref()
+            }
+            fn term(&self) -> Option<&agreement::Term> {
+                self.term.as_ref()
+            }
+            fn end(&self) -> Option<&agreement::End> {
+                self.end.as_ref()
+            }
+        }
+    )*};
+}
+
+status_fields!(Agreement, StatusInputs);
 
 /// The fields of `Agreement` its status is derived from, under the same tags:
 /// decoding a stored agreement into it skips the titles, parties, provisions
@@ -118,13 +157,13 @@ struct StatusInputs {
 }
 
 /// The status of `a` on the day `as_of` (see the rule on `Agreement`).
-pub fn status_as_of(a: &Agreement, as_of: &Date) -> agreement::Status {
+pub fn status_as_of(a: &impl StatusFields, as_of: &Date) -> agreement::Status {
     use agreement::Status;
     let day = dates::first_day(as_of);
-    let reached = |date: &Option<Date>| date.as_ref().is_some_and(|d| dates::first_day(d) <= day);
+    let reached = |date: Option<&Date>| date.is_some_and(|d| dates::first_day(d) <= day);
 
-    if let Some(end) = &a.end
-        && reached(&end.date)
+    if let Some(end) = a.end()
+        && reached(end.date.as_ref())
     {
         return match end.reason() {
             agreement::end::Reason::Expiry => Status::Expired,
@@ -132,7 +171,7 @@ pub fn status_as_of(a: &Agreement, as_of: &Date) -> agreement::Status {
             _ => Status::Terminated,
         };
     }
-    if let Some(entry) = &a.entry_into_force_date
+    if let Some(entry) = a.entry_into_force_date()
         && dates::first_day(entry) <= day
     {
         return match term_end(a, day) {
@@ -140,22 +179,22 @@ pub fn status_as_of(a: &Agreement, as_of: &Date) -> agreement::Status {
             _ => Status::InForce,
         };
     }
-    if reached(&a.provisional_application_date) {
+    if reached(a.provisional_application_date()) {
         return Status::ProvisionallyApplied;
     }
-    if reached(&a.signature_date) {
+    if reached(a.signature_date()) {
         return Status::Signed;
     }
-    if a.signature_date.is_some() { Status::NotYetSigned } else { Status::Unspecified }
+    if a.signature_date().is_some() { Status::NotYetSigned } else { Status::Unspecified }
 }
 
 /// The first day after the term that runs on day `day`, and whether the
 /// agreement renews by itself then; `None` without an entry into force and a
 /// term. An automatically renewing term renews for `renewal_years`, or for the
 /// term's own length when that is not given.
-pub fn term_end(a: &Agreement, day: i64) -> Option<(i64, bool)> {
-    let entry = a.entry_into_force_date.as_ref()?;
-    let term = a.term.as_ref().filter(|t| t.years > 0 || t.months > 0)?;
+pub fn term_end(a: &impl StatusFields, day: i64) -> Option<(i64, bool)> {
+    let entry = a.entry_into_force_date()?;
+    let term = a.term().filter(|t| t.years > 0 || t.months > 0)?;
     let mut end = dates::add_term(dates::first_day(entry), term.years, term.months);
     if term.renewal() != agreement::term::Renewal::Automatic {
         return Some((end, false));
@@ -178,7 +217,7 @@ mod tests {
         Date { year, month, day }
     }
 
-    /// `derived_from` reads the same fields under the same tags as `derive`:
+    /// `encode_derived` reads the same fields under the same tags as `derive`:
     /// each status input set alone, and all of them, with the rest of a full
     /// record around them, give the same status on every day tried.
     #[test]
@@ -219,14 +258,15 @@ mod tests {
             for day in [d(2019, 1, 1), d(2019, 5, 20), d(2019, 7, 1), d(2024, 12, 31), d(2026, 6, 1), d(2032, 1, 1)] {
                 let mut decoded = record.clone();
                 decoded.derive(&day);
-                let derived = Agreement::derived_from(&bytes, &day).unwrap().unwrap();
-                assert_eq!(derived.status, decoded.status, "{record:?} on {day:?}");
-                assert_eq!(derived, Agreement { status: decoded.status, ..Default::default() });
+                let mut derived = Vec::new();
+                Agreement::encode_derived(&bytes, &day, &mut derived).unwrap();
+                assert_eq!(derived, Agreement { status: decoded.status, ..Default::default() }.encode_to_vec());
                 let mut only_inputs = Vec::new();
                 let delete_time = record.descriptor().get_field_by_name("delete_time").map(|f| f.number());
                 let deleted = crate::registry::read_top_level::<Agreement>(&bytes, delete_time, &mut only_inputs);
                 assert!(!deleted.unwrap(), "none of these is deleted");
-                let from_inputs = Agreement::derived_from(&only_inputs, &day).unwrap().unwrap();
+                let mut from_inputs = Vec::new();
+                Agreement::encode_derived(&only_inputs, &day, &mut from_inputs).unwrap();
                 assert_eq!(from_inputs, derived, "DERIVED_FROM_FIELDS alone, {record:?} on {day:?}");
             }
         }

@@ -163,13 +163,13 @@ fn read_top_level<R: Resource>(stored: &[u8], delete_time: Option<u32>, inputs: 
 }
 
 /// Appends a record to a `List…Response`'s repeated field: its stored bytes,
-/// then what `derived` sets (see [`Registry::derived`]).
-fn append_item<R: Resource>(items: &mut Vec<u8>, stored: &[u8], derived: &R) {
+/// then `derived` (see [`Registry::encode_derived`]).
+fn append_item(items: &mut Vec<u8>, stored: &[u8], derived: &[u8]) {
     use prost::encoding::{WireType, encode_key, encode_varint};
     encode_key(ITEMS_FIELD, WireType::LengthDelimited, items);
-    encode_varint((stored.len() + derived.encoded_len()) as u64, items);
+    encode_varint((stored.len() + derived.len()) as u64, items);
     items.extend_from_slice(stored);
-    derived.encode_raw(items);
+    items.extend_from_slice(derived);
 }
 
 /// Whether the encoded message `bytes` holds a field numbered `tag` at its top
@@ -232,8 +232,11 @@ fn check_deadline(deadline: Option<Instant>, message: impl FnOnce() -> String) -
     }
 }
 
+/// What every record's key starts with, before its name.
+const RECORD_PREFIX: &[u8] = b"r/";
+
 fn record_key(name: &str) -> Vec<u8> {
-    format!("r/{name}").into_bytes()
+    [RECORD_PREFIX, name.as_bytes()].concat()
 }
 
 /// The set of the records that refer to `target`.
@@ -483,10 +486,10 @@ impl Registry {
     /// record does not decode and re-encode it.
     pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<Vec<u8>> {
         let (entry, as_of) = self.read_for_get::<R>(name, as_of).await?;
-        let derived = Self::derived::<R>(&entry.value, entry.mod_revision, &as_of)?;
+        let mut derived = Vec::new();
+        Self::encode_derived::<R>(&entry.value, entry.mod_revision, &as_of, &mut derived)?;
         let mut bytes = entry.value;
-        bytes.reserve_exact(derived.encoded_len());
-        derived.encode_raw(&mut bytes);
+        bytes.extend_from_slice(&derived);
         Ok(bytes)
     }
 
@@ -506,13 +509,14 @@ impl Registry {
         Ok((entry, as_of))
     }
 
-    /// What [`Registry::present`] sets, alone in a message: the etag and the
-    /// fields derived as of `as_of`. Appended to the stored bytes, it gives
-    /// the record as presented (a later occurrence of a field wins).
-    fn derived<R: Resource>(stored: &[u8], revision: u64, as_of: &Date) -> Result<R> {
-        let mut derived = R::derived_from(stored, as_of).map_err(|e| undecodable(R::KIND, &e))?.unwrap_or_default();
-        derived.set_etag(etag_of(revision));
-        Ok(derived)
+    /// Appends to `out` what [`Registry::present`] sets, encoded: the fields
+    /// derived as of `as_of`, then the etag. Appended to the stored bytes, it
+    /// gives the record as presented (a later occurrence of a field wins),
+    /// without building a record (a List page does this for each of its).
+    fn encode_derived<R: Resource>(stored: &[u8], revision: u64, as_of: &Date, out: &mut Vec<u8>) -> Result<()> {
+        R::encode_derived(stored, as_of, out).map_err(|e| undecodable(R::KIND, &e))?;
+        prost::encoding::string::encode(R::etag_field(), &etag_of(revision), out);
+        Ok(())
     }
 
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
@@ -602,6 +606,7 @@ impl Registry {
             let mut count = 0;
             let mut last = String::new();
             let mut inputs = Vec::new();
+            let mut derived = Vec::new();
             let newest =
                 self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
                     let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
@@ -610,13 +615,16 @@ impl Registry {
                             more = true;
                             return Ok(false);
                         }
-                        let derived = Self::derived::<R>(&inputs, revision, &as_of)?;
+                        if count == 0 {
+                            // Records of a kind are alike in size: room for the
+                            // page at once, each a quarter larger than the first
+                            // (growing the buffer copies all of it).
+                            items.reserve((stored.len() + stored.len() / 4 + 32) * size);
+                        }
+                        derived.clear();
+                        Self::encode_derived::<R>(&inputs, revision, &as_of, &mut derived)?;
                         append_item(&mut items, stored, &derived);
                         count += 1;
-                        if count == 1 {
-                            // Records of a kind are alike in size: room for the page at once.
-                            items.reserve(items.len() * (size - 1));
-                        }
                         last.clear();
                         last.push_str(name);
                     }
@@ -731,11 +739,17 @@ impl Registry {
         };
         if let Some(candidates) = candidates {
             let mut failure = None;
+            // Each candidate's key, put together in one buffer rather than
+            // formatted anew for each record of a page.
+            let mut key = record_key(&R::KIND.name_of(""));
+            let id_at = key.len();
             candidates.for_each(&*self.store, after_id, &mut |id| {
-                let name = R::KIND.name_of(id);
+                key.truncate(id_at);
+                key.extend_from_slice(id.as_bytes());
+                let name = std::str::from_utf8(&key[RECORD_PREFIX.len()..]).expect("a prefix and an id, both text");
                 let mut visited = Ok(true);
-                let read = self.store.read(&record_key(&name), &mut |bytes, revision| {
-                    visited = visit(&name, bytes, revision);
+                let read = self.store.read(&key, &mut |bytes, revision| {
+                    visited = visit(name, bytes, revision);
                 });
                 read.map_err(Error::from).and(visited).unwrap_or_else(|e| {
                     failure = Some(e);
@@ -750,7 +764,7 @@ impl Registry {
             None => Vec::new(),
         };
         crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {
-            let name = std::str::from_utf8(&key[2..]).map_err(Error::internal)?;
+            let name = std::str::from_utf8(&key[RECORD_PREFIX.len()..]).map_err(Error::internal)?;
             visit(name, &entry.value, entry.mod_revision)
         })?;
         Ok(newest)

@@ -124,6 +124,8 @@ pub trait Resource: Rules + ReflectMessage + Default + Clone + Send + Sync + 'st
 
     fn name(&self) -> &str;
     fn set_name(&mut self, name: String);
+    /// The number of the kind's `etag` field.
+    fn etag_field() -> u32;
     fn set_etag(&mut self, etag: String);
     fn create_time(&self) -> Option<&Timestamp>;
     fn set_create_time(&mut self, time: Option<Timestamp>);
@@ -145,19 +147,16 @@ pub trait Rules {
     /// Sets output-only fields derived on read, as of `as_of`.
     fn derive(&mut self, _as_of: &Date) {}
 
-    /// The top-level fields `derive` reads: `derived_from` gives the same
+    /// The top-level fields `derive` reads: `encode_derived` gives the same
     /// answer from just these fields of a stored record as from all of it.
     const DERIVED_FROM_FIELDS: &'static [u32] = &[];
 
-    /// The fields `derive` sets, alone in a message, from the stored record's
-    /// bytes: appended to those bytes they give the record as `derive` leaves
-    /// it (a later occurrence of a field replaces an earlier one), without
-    /// decoding the rest. `None` when the kind derives nothing.
-    fn derived_from(_stored: &[u8], _as_of: &Date) -> Result<Option<Self>, prost::DecodeError>
-    where
-        Self: Sized,
-    {
-        Ok(None)
+    /// Appends to `out` the fields `derive` sets, encoded, read from the
+    /// stored record's bytes: appended to those bytes they give the record as
+    /// `derive` leaves it (a later occurrence of a field replaces an earlier
+    /// one), without decoding the rest or building a record.
+    fn encode_derived(_stored: &[u8], _as_of: &Date, _out: &mut Vec<u8>) -> Result<(), prost::DecodeError> {
+        Ok(())
     }
 }
 
@@ -170,6 +169,12 @@ macro_rules! resource {
             }
             fn set_name(&mut self, name: String) {
                 self.name = name;
+            }
+            fn etag_field() -> u32 {
+                static FIELD: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+                *FIELD.get_or_init(|| {
+                    Self::default().descriptor().get_field_by_name("etag").expect("every resource has an etag").number()
+                })
             }
             fn set_etag(&mut self, etag: String) {
                 self.etag = etag;

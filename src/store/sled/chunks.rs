@@ -56,17 +56,53 @@ impl Chunk {
     }
 
     pub fn decode(raw: &[u8]) -> StoreResult<Chunk> {
-        let corrupt = || StoreError::Storage("a stored set chunk is corrupt".into());
+        let view = ChunkView::parse(raw)?;
+        let members = view.members().map(|m| m.map(<[u8]>::to_vec)).collect::<StoreResult<_>>()?;
+        Ok(Chunk { revision: view.revision, set_len: view.set_len, members })
+    }
+}
+
+/// A stored chunk read in place, its members borrowed from the stored bytes:
+/// a scan reads many chunks and keeps few of their members.
+pub(super) struct ChunkView<'a> {
+    pub revision: u64,
+    pub set_len: usize,
+    encoded_members: &'a [u8],
+}
+
+fn corrupt() -> StoreError {
+    StoreError::Storage("a stored set chunk is corrupt".into())
+}
+
+impl<'a> ChunkView<'a> {
+    pub fn parse(raw: &'a [u8]) -> StoreResult<ChunkView<'a>> {
         let revision = u64::from_be_bytes(raw.get(..8).ok_or_else(corrupt)?.try_into().expect("8 bytes"));
         let set_len = u32::from_be_bytes(raw.get(8..12).ok_or_else(corrupt)?.try_into().expect("4 bytes")) as usize;
-        let mut members = Vec::new();
-        let mut rest = &raw[12..];
-        while !rest.is_empty() {
-            let len = u16::from_be_bytes(rest.get(..2).ok_or_else(corrupt)?.try_into().expect("2 bytes")) as usize;
-            members.push(rest.get(2..2 + len).ok_or_else(corrupt)?.to_vec());
-            rest = &rest[2 + len..];
-        }
-        Ok(Chunk { revision, set_len, members })
+        Ok(ChunkView { revision, set_len, encoded_members: &raw[12..] })
+    }
+
+    /// The members in order; an error where the bytes stop making sense.
+    pub fn members(&self) -> impl Iterator<Item = StoreResult<&'a [u8]>> + use<'a> {
+        let mut rest = self.encoded_members;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let member = rest
+                .get(..2)
+                .map(|len| 2 + usize::from(u16::from_be_bytes([len[0], len[1]])))
+                .and_then(|end| Some((rest.get(2..end)?, &rest[end..])));
+            Some(match member {
+                Some((member, after)) => {
+                    rest = after;
+                    Ok(member)
+                }
+                None => {
+                    rest = &[];
+                    Err(corrupt())
+                }
+            })
+        })
     }
 }
 
@@ -304,23 +340,27 @@ pub(super) fn scan(tree: &sled::Tree, prefix: &[u8], start: &[u8], limit: usize)
         None => from_key,
     };
     let mut out = Vec::with_capacity(limit.min(crate::store::MAX_CHUNK));
+    // Set name and member, put together here to be compared.
+    let mut full = Vec::new();
     for item in tree.range(begin..) {
         let (key, raw) = item.map_err(storage)?;
         if key.first() != Some(&SET) {
             break;
         }
-        let chunk = Chunk::decode(&raw)?;
+        let chunk = ChunkView::parse(&raw)?;
         let set =
             key.get(1..1 + chunk.set_len).ok_or_else(|| StoreError::Storage("a set chunk key is short".into()))?;
-        for member in chunk.members {
-            let full = [set, &member].concat();
+        for member in chunk.members() {
+            full.clear();
+            full.extend_from_slice(set);
+            full.extend_from_slice(member?);
             if full.as_slice() < from {
                 continue;
             }
             if !full.starts_with(prefix) || out.len() >= limit {
                 return Ok(out);
             }
-            out.push(full);
+            out.push(full.clone());
         }
     }
     Ok(out)

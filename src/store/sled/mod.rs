@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{BoxFuture, Checkpoints, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
 
+mod cache;
 mod chunks;
 
 /// Written in the meta keys; a data dir without them, or with other values, is refused.
@@ -64,6 +65,10 @@ pub const DEFAULT_CACHE_MIB: u64 = 192;
 /// 128 and 381 with 512; docs/benchmarks.md).
 pub const DEFAULT_CHECKPOINT_MIB: u64 = 128;
 
+/// The default for `SledOptions::read_cache_bytes`, in MiB: some 40,000
+/// agreements, the records a busy server reads again and again.
+pub const DEFAULT_READ_CACHE_MIB: u64 = 32;
+
 #[derive(Clone, Debug)]
 pub struct SledOptions {
     pub durability: Durability,
@@ -72,6 +77,10 @@ pub struct SledOptions {
     /// Keys and values written, in bytes, after which the writer reopens the
     /// database (a checkpoint: see `Writer::checkpoint`); 0 never does.
     pub checkpoint_bytes: u64,
+    /// Bytes of recently read values kept in memory beside sled's cache, so a
+    /// hot record is read without a walk of sled's tree (see `cache`); 0 keeps
+    /// none.
+    pub read_cache_bytes: u64,
 }
 
 impl Default for SledOptions {
@@ -80,6 +89,7 @@ impl Default for SledOptions {
             durability: Durability::Fsync,
             cache_capacity: DEFAULT_CACHE_MIB * 1024 * 1024,
             checkpoint_bytes: DEFAULT_CHECKPOINT_MIB * 1024 * 1024,
+            read_cache_bytes: DEFAULT_READ_CACHE_MIB * 1024 * 1024,
         }
     }
 }
@@ -186,6 +196,8 @@ impl Failure {
 
 pub struct SledStore {
     db: Shared,
+    /// Shared with the writer, which forgets what it writes.
+    cache: Arc<cache::ReadCache>,
     /// Written by the writer at each checkpoint.
     checkpoints: Arc<Mutex<Checkpoints>>,
     applied: Arc<AtomicU64>,
@@ -236,8 +248,10 @@ impl SledStore {
         let (sender, receiver) = mpsc::channel();
         let db = Shared::new(tree);
         let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
+        let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
         let writer = Writer {
             db: db.clone(),
+            cache: cache.clone(),
             checkpoints: checkpoints.clone(),
             cache_capacity: options.cache_capacity,
             checkpoint_bytes: options.checkpoint_bytes,
@@ -259,6 +273,7 @@ impl SledStore {
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SledStore {
             db,
+            cache,
             checkpoints,
             applied,
             durable,
@@ -495,8 +510,15 @@ impl SledStore {
 
 impl Store for SledStore {
     fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
-        let tree = self.db.tree()?;
-        let Some(raw) = tree.get(user_key(key)).map_err(|e| self.read_error(e))? else { return Ok(false) };
+        let raw = match self.cache.get(key) {
+            Ok(raw) => raw,
+            Err(miss) => {
+                let tree = self.db.tree()?;
+                let Some(raw) = tree.get(user_key(key)).map_err(|e| self.read_error(e))? else { return Ok(false) };
+                self.cache.keep(key, miss, &raw);
+                raw
+            }
+        };
         let (mod_revision, value) = split_entry(&raw)?;
         visit(value, mod_revision);
         Ok(true)
@@ -666,6 +688,7 @@ struct Group {
 /// after one flush per group.
 struct Writer {
     db: Shared,
+    cache: Arc<cache::ReadCache>,
     checkpoints: Arc<Mutex<Checkpoints>>,
     cache_capacity: u64,
     checkpoint_bytes: u64,
@@ -858,7 +881,11 @@ impl Writer {
                 }
             }
             self.written_since_open += group.bytes;
-            let written = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage).and_then(|()| {
+            let applied = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage);
+            // Before anything is acknowledged, and even after a failure (sled
+            // may have applied part of the batch).
+            self.cache.forget(group.written.keys().map(Vec::as_slice));
+            let written = applied.and_then(|()| {
                 self.revision = group.revision;
                 self.applied.store(group.revision, Ordering::Release);
                 self.flush(tree, self.durability)
@@ -972,7 +999,7 @@ impl Writer {
         }
         for item in tree.scan_prefix(&from) {
             let (key, raw) = item.map_err(storage)?;
-            if !group.chunks.contains_key(key.as_ref()) && chunks::Chunk::decode(&raw)?.revision > revision {
+            if !group.chunks.contains_key(key.as_ref()) && chunks::ChunkView::parse(&raw)?.revision > revision {
                 return Ok(true);
             }
         }
@@ -993,10 +1020,10 @@ impl Writer {
                 }
                 Some(&CHANGE) => writer.change(decode_u64(&key[1..]).unwrap_or_default(), &value)?,
                 Some(&chunks::SET) => {
-                    let chunk = chunks::Chunk::decode(&value)?;
+                    let chunk = chunks::ChunkView::parse(&value)?;
                     let set = &key[1..1 + chunk.set_len];
-                    for member in &chunk.members {
-                        writer.member(set, member, chunk.revision)?;
+                    for member in chunk.members() {
+                        writer.member(set, member?, chunk.revision)?;
                     }
                 }
                 _ => {}
