@@ -59,6 +59,11 @@ where
 {
     Box::pin(async move {
         let query = decode_request::<Q>(request)?.into_query(deadline);
+        // A page that takes little work is answered here, as a Get is:
+        // handing it to the blocking pool would cost more than it does.
+        if let Some(page) = api.registry.list_encoded_quick::<R>(&query).await? {
+            return Ok(list_response(page));
+        }
         let registry = api.registry.clone();
         let page = api.scan(deadline, async move { registry.list_encoded::<R>(&query).await }).await?;
         Ok(list_response(page))

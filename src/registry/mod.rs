@@ -256,6 +256,15 @@ fn etag_of(revision: u64) -> String {
     revision.to_string()
 }
 
+/// Records a quick List page (`Registry::list_encoded_quick`) may read for
+/// each one it holds (and one more, to know whether another page follows).
+const QUICK_PAGE_READS: usize = 2;
+
+/// A List without a limit on its reads that gave up anyway.
+fn gave_up() -> Error {
+    Error::internal("a List that may read all it needs stopped short")
+}
+
 /// A stored record that does not parse: the store is damaged, not the request.
 fn undecodable(kind: &Kind, e: &prost::DecodeError) -> Error {
     Error::internal(format!("stored {} does not decode: {e}", kind.singular))
@@ -520,7 +529,7 @@ impl Registry {
     }
 
     pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
-        let found = self.list_items::<R>(query, false).await?;
+        let found = self.list_items::<R>(query, false, None).await?.ok_or_else(gave_up)?;
         let items = match found.rows {
             Rows::Records(rows) => rows.into_iter().map(|(_, record)| record).collect(),
             // (Only a List asked for encoded records is answered that way.)
@@ -534,7 +543,21 @@ impl Registry {
     /// answer exactly (or with no filter) is made of the stored bytes with
     /// the etag and derived fields appended, without decoding a record.
     pub async fn list_encoded<R: Resource>(&self, query: &ListQuery) -> Result<EncodedPage> {
-        let found = self.list_items::<R>(query, true).await?;
+        let found = self.list_items::<R>(query, true, None).await?.ok_or_else(gave_up)?;
+        Ok(Self::encoded_page(found))
+    }
+
+    /// [`Registry::list_encoded`] when the page takes little work: a filter
+    /// the indexes answer exactly (or none), in name order, and the page
+    /// found among at most twice as many records as it holds (more are
+    /// read only where many are soft-deleted). `None` otherwise, having read
+    /// at most that many: such a page is for the caller to run where long
+    /// work is admitted (see `Api::scan`).
+    pub async fn list_encoded_quick<R: Resource>(&self, query: &ListQuery) -> Result<Option<EncodedPage>> {
+        Ok(self.list_items::<R>(query, true, Some(QUICK_PAGE_READS)).await?.map(Self::encoded_page))
+    }
+
+    fn encoded_page<R: Resource>(found: Found<R>) -> EncodedPage {
         let items = match found.rows {
             Rows::Encoded(bytes) => bytes,
             Rows::Records(rows) => {
@@ -545,10 +568,18 @@ impl Registry {
                 bytes
             }
         };
-        Ok(Page { items, next_page_token: found.next_page_token, revision: found.revision })
+        Page { items, next_page_token: found.next_page_token, revision: found.revision }
     }
 
-    async fn list_items<R: Resource>(&self, query: &ListQuery, encoded: bool) -> Result<Found<R>> {
+    /// The page a List asks for, encoded if `encoded` and the page allows;
+    /// `None` if `quick` (records read for each one the page holds) is given
+    /// and the page needs more work (see [`Registry::list_encoded_quick`]).
+    async fn list_items<R: Resource>(
+        &self,
+        query: &ListQuery,
+        encoded: bool,
+        quick: Option<usize>,
+    ) -> Result<Option<Found<R>>> {
         let mut violations = Violations::new();
         if query.page_size < 0 {
             violations.add("page_size", format!("must not be negative (got {})", query.page_size));
@@ -584,6 +615,13 @@ impl Registry {
                 None => None,
             };
 
+        // Stored bytes as they are, in name order, and nothing to test but
+        // deletion: the one kind of page whose work the page size bounds.
+        let as_stored =
+            encoded && order.is_by_name() && (filter.matches_everything() || index::answers_exactly(R::KIND, &filter));
+        if quick.is_some() && !as_stored {
+            return Ok(None);
+        }
         // Read before the scan: every change up to it is visible to the scan.
         let read_at = self.store.revision();
         let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
@@ -598,7 +636,9 @@ impl Registry {
         let test_filter =
             !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, &filter)));
         let after = cursor.as_ref().map(|(_, name)| name.as_str());
-        let (rows, newest, last) = if encoded && order.is_by_name() && !test_filter {
+        let most_reads = quick.map(|per_record| per_record * (size + 1));
+        let mut gave_up = false;
+        let (rows, newest, last) = if as_stored && !test_filter {
             // Nothing to test but deletion: the stored bytes as they are,
             // each appended to the response with its derived fields.
             let delete_time = descriptor.get_field_by_name("delete_time").map(|f| f.number());
@@ -607,8 +647,14 @@ impl Registry {
             let mut last = String::new();
             let mut inputs = Vec::new();
             let mut derived = Vec::new();
+            let mut reads = 0;
             let newest =
                 self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
+                    reads += 1;
+                    if most_reads.is_some_and(|most| reads > most) {
+                        gave_up = true;
+                        return Ok(false);
+                    }
                     let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
                     if query.show_deleted || !deleted {
                         if count == size {
@@ -667,12 +713,15 @@ impl Registry {
             let last = rows.last().map(|(values, record)| (values.clone(), record.name().to_string()));
             (Rows::Records(rows), newest, last)
         };
+        if gave_up {
+            return Ok(None);
+        }
         self.store.wait_durable(newest.max(read_at)).await?;
         let next_page_token = match (more, last) {
             (true, Some((values, name))) => paging::encode(fingerprint, &order::encode_cursor(&values, &name)),
             _ => String::new(),
         };
-        Ok(Found { rows, next_page_token, revision: read_at })
+        Ok(Some(Found { rows, next_page_token, revision: read_at }))
     }
 
     /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
@@ -1215,5 +1264,43 @@ mod tests {
         let live = Agreement { title: "t".into(), ..Default::default() };
         assert!(!has_field(&live.encode_to_vec(), tag).unwrap());
         assert!(has_field(&[0xff, 0xff, 0xff], tag).is_err(), "a damaged record is an error, not a live record");
+    }
+
+    /// Every wire type a record holds is walked field by field, the fields
+    /// put back together are the record, and a record cut anywhere inside a
+    /// field is refused, as prost refuses it.
+    #[test]
+    fn the_top_level_walk_splits_a_record_into_its_fields_and_refuses_a_cut_one() {
+        use crate::pb::cooperation::v1::{Agreement, agreement};
+        let record = Agreement {
+            title: "Walked".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            status: agreement::Status::InForce as i32,
+            signature_date: Some(Date { year: 2020, month: 9, day: 9 }),
+            term: Some(agreement::Term { years: 10, ..Default::default() }),
+            create_time: Some(Timestamp { seconds: 1_600_000_000, nanos: 5 }),
+            ..Default::default()
+        };
+        let bytes = record.encode_to_vec();
+        // Fixed-width fields too, which no record kind has yet.
+        let mut with_fixed = bytes.clone();
+        prost::encoding::double::encode(900, &1.5, &mut with_fixed);
+        prost::encoding::fixed32::encode(901, &7, &mut with_fixed);
+        let mut fields = Vec::new();
+        let mut joined = Vec::new();
+        for_each_top_level_field(&with_fixed, |number, field| {
+            fields.push(number);
+            joined.extend_from_slice(field);
+            true
+        })
+        .unwrap();
+        assert_eq!(joined, with_fixed);
+        assert_eq!(fields.len(), 9, "{fields:?}");
+        assert_eq!(&fields[7..], [900, 901]);
+        for cut in 1..bytes.len() {
+            let whole_fields = Agreement::decode(&bytes[..cut]).is_ok();
+            let walked = for_each_top_level_field(&bytes[..cut], |_, _| true).is_ok();
+            assert_eq!(walked, whole_fields, "cut at {cut}");
+        }
     }
 }

@@ -210,6 +210,56 @@ async fn sled_store_conforms() {
     suite(Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap())).await;
 }
 
+/// The same, every read from sled itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_conforms_without_a_read_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { read_cache_bytes: 0, ..SledOptions::default() };
+    suite(Arc::new(SledStore::open(dir.path(), options).unwrap())).await;
+}
+
+/// Readers racing the writer never get a value older than one already
+/// acknowledged, though each write makes them refill the read cache (and a
+/// small cache keeps dropping what they read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_returns_a_value_older_than_an_acknowledged_write() {
+    for read_cache_bytes in [SledOptions::default().read_cache_bytes, 2048] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SledOptions { durability: Durability::None, read_cache_bytes, ..SledOptions::default() };
+        let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
+        let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, acknowledged, writing) = (store.clone(), acknowledged.clone(), writing.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while writing.load(std::sync::atomic::Ordering::Acquire) {
+                        let floor = acknowledged.load(std::sync::atomic::Ordering::Acquire);
+                        for key in ["counter", "other"] {
+                            let read = store.get(key.as_bytes()).unwrap().map(|e| e.value);
+                            let value: u64 = read.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
+                            assert!(value >= floor, "{key} read {value} after {floor} was acknowledged");
+                        }
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 1..=1500u64 {
+            let value = i.to_string();
+            commit(&*store, txn(vec![put("counter", &value), put("other", &value)], vec![])).await;
+            acknowledged.store(i, std::sync::atomic::Ordering::Release);
+        }
+        writing.store(false, std::sync::atomic::Ordering::Release);
+        for reader in readers {
+            assert!(reader.join().expect("no reader saw an old value") > 0);
+        }
+        store.close().unwrap();
+    }
+}
+
 /// The same, with the database closed and reopened after every group of writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_store_conforms_with_a_checkpoint_after_every_write() {

@@ -292,6 +292,21 @@ impl SledStore {
     }
 }
 
+/// [`open_tree`] on a directory this process has just closed: sled's
+/// background threads may hold its lock a moment longer.
+fn reopen_tree(dir: &Path, cache_capacity: u64) -> StoreResult<sled::Db> {
+    let mut attempts = 0;
+    loop {
+        match open_tree(dir, cache_capacity) {
+            Err(StoreError::Locked(_)) if attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_error(dir: &Path, e: sled::Error) -> StoreError {
     let text = e.to_string();
     if text.contains("lock") {
@@ -344,7 +359,7 @@ impl SledStore {
         drop(store);
         // Opened once more, so that sled replays the restored data and writes
         // its snapshot here rather than at the server's first start.
-        SledStore::open(dir, SledOptions::default())?.close()?;
+        reopen_tree(dir, SledOptions::default().cache_capacity)?.flush().map_err(storage)?;
         Ok(revision)
     }
 }
@@ -780,19 +795,7 @@ impl Writer {
             }),
             None => Ok(()),
         };
-        let reopened = flushed.and_then(|()| {
-            let mut attempts = 0;
-            loop {
-                match open_tree(&self.dir, self.cache_capacity) {
-                    // sled's background threads may hold the old lock a moment longer.
-                    Err(StoreError::Locked(_)) if attempts < 100 => {
-                        attempts += 1;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    other => break other,
-                }
-            }
-        });
+        let reopened = flushed.and_then(|()| reopen_tree(&self.dir, self.cache_capacity));
         match reopened {
             Ok(tree) => {
                 *shared = Some(tree);
