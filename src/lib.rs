@@ -3,6 +3,7 @@ pub mod auth;
 pub mod cli;
 pub mod coalesce;
 pub mod error;
+pub mod generations;
 pub mod import;
 pub mod logs;
 pub mod observe;

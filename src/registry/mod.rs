@@ -27,6 +27,7 @@ pub mod order;
 pub mod paging;
 pub mod partnership_domain;
 pub mod party;
+mod presented;
 pub mod records;
 pub mod relationship;
 pub mod resource;
@@ -191,6 +192,8 @@ pub struct Registry {
     watchers: std::sync::atomic::AtomicUsize,
     /// Writes to one record take turns (see `record_lock`).
     record_locks: Box<[tokio::sync::Mutex<()>]>,
+    /// What List pages appended to the records they read lately.
+    presented: presented::PresentedMemo,
 }
 
 /// Locks writes to records are spread over (a name always maps to the same one).
@@ -287,6 +290,7 @@ impl Registry {
             shutdown: tokio::sync::watch::Sender::new(false),
             watchers: Default::default(),
             record_locks: (0..RECORD_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            presented: presented::PresentedMemo::new(),
         };
         if registry.store.revision() == 0 {
             registry.seed().await?;
@@ -655,8 +659,18 @@ impl Registry {
                         gave_up = true;
                         return Ok(false);
                     }
-                    let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
-                    if query.show_deleted || !deleted {
+                    let shown = match self.presented.get(name, revision, &as_of) {
+                        Some(shown) => shown,
+                        None => {
+                            let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
+                            derived.clear();
+                            Self::encode_derived::<R>(&inputs, revision, &as_of, &mut derived)?;
+                            let shown = presented::Shown { deleted, appended: derived.as_slice().into() };
+                            self.presented.keep(name, revision, &as_of, shown.clone());
+                            shown
+                        }
+                    };
+                    if query.show_deleted || !shown.deleted {
                         if count == size {
                             more = true;
                             return Ok(false);
@@ -667,9 +681,7 @@ impl Registry {
                             // (growing the buffer copies all of it).
                             items.reserve((stored.len() + stored.len() / 4 + 32) * size);
                         }
-                        derived.clear();
-                        Self::encode_derived::<R>(&inputs, revision, &as_of, &mut derived)?;
-                        append_item(&mut items, stored, &derived);
+                        append_item(&mut items, stored, &shown.appended);
                         count += 1;
                         last.clear();
                         last.push_str(name);

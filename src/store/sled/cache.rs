@@ -9,31 +9,25 @@
 //! and kept after it cannot happen: either the writer forgets it afterwards,
 //! or the reader sees the count moved and does not keep it.
 //!
-//! Each shard holds two generations. Reads look in both and move a value they
-//! find in the older one into the newer one. When the newer one fills half the
-//! shard's share of memory, the older one is dropped and the newer one takes
-//! its place. Values read again and again stay; the rest go within two turns.
+//! Each shard keeps its values in a [`Generations`]: what is read again and
+//! again stays, the rest goes.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::generations::Generations;
 
 /// Shards, each with its own lock: readers on different keys rarely wait.
 const SHARDS: usize = 16;
-/// Bytes counted for each entry beyond its key and value (the maps' slots,
-/// the key's allocation, the value's header).
-const ENTRY_OVERHEAD: usize = 96;
 
 pub(super) struct ReadCache {
     shards: Box<[Mutex<Shard>]>,
-    /// Most bytes of a shard's newer generation.
-    generation_bytes: usize,
+    /// Picks a key's shard.
+    shard_of: foldhash::fast::RandomState,
 }
 
-#[derive(Default)]
 struct Shard {
-    newer: HashMap<Box<[u8]>, sled::IVec>,
-    older: HashMap<Box<[u8]>, sled::IVec>,
-    newer_bytes: usize,
+    values: Generations<sled::IVec>,
     /// Writes the writer has applied to keys of this shard.
     writes: u64,
 }
@@ -49,19 +43,18 @@ impl ReadCache {
     /// A cache of at most about `capacity` bytes; 0 keeps nothing.
     pub fn new(capacity: u64) -> ReadCache {
         let shards = if capacity == 0 { 0 } else { SHARDS };
+        let per_shard = capacity as usize / SHARDS;
         ReadCache {
-            shards: (0..shards).map(|_| Mutex::default()).collect(),
-            generation_bytes: (capacity as usize / SHARDS / 2).max(1),
+            shards: (0..shards).map(|_| Mutex::new(Shard { values: Generations::new(per_shard), writes: 0 })).collect(),
+            shard_of: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn shard(&self, key: &[u8]) -> Option<(usize, std::sync::MutexGuard<'_, Shard>)> {
+    fn shard(&self, key: &[u8]) -> Option<(usize, MutexGuard<'_, Shard>)> {
         if self.shards.is_empty() {
             return None;
         }
-        // FNV-1a: ids end in random digits, so any byte-mixing hash spreads them.
-        let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
-        let index = (hash % self.shards.len() as u64) as usize;
+        let index = (self.shard_of.hash_one(key) % self.shards.len() as u64) as usize;
         Some((index, self.shards[index].lock().unwrap_or_else(PoisonError::into_inner)))
     }
 
@@ -71,17 +64,7 @@ impl ReadCache {
         let Some((shard, mut guard)) = self.shard(key) else {
             return Err(Miss { shard: usize::MAX, writes: 0 });
         };
-        if let Some(value) = guard.newer.get(key) {
-            return Ok(value.clone());
-        }
-        let writes = guard.writes;
-        match guard.older.remove_entry(key) {
-            Some((key, value)) => {
-                guard.insert(key, value.clone(), self.generation_bytes);
-                Ok(value)
-            }
-            None => Err(Miss { shard, writes }),
-        }
+        guard.values.get(key).ok_or(Miss { shard, writes: guard.writes })
     }
 
     /// Keeps `value`, read from sled after `miss`, unless a write to its shard
@@ -90,7 +73,7 @@ impl ReadCache {
         let Some(shard) = self.shards.get(miss.shard) else { return };
         let mut guard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.writes == miss.writes {
-            guard.insert(key.into(), value.clone(), self.generation_bytes);
+            guard.values.insert(key.into(), value.clone(), value.len());
         }
     }
 
@@ -100,31 +83,8 @@ impl ReadCache {
         for key in keys {
             let Some((_, mut guard)) = self.shard(key) else { return };
             guard.writes += 1;
-            if let Some(value) = guard.newer.remove(key) {
-                guard.newer_bytes -= entry_bytes(key, &value);
-            }
-            guard.older.remove(key);
+            guard.values.remove(key);
         }
-    }
-}
-
-fn entry_bytes(key: &[u8], value: &[u8]) -> usize {
-    key.len() + value.len() + ENTRY_OVERHEAD
-}
-
-impl Shard {
-    fn insert(&mut self, key: Box<[u8]>, value: sled::IVec, generation_bytes: usize) {
-        let bytes = entry_bytes(&key, &value);
-        if self.newer_bytes + bytes > generation_bytes {
-            self.older = std::mem::take(&mut self.newer);
-            self.newer_bytes = 0;
-        }
-        self.older.remove(&key);
-        let key_len = key.len();
-        if let Some(old) = self.newer.insert(key, value) {
-            self.newer_bytes -= key_len + old.len() + ENTRY_OVERHEAD;
-        }
-        self.newer_bytes += bytes;
     }
 }
 
@@ -163,32 +123,5 @@ mod tests {
         cache.keep(b"k", miss, &value("one"));
         assert!(cache.get(b"k").is_err());
         cache.forget([&b"k"[..]]);
-    }
-
-    #[test]
-    fn memory_stays_bounded_and_values_read_again_stay() {
-        let capacity = 64 * 1024;
-        let cache = ReadCache::new(capacity);
-        let big = value(&"x".repeat(500));
-        let keep = |key: &[u8]| {
-            if let Err(miss) = cache.get(key) {
-                cache.keep(key, miss, &big);
-            }
-        };
-        for i in 0..10_000 {
-            keep(b"hot");
-            keep(format!("cold {i}").as_bytes());
-        }
-        assert!(cache.get(b"hot").is_ok(), "a value read at every turn was dropped");
-        let held: usize = cache
-            .shards
-            .iter()
-            .map(|s| {
-                let s = s.lock().unwrap();
-                s.newer.iter().chain(s.older.iter()).map(|(k, v)| entry_bytes(k, v)).sum::<usize>()
-            })
-            .sum();
-        assert!(held as u64 <= capacity, "{held} bytes held, more than {capacity}");
-        assert!(held as u64 > capacity / 4, "only {held} bytes held of {capacity}");
     }
 }
