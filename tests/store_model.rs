@@ -219,10 +219,14 @@ fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
     for prefix in PREFIXES {
         let expected: Vec<Vec<u8>> =
             model.members.keys().filter(|k| k.starts_with(prefix.as_bytes())).cloned().collect();
-        assert_eq!(store.members(prefix.as_bytes(), b"", 1000).unwrap(), expected, "{which}: members {prefix:?}");
+        assert_eq!(
+            store.members(prefix.as_bytes(), b"", 1000).unwrap().to_vec(),
+            expected,
+            "{which}: members {prefix:?}"
+        );
         if let Some(third) = expected.get(2) {
             assert_eq!(
-                store.members(prefix.as_bytes(), third, 3).unwrap(),
+                store.members(prefix.as_bytes(), third, 3).unwrap().to_vec(),
                 expected[2..].iter().take(3).cloned().collect::<Vec<_>>()
             );
         }

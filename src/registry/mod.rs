@@ -1243,7 +1243,10 @@ mod tests {
         assert!(store.scan(b"i/", b"", 10).unwrap().is_empty(), "old index keys removed");
         assert!(store.scan(b"x/", b"", 10).unwrap().is_empty(), "old reference keys removed");
         assert_eq!(store.get(SCHEMA_KEY).unwrap().unwrap().value, REGISTRY_SCHEMA.to_be_bytes());
-        assert_eq!(store.members(b"x/parties/jpn\0", b"", 10).unwrap(), [b"x/parties/jpn\0agreements/a1".to_vec()]);
+        assert_eq!(
+            store.members(b"x/parties/jpn\0", b"", 10).unwrap().to_vec(),
+            [b"x/parties/jpn\0agreements/a1".to_vec()]
+        );
         let query = ListQuery { filter: "parties:\"parties/ind\"".into(), ..Default::default() };
         let page = registry.list::<Agreement>(&query).await.unwrap();
         assert_eq!(page.items.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["agreements/a1"]);

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{BoxFuture, Condition, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
+use super::{BoxFuture, Condition, Entry, Members, Op, Outcome, Store, StoreError, StoreResult, Txn};
 
 #[derive(Default)]
 struct State {
@@ -69,9 +69,13 @@ impl Store for MemoryStore {
         Ok(under(&state.keys, prefix, start).take(limit).map(|(k, e)| (k.clone(), e.clone())).collect())
     }
 
-    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members> {
         let state = self.state.lock().expect("state lock");
-        Ok(under(&state.members, prefix, start).take(limit).map(|(k, _)| k.clone()).collect())
+        let mut members = Members::default();
+        for (member, _) in under(&state.members, prefix, start).take(limit) {
+            members.push(member);
+        }
+        Ok(members)
     }
 
     fn revision(&self) -> u64 {

@@ -32,6 +32,52 @@ pub struct Entry {
     pub value: Vec<u8>,
 }
 
+/// Set members read in one call (each its set's name followed by the member),
+/// in order, stored end to end: a List page reads some fifty, and one
+/// allocation each cost a tenth of the page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Members {
+    pub fn with_capacity(members: usize) -> Members {
+        Members { bytes: Vec::with_capacity(members * 48), ends: Vec::with_capacity(members) }
+    }
+
+    pub fn push(&mut self, member: &[u8]) {
+        self.bytes.extend_from_slice(member);
+        self.ends.push(self.bytes.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).map(|i| self.member(i))
+    }
+
+    /// Each member in a `Vec` of its own.
+    pub fn to_vec(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    pub fn last(&self) -> Option<&[u8]> {
+        self.len().checked_sub(1).map(|i| self.member(i))
+    }
+
+    fn member(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+}
+
 /// A precondition checked, with the writes, as one atomic step.
 #[derive(Clone, Debug)]
 pub enum Condition {
@@ -162,7 +208,7 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` set members under `prefix`, each as its set's name followed
     /// by the member, from `start` (inclusive, and itself under `prefix` or empty
     /// for the first) in ascending order of those bytes.
-    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>>;
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members>;
 
     /// The revision of the last applied transaction (0 for an empty store).
     fn revision(&self) -> u64;
@@ -245,7 +291,19 @@ pub fn for_each_entry<E: From<StoreError>>(
     start: &[u8],
     mut visit: impl FnMut(&[u8], Entry) -> Result<bool, E>,
 ) -> Result<bool, E> {
-    in_chunks(start, |from, chunk| store.scan(prefix, from, chunk), |(key, _)| key, |(key, entry)| visit(&key, entry))
+    in_chunks(
+        start,
+        |from, chunk| store.scan(prefix, from, chunk),
+        |batch| (batch.len(), batch.last().map(|(key, _)| key_after(key))),
+        |batch| {
+            for (key, entry) in batch {
+                if !visit(&key, entry)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
 }
 
 /// Calls `visit` with every set member under `prefix` from `start` (as in
@@ -258,30 +316,41 @@ pub fn for_each_member<E: From<StoreError>>(
     start: &[u8],
     mut visit: impl FnMut(&[u8]) -> Result<bool, E>,
 ) -> Result<bool, E> {
-    in_chunks(start, |from, chunk| store.members(prefix, from, chunk), |key| key, |key| visit(&key))
+    in_chunks(
+        start,
+        |from, chunk| store.members(prefix, from, chunk),
+        |batch| (batch.len(), batch.last().map(key_after)),
+        |batch| {
+            for member in batch.iter() {
+                if !visit(member)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        },
+    )
 }
 
 /// The chunked walk behind [`for_each_entry`] and [`for_each_member`]: `read`
-/// gives up to `chunk` items from a start key, `key_of` an item's key.
-fn in_chunks<T, E: From<StoreError>>(
+/// gives a batch of up to `chunk` items from a start key, `size` its length
+/// and the key after its last item, and `visit` goes through a batch,
+/// saying whether to go on.
+fn in_chunks<B, E: From<StoreError>>(
     start: &[u8],
-    mut read: impl FnMut(&[u8], usize) -> StoreResult<Vec<T>>,
-    key_of: impl Fn(&T) -> &Vec<u8>,
-    mut visit: impl FnMut(T) -> Result<bool, E>,
+    mut read: impl FnMut(&[u8], usize) -> StoreResult<B>,
+    size: impl Fn(&B) -> (usize, Option<Vec<u8>>),
+    mut visit: impl FnMut(B) -> Result<bool, E>,
 ) -> Result<bool, E> {
     let mut start = start.to_vec();
     let mut chunk = FIRST_CHUNK;
     loop {
         let batch = read(&start, chunk)?;
-        let full = batch.len() == chunk;
-        let resume = batch.last().map(|item| key_after(key_of(item)));
-        for item in batch {
-            if !visit(item)? {
-                return Ok(false);
-            }
+        let (len, resume) = size(&batch);
+        if !visit(batch)? {
+            return Ok(false);
         }
         match resume {
-            Some(key) if full => start = key,
+            Some(key) if len == chunk => start = key,
             _ => return Ok(true),
         }
         chunk = (chunk * 2).min(MAX_CHUNK);

@@ -556,7 +556,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<Vec<u8>>> {
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<crate::store::Members> {
         chunks::scan(&*self.db.tree()?, prefix, start, limit).map_err(|e| self.read_failure(e))
     }
 
