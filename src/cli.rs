@@ -104,14 +104,16 @@ pub struct ServeArgs {
     /// call starts.)
     #[arg(long, env = "COOPERATION_REGISTRY_MAX_CONCURRENT_CALLS", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT_CALLS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_concurrent_calls: u64,
-    /// Lists and relationship queries (which scan records) run one per core;
-    /// at most this many wait for a turn, and more fail at once with
-    /// RESOURCE_EXHAUSTED. Default: --max-concurrent-calls.
+    /// Lists that scan records (all but a short page an index answers) and
+    /// relationship queries run one per core; at most this many wait for a
+    /// turn, and more fail at once with RESOURCE_EXHAUSTED. Default:
+    /// --max-concurrent-calls.
     #[arg(long, env = "COOPERATION_REGISTRY_MAX_QUEUED_SCANS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_queued_scans: Option<u64>,
-    /// A list or relationship query that would wait longer than this for its
-    /// turn (judged by how long recent ones ran), or past its deadline, fails
-    /// at once with RESOURCE_EXHAUSTED: this bounds an admitted one's wait.
+    /// A list that scans, or a relationship query, that would wait longer
+    /// than this for its turn (judged by how long recent ones ran), or past
+    /// its deadline, fails at once with RESOURCE_EXHAUSTED: this bounds an
+    /// admitted one's wait.
     #[arg(long, env = "COOPERATION_REGISTRY_MAX_SCAN_WAIT_MS", default_value_t = crate::api::DEFAULT_MAX_SCAN_WAIT.as_millis() as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_scan_wait_ms: u64,
     /// Serve Prometheus metrics at http://ADDRESS/metrics (calls by method and
