@@ -600,6 +600,11 @@ async fn a_quick_page_equals_the_full_one_and_deleted_records_hand_it_on() {
     // A filter the indexes do not answer exactly is never quick.
     let tested = ListQuery { filter: "title:\"Quick\"".into(), ..query.clone() };
     assert!(registry.list_encoded_quick::<v1::Agreement>(&tested).await.unwrap().is_none());
+    // Nor is a page too large to hold an async worker for.
+    let large = ListQuery { page_size: 101, ..query.clone() };
+    assert!(registry.list_encoded_quick::<v1::Agreement>(&large).await.unwrap().is_none());
+    let largest_quick = ListQuery { page_size: 100, ..query.clone() };
+    assert!(registry.list_encoded_quick::<v1::Agreement>(&largest_quick).await.unwrap().is_some());
 
     // The first 20 deleted: 4 live records (and one more) are found only
     // after reading 25, more than twice the page.

@@ -263,6 +263,11 @@ fn etag_of(revision: u64) -> String {
 /// each one it holds (and one more, to know whether another page follows).
 const QUICK_PAGE_READS: usize = 2;
 
+/// The largest quick page: some 100 µs of work on an async worker. A larger
+/// one (up to MAX_PAGE_SIZE) would hold the worker, and every call waiting on
+/// it, for milliseconds.
+const QUICK_PAGE_MAX: usize = 100;
+
 /// A List without a limit on its reads that gave up anyway.
 fn gave_up() -> Error {
     Error::internal("a List that may read all it needs stopped short")
@@ -552,9 +557,9 @@ impl Registry {
     }
 
     /// [`Registry::list_encoded`] when the page takes little work: a filter
-    /// the indexes answer exactly (or none), in name order, and the page
-    /// found among at most twice as many records as it holds (more are
-    /// read only where many are soft-deleted). `None` otherwise, having read
+    /// the indexes answer exactly (or none), in name order, a page of at most
+    /// QUICK_PAGE_MAX records, found among at most twice as many records as
+    /// it holds (more are read only where many are soft-deleted). `None` otherwise, having read
     /// at most that many: such a page is for the caller to run where long
     /// work is admitted (see `Api::scan`).
     pub async fn list_encoded_quick<R: Resource>(&self, query: &ListQuery) -> Result<Option<EncodedPage>> {
@@ -623,7 +628,7 @@ impl Registry {
         // deletion: the one kind of page whose work the page size bounds.
         let as_stored =
             encoded && order.is_by_name() && (filter.matches_everything() || index::answers_exactly(R::KIND, &filter));
-        if quick.is_some() && !as_stored {
+        if quick.is_some() && (!as_stored || size > QUICK_PAGE_MAX) {
             return Ok(None);
         }
         // Read before the scan: every change up to it is visible to the scan.
