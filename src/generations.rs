@@ -21,6 +21,7 @@ pub struct Generations<V> {
     newer: Map<V>,
     older: Map<V>,
     newer_bytes: usize,
+    older_bytes: usize,
     /// Most bytes of the newer generation: half of all.
     generation_bytes: usize,
 }
@@ -33,6 +34,7 @@ impl<V> Generations<V> {
             newer: Map::default(),
             older: Map::default(),
             newer_bytes: 0,
+            older_bytes: 0,
             generation_bytes: (max_bytes / 2).max(1),
         }
     }
@@ -42,9 +44,9 @@ impl<V> Generations<V> {
         let bytes = key.len() + weight + ENTRY_OVERHEAD;
         if self.newer_bytes + bytes > self.generation_bytes {
             self.older = std::mem::take(&mut self.newer);
-            self.newer_bytes = 0;
+            self.older_bytes = std::mem::take(&mut self.newer_bytes);
         }
-        self.older.remove(&key);
+        self.remove_older(&key);
         let key_len = key.len();
         if let Some((_, old)) = self.newer.insert(key, (value, weight)) {
             self.newer_bytes -= key_len + old + ENTRY_OVERHEAD;
@@ -56,13 +58,18 @@ impl<V> Generations<V> {
         if let Some((_, weight)) = self.newer.remove(key) {
             self.newer_bytes -= key.len() + weight + ENTRY_OVERHEAD;
         }
-        self.older.remove(key);
+        self.remove_older(key);
+    }
+
+    fn remove_older(&mut self, key: &[u8]) -> Option<(V, usize)> {
+        let (value, weight) = self.older.remove(key)?;
+        self.older_bytes -= key.len() + weight + ENTRY_OVERHEAD;
+        Some((value, weight))
     }
 
     /// Bytes held, as counted (both generations).
     pub fn bytes(&self) -> usize {
-        let older: usize = self.older.iter().map(|(key, (_, weight))| key.len() + weight + ENTRY_OVERHEAD).sum();
-        self.newer_bytes + older
+        self.newer_bytes + self.older_bytes
     }
 }
 
@@ -72,8 +79,8 @@ impl<V: Clone> Generations<V> {
         if let Some((value, _)) = self.newer.get(key) {
             return Some(value.clone());
         }
-        let (key, (value, weight)) = self.older.remove_entry(key)?;
-        self.insert(key, value.clone(), weight);
+        let (value, weight) = self.remove_older(key)?;
+        self.insert(key.into(), value.clone(), weight);
         Some(value)
     }
 }
@@ -81,6 +88,12 @@ impl<V: Clone> Generations<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn recount<V>(map: &Generations<V>) -> usize {
+        let generation =
+            |m: &Map<V>| m.iter().map(|(key, (_, weight))| key.len() + weight + ENTRY_OVERHEAD).sum::<usize>();
+        generation(&map.newer) + generation(&map.older)
+    }
 
     #[test]
     fn memory_stays_bounded_and_what_is_used_again_stays() {
@@ -91,7 +104,11 @@ mod tests {
                 map.insert(b"hot".as_slice().into(), i, 500);
             }
             map.insert(format!("cold {i}").into_bytes().into(), i, 500);
+            if i % 7 == 0 {
+                map.remove(format!("cold {}", i / 2).as_bytes());
+            }
             assert!(map.bytes() <= max, "{} bytes held, more than {max}", map.bytes());
+            assert_eq!(map.bytes(), recount(&map), "after {i}");
         }
         assert_eq!(map.get(b"hot"), Some(0), "a value used at every turn was dropped");
         assert!(map.bytes() > max / 4, "only {} bytes held of {max}", map.bytes());

@@ -58,6 +58,9 @@ const STORE_BYTES: &str = "cooperation_registry_store_bytes";
 const WATCHERS: &str = "cooperation_registry_watchers";
 const CHECKPOINTS: &str = "cooperation_registry_checkpoints_total";
 const LAST_CHECKPOINT_SECONDS: &str = "cooperation_registry_last_checkpoint_seconds";
+const READ_CACHE_HITS: &str = "cooperation_registry_read_cache_hits_total";
+const READ_CACHE_MISSES: &str = "cooperation_registry_read_cache_misses_total";
+const READ_CACHE_BYTES: &str = "cooperation_registry_read_cache_bytes";
 
 /// Latency buckets, in seconds: from a cached read to a slow scan.
 const LATENCY_BUCKETS: &[f64] =
@@ -91,6 +94,12 @@ fn recorder() -> Result<&'static PrometheusHandle, String> {
                     metrics::Unit::Seconds,
                     "How long the last checkpoint held calls (0 before the first)."
                 );
+                metrics::describe_counter!(
+                    READ_CACHE_HITS,
+                    "Record reads answered from the read cache (--read-cache-mib) since the server started."
+                );
+                metrics::describe_counter!(READ_CACHE_MISSES, "Record reads the read cache did not hold.");
+                metrics::describe_gauge!(READ_CACHE_BYTES, metrics::Unit::Bytes, "Memory the read cache holds.");
             };
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HANDLING_SECONDS.into()), LATENCY_BUCKETS)
@@ -178,6 +187,10 @@ fn scrape<B>(
     let checkpoints = registry.checkpoints();
     metrics::counter!(CHECKPOINTS).absolute(checkpoints.count);
     metrics::gauge!(LAST_CHECKPOINT_SECONDS).set(checkpoints.last_seconds);
+    let read_cache = registry.read_cache();
+    metrics::counter!(READ_CACHE_HITS).absolute(read_cache.hits);
+    metrics::counter!(READ_CACHE_MISSES).absolute(read_cache.misses);
+    metrics::gauge!(READ_CACHE_BYTES).set(read_cache.bytes as f64);
     match registry.store_bytes() {
         Ok(bytes) => metrics::gauge!(STORE_BYTES).set(bytes as f64),
         Err(e) => tracing::warn!(error = %e, "cannot read the store's size"),

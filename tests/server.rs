@@ -241,6 +241,10 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     // No checkpoint yet: the first comes after 128 MiB written.
     assert_eq!(metric(&body, "cooperation_registry_checkpoints_total ").unwrap(), 0.0, "{body}");
     assert_eq!(metric(&body, "cooperation_registry_last_checkpoint_seconds ").unwrap(), 0.0, "{body}");
+    // The Gets above read the same record again: from the read cache.
+    assert!(metric(&body, "cooperation_registry_read_cache_hits_total ").unwrap() >= 2.0, "{body}");
+    assert!(metric(&body, "cooperation_registry_read_cache_misses_total ").unwrap() >= 1.0, "{body}");
+    assert!(metric(&body, "cooperation_registry_read_cache_bytes ").unwrap() > 0.0, "{body}");
     // The open watch is a call in flight.
     assert!(metric(&body, "grpc_server_calls_in_flight ").unwrap() >= 1.0, "{body}");
     assert!(body.contains("# HELP grpc_server_handled_total"), "{body}");

@@ -424,6 +424,10 @@ impl Registry {
         self.store.checkpoints()
     }
 
+    pub fn read_cache(&self) -> crate::store::ReadCacheStats {
+        self.store.read_cache()
+    }
+
     /// Ends every watcher (with UNAVAILABLE and the revision to resume from),
     /// so a graceful shutdown need not wait for open streams.
     pub fn begin_shutdown(&self) {

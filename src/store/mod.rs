@@ -153,6 +153,17 @@ pub struct Checkpoints {
     pub last_seconds: f64,
 }
 
+/// How the engine's read cache does (sled: `sled::SledOptions::read_cache_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadCacheStats {
+    /// Point reads answered from the cache since the store was opened.
+    pub hits: u64,
+    /// Point reads that went to the engine itself.
+    pub misses: u64,
+    /// Bytes it holds, as it counts them.
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The engine failed to read or write.
@@ -247,6 +258,11 @@ pub trait Store: Send + Sync + 'static {
     /// that needs none).
     fn checkpoints(&self) -> Checkpoints {
         Checkpoints::default()
+    }
+
+    /// How its read cache does (all zero for an engine without one).
+    fn read_cache(&self) -> ReadCacheStats {
+        ReadCacheStats::default()
     }
 
     /// Resolves, with the cause, if a write or flush fails: the store then

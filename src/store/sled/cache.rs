@@ -16,6 +16,7 @@ use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::generations::Generations;
+use crate::store::ReadCacheStats;
 
 /// Shards, each with its own lock: readers on different keys rarely wait.
 const SHARDS: usize = 16;
@@ -30,6 +31,8 @@ struct Shard {
     values: Generations<sled::IVec>,
     /// Writes the writer has applied to keys of this shard.
     writes: u64,
+    hits: u64,
+    misses: u64,
 }
 
 /// What a reader that missed must hand back to [`ReadCache::keep`].
@@ -45,7 +48,9 @@ impl ReadCache {
         let shards = if capacity == 0 { 0 } else { SHARDS };
         let per_shard = capacity as usize / SHARDS;
         ReadCache {
-            shards: (0..shards).map(|_| Mutex::new(Shard { values: Generations::new(per_shard), writes: 0 })).collect(),
+            shards: (0..shards)
+                .map(|_| Mutex::new(Shard { values: Generations::new(per_shard), writes: 0, hits: 0, misses: 0 }))
+                .collect(),
             shard_of: foldhash::fast::RandomState::default(),
         }
     }
@@ -64,7 +69,28 @@ impl ReadCache {
         let Some((shard, mut guard)) = self.shard(key) else {
             return Err(Miss { shard: usize::MAX, writes: 0 });
         };
-        guard.values.get(key).ok_or(Miss { shard, writes: guard.writes })
+        match guard.values.get(key) {
+            Some(value) => {
+                guard.hits += 1;
+                Ok(value)
+            }
+            None => {
+                guard.misses += 1;
+                Err(Miss { shard, writes: guard.writes })
+            }
+        }
+    }
+
+    /// Its hits, misses and bytes held so far (all zero when it keeps nothing).
+    pub fn stats(&self) -> ReadCacheStats {
+        let mut stats = ReadCacheStats::default();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.hits += shard.hits;
+            stats.misses += shard.misses;
+            stats.bytes += shard.values.bytes() as u64;
+        }
+        stats
     }
 
     /// Keeps `value`, read from sled after `miss`, unless a write to its shard
@@ -102,8 +128,12 @@ mod tests {
         let miss = cache.get(b"k").unwrap_err();
         cache.keep(b"k", miss, &value("one"));
         assert_eq!(cache.get(b"k").unwrap(), value("one"));
+        let stats = cache.stats();
+        assert_eq!((stats.hits, stats.misses), (1, 1));
+        assert!(stats.bytes > 4, "{stats:?}");
         cache.forget([&b"k"[..]]);
         assert!(cache.get(b"k").is_err());
+        assert_eq!(cache.stats(), ReadCacheStats { hits: 1, misses: 2, bytes: 0 });
     }
 
     #[test]

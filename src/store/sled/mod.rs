@@ -564,6 +564,10 @@ impl Store for SledStore {
         self.applied.load(Ordering::Acquire)
     }
 
+    fn read_cache(&self) -> crate::store::ReadCacheStats {
+        self.cache.stats()
+    }
+
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
         let mut durable = self.durable.clone();
         Box::pin(async move { durable.wait_for(|d| *d >= revision).await.map(|_| ()).map_err(|_| StoreError::Closed) })
