@@ -245,7 +245,7 @@ fn respond(outcome: Result<Vec<u8>, tonic::Status>) -> http::Response<Body> {
     };
     // A large message (a List page) goes as it is, after its own header,
     // rather than copied behind it: two DATA frames, which gRPC allows.
-    let frames = if message.len() >= COPIED_MESSAGE_MAX {
+    let frames = if message.len() >= OWN_FRAME_MIN {
         [Some(Bytes::copy_from_slice(&header(message.len()))), Some(Bytes::from(message))]
     } else {
         let mut framed = BytesMut::with_capacity(5 + message.len());
@@ -260,8 +260,9 @@ fn respond(outcome: Result<Vec<u8>, tonic::Status>) -> http::Response<Body> {
     response
 }
 
-/// The largest message [`respond`] copies behind its header into one frame.
-const COPIED_MESSAGE_MAX: usize = 4096;
+/// From this size on, [`respond`] sends a message in a DATA frame of its
+/// own; a smaller one is copied behind its header into one frame.
+const OWN_FRAME_MIN: usize = 4096;
 
 /// The message's DATA frames, then the trailers.
 struct Unary {

@@ -563,9 +563,9 @@ impl Registry {
     /// [`Registry::list_encoded`] when the page takes little work: a filter
     /// the indexes answer exactly (or none), in name order, a page of at most
     /// QUICK_PAGE_MAX records, found among at most twice as many records as
-    /// it holds (more are read only where many are soft-deleted). `None` otherwise, having read
-    /// at most that many: such a page is for the caller to run where long
-    /// work is admitted (see `Api::scan`).
+    /// it holds (more are read only where many are soft-deleted). `None`
+    /// otherwise, having read at most that many: such a page is for the
+    /// caller to run where long work is admitted (see `Api::scan`).
     pub async fn list_encoded_quick<R: Resource>(&self, query: &ListQuery) -> Result<Option<EncodedPage>> {
         Ok(self.list_items::<R>(query, true, Some(QUICK_PAGE_READS)).await?.map(Self::encoded_page))
     }
@@ -584,14 +584,15 @@ impl Registry {
         Page { items, next_page_token: found.next_page_token, revision: found.revision }
     }
 
-    /// The page a List asks for, encoded if `encoded` and the page allows;
-    /// `None` if `quick` (records read for each one the page holds) is given
-    /// and the page needs more work (see [`Registry::list_encoded_quick`]).
+    /// The page a List asks for, encoded if `encoded` and the page allows.
+    /// With `quick_reads` (records it may read for each one the page holds),
+    /// `None` when the page needs more work than a quick page (see
+    /// [`Registry::list_encoded_quick`]).
     async fn list_items<R: Resource>(
         &self,
         query: &ListQuery,
         encoded: bool,
-        quick: Option<usize>,
+        quick_reads: Option<usize>,
     ) -> Result<Option<Found<R>>> {
         let mut violations = Violations::new();
         if query.page_size < 0 {
@@ -632,7 +633,7 @@ impl Registry {
         // deletion: the one kind of page whose work the page size bounds.
         let as_stored =
             encoded && order.is_by_name() && (filter.matches_everything() || index::answers_exactly(R::KIND, &filter));
-        if quick.is_some() && (!as_stored || size > QUICK_PAGE_MAX) {
+        if quick_reads.is_some() && (!as_stored || size > QUICK_PAGE_MAX) {
             return Ok(None);
         }
         // Read before the scan: every change up to it is visible to the scan.
@@ -649,7 +650,7 @@ impl Registry {
         let test_filter =
             !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, &filter)));
         let after = cursor.as_ref().map(|(_, name)| name.as_str());
-        let most_reads = quick.map(|per_record| per_record * (size + 1));
+        let most_reads = quick_reads.map(|per_record| per_record * (size + 1));
         let mut gave_up = false;
         let (rows, newest, last) = if as_stored && !test_filter {
             // Nothing to test but deletion: the stored bytes as they are,
