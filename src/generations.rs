@@ -61,10 +61,10 @@ impl<V> Generations<V> {
         self.remove_older(key);
     }
 
-    fn remove_older(&mut self, key: &[u8]) -> Option<(V, usize)> {
-        let (value, weight) = self.older.remove(key)?;
+    fn remove_older(&mut self, key: &[u8]) -> Option<(Box<[u8]>, V, usize)> {
+        let (key, (value, weight)) = self.older.remove_entry(key)?;
         self.older_bytes -= key.len() + weight + ENTRY_OVERHEAD;
-        Some((value, weight))
+        Some((key, value, weight))
     }
 
     /// Bytes held, as counted (both generations).
@@ -79,8 +79,8 @@ impl<V: Clone> Generations<V> {
         if let Some((value, _)) = self.newer.get(key) {
             return Some(value.clone());
         }
-        let (value, weight) = self.remove_older(key)?;
-        self.insert(key.into(), value.clone(), weight);
+        let (key, value, weight) = self.remove_older(key)?;
+        self.insert(key, value.clone(), weight);
         Some(value)
     }
 }

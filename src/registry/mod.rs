@@ -242,6 +242,12 @@ fn record_key(name: &str) -> Vec<u8> {
     [RECORD_PREFIX, name.as_bytes()].concat()
 }
 
+/// What the keys of all the records of `kind` start with: a record's key is
+/// this followed by its id.
+fn collection_key(kind: &Kind) -> Vec<u8> {
+    record_key(&kind.name_of(""))
+}
+
 /// The set of the records that refer to `target`.
 fn referrers_set(target: &str) -> Vec<u8> {
     format!("x/{target}\0").into_bytes()
@@ -357,7 +363,7 @@ impl Registry {
         }
         let mut written = 0;
         for kind in resource::KINDS {
-            let prefix = record_key(&format!("{}/", kind.collection));
+            let prefix = collection_key(kind);
             let descriptor =
                 DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
             let deleted = descriptor.get_field_by_name("delete_time").ok_or_else(|| Error::internal("delete_time"))?;
@@ -565,7 +571,7 @@ impl Registry {
     /// QUICK_PAGE_MAX records, found among at most twice as many records as
     /// it holds (more are read only where many are soft-deleted). `None`
     /// otherwise, having read at most that many: such a page is for the
-    /// caller to run where long work is admitted (see `Api::scan`).
+    /// caller to run where long work is admitted.
     pub async fn list_encoded_quick<R: Resource>(&self, query: &ListQuery) -> Result<Option<EncodedPage>> {
         Ok(self.list_items::<R>(query, true, Some(QUICK_PAGE_READS)).await?.map(Self::encoded_page))
     }
@@ -808,11 +814,12 @@ impl Registry {
             ),
             None => None,
         };
+        let prefix = collection_key(R::KIND);
         if let Some(candidates) = candidates {
             let mut failure = None;
             // Each candidate's key, put together in one buffer rather than
             // formatted anew for each record of a page.
-            let mut key = record_key(&R::KIND.name_of(""));
+            let mut key = prefix;
             let id_at = key.len();
             candidates.for_each(&*self.store, after_id, &mut |id| {
                 key.truncate(id_at);
@@ -829,9 +836,8 @@ impl Registry {
             })?;
             return failure.map_or(Ok(newest), Err);
         }
-        let prefix = record_key(&format!("{}/", R::KIND.collection));
         let start = match after_id {
-            Some(id) => key_after(&record_key(&R::KIND.name_of(id))),
+            Some(id) => key_after(&[prefix.as_slice(), id.as_bytes()].concat()),
             None => Vec::new(),
         };
         crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {

@@ -42,6 +42,8 @@ pub struct Members {
 }
 
 impl Members {
+    /// Room for `members` of about the size of an index entry (a set name
+    /// and an id: some 48 bytes).
     pub fn with_capacity(members: usize) -> Members {
         Members { bytes: Vec::with_capacity(members * 48), ends: Vec::with_capacity(members) }
     }
