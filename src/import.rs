@@ -123,7 +123,9 @@ impl Importer {
             let name = record.name().to_string();
             let id = R::KIND.parse_name(&name).map_err(|e| format!("record name: {e}"))?.to_string();
             // Top-level fields that name a dataset record not created yet.
-            let references = validate::check_message(&record.transcode_to_dynamic(), "", &mut Violations::new());
+            let references =
+                validate::check_encoded(&record.encode_to_vec(), &record.descriptor(), "", &mut Violations::new())
+                    .map_err(|e| format!("{name}: {e}"))?;
             let mut fields: Vec<String> = references
                 .iter()
                 .filter(|r| self.names.contains(&r.name) && !self.created.contains(&r.name) && r.name != name)

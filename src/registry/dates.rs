@@ -7,11 +7,14 @@ use prost_reflect::{DynamicMessage, ReflectMessage};
 use crate::error::Violations;
 use crate::pb::google::r#type::Date;
 
+/// The full name of `google.type.Date`, the message every date field has.
+pub const DATE_MESSAGE: &str = "google.type.Date";
+
 /// The `google.type.Date` a dynamic message holds, read field by field (a
 /// transcode encodes and decodes it: most of what indexing a date cost);
 /// `None` when the message is not a date.
 pub fn from_dynamic(message: &DynamicMessage) -> Option<Date> {
-    if message.descriptor().full_name() != "google.type.Date" {
+    if message.descriptor().full_name() != DATE_MESSAGE {
         return None;
     }
     let int = |number| message.get_field_by_number(number).and_then(|v| v.as_i32());

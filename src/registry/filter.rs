@@ -443,7 +443,7 @@ fn resolve_path(descriptor: &MessageDescriptor, path: &str, at: usize) -> Result
 
 /// Messages compared as values rather than traversed.
 fn is_scalar_message(message: &MessageDescriptor) -> bool {
-    matches!(message.full_name(), "google.type.Date" | "google.protobuf.Timestamp")
+    matches!(message.full_name(), dates::DATE_MESSAGE | "google.protobuf.Timestamp")
 }
 
 fn typed_value(leaf: &Leaf, op: Op, value: &Literal, at: usize) -> Result<Typed, FilterError> {
@@ -514,7 +514,7 @@ fn typed_value(leaf: &Leaf, op: Op, value: &Literal, at: usize) -> Result<Typed,
                 }
             }
         }
-        FieldKind::Message(m) if m.full_name() == "google.type.Date" => {
+        FieldKind::Message(m) if m.full_name() == dates::DATE_MESSAGE => {
             parse_date(text).map(|(first, last)| Typed::Date(first, last)).ok_or_else(|| FilterError {
                 position: at,
                 message: format!("{name} is a date: write \"YYYY\", \"YYYY-MM\" or \"YYYY-MM-DD\", not {text:?}"),

@@ -8,13 +8,17 @@
 //! day number of their first day, so date ranges are key ranges. Soft-deleted
 //! records keep their entries: List with `show_deleted` uses them too.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::LazyLock;
 
-use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+use prost::Message;
+use prost_reflect::Kind as FieldKind;
 
-use crate::registry::dates;
+use crate::pb::DESCRIPTOR_POOL;
+use crate::pb::google::r#type::Date;
 use crate::registry::filter::{self, Filter, Op, Typed};
-use crate::registry::resource::Kind;
+use crate::registry::resource::{self, Kind};
+use crate::registry::{dates, validate, wire};
 use crate::store::{Store, StoreResult};
 
 /// Most index entries counted to judge an index's selectivity.
@@ -28,58 +32,127 @@ fn encode_date(first_day: i64) -> [u8; 8] {
     ((first_day as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// Appends the index encoding of `value` to `out`; false (and nothing
-/// appended) for a value that is not indexed (an empty string, say).
-fn append_value(value: &Value, out: &mut Vec<u8>) -> bool {
-    match value {
-        Value::String(s) if !s.is_empty() => out.extend_from_slice(s.as_bytes()),
-        Value::EnumNumber(n) => out.extend_from_slice(&((*n as u32) ^ (1 << 31)).to_be_bytes()),
-        Value::Message(m) => match dates::from_dynamic(m) {
-            Some(date) => out.extend_from_slice(&encode_date(dates::first_day(&date))),
-            None => return false,
-        },
-        _ => return false,
-    }
-    true
+/// One of a kind's indexes, resolved once: its set prefix and the field at
+/// each step of its path.
+struct IndexPath {
+    prefix: Vec<u8>,
+    steps: Vec<Step>,
 }
 
-/// Visits every value at a dotted path, through repeated and nested fields
-/// (borrowed: a write computes its index sets from every indexed field).
-fn for_each_value_at(message: &DynamicMessage, path: &[&str], visit: &mut dyn FnMut(&Value)) {
-    let Some((name, rest)) = path.split_first() else { return };
-    let Some(field) = message.descriptor().get_field_by_name(name) else { return };
-    if !message.has_field(&field) {
-        return;
-    }
-    let value = message.get_field(&field);
-    let mut each = |item: &Value| {
-        if rest.is_empty() {
-            visit(item);
-        } else if let Value::Message(inner) = item {
-            for_each_value_at(inner, rest, visit);
-        }
-    };
-    match &*value {
-        Value::List(items) => items.iter().for_each(&mut each),
-        single => each(single),
-    }
+/// A field on an index's path, with what reading its values asks of it.
+struct Step {
+    number: u32,
+    kind: FieldKind,
+    list: bool,
+    presence: bool,
 }
 
-/// The index sets a record of `kind` is in (its id is the member).
-pub fn entries(kind: &Kind, record: &DynamicMessage) -> BTreeSet<Vec<u8>> {
+/// Every kind's indexes, by collection.
+static INDEX_PATHS: LazyLock<HashMap<&'static str, Vec<IndexPath>>> = LazyLock::new(|| {
+    resource::KINDS
+        .iter()
+        .map(|kind| {
+            let message = DESCRIPTOR_POOL.get_message_by_name(kind.message).expect("every kind's message is known");
+            let paths = kind
+                .indexes
+                .iter()
+                .map(|path| {
+                    let mut steps: Vec<Step> = Vec::new();
+                    for name in path.split('.') {
+                        let within = match steps.last().map(|step| &step.kind) {
+                            Some(FieldKind::Message(inner)) => inner.clone(),
+                            Some(_) => panic!("index path {path} steps into a field that is not a message"),
+                            None => message.clone(),
+                        };
+                        let field = within.get_field_by_name(name);
+                        let field = field.unwrap_or_else(|| panic!("index path {path}: no field {name}"));
+                        steps.push(Step {
+                            number: field.number(),
+                            kind: field.kind(),
+                            list: field.is_list(),
+                            presence: field.supports_presence(),
+                        });
+                    }
+                    IndexPath { prefix: prefix(kind, path), steps }
+                })
+                .collect();
+            (kind.collection, paths)
+        })
+        .collect()
+});
+
+/// The index sets a record of `kind` is in (its id is the member), read from
+/// the record's encoding in one pass: one per distinct value of each indexed
+/// path, through repeated and nested fields.
+pub fn entries(kind: &Kind, record: &[u8]) -> Result<BTreeSet<Vec<u8>>, wire::Malformed> {
+    let indexes = INDEX_PATHS.get(kind.collection).map(Vec::as_slice).unwrap_or_default();
     let mut sets = BTreeSet::new();
-    for path in kind.indexes {
-        let steps: Vec<&str> = path.split('.').collect();
-        let base = prefix(kind, path);
-        for_each_value_at(record, &steps, &mut |value| {
-            let mut set = base.clone();
-            if append_value(value, &mut set) {
-                set.push(0);
-                sets.insert(set);
-            }
-        });
+    for found in wire::fields(record) {
+        let found = found?;
+        for index in indexes.iter().filter(|index| index.steps[0].number == found.number) {
+            for_each_value_in(&index.steps, found.value, &mut |field, value| {
+                let mut set = index.prefix.clone();
+                if append_value(field, value, &mut set)? {
+                    set.push(0);
+                    sets.insert(set);
+                }
+                Ok(())
+            })?;
+        }
     }
-    sets
+    Ok(sets)
+}
+
+/// Visits every value at a path of fields, given one value of its first
+/// field: through repeated and nested fields. A field without presence that
+/// holds its default is not set, so it has no value to visit.
+fn for_each_value_in(
+    steps: &[Step],
+    value: wire::Value,
+    visit: &mut dyn FnMut(&FieldKind, wire::Value) -> Result<(), wire::Malformed>,
+) -> Result<(), wire::Malformed> {
+    let Some((field, rest)) = steps.split_first() else { return Ok(()) };
+    match value {
+        wire::Value::Bytes(inner) if !rest.is_empty() => {
+            for found in wire::fields(inner) {
+                let found = found?;
+                if found.number == rest[0].number {
+                    for_each_value_in(rest, found.value, visit)?;
+                }
+            }
+        }
+        _ if !rest.is_empty() => return Err(wire::MISMATCH),
+        wire::Value::Bytes(run) if field.list && validate::packed_width(&field.kind) == Some(0) => {
+            for number in wire::packed_varints(run) {
+                visit(&field.kind, wire::Value::Varint(number?))?;
+            }
+        }
+        value if field.list || field.presence || !value.is_default() => visit(&field.kind, value)?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Appends the index encoding of a value of a field of `kind` to `out`; false (and
+/// nothing appended) for a value that is not indexed (an empty string, say).
+fn append_value(kind: &FieldKind, value: wire::Value, out: &mut Vec<u8>) -> Result<bool, wire::Malformed> {
+    match (kind, value) {
+        (FieldKind::String, value) => {
+            let text = validate::text(value)?;
+            if text.is_empty() {
+                return Ok(false);
+            }
+            out.extend_from_slice(text.as_bytes());
+        }
+        (FieldKind::Enum(_), wire::Value::Varint(n)) => {
+            out.extend_from_slice(&((n as i32 as u32) ^ (1 << 31)).to_be_bytes())
+        }
+        (FieldKind::Message(m), wire::Value::Bytes(bytes)) if m.full_name() == dates::DATE_MESSAGE => {
+            out.extend_from_slice(&encode_date(dates::first_day(&Date::decode(bytes)?)))
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// A lookup in one index: keys from `start` (inclusive) while under `prefix`
@@ -259,4 +332,75 @@ pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResul
             if lookup.is_exact() { Candidates::Exact(lookup.clone()) } else { Candidates::Ids(ids) }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::pb::cooperation::v1::{Agreement, agreement};
+
+    fn set(path: &str, value: &[u8]) -> Vec<u8> {
+        [format!("i/agreements/{path}\0").as_bytes(), value, b"\0"].concat()
+    }
+
+    fn date(year: i32, month: i32, day: i32) -> Date {
+        Date { year, month, day }
+    }
+
+    #[test]
+    fn a_record_is_in_one_set_per_distinct_value_of_each_indexed_path() {
+        let record = Agreement {
+            title: "not indexed".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            instrument_type: 3,
+            signature_date: Some(date(2020, 9, 9)),
+            entry_into_force_date: Some(date(2021, 0, 0)),
+            signatories: vec![
+                agreement::Signatory { person: "A".into(), party: "parties/ind".into(), ..Default::default() },
+                agreement::Signatory { person: "B".into(), party: "parties/jpn".into(), ..Default::default() },
+                agreement::Signatory { person: "C".into(), party: "parties/jpn".into(), ..Default::default() },
+            ],
+            provisions: vec![
+                agreement::Provision { category: 3, ..Default::default() },
+                agreement::Provision { category: 0, ..Default::default() },
+            ],
+            end: Some(agreement::End { date: Some(date(2030, 6, 0)), reason: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let day = |d: &Date| encode_date(dates::first_day(d));
+        let expected: BTreeSet<Vec<u8>> = [
+            set("parties", b"parties/ind"),
+            set("parties", b"parties/jpn"),
+            set("instrument_type", &(3u32 ^ (1 << 31)).to_be_bytes()),
+            set("signature_date", &day(&date(2020, 9, 9))),
+            set("entry_into_force_date", &day(&date(2021, 1, 1))),
+            set("signatories.party", b"parties/ind"),
+            set("signatories.party", b"parties/jpn"),
+            set("provisions.category", &(3u32 ^ (1 << 31)).to_be_bytes()),
+            set("end.date", &day(&date(2030, 6, 1))),
+        ]
+        .into();
+        // A provision's unset category (0) is no value: it is in no set.
+        assert_eq!(entries(&resource::AGREEMENT, &record.encode_to_vec()).unwrap(), expected);
+        assert!(entries(&resource::AGREEMENT, &Agreement::default().encode_to_vec()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn every_kinds_index_paths_resolve_and_bad_bytes_are_refused() {
+        for kind in resource::KINDS {
+            assert_eq!(INDEX_PATHS[kind.collection].len(), kind.indexes.len(), "{}", kind.collection);
+            assert!(entries(kind, &[]).unwrap().is_empty());
+        }
+        let bytes = Agreement { parties: vec!["parties/ind".into()], ..Default::default() }.encode_to_vec();
+        assert!(entries(&resource::AGREEMENT, &bytes[..bytes.len() - 1]).is_err(), "a cut record");
+        // `parties` (a string) sent as a varint: not what the field is.
+        let mut mistyped = Vec::new();
+        prost::encoding::encode_key(8, prost::encoding::WireType::Varint, &mut mistyped);
+        prost::encoding::encode_varint(7, &mut mistyped);
+        let parties = INDEX_PATHS["agreements"].iter().find(|p| p.prefix.ends_with(b"/parties\0")).unwrap();
+        assert_eq!(parties.steps[0].number, 8, "the test's field number is the parties field's");
+        assert!(entries(&resource::AGREEMENT, &mistyped).is_err());
+    }
 }

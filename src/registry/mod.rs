@@ -32,13 +32,13 @@ pub mod records;
 pub mod relationship;
 pub mod resource;
 pub mod validate;
+mod wire;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use prost::Message;
-use prost_reflect::{DynamicMessage, ReflectMessage};
 use prost_types::Timestamp;
 
 use crate::error::{Error, PreconditionViolation, Result, Violations};
@@ -131,15 +131,12 @@ struct Found<R> {
 /// its number and its bytes on the wire (key included), in order, without
 /// decoding the message; stops early when `visit` says false.
 fn for_each_top_level_field(
-    mut bytes: &[u8],
+    bytes: &[u8],
     mut visit: impl FnMut(u32, &[u8]) -> bool,
-) -> std::result::Result<(), prost::DecodeError> {
-    use prost::encoding::{DecodeContext, decode_key, skip_field};
-    while !bytes.is_empty() {
-        let field = bytes;
-        let (number, wire_type) = decode_key(&mut bytes)?;
-        skip_field(wire_type, number, &mut bytes, DecodeContext::default())?;
-        if !visit(number, &field[..field.len() - bytes.len()]) {
+) -> std::result::Result<(), wire::Malformed> {
+    for field in wire::fields(bytes) {
+        let field = field?;
+        if !visit(field.number, field.raw) {
             break;
         }
     }
@@ -175,7 +172,7 @@ fn append_item(items: &mut Vec<u8>, stored: &[u8], derived: &[u8]) {
 
 /// Whether the encoded message `bytes` holds a field numbered `tag` at its top
 /// level, read on the wire without decoding the message.
-fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, prost::DecodeError> {
+fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, wire::Malformed> {
     let mut found = false;
     for_each_top_level_field(bytes, |number, _| {
         found = number == tag;
@@ -212,15 +209,15 @@ struct Planned<R> {
 /// What [`Registry::validate`] finds in a record besides its violations.
 struct Checked {
     references: Vec<Reference>,
-    /// The record as validation reflected it: writes that move it between
-    /// index sets read them from here rather than reflect it again.
-    reflected: DynamicMessage,
+    /// The record as validation read it: writes that move it between index
+    /// sets read them from here rather than encode it again.
+    encoded: Vec<u8>,
 }
 
 impl Checked {
     /// The index sets the record belongs in (see `index::entries`).
-    fn index(&self, kind: &Kind) -> BTreeSet<Vec<u8>> {
-        index::entries(kind, &self.reflected)
+    fn index(&self, kind: &Kind) -> Result<BTreeSet<Vec<u8>>> {
+        index::entries(kind, &self.encoded).map_err(Error::internal)
     }
 }
 
@@ -280,7 +277,7 @@ fn gave_up() -> Error {
 }
 
 /// A stored record that does not parse: the store is damaged, not the request.
-fn undecodable(kind: &Kind, e: &prost::DecodeError) -> Error {
+fn undecodable(kind: &Kind, e: &dyn std::fmt::Display) -> Error {
     Error::internal(format!("stored {} does not decode: {e}", kind.singular))
 }
 
@@ -372,12 +369,14 @@ impl Registry {
                 let batch = self.store.scan(&prefix, &start, 500)?;
                 let mut txn = migration();
                 for (key, entry) in &batch {
-                    let record =
-                        DynamicMessage::decode(descriptor.clone(), entry.value.as_slice()).map_err(Error::internal)?;
+                    let record = entry.value.as_slice();
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
-                    txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &index::entries(kind, &record)));
-                    if !record.has_field(&deleted) {
-                        let references = validate::check_message(&record, kind.singular, &mut Violations::new());
+                    let entries = index::entries(kind, record).map_err(Error::internal)?;
+                    txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
+                    if !has_field(record, deleted.number()).map_err(Error::internal)? {
+                        let references =
+                            validate::check_encoded(record, &descriptor, kind.singular, &mut Violations::new())
+                                .map_err(Error::internal)?;
                         txn.ops.extend(reference_ops(&kind.name_of(&id), &BTreeSet::new(), &targets(&references)));
                     }
                 }
@@ -460,7 +459,7 @@ impl Registry {
             party.create_time = Some(time);
             party.update_time = Some(time);
             let bytes = party.encode_to_vec();
-            let entries = index::entries(&resource::PARTY, &party.transcode_to_dynamic());
+            let entries = index::entries(&resource::PARTY, &bytes).map_err(Error::internal)?;
             txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
             txn.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
             txn.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
@@ -859,11 +858,11 @@ impl Registry {
             id.to_string()
         };
         let name = kind.name_of(&id);
-        let mut record = without_output_only(&resource)?;
+        let mut record = without_output_only(resource)?;
         record.set_name(name.clone());
         record.normalize();
-        let checked = self.validate(&record, &mut violations);
-        let index = checked.index(kind);
+        let checked = self.validate(&record, &mut violations)?;
+        let index = checked.index(kind)?;
 
         self.mutate(&name, mutation, || {
             let mut violations = violations.clone();
@@ -894,7 +893,7 @@ impl Registry {
         let kind = R::KIND;
         let name = resource.name().to_string();
         Self::check_name::<R>(&name, &format!("{}.name", kind.singular))?;
-        let patch = without_output_only(&resource)?;
+        let patch = without_output_only(resource)?;
 
         self.mutate(&name, mutation, || {
             let (stored, revision) = self.read::<R>(&name)?;
@@ -908,16 +907,16 @@ impl Registry {
             record.set_name(name.clone());
             record.normalize();
             let mut violations = Violations::new();
-            let checked = self.validate(&record, &mut violations);
+            let checked = self.validate(&record, &mut violations)?;
             let mut conditions = vec![Condition::ModRevision { key: record_key(&name), equals: revision }];
             self.check_targets(&checked.references, &mut violations, &mut conditions)?;
             violations.into_result()?;
             record.set_create_time(stored.create_time().cloned());
             record.set_update_time(Some(now()));
-            let before = self.validate(&stored, &mut Violations::new());
+            let before = self.validate(&stored, &mut Violations::new())?;
             let mut ops = reference_ops(&name, &targets(&before.references), &targets(&checked.references));
             let id = kind.parse_name(&name).map_err(Error::internal)?;
-            ops.extend(move_member(id.as_bytes(), &before.index(kind), &checked.index(kind)));
+            ops.extend(move_member(id.as_bytes(), &before.index(kind)?, &checked.index(kind)?));
             Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
         })
         .await
@@ -961,7 +960,7 @@ impl Registry {
                 Condition::ModRevision { key: record_key(name), equals: revision },
                 Condition::NoneWrittenAfter { prefix, revision: seen },
             ];
-            let outgoing = targets(&self.validate(&record, &mut Violations::new()).references);
+            let outgoing = targets(&self.validate(&record, &mut Violations::new())?.references);
             let ops = reference_ops(name, &outgoing, &BTreeSet::new());
             let time = now();
             record.set_delete_time(Some(time));
@@ -985,7 +984,7 @@ impl Registry {
             if !etag.is_empty() && etag != etag_of(revision) {
                 return Err(Error::EtagMismatch { name: name.into() });
             }
-            let references = self.validate(&record, &mut Violations::new()).references;
+            let references = self.validate(&record, &mut Violations::new())?.references;
             let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
             let mut missing = Violations::new();
             self.check_targets(&references, &mut missing, &mut conditions)?;
@@ -1118,14 +1117,15 @@ impl Registry {
     /// Checks a record against its annotations and its kind's rules, adding
     /// violations with paths from the request (`agreement.title`), and returns
     /// the names it refers to and its reflected copy (for its index sets).
-    fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Checked {
+    fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Result<Checked> {
         let prefix = R::KIND.singular;
-        let dynamic = record.transcode_to_dynamic();
-        let references = validate::check_message(&dynamic, prefix, violations);
+        let encoded = record.encode_to_vec();
+        let references =
+            validate::check_encoded(&encoded, &record.descriptor(), prefix, violations).map_err(Error::internal)?;
         let mut own = Violations::new();
         record.check(&mut own);
         violations.extend(own.prefixed(prefix));
-        Checked { references, reflected: dynamic }
+        Ok(Checked { references, encoded })
     }
 
     /// Adds a violation for every reference to a missing or deleted record, and
@@ -1198,10 +1198,16 @@ fn is_deleted(name: &str, bytes: &[u8]) -> Result<bool> {
 }
 
 /// The request's resource without the fields the server sets.
-fn without_output_only<R: Resource>(resource: &R) -> Result<R> {
-    let stripped = validate::strip_output_only(&resource.encode_to_vec(), &resource.descriptor())
+/// `resource` without its OUTPUT_ONLY fields; as it came when it had none,
+/// as clients' resources usually do (stripping only removes bytes).
+fn without_output_only<R: Resource>(resource: R) -> Result<R> {
+    let encoded = resource.encode_to_vec();
+    let stripped = validate::strip_output_only(&encoded, &resource.descriptor())
         .ok_or_else(|| Error::internal("an encoded request does not parse"))?;
-    decode(&stripped)
+    match stripped.len() == encoded.len() {
+        true => Ok(resource),
+        false => decode(&stripped),
+    }
 }
 
 fn into_invalid(violations: Violations) -> Error {
@@ -1227,6 +1233,7 @@ mod tests {
     use super::*;
     use crate::pb::cooperation::v1::{Agreement, Party};
     use crate::store::memory::MemoryStore;
+    use prost_reflect::ReflectMessage;
 
     /// A data dir of schema 2, whose index and reference entries were keys,
     /// is upgraded when opened: the old keys go, and the sets answer Lists
@@ -1247,7 +1254,10 @@ mod tests {
         let key_of = |set: &[u8], member: &str| Op::Put { key: [set, member.as_bytes()].concat(), value: Vec::new() };
         let mut ops = vec![Op::Put { key: record_key(&agreement.name), value: agreement.encode_to_vec() }];
         ops.extend(
-            index::entries(&resource::AGREEMENT, &agreement.transcode_to_dynamic()).iter().map(|set| key_of(set, "a1")),
+            index::entries(&resource::AGREEMENT, &agreement.encode_to_vec())
+                .unwrap()
+                .iter()
+                .map(|set| key_of(set, "a1")),
         );
         ops.push(key_of(&referrers_set("parties/ind"), "agreements/a1"));
         ops.push(key_of(&referrers_set("parties/jpn"), "agreements/a1"));

@@ -54,7 +54,7 @@ impl OrderBy {
                 return Err(format!("key {}: {path} is repeated; order by singular fields only", i + 1));
             }
             let sortable = match leaf.kind() {
-                FieldKind::Message(m) => matches!(m.full_name(), "google.type.Date" | "google.protobuf.Timestamp"),
+                FieldKind::Message(m) => matches!(m.full_name(), dates::DATE_MESSAGE | "google.protobuf.Timestamp"),
                 FieldKind::Double | FieldKind::Float | FieldKind::Bytes => false,
                 _ => true,
             };

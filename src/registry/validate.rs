@@ -1,20 +1,20 @@
 //! Validation driven by the contract itself: `google.api.field_behavior`
 //! (REQUIRED, OUTPUT_ONLY, IDENTIFIER) and `google.api.resource_reference`
 //! annotations, enum values, `google.type.Date` fields, labels and size limits,
-//! checked by walking any message with prost-reflect. A rule written in the
+//! checked by walking any message's encoding with its descriptor. A rule written in the
 //! .proto is enforced here without code per field.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use prost_reflect::{
-    DynamicMessage, FieldDescriptor, Kind as FieldKind, MapKey, MessageDescriptor, ReflectMessage, Value,
-};
+use prost::Message;
+use prost_reflect::{FieldDescriptor, Kind as FieldKind, MessageDescriptor, Value};
 
-use crate::error::{Violations, join_path};
+use crate::error::Violations;
 use crate::pb::DESCRIPTOR_POOL;
-use crate::registry::dates;
+use crate::pb::google::r#type::Date;
 use crate::registry::resource::{self, Kind};
+use crate::registry::{dates, wire};
 
 /// Longest string field, in bytes.
 pub const MAX_STRING_BYTES: usize = 16 * 1024;
@@ -23,7 +23,8 @@ pub const MAX_REPEATED: usize = 1000;
 /// Most labels on a record.
 pub const MAX_LABELS: usize = 64;
 
-/// What the annotations say about one field.
+/// What the annotations say about one field, with the facts about it a walk
+/// of every write asks for, looked up once.
 pub struct FieldPlan {
     pub field: FieldDescriptor,
     pub required: bool,
@@ -31,13 +32,20 @@ pub struct FieldPlan {
     pub identifier: bool,
     /// The kind a resource-name string field refers to.
     pub reference: Option<&'static Kind>,
+    number: u32,
+    kind: FieldKind,
+    list: bool,
+    map: bool,
+    presence: bool,
 }
 
 const FIELD_BEHAVIOR_REQUIRED: i32 = 2;
 const FIELD_BEHAVIOR_OUTPUT_ONLY: i32 = 3;
 const FIELD_BEHAVIOR_IDENTIFIER: i32 = 8;
 
-static PLANS: LazyLock<HashMap<String, Vec<FieldPlan>>> = LazyLock::new(|| {
+type Plans = HashMap<String, Vec<FieldPlan>, foldhash::fast::RandomState>;
+
+static PLANS: LazyLock<Plans> = LazyLock::new(|| {
     let behavior = DESCRIPTOR_POOL
         .get_extension_by_name("google.api.field_behavior")
         .expect("field_behavior.proto is in the descriptor set");
@@ -66,6 +74,11 @@ static PLANS: LazyLock<HashMap<String, Vec<FieldPlan>>> = LazyLock::new(|| {
                         output_only: behaviors.contains(&FIELD_BEHAVIOR_OUTPUT_ONLY),
                         identifier: behaviors.contains(&FIELD_BEHAVIOR_IDENTIFIER),
                         reference,
+                        number: field.number(),
+                        kind: field.kind(),
+                        list: field.is_list(),
+                        map: field.is_map(),
+                        presence: field.supports_presence(),
                         field,
                     }
                 })
@@ -118,13 +131,13 @@ pub fn strip_output_only(mut bytes: &[u8], message: &MessageDescriptor) -> Optio
     while !bytes.is_empty() {
         let field_start = bytes;
         let (number, wire_type) = decode_key(&mut bytes).ok()?;
-        let plan = plans.iter().find(|p| p.field.number() == number);
+        let plan = plans.iter().find(|p| p.number == number);
         if plan.is_some_and(|p| p.output_only) {
             skip_field(wire_type, number, &mut bytes, DecodeContext::default()).ok()?;
             continue;
         }
         // A message of ours may hold OUTPUT_ONLY fields of its own.
-        if let Some(FieldKind::Message(inner)) = plan.map(|p| p.field.kind())
+        if let Some(FieldKind::Message(inner)) = plan.map(|p| &p.kind)
             && wire_type == WireType::LengthDelimited
             && HOLDS_OUTPUT_ONLY.contains(inner.full_name())
         {
@@ -132,7 +145,7 @@ pub fn strip_output_only(mut bytes: &[u8], message: &MessageDescriptor) -> Optio
             let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
             let payload = bytes.get(..len)?;
             bytes = &bytes[len..];
-            let stripped = strip_output_only(payload, &inner)?;
+            let stripped = strip_output_only(payload, inner)?;
             out.extend_from_slice(key);
             encode_varint(stripped.len() as u64, &mut out);
             out.extend_from_slice(&stripped);
@@ -144,13 +157,20 @@ pub fn strip_output_only(mut bytes: &[u8], message: &MessageDescriptor) -> Optio
     Some(out)
 }
 
-/// Checks a message against its annotations and the generic rules, adding a
-/// violation per bad field (paths relative to `path`) and returning every
-/// resource name it refers to.
-pub fn check_message(message: &DynamicMessage, path: &str, violations: &mut Violations) -> Vec<Reference> {
+/// Checks an encoded message (of type `message`) against its annotations and
+/// the generic rules, adding a violation per bad field (paths relative to
+/// `path`, fields in the order the .proto declares them) and returning every
+/// resource name it refers to. Reads the encoding as it is: a record is not
+/// built, nor reflected, to be checked.
+pub fn check_encoded(
+    bytes: &[u8],
+    message: &MessageDescriptor,
+    path: &str,
+    violations: &mut Violations,
+) -> Result<Vec<Reference>, wire::Malformed> {
     let mut references = Vec::new();
-    walk(message, &Path::Root(path), violations, &mut references);
-    references
+    walk(bytes, message, &Path::Root(path), violations, &mut references)?;
+    Ok(references)
 }
 
 /// Where a value sits in the message being checked. Written out only for a
@@ -165,64 +185,164 @@ enum Path<'a> {
 
 impl Path<'_> {
     fn render(&self) -> String {
+        let mut out = String::with_capacity(48);
+        self.render_into(&mut out);
+        out
+    }
+
+    /// Writes the path into one buffer (a reference's path is written for
+    /// every reference a record makes, valid or not).
+    fn render_into(&self, out: &mut String) {
         match self {
-            Path::Root(root) => root.to_string(),
-            Path::Field(parent, name) => join_path(&parent.render(), name),
-            Path::Item(parent, i) => format!("{}[{i}]", parent.render()),
+            Path::Root(root) => out.push_str(root),
+            Path::Field(parent, name) => {
+                parent.render_into(out);
+                if !out.is_empty() && !name.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            Path::Item(parent, i) => {
+                use std::fmt::Write;
+                parent.render_into(out);
+                let _ = write!(out, "[{i}]");
+            }
         }
     }
 }
 
-fn walk(message: &DynamicMessage, path: &Path, violations: &mut Violations, references: &mut Vec<Reference>) {
-    for plan in plans(&message.descriptor()) {
-        let field = &plan.field;
+fn walk(
+    bytes: &[u8],
+    message: &MessageDescriptor,
+    path: &Path,
+    violations: &mut Violations,
+    references: &mut Vec<Reference>,
+) -> Result<(), wire::Malformed> {
+    let plans = plans(message);
+    // Each value with the index of its field's plan, sorted by plan (a stable
+    // sort: a repeated field's items stay in their order).
+    let mut found: Vec<(usize, wire::Value)> = Vec::new();
+    for field in wire::fields(bytes) {
+        let field = field?;
+        if let Some(i) = plans.iter().position(|p| p.number == field.number) {
+            found.push((i, field.value));
+        }
+    }
+    found.sort_by_key(|(i, _)| *i);
+    let mut rest = found.as_slice();
+    for (i, plan) in plans.iter().enumerate() {
+        let count = rest.iter().take_while(|(j, _)| *j == i).count();
+        let (values, after) = rest.split_at(count);
+        rest = after;
         if plan.output_only || plan.identifier {
             continue;
         }
-        let field_path = Path::Field(path, field.name());
-        if !message.has_field(field) {
-            if plan.required {
-                violations.add(field_path.render(), "is required");
+        let field_path = Path::Field(path, plan.field.name());
+        if plan.map {
+            match values.is_empty() {
+                true if plan.required => violations.add(field_path.render(), "is required"),
+                true => {}
+                false => check_labels(values, &field_path, violations)?,
             }
             continue;
         }
-        match &*message.get_field(field) {
-            Value::List(items) => {
-                if items.len() > MAX_REPEATED {
-                    violations.add(
-                        field_path.render(),
-                        format!("has {} items; at most {MAX_REPEATED} are allowed", items.len()),
-                    );
+        if plan.list {
+            let items = list_items(&plan.kind, values)?;
+            if items.is_empty() {
+                if plan.required {
+                    violations.add(field_path.render(), "is required");
+                }
+                continue;
+            }
+            if items.len() > MAX_REPEATED {
+                violations
+                    .add(field_path.render(), format!("has {} items; at most {MAX_REPEATED} are allowed", items.len()));
+                continue;
+            }
+            let mut seen = std::collections::HashSet::new();
+            for (i, item) in items.iter().enumerate() {
+                let item_path = Path::Item(&field_path, i);
+                if plan.reference.is_some()
+                    && let wire::Value::Bytes(name) = item
+                    && !seen.insert(*name)
+                {
+                    let name = String::from_utf8_lossy(name);
+                    violations.add(item_path.render(), format!("{name} is named more than once"));
                     continue;
                 }
-                let mut seen = std::collections::HashSet::new();
-                for (i, item) in items.iter().enumerate() {
-                    let item_path = Path::Item(&field_path, i);
-                    if plan.reference.is_some()
-                        && let Some(name) = item.as_str()
-                        && !seen.insert(name)
-                    {
-                        violations.add(item_path.render(), format!("{name} is named more than once"));
-                        continue;
-                    }
-                    check_value(plan, item, &item_path, violations, references);
+                check_value(plan, *item, &item_path, violations, references)?;
+            }
+            continue;
+        }
+        // A field without presence that holds its default reads as not set.
+        match values.last() {
+            Some((_, value)) if plan.presence || !value.is_default() => {
+                check_value(plan, *value, &field_path, violations, references)?
+            }
+            _ if plan.required => violations.add(field_path.render(), "is required"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The items of a repeated field, its packed runs of numbers taken apart.
+fn list_items<'a>(
+    kind: &FieldKind,
+    values: &[(usize, wire::Value<'a>)],
+) -> Result<Vec<wire::Value<'a>>, wire::Malformed> {
+    let mut items = Vec::with_capacity(values.len());
+    for (_, value) in values {
+        match (value, packed_width(kind)) {
+            (wire::Value::Bytes(run), Some(0)) => {
+                for number in wire::packed_varints(run) {
+                    items.push(wire::Value::Varint(number?));
                 }
             }
-            Value::Map(map) => check_labels(map, &field_path, violations),
-            value => check_value(plan, value, &field_path, violations, references),
+            (wire::Value::Bytes(run), Some(4)) if run.len() % 4 == 0 => items.extend(
+                run.chunks_exact(4).map(|b| wire::Value::Fixed32(u32::from_le_bytes(b.try_into().unwrap_or_default()))),
+            ),
+            (wire::Value::Bytes(run), Some(8)) if run.len() % 8 == 0 => items.extend(
+                run.chunks_exact(8).map(|b| wire::Value::Fixed64(u64::from_le_bytes(b.try_into().unwrap_or_default()))),
+            ),
+            (wire::Value::Bytes(_), Some(_)) => return Err(wire::Malformed::Wire("a packed field of a wrong length")),
+            (value, _) => items.push(*value),
         }
+    }
+    Ok(items)
+}
+
+/// How a packed run of a numeric field is laid out: 0 for varints, else the
+/// bytes of each number; `None` for fields that are never packed.
+pub fn packed_width(kind: &FieldKind) -> Option<usize> {
+    match kind {
+        FieldKind::Double | FieldKind::Fixed64 | FieldKind::Sfixed64 => Some(8),
+        FieldKind::Float | FieldKind::Fixed32 | FieldKind::Sfixed32 => Some(4),
+        FieldKind::String | FieldKind::Bytes | FieldKind::Message(_) => None,
+        _ => Some(0),
+    }
+}
+
+/// The UTF-8 text of a string field's value.
+pub fn text(value: wire::Value<'_>) -> Result<&str, wire::Malformed> {
+    match value {
+        wire::Value::Bytes(bytes) => {
+            std::str::from_utf8(bytes).map_err(|_| wire::Malformed::Wire("a string that is not UTF-8"))
+        }
+        _ => Err(wire::MISMATCH),
     }
 }
 
 fn check_value(
     plan: &FieldPlan,
-    value: &Value,
+    value: wire::Value,
     path: &Path,
     violations: &mut Violations,
     references: &mut Vec<Reference>,
-) {
-    match value {
-        Value::String(text) => {
+) -> Result<(), wire::Malformed> {
+    match (&plan.kind, value) {
+        (FieldKind::String, value) => {
+            let text = text(value)?;
             if text.len() > MAX_STRING_BYTES {
                 violations.add(
                     path.render(),
@@ -230,42 +350,69 @@ fn check_value(
                 );
             } else if let Some(kind) = plan.reference {
                 match kind.parse_name(text) {
-                    Ok(_) => references.push(Reference { field: path.render(), name: text.clone() }),
+                    Ok(_) => references.push(Reference { field: path.render(), name: text.to_string() }),
                     Err(e) => violations.add(path.render(), e),
                 }
             }
         }
-        Value::EnumNumber(number) => {
-            if let FieldKind::Enum(enum_type) = plan.field.kind()
-                && enum_type.get_value(*number).is_none()
-            {
+        (FieldKind::Enum(enum_type), wire::Value::Varint(number)) => {
+            let number = number as i32;
+            if enum_type.get_value(number).is_none() {
                 violations.add(path.render(), format!("{number} is not a value of {}", enum_type.full_name()));
             }
         }
-        Value::Message(inner) if let Some(date) = dates::from_dynamic(inner) => {
+        (FieldKind::Message(inner), wire::Value::Bytes(bytes)) if inner.full_name() == dates::DATE_MESSAGE => {
+            let date = Date::decode(bytes)?;
             let mut found = Violations::new();
             dates::check(&date, "", &mut found);
             if !found.is_empty() {
                 violations.extend(found.prefixed(&path.render()));
             }
         }
-        Value::Message(inner) => walk(inner, path, violations, references),
-        Value::I32(n) if *n < 0 => violations.add(path.render(), format!("must not be negative (got {n})")),
+        (FieldKind::Message(inner), wire::Value::Bytes(bytes)) => walk(bytes, inner, path, violations, references)?,
+        (FieldKind::Int32 | FieldKind::Sint32 | FieldKind::Sfixed32, value) => {
+            let n = match (&plan.kind, value) {
+                (FieldKind::Int32, wire::Value::Varint(n)) => n as i32,
+                (FieldKind::Sint32, wire::Value::Varint(n)) => ((n >> 1) as i32) ^ -((n & 1) as i32),
+                (FieldKind::Sfixed32, wire::Value::Fixed32(n)) => n as i32,
+                _ => return Err(wire::MISMATCH),
+            };
+            if n < 0 {
+                violations.add(path.render(), format!("must not be negative (got {n})"));
+            }
+        }
+        (FieldKind::Enum(_) | FieldKind::Message(_), _) => return Err(wire::MISMATCH),
         _ => {}
     }
+    Ok(())
 }
 
 /// AIP-122-style labels: keys `[a-z][a-z0-9_-]{0,62}`, values `[a-z0-9_-]{0,63}`.
-fn check_labels(map: &HashMap<MapKey, Value>, path: &Path, violations: &mut Violations) {
+/// `entries` are the map's entries on the wire; a key given twice keeps its last value.
+fn check_labels(
+    entries: &[(usize, wire::Value)],
+    path: &Path,
+    violations: &mut Violations,
+) -> Result<(), wire::Malformed> {
+    let mut map = std::collections::BTreeMap::new();
+    for (_, entry) in entries {
+        let wire::Value::Bytes(entry) = entry else { return Err(wire::MISMATCH) };
+        let (mut key, mut value) = ("", "");
+        for field in wire::fields(entry) {
+            let field = field?;
+            match field.number {
+                1 => key = text(field.value)?,
+                2 => value = text(field.value)?,
+                _ => {}
+            }
+        }
+        map.insert(key, value);
+    }
     if map.len() > MAX_LABELS {
         violations.add(path.render(), format!("has {} labels; at most {MAX_LABELS} are allowed", map.len()));
     }
     let label_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
-    let mut keys: Vec<_> = map.iter().collect();
-    keys.sort_by(|a, b| a.0.as_str().cmp(&b.0.as_str()));
-    for (key, value) in keys {
-        let key = key.as_str().unwrap_or_default();
-        let value = value.as_str().unwrap_or_default();
+    for (key, value) in map {
         let key_ok =
             key.len() <= 63 && key.starts_with(|c: char| c.is_ascii_lowercase()) && key.chars().all(label_char);
         if !key_ok {
@@ -275,10 +422,12 @@ fn check_labels(map: &HashMap<MapKey, Value>, path: &Path, violations: &mut Viol
             violations.add(format!("{}[{key:?}]", path.render()), "label values must match [a-z0-9_-]{0,63}");
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
     use prost_reflect::ReflectMessage;
 
     use super::*;
@@ -306,7 +455,7 @@ mod tests {
         };
         a.labels.insert("Bad Key".into(), "ok".into());
         let mut v = Violations::new();
-        let refs = check_message(&a.transcode_to_dynamic(), "agreement", &mut v);
+        let refs = check_encoded(&a.encode_to_vec(), &a.descriptor(), "agreement", &mut v).unwrap();
         assert_eq!(
             fields(v),
             [
@@ -322,9 +471,62 @@ mod tests {
         assert_eq!(refs, [Reference { field: "agreement.parties[0]".into(), name: "parties/ind".into() }]);
     }
 
+    /// The checks read the encoding as a decode would: a default sent for a
+    /// field without presence is no value, a label key sent twice keeps its
+    /// last value, packed runs are taken apart, and bytes that do not parse
+    /// are refused rather than half checked.
+    #[test]
+    fn the_encoding_reads_as_a_decode_would() {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        const TITLE: u32 = 2;
+        const LABELS: u32 = 25;
+        let valid = Agreement {
+            title: "t".into(),
+            instrument_type: 1,
+            parties: vec!["parties/ind".into()],
+            ..Default::default()
+        };
+        let check = |bytes: &[u8]| {
+            let mut v = Violations::new();
+            let refs = check_encoded(bytes, &valid.descriptor(), "agreement", &mut v).map(|r| r.len());
+            (refs.map_err(|e| e.to_string()), fields(v))
+        };
+        assert_eq!(check(&valid.encode_to_vec()), (Ok(1), vec![]));
+
+        let mut empty_title = Agreement { title: String::new(), ..valid.clone() }.encode_to_vec();
+        encode_key(TITLE, WireType::LengthDelimited, &mut empty_title);
+        encode_varint(0, &mut empty_title);
+        assert_eq!(check(&empty_title), (Ok(1), vec!["agreement.title".to_string()]));
+
+        let mut labels = valid.encode_to_vec();
+        for value in ["Not Valid", "valid"] {
+            let entry = [&[0x0a, 4][..], b"kind", &[0x12, value.len() as u8], value.as_bytes()].concat();
+            encode_key(LABELS, WireType::LengthDelimited, &mut labels);
+            encode_varint(entry.len() as u64, &mut labels);
+            labels.extend_from_slice(&entry);
+        }
+        assert_eq!(check(&labels), (Ok(1), vec![]), "the second value of `kind` is the one kept");
+
+        let bytes = valid.encode_to_vec();
+        assert!(check(&bytes[..bytes.len() - 1]).0.is_err(), "a cut record");
+
+        let mut packed = Vec::new();
+        for n in [1u64, 0, 300] {
+            encode_varint(n, &mut packed);
+        }
+        let items = list_items(&FieldKind::Int32, &[(0, wire::Value::Bytes(&packed)), (0, wire::Value::Varint(5))]);
+        let varints = [1, 0, 300, 5].map(wire::Value::Varint);
+        assert_eq!(items.unwrap(), varints);
+        let run = [1u8, 0, 0, 0, 2, 0, 0, 0];
+        let items = list_items(&FieldKind::Fixed32, &[(0, wire::Value::Bytes(&run))]).unwrap();
+        assert_eq!(items, [wire::Value::Fixed32(1), wire::Value::Fixed32(2)]);
+        assert!(list_items(&FieldKind::Fixed32, &[(0, wire::Value::Bytes(&run[..7]))]).is_err());
+        let strings = [(0, wire::Value::Bytes(b"a")), (0, wire::Value::Bytes(b""))];
+        assert_eq!(list_items(&FieldKind::String, &strings).unwrap().len(), 2, "strings are never packed");
+    }
+
     #[test]
     fn output_only_fields_are_stripped_and_every_other_field_kept() {
-        use prost::Message;
         let kept = Agreement {
             title: "t".into(),
             parties: vec!["parties/ind".into(), "parties/jpn".into()],
