@@ -863,6 +863,9 @@ impl Registry {
         record.normalize();
         let checked = self.validate(&record, &mut violations)?;
         let index = checked.index(kind)?;
+        // The first attempt takes the record; another (after a conflict) reads
+        // it back from its validated encoding.
+        let mut first = Some(record);
 
         self.mutate(&name, mutation, || {
             let mut violations = violations.clone();
@@ -872,7 +875,10 @@ impl Registry {
             if self.store.get(&record_key(&name))?.is_some() {
                 return Err(Error::AlreadyExists { resource_type: kind.resource_type.into(), name: name.clone() });
             }
-            let mut record = record.clone();
+            let mut record = match first.take() {
+                Some(record) => record,
+                None => decode(&checked.encoded)?,
+            };
             let time = now();
             record.set_create_time(Some(time));
             record.set_update_time(Some(time));
@@ -1029,7 +1035,7 @@ impl Registry {
         &self,
         name: &str,
         mutation: &Mutation,
-        plan: impl Fn() -> Result<Planned<R>>,
+        mut plan: impl FnMut() -> Result<Planned<R>>,
     ) -> Result<R> {
         if !mutation.request_id.is_empty() && uuid::Uuid::try_parse(&mutation.request_id).is_err() {
             return Err(Error::invalid(
@@ -1343,5 +1349,108 @@ mod tests {
             let walked = for_each_top_level_field(&bytes[..cut], |_, _| true).is_ok();
             assert_eq!(walked, whole_fields, "cut at {cut}");
         }
+    }
+
+    /// A store whose first `refusals` commits fail their conditions, as when
+    /// another write got in between a plan and its commit.
+    struct Contended {
+        inner: MemoryStore,
+        refusals: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Store for Contended {
+        fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> crate::store::StoreResult<bool> {
+            self.inner.read(key, visit)
+        }
+        fn scan(
+            &self,
+            prefix: &[u8],
+            start: &[u8],
+            limit: usize,
+        ) -> crate::store::StoreResult<Vec<(Vec<u8>, crate::store::Entry)>> {
+            self.inner.scan(prefix, start, limit)
+        }
+        fn members(
+            &self,
+            prefix: &[u8],
+            start: &[u8],
+            limit: usize,
+        ) -> crate::store::StoreResult<crate::store::Members> {
+            self.inner.members(prefix, start, limit)
+        }
+        fn revision(&self) -> u64 {
+            self.inner.revision()
+        }
+        fn wait_durable(&self, revision: u64) -> crate::store::BoxFuture<'static, crate::store::StoreResult<()>> {
+            self.inner.wait_durable(revision)
+        }
+        fn commit(&self, txn: Txn) -> crate::store::BoxFuture<'static, crate::store::StoreResult<Outcome>> {
+            use std::sync::atomic::Ordering;
+            let refuse = self.refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            match refuse {
+                true => Box::pin(async { Ok(Outcome::ConditionFailed) }),
+                false => self.inner.commit(txn),
+            }
+        }
+        fn changes(&self, from_revision: u64, limit: usize) -> crate::store::StoreResult<Vec<(u64, Vec<u8>)>> {
+            self.inner.changes(from_revision, limit)
+        }
+        fn first_change(&self) -> crate::store::StoreResult<u64> {
+            self.inner.first_change()
+        }
+        fn compact(&self, revision: u64) -> crate::store::StoreResult<u64> {
+            self.inner.compact(revision)
+        }
+        fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> crate::store::StoreResult<u64> {
+            self.inner.backup(out)
+        }
+        fn close(&self) -> crate::store::StoreResult<()> {
+            self.inner.close()
+        }
+        fn size_on_disk(&self) -> crate::store::StoreResult<u64> {
+            self.inner.size_on_disk()
+        }
+        fn failed(&self) -> crate::store::BoxFuture<'static, crate::store::StoreError> {
+            self.inner.failed()
+        }
+    }
+
+    /// A create whose commit loses a race plans again from the record it
+    /// validated, and what it stores is the record that was sent.
+    #[tokio::test]
+    async fn a_create_that_loses_a_race_commits_the_same_record_on_its_next_attempt() {
+        let store = Arc::new(Contended { inner: MemoryStore::new(), refusals: 0.into() });
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let sent = Agreement {
+            title: "Reciprocal provision of supplies and services".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            instrument_type: 1,
+            signatories: vec![crate::pb::cooperation::v1::agreement::Signatory {
+                person: "Sanjay Verma".into(),
+                party: "parties/ind".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mutation = Mutation {
+            actor: ANONYMOUS.into(),
+            request_id: String::new(),
+            method: "CreateAgreement",
+            fingerprint: 0,
+            deadline: None,
+        };
+        store.refusals.store(2, std::sync::atomic::Ordering::SeqCst);
+        let created = registry.create("a1", sent.clone(), &mutation).await.unwrap();
+        assert_eq!(store.refusals.load(std::sync::atomic::Ordering::SeqCst), 0, "two attempts lost");
+        let stored: Agreement = registry.get("agreements/a1", None).await.unwrap();
+        for got in [&created, &stored] {
+            assert_eq!(got.title, sent.title);
+            assert_eq!(got.parties, sent.parties);
+            assert_eq!(got.signatories, sent.signatories);
+            assert!(got.create_time.is_some());
+        }
+        store.refusals.store(MAX_ATTEMPTS, std::sync::atomic::Ordering::SeqCst);
+        let refused = registry.create("a2", sent, &mutation).await.unwrap_err();
+        assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
     }
 }

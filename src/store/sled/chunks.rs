@@ -201,18 +201,50 @@ struct Place {
     tail: Option<Vec<u8>>,
 }
 
-/// A chunk taken out to change, and whether it came from the group's
-/// pending writes (an unchanged one goes back there; the tree keeps its own).
+/// A chunk taken out to change, and where from (an unchanged one goes back
+/// there; the tree keeps its own).
 struct Taken {
     chunk: Chunk,
-    from_pending: bool,
+    from: Source,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Source {
+    Pending,
+    Recent,
+    Tree,
+}
+
+/// The live chunks the writer's last group wrote, as it staged them: the next
+/// group most often adds to the same tails, and takes them from here rather
+/// than read and decode them again. Only the writer writes chunks, and it
+/// replaces these only after the group is in the tree, so each is what the
+/// tree holds under its key.
+#[derive(Default)]
+pub(super) struct Recent(Pending);
+
+/// Most chunks [`Recent`] keeps (a few hundred KB): a larger group's are let go.
+const MAX_RECENT: usize = 1024;
+
+impl Recent {
+    /// Keeps the live chunks of the group just applied, in place of the last
+    /// group's.
+    pub fn replace(&mut self, mut applied: Pending) {
+        applied.retain(|_, chunk| is_live(chunk));
+        if applied.len() > MAX_RECENT {
+            applied.clear();
+        }
+        self.0 = applied;
+    }
 }
 
 /// What staging a set write works on: the tree, the group's pending chunk
-/// writes and the writer's memory of each set's last chunk.
+/// writes, the chunks the last group wrote and the writer's memory of each
+/// set's last chunk.
 pub(super) struct Staging<'a> {
     pub tree: &'a sled::Tree,
     pub pending: &'a mut Pending,
+    pub recent: &'a mut Recent,
     pub tails: &'a mut Tails,
 }
 
@@ -231,25 +263,30 @@ impl Staging<'_> {
         Ok(Place { chunk, tail })
     }
 
-    /// Takes the live chunk under `key` out of the pending writes, or reads it
-    /// from the tree.
+    /// Takes the live chunk under `key` out of the pending writes or the last
+    /// group's, or reads it from the tree.
     fn take(&mut self, key: &[u8]) -> StoreResult<Taken> {
         if let Some(chunk) = self.pending.remove(key) {
-            return Ok(Taken { chunk, from_pending: true });
+            return Ok(Taken { chunk, from: Source::Pending });
+        }
+        if let Some(chunk) = self.recent.0.remove(key) {
+            return Ok(Taken { chunk, from: Source::Recent });
         }
         let raw = self
             .tree
             .get(key)
             .map_err(storage)?
             .ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?;
-        Ok(Taken { chunk: Chunk::decode(&raw)?, from_pending: false })
+        Ok(Taken { chunk: Chunk::decode(&raw)?, from: Source::Tree })
     }
 
     /// Puts back a chunk taken and left as it was.
     fn untouched(&mut self, key: Vec<u8>, taken: Taken) {
-        if taken.from_pending {
-            self.pending.insert(key, taken.chunk);
-        }
+        match taken.from {
+            Source::Pending => self.pending.insert(key, taken.chunk),
+            Source::Recent => self.recent.0.insert(key, taken.chunk),
+            Source::Tree => None,
+        };
     }
 
     /// Adds `member` to `set`.
@@ -396,13 +433,15 @@ mod tests {
         (dir, db)
     }
 
-    fn apply(tree: &sled::Tree, pending: Pending) {
-        for (key, chunk) in pending {
+    /// Writes a group's chunks to the tree and keeps them as the writer does.
+    fn apply(tree: &sled::Tree, pending: Pending, recent: &mut Recent) {
+        for (key, chunk) in &pending {
             match chunk.members.is_empty() {
-                false => tree.insert(key, chunk.encode()).unwrap(),
+                false => tree.insert(key.as_slice(), chunk.encode()).unwrap(),
                 true => tree.remove(key).unwrap(),
             };
         }
+        recent.replace(pending);
     }
 
     #[test]
@@ -427,11 +466,12 @@ mod tests {
         let sets: [&[u8]; 3] = [b"i/a\0x\0", b"i/a\0y\0", b"i/b\0\0\0\0\0"];
         let mut revision = 0;
         let mut tails = Tails::default();
+        let mut recent = Recent::default();
         // Ascending, descending and scattered ids, applied in groups of 10.
         let ids: Vec<u32> = (0..200).chain((300..400).rev()).chain((0..200).map(|i| (i * 7919) % 500)).collect();
         for group in ids.chunks(10) {
             let mut pending = Pending::new();
-            let mut staging = Staging { tree: &tree, pending: &mut pending, tails: &mut tails };
+            let mut staging = Staging { tree: &tree, pending: &mut pending, recent: &mut recent, tails: &mut tails };
             for id in group {
                 revision += 1;
                 let set = sets[*id as usize % 3];
@@ -444,7 +484,10 @@ mod tests {
                     model.insert([set, &member].concat());
                 }
             }
-            apply(&tree, pending);
+            apply(&tree, pending, &mut recent);
+            for (key, chunk) in &recent.0 {
+                assert_eq!(Chunk::decode(&tree.get(key).unwrap().unwrap()).unwrap(), *chunk, "as the tree has it");
+            }
         }
         let all: Vec<Vec<u8>> = model.iter().cloned().collect();
         assert_eq!(scan(&tree, b"i/", b"", usize::MAX).unwrap().to_vec(), all);
@@ -468,5 +511,42 @@ mod tests {
         }
         assert_eq!(scan(&restored, b"i/", b"", usize::MAX).unwrap().to_vec(), all);
         assert!(restored.len() <= all.len() / MAX_MEMBERS + 3);
+    }
+
+    /// The next group takes the tail the last one wrote from memory, not the
+    /// tree; a chunk the group removed, or a group too large, is not kept.
+    #[test]
+    fn the_last_groups_chunks_are_taken_from_memory() {
+        let (_dir, tree) = temporary_tree();
+        let (mut tails, mut recent) = (Tails::default(), Recent::default());
+        let set: &[u8] = b"i/a\0x\0";
+        let mut pending = Pending::new();
+        let mut staging = Staging { tree: &tree, pending: &mut pending, recent: &mut recent, tails: &mut tails };
+        staging.add(set, b"a1", 1).unwrap();
+        staging.add(set, b"a2", 2).unwrap();
+        apply(&tree, pending, &mut recent);
+        let key = chunk_key(set, b"a1");
+        let mut pending = Pending::new();
+        let mut staging = Staging { tree: &tree, pending: &mut pending, recent: &mut recent, tails: &mut tails };
+        let taken = staging.take(&key).unwrap();
+        assert_eq!((taken.from, taken.chunk.members.len()), (Source::Recent, 2));
+        staging.untouched(key.clone(), taken);
+        assert_eq!(staging.take(&key).unwrap().from, Source::Recent, "an untouched chunk goes back");
+        let mut fresh = Recent::default();
+        let mut staging = Staging { tree: &tree, pending: &mut pending, recent: &mut fresh, tails: &mut tails };
+        assert_eq!(staging.take(&key).unwrap().from, Source::Tree);
+
+        let mut removed = Pending::new();
+        removed.insert(key.clone(), Chunk { revision: 3, set_len: set.len(), members: Vec::new() });
+        recent.replace(removed);
+        assert!(recent.0.is_empty(), "a removed chunk is not kept");
+        let many = (0..=MAX_RECENT).map(|i| {
+            (
+                chunk_key(set, format!("{i:05}").as_bytes()),
+                Chunk { revision: 4, set_len: set.len(), members: vec![vec![1]] },
+            )
+        });
+        recent.replace(many.collect());
+        assert!(recent.0.is_empty(), "a group of more than MAX_RECENT chunks is let go");
     }
 }

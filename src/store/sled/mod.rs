@@ -266,6 +266,7 @@ impl SledStore {
             marked: (recorded, Instant::now()),
             failure: failure.clone(),
             tails: chunks::Tails::default(),
+            recent: chunks::Recent::default(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -729,6 +730,8 @@ struct Writer {
     failure: Failure,
     /// The last chunk of each set the writer has touched.
     tails: chunks::Tails,
+    /// The chunks the last group wrote.
+    recent: chunks::Recent,
 }
 
 impl Writer {
@@ -876,15 +879,15 @@ impl Writer {
             && group.revision > self.revision
         {
             group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
-            for (key, chunk) in std::mem::take(&mut group.chunks) {
+            for (key, chunk) in &group.chunks {
                 group.bytes += key.len() as u64;
                 match chunk.members.is_empty() {
                     false => {
                         let encoded = chunk.encode();
                         group.bytes += encoded.len() as u64;
-                        group.batch.insert(key, encoded)
+                        group.batch.insert(key.as_slice(), encoded)
                     }
-                    true => group.batch.remove(key),
+                    true => group.batch.remove(key.as_slice()),
                 }
             }
             self.written_since_open += group.bytes;
@@ -893,6 +896,7 @@ impl Writer {
             // may have applied part of the batch).
             self.cache.forget(group.written.keys().map(Vec::as_slice));
             let written = applied.and_then(|()| {
+                self.recent.replace(std::mem::take(&mut group.chunks));
                 self.revision = group.revision;
                 self.applied.store(group.revision, Ordering::Release);
                 self.flush(tree, self.durability)
@@ -932,7 +936,8 @@ impl Writer {
         }
         let revision = group.revision.max(self.revision) + 1;
         let header = revision.to_be_bytes();
-        let mut sets = chunks::Staging { tree, pending: &mut group.chunks, tails: &mut self.tails };
+        let mut sets =
+            chunks::Staging { tree, pending: &mut group.chunks, recent: &mut self.recent, tails: &mut self.tails };
         for op in &txn.ops {
             match op {
                 Op::Put { key, value } => {
