@@ -298,7 +298,16 @@ fn sled_store_refuses_foreign_newer_and_locked_dirs() {
         db.insert(b"somebody", b"else").unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(foreign.path(), SledOptions::default()).err().unwrap();
+    // sled's threads may hold the dropped database's lock a moment longer.
+    let mut opened = SledStore::open(foreign.path(), SledOptions::default());
+    for _ in 0..100 {
+        match opened {
+            Err(StoreError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => break,
+        }
+        opened = SledStore::open(foreign.path(), SledOptions::default());
+    }
+    let err = opened.err().unwrap();
     assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("format marker")), "{err}");
 
     // A directory of other files.
