@@ -176,11 +176,17 @@ pub fn caller<T>(request: &tonic::Request<T>) -> String {
 /// The mutation context of a request: who calls, until when, and a
 /// fingerprint of the whole request for request_id retries.
 pub fn mutation<M: Message>(context: CallContext, method: &'static str, request: &M, request_id: &str) -> Mutation {
+    // Only a request_id's entry keeps the fingerprint: without one, the request
+    // is not encoded and hashed again for nothing.
+    let fingerprint = match request_id.is_empty() {
+        true => 0,
+        false => paging::fingerprint(&[method.as_bytes(), &request.encode_to_vec()]),
+    };
     Mutation {
         actor: context.caller,
         request_id: request_id.to_string(),
         method,
-        fingerprint: paging::fingerprint(&[method.as_bytes(), &request.encode_to_vec()]),
+        fingerprint,
         deadline: context.deadline,
     }
 }

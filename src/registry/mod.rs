@@ -76,7 +76,7 @@ pub struct Mutation {
     /// Empty, or a UUID the caller chose for this request (AIP-155).
     pub request_id: String,
     /// The gRPC method, with `fingerprint` to refuse a request_id reused for
-    /// something else.
+    /// something else (0 without a request_id: nothing compares it then).
     pub method: &'static str,
     pub fingerprint: u64,
     /// When the caller stops waiting: a write not yet submitted then is not made.
