@@ -2,33 +2,43 @@
 //! ones. Paths may be snake_case or camelCase, may reach into nested messages
 //! (`term.years`), and `*` means every field a client may set.
 
-use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage};
+use prost_reflect::{FieldDescriptor, MessageDescriptor};
 
 use crate::error::Violations;
 use crate::registry::resource::Resource;
-use crate::registry::validate;
+use crate::registry::{validate, wire};
 
 /// `stored` with the fields named by `paths` taken from `patch`. An empty list
 /// means the fields the patch sets (AIP-134's implied mask). Output-only and
 /// identifier fields are ignored wherever named. `mask_field` is the request
-/// field of the mask, for error paths.
+/// field of the mask, for error paths. The fields are moved on the wire: the
+/// records are not reflected to be merged.
 pub fn apply<R: Resource>(stored: &R, patch: &R, paths: &[String], mask_field: &str) -> Result<R, Violations> {
-    let patch = patch.transcode_to_dynamic();
-    let mut merged = stored.transcode_to_dynamic();
-    let descriptor = merged.descriptor();
+    let descriptor = stored.descriptor();
+    let patch = patch.encode_to_vec();
     let mut violations = Violations::new();
+    let cannot_build = |e: wire::Malformed| {
+        let mut v = Violations::new();
+        v.add(mask_field, format!("the masked record cannot be built: {e}"));
+        v
+    };
 
-    let mut targets: Vec<Vec<FieldDescriptor>> = Vec::new();
+    // Each target is the field numbers along a path.
+    let mut targets: Vec<Vec<u32>> = Vec::new();
     if paths.is_empty() {
-        targets.extend(settable(&descriptor).filter(|f| patch.has_field(f)).map(|f| vec![f]));
+        let mut set = std::collections::BTreeSet::new();
+        for field in wire::fields(&patch) {
+            set.insert(field.map_err(cannot_build)?.number);
+        }
+        targets.extend(settable(&descriptor).filter(|f| set.contains(&f.number())).map(|f| vec![f.number()]));
     }
     for (i, path) in paths.iter().enumerate() {
         if path == "*" {
-            targets.extend(settable(&descriptor).map(|f| vec![f]));
+            targets.extend(settable(&descriptor).map(|f| vec![f.number()]));
             continue;
         }
         match resolve(&descriptor, path) {
-            Ok(Some(fields)) => targets.push(fields),
+            Ok(Some(fields)) => targets.push(fields.iter().map(FieldDescriptor::number).collect()),
             Ok(None) => {} // output-only or identifier: ignored
             Err(e) => violations.add(format!("{mask_field}.paths[{i}]"), e),
         }
@@ -36,14 +46,59 @@ pub fn apply<R: Resource>(stored: &R, patch: &R, paths: &[String], mask_field: &
     if !violations.is_empty() {
         return Err(violations);
     }
-    for fields in targets {
-        copy_path(&patch, &mut merged, &fields);
+    let targets: Vec<&[u32]> = targets.iter().map(Vec::as_slice).collect();
+    let mut merged = Vec::new();
+    splice(&stored.encode_to_vec(), &patch, &targets, &mut merged).map_err(cannot_build)?;
+    R::decode(merged.as_slice()).map_err(|e| cannot_build(e.into()))
+}
+
+/// Writes `stored`'s encoding to `out` with the field at the end of each
+/// target path (field numbers) taken from `patch`'s, or left out where the
+/// patch does not set it. A field named whole is replaced whole (a repeated
+/// or map field with all its entries); one reached into is spliced the same
+/// way, level by level, and is set afterwards even if it was not before. The
+/// fields come out of order, which a decode takes as it would in order.
+fn splice(stored: &[u8], patch: &[u8], targets: &[&[u32]], out: &mut Vec<u8>) -> Result<(), wire::Malformed> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let whole: Vec<u32> = targets.iter().filter(|t| t.len() == 1).map(|t| t[0]).collect();
+    let mut within: Vec<u32> = targets.iter().filter(|t| t.len() > 1 && !whole.contains(&t[0])).map(|t| t[0]).collect();
+    within.sort_unstable();
+    within.dedup();
+    for field in wire::fields(stored) {
+        let field = field?;
+        if !whole.contains(&field.number) && !within.contains(&field.number) {
+            out.extend_from_slice(field.raw);
+        }
     }
-    merged.transcode_to::<R>().map_err(|e| {
-        let mut v = Violations::new();
-        v.add(mask_field, format!("the masked record cannot be built: {e}"));
-        v
-    })
+    for field in wire::fields(patch) {
+        let field = field?;
+        if whole.contains(&field.number) {
+            out.extend_from_slice(field.raw);
+        }
+    }
+    for number in within {
+        // A message field given more than once is the merge of its parts,
+        // which is what their payloads one after the other decode to.
+        let payload = |bytes: &[u8]| -> Result<Vec<u8>, wire::Malformed> {
+            let mut joined = Vec::new();
+            for field in wire::fields(bytes) {
+                let field = field?;
+                match (field.number == number, field.value) {
+                    (true, wire::Value::Bytes(part)) => joined.extend_from_slice(part),
+                    (true, _) => return Err(wire::MISMATCH),
+                    (false, _) => {}
+                }
+            }
+            Ok(joined)
+        };
+        let rest: Vec<&[u32]> = targets.iter().filter(|t| t.len() > 1 && t[0] == number).map(|t| &t[1..]).collect();
+        let mut inner = Vec::new();
+        splice(&payload(stored)?, &payload(patch)?, &rest, &mut inner)?;
+        encode_key(number, WireType::LengthDelimited, out);
+        encode_varint(inner.len() as u64, out);
+        out.extend_from_slice(&inner);
+    }
+    Ok(())
 }
 
 /// The top-level fields a client may set.
@@ -84,28 +139,6 @@ fn resolve(descriptor: &MessageDescriptor, path: &str) -> Result<Option<Vec<Fiel
         fields.push(field);
     }
     Ok(Some(fields))
-}
-
-/// Sets the field at the end of `fields` in `target` to its value in `source`
-/// (or clears it when `source` does not set it), creating parent messages.
-fn copy_path(source: &DynamicMessage, target: &mut DynamicMessage, fields: &[FieldDescriptor]) {
-    let (field, rest) = fields.split_first().expect("paths have at least one field");
-    if rest.is_empty() {
-        if source.has_field(field) {
-            target.set_field(field, source.get_field(field).into_owned());
-        } else {
-            target.clear_field(field);
-        }
-        return;
-    }
-    let empty = DynamicMessage::new(match field.kind() {
-        prost_reflect::Kind::Message(m) => m,
-        _ => unreachable!("resolve only descends into messages"),
-    });
-    let source_inner = source.get_field(field).as_message().cloned().unwrap_or_else(|| empty.clone());
-    if let prost_reflect::Value::Message(target_inner) = target.get_field_mut(field) {
-        copy_path(&source_inner, target_inner, rest);
-    }
 }
 
 #[cfg(test)]
@@ -154,6 +187,39 @@ mod tests {
 
         let implied = apply(&stored(), &patch, &[], "update_mask").unwrap();
         assert_eq!((implied.title.as_str(), implied.short_name.as_str()), ("Old", "NEW"));
+    }
+
+    /// A repeated or map field named whole is replaced with all its entries,
+    /// never added to; a path into a message the record or the patch lacks
+    /// sets or clears just that field; naming a message whole wins over a
+    /// path into it.
+    #[test]
+    fn whole_fields_are_replaced_and_paths_into_missing_messages_work() {
+        let mut before = stored();
+        before.parties = vec!["parties/ind".into(), "parties/jpn".into()];
+        before.labels = [("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into();
+        let mut patch = Agreement { parties: vec!["parties/fra".into()], ..Default::default() };
+        patch.labels = [("c".to_string(), "3".to_string())].into();
+        let merged = apply(&before, &patch, &["parties".into(), "labels".into()], "update_mask").unwrap();
+        assert_eq!(merged.parties, ["parties/fra"]);
+        assert_eq!(merged.labels, patch.labels);
+        assert_eq!((merged.title.as_str(), merged.term), ("Old", before.term.clone()), "the rest is kept");
+
+        let years = ["term.years".to_string()];
+        let set_in_missing = apply(
+            &Agreement { term: None, ..stored() },
+            &Agreement { term: Some(Term { years: 5, ..Default::default() }), ..Default::default() },
+            &years,
+            "update_mask",
+        )
+        .unwrap();
+        assert_eq!(set_in_missing.term, Some(Term { years: 5, ..Default::default() }));
+        let cleared = apply(&stored(), &Agreement::default(), &years, "update_mask").unwrap();
+        assert_eq!(cleared.term, Some(Term { months: 2, ..Default::default() }), "years cleared, months kept");
+
+        let patch = Agreement { term: Some(Term { years: 5, ..Default::default() }), ..Default::default() };
+        let whole = apply(&stored(), &patch, &["term.years".into(), "term".into()], "update_mask").unwrap();
+        assert_eq!(whole.term, patch.term, "the whole term, months and all");
     }
 
     #[test]
