@@ -18,7 +18,7 @@ use crate::pb::DESCRIPTOR_POOL;
 use crate::pb::google::r#type::Date;
 use crate::registry::filter::{self, Filter, Op, Typed};
 use crate::registry::resource::{self, Kind};
-use crate::registry::{dates, validate, wire};
+use crate::registry::{dates, wire};
 use crate::store::{Store, StoreResult};
 
 /// Most index entries counted to judge an index's selectivity.
@@ -36,15 +36,7 @@ fn encode_date(first_day: i64) -> [u8; 8] {
 /// each step of its path.
 struct IndexPath {
     prefix: Vec<u8>,
-    steps: Vec<Step>,
-}
-
-/// A field on an index's path, with what reading its values asks of it.
-struct Step {
-    number: u32,
-    kind: FieldKind,
-    list: bool,
-    presence: bool,
+    steps: Vec<wire::Shape>,
 }
 
 /// Every kind's indexes, by collection.
@@ -57,7 +49,7 @@ static INDEX_PATHS: LazyLock<HashMap<&'static str, Vec<IndexPath>>> = LazyLock::
                 .indexes
                 .iter()
                 .map(|path| {
-                    let mut steps: Vec<Step> = Vec::new();
+                    let mut steps: Vec<wire::Shape> = Vec::new();
                     for name in path.split('.') {
                         let within = match steps.last().map(|step| &step.kind) {
                             Some(FieldKind::Message(inner)) => inner.clone(),
@@ -66,12 +58,7 @@ static INDEX_PATHS: LazyLock<HashMap<&'static str, Vec<IndexPath>>> = LazyLock::
                         };
                         let field = within.get_field_by_name(name);
                         let field = field.unwrap_or_else(|| panic!("index path {path}: no field {name}"));
-                        steps.push(Step {
-                            number: field.number(),
-                            kind: field.kind(),
-                            list: field.is_list(),
-                            presence: field.supports_presence(),
-                        });
+                        steps.push(wire::Shape::of(&field));
                     }
                     IndexPath { prefix: prefix(kind, path), steps }
                 })
@@ -107,7 +94,7 @@ pub fn entries(kind: &Kind, record: &[u8]) -> Result<BTreeSet<Vec<u8>>, wire::Ma
 /// field: through repeated and nested fields. A field without presence that
 /// holds its default is not set, so it has no value to visit.
 fn for_each_value_in(
-    steps: &[Step],
+    steps: &[wire::Shape],
     value: wire::Value,
     visit: &mut dyn FnMut(&FieldKind, wire::Value) -> Result<(), wire::Malformed>,
 ) -> Result<(), wire::Malformed> {
@@ -122,12 +109,7 @@ fn for_each_value_in(
             }
         }
         _ if !rest.is_empty() => return Err(wire::MISMATCH),
-        wire::Value::Bytes(run) if field.list && validate::packed_width(&field.kind) == Some(0) => {
-            for number in wire::packed_varints(run) {
-                visit(&field.kind, wire::Value::Varint(number?))?;
-            }
-        }
-        value if field.list || field.presence || !value.is_default() => visit(&field.kind, value)?,
+        value if field.sets(&value) => field.items(value, &mut |item| visit(&field.kind, item))?,
         _ => {}
     }
     Ok(())
@@ -138,7 +120,7 @@ fn for_each_value_in(
 fn append_value(kind: &FieldKind, value: wire::Value, out: &mut Vec<u8>) -> Result<bool, wire::Malformed> {
     match (kind, value) {
         (FieldKind::String, value) => {
-            let text = validate::text(value)?;
+            let text = value.text()?;
             if text.is_empty() {
                 return Ok(false);
             }

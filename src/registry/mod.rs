@@ -1122,7 +1122,7 @@ impl Registry {
 
     /// Checks a record against its annotations and its kind's rules, adding
     /// violations with paths from the request (`agreement.title`), and returns
-    /// the names it refers to and its reflected copy (for its index sets).
+    /// the names it refers to and its encoding (for its index sets).
     fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Result<Checked> {
         let prefix = R::KIND.singular;
         let encoded = record.encode_to_vec();
@@ -1203,13 +1203,13 @@ fn is_deleted(name: &str, bytes: &[u8]) -> Result<bool> {
     has_field(bytes, delete_time.number()).map_err(|e| undecodable(kind, &e))
 }
 
-/// The request's resource without the fields the server sets.
-/// `resource` without its OUTPUT_ONLY fields; as it came when it had none,
-/// as clients' resources usually do (stripping only removes bytes).
+/// The request's resource without the fields the server sets (OUTPUT_ONLY);
+/// as it came when it had none, as clients' resources usually do (stripping
+/// only removes bytes).
 fn without_output_only<R: Resource>(resource: R) -> Result<R> {
     let encoded = resource.encode_to_vec();
     let stripped = validate::strip_output_only(&encoded, &resource.descriptor())
-        .ok_or_else(|| Error::internal("an encoded request does not parse"))?;
+        .map_err(|e| Error::internal(format!("an encoded request does not parse: {e}")))?;
     match stripped.len() == encoded.len() {
         true => Ok(resource),
         false => decode(&stripped),

@@ -32,11 +32,7 @@ pub struct FieldPlan {
     pub identifier: bool,
     /// The kind a resource-name string field refers to.
     pub reference: Option<&'static Kind>,
-    number: u32,
-    kind: FieldKind,
-    list: bool,
-    map: bool,
-    presence: bool,
+    shape: wire::Shape,
 }
 
 const FIELD_BEHAVIOR_REQUIRED: i32 = 2;
@@ -74,11 +70,7 @@ static PLANS: LazyLock<Plans> = LazyLock::new(|| {
                         output_only: behaviors.contains(&FIELD_BEHAVIOR_OUTPUT_ONLY),
                         identifier: behaviors.contains(&FIELD_BEHAVIOR_IDENTIFIER),
                         reference,
-                        number: field.number(),
-                        kind: field.kind(),
-                        list: field.is_list(),
-                        map: field.is_map(),
-                        presence: field.supports_presence(),
+                        shape: wire::Shape::of(&field),
                         field,
                     }
                 })
@@ -101,7 +93,7 @@ static HOLDS_OUTPUT_ONLY: LazyLock<std::collections::HashSet<&'static str>> = La
         let before = holders.len();
         for (name, plans) in PLANS.iter() {
             let holds = plans.iter().any(|p| {
-                p.output_only || matches!(p.field.kind(), FieldKind::Message(m) if holders.contains(m.full_name()))
+                p.output_only || matches!(&p.shape.kind, FieldKind::Message(m) if holders.contains(m.full_name()))
             });
             if holds {
                 holders.insert(name.as_str());
@@ -123,38 +115,29 @@ pub struct Reference {
 /// The encoded message `bytes` (of type `message`) without its OUTPUT_ONLY
 /// fields, at any depth: the server sets those. Works on the wire, copying
 /// every other field as it came, so a write does not reflect its whole
-/// request to drop them. `None` for bytes that do not parse.
-pub fn strip_output_only(mut bytes: &[u8], message: &MessageDescriptor) -> Option<Vec<u8>> {
-    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_varint, skip_field};
+/// request to drop them.
+pub fn strip_output_only(bytes: &[u8], message: &MessageDescriptor) -> Result<Vec<u8>, wire::Malformed> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
     let plans = plans(message);
     let mut out = Vec::with_capacity(bytes.len());
-    while !bytes.is_empty() {
-        let field_start = bytes;
-        let (number, wire_type) = decode_key(&mut bytes).ok()?;
-        let plan = plans.iter().find(|p| p.number == number);
-        if plan.is_some_and(|p| p.output_only) {
-            skip_field(wire_type, number, &mut bytes, DecodeContext::default()).ok()?;
-            continue;
+    for field in wire::fields(bytes) {
+        let field = field?;
+        let plan = plans.iter().find(|p| p.shape.number == field.number);
+        match (plan.map(|p| (p.output_only, &p.shape.kind)), field.value) {
+            (Some((true, _)), _) => {}
+            // A message of ours may hold OUTPUT_ONLY fields of its own.
+            (Some((false, FieldKind::Message(inner))), wire::Value::Bytes(payload))
+                if HOLDS_OUTPUT_ONLY.contains(inner.full_name()) =>
+            {
+                let stripped = strip_output_only(payload, inner)?;
+                encode_key(field.number, WireType::LengthDelimited, &mut out);
+                encode_varint(stripped.len() as u64, &mut out);
+                out.extend_from_slice(&stripped);
+            }
+            _ => out.extend_from_slice(field.raw),
         }
-        // A message of ours may hold OUTPUT_ONLY fields of its own.
-        if let Some(FieldKind::Message(inner)) = plan.map(|p| &p.kind)
-            && wire_type == WireType::LengthDelimited
-            && HOLDS_OUTPUT_ONLY.contains(inner.full_name())
-        {
-            let key = &field_start[..field_start.len() - bytes.len()];
-            let len = usize::try_from(decode_varint(&mut bytes).ok()?).ok()?;
-            let payload = bytes.get(..len)?;
-            bytes = &bytes[len..];
-            let stripped = strip_output_only(payload, inner)?;
-            out.extend_from_slice(key);
-            encode_varint(stripped.len() as u64, &mut out);
-            out.extend_from_slice(&stripped);
-            continue;
-        }
-        skip_field(wire_type, number, &mut bytes, DecodeContext::default()).ok()?;
-        out.extend_from_slice(&field_start[..field_start.len() - bytes.len()]);
     }
-    Some(out)
+    Ok(out)
 }
 
 /// Checks an encoded message (of type `message`) against its annotations and
@@ -224,7 +207,7 @@ fn walk(
     let mut found: Vec<(usize, wire::Value)> = Vec::new();
     for field in wire::fields(bytes) {
         let field = field?;
-        if let Some(i) = plans.iter().position(|p| p.number == field.number) {
+        if let Some(i) = plans.iter().position(|p| p.shape.number == field.number) {
             found.push((i, field.value));
         }
     }
@@ -238,7 +221,7 @@ fn walk(
             continue;
         }
         let field_path = Path::Field(path, plan.field.name());
-        if plan.map {
+        if plan.shape.map {
             match values.is_empty() {
                 true if plan.required => violations.add(field_path.render(), "is required"),
                 true => {}
@@ -246,8 +229,14 @@ fn walk(
             }
             continue;
         }
-        if plan.list {
-            let items = list_items(&plan.kind, values)?;
+        if plan.shape.list {
+            let mut items = Vec::with_capacity(values.len());
+            for (_, value) in values {
+                plan.shape.items(*value, &mut |item| {
+                    items.push(item);
+                    Ok(())
+                })?;
+            }
             if items.is_empty() {
                 if plan.required {
                     violations.add(field_path.render(), "is required");
@@ -276,7 +265,7 @@ fn walk(
         }
         // A field without presence that holds its default reads as not set.
         match values.last() {
-            Some((_, value)) if plan.presence || !value.is_default() => {
+            Some((_, value)) if plan.shape.sets(value) => {
                 check_value(plan, *value, &field_path, violations, references)?
             }
             _ if plan.required => violations.add(field_path.render(), "is required"),
@@ -286,53 +275,6 @@ fn walk(
     Ok(())
 }
 
-/// The items of a repeated field, its packed runs of numbers taken apart.
-fn list_items<'a>(
-    kind: &FieldKind,
-    values: &[(usize, wire::Value<'a>)],
-) -> Result<Vec<wire::Value<'a>>, wire::Malformed> {
-    let mut items = Vec::with_capacity(values.len());
-    for (_, value) in values {
-        match (value, packed_width(kind)) {
-            (wire::Value::Bytes(run), Some(0)) => {
-                for number in wire::packed_varints(run) {
-                    items.push(wire::Value::Varint(number?));
-                }
-            }
-            (wire::Value::Bytes(run), Some(4)) if run.len() % 4 == 0 => items.extend(
-                run.chunks_exact(4).map(|b| wire::Value::Fixed32(u32::from_le_bytes(b.try_into().unwrap_or_default()))),
-            ),
-            (wire::Value::Bytes(run), Some(8)) if run.len() % 8 == 0 => items.extend(
-                run.chunks_exact(8).map(|b| wire::Value::Fixed64(u64::from_le_bytes(b.try_into().unwrap_or_default()))),
-            ),
-            (wire::Value::Bytes(_), Some(_)) => return Err(wire::Malformed::Wire("a packed field of a wrong length")),
-            (value, _) => items.push(*value),
-        }
-    }
-    Ok(items)
-}
-
-/// How a packed run of a numeric field is laid out: 0 for varints, else the
-/// bytes of each number; `None` for fields that are never packed.
-pub fn packed_width(kind: &FieldKind) -> Option<usize> {
-    match kind {
-        FieldKind::Double | FieldKind::Fixed64 | FieldKind::Sfixed64 => Some(8),
-        FieldKind::Float | FieldKind::Fixed32 | FieldKind::Sfixed32 => Some(4),
-        FieldKind::String | FieldKind::Bytes | FieldKind::Message(_) => None,
-        _ => Some(0),
-    }
-}
-
-/// The UTF-8 text of a string field's value.
-pub fn text(value: wire::Value<'_>) -> Result<&str, wire::Malformed> {
-    match value {
-        wire::Value::Bytes(bytes) => {
-            std::str::from_utf8(bytes).map_err(|_| wire::Malformed::Wire("a string that is not UTF-8"))
-        }
-        _ => Err(wire::MISMATCH),
-    }
-}
-
 fn check_value(
     plan: &FieldPlan,
     value: wire::Value,
@@ -340,9 +282,9 @@ fn check_value(
     violations: &mut Violations,
     references: &mut Vec<Reference>,
 ) -> Result<(), wire::Malformed> {
-    match (&plan.kind, value) {
+    match (&plan.shape.kind, value) {
         (FieldKind::String, value) => {
-            let text = text(value)?;
+            let text = value.text()?;
             if text.len() > MAX_STRING_BYTES {
                 violations.add(
                     path.render(),
@@ -371,7 +313,7 @@ fn check_value(
         }
         (FieldKind::Message(inner), wire::Value::Bytes(bytes)) => walk(bytes, inner, path, violations, references)?,
         (FieldKind::Int32 | FieldKind::Sint32 | FieldKind::Sfixed32, value) => {
-            let n = match (&plan.kind, value) {
+            let n = match (&plan.shape.kind, value) {
                 (FieldKind::Int32, wire::Value::Varint(n)) => n as i32,
                 (FieldKind::Sint32, wire::Value::Varint(n)) => ((n >> 1) as i32) ^ -((n & 1) as i32),
                 (FieldKind::Sfixed32, wire::Value::Fixed32(n)) => n as i32,
@@ -401,8 +343,8 @@ fn check_labels(
         for field in wire::fields(entry) {
             let field = field?;
             match field.number {
-                1 => key = text(field.value)?,
-                2 => value = text(field.value)?,
+                1 => key = field.value.text()?,
+                2 => value = field.value.text()?,
                 _ => {}
             }
         }
@@ -473,8 +415,8 @@ mod tests {
 
     /// The checks read the encoding as a decode would: a default sent for a
     /// field without presence is no value, a label key sent twice keeps its
-    /// last value, packed runs are taken apart, and bytes that do not parse
-    /// are refused rather than half checked.
+    /// last value, and bytes that do not parse are refused rather than half
+    /// checked (packed runs: `wire`'s tests).
     #[test]
     fn the_encoding_reads_as_a_decode_would() {
         use prost::encoding::{WireType, encode_key, encode_varint};
@@ -509,20 +451,6 @@ mod tests {
 
         let bytes = valid.encode_to_vec();
         assert!(check(&bytes[..bytes.len() - 1]).0.is_err(), "a cut record");
-
-        let mut packed = Vec::new();
-        for n in [1u64, 0, 300] {
-            encode_varint(n, &mut packed);
-        }
-        let items = list_items(&FieldKind::Int32, &[(0, wire::Value::Bytes(&packed)), (0, wire::Value::Varint(5))]);
-        let varints = [1, 0, 300, 5].map(wire::Value::Varint);
-        assert_eq!(items.unwrap(), varints);
-        let run = [1u8, 0, 0, 0, 2, 0, 0, 0];
-        let items = list_items(&FieldKind::Fixed32, &[(0, wire::Value::Bytes(&run))]).unwrap();
-        assert_eq!(items, [wire::Value::Fixed32(1), wire::Value::Fixed32(2)]);
-        assert!(list_items(&FieldKind::Fixed32, &[(0, wire::Value::Bytes(&run[..7]))]).is_err());
-        let strings = [(0, wire::Value::Bytes(b"a")), (0, wire::Value::Bytes(b""))];
-        assert_eq!(list_items(&FieldKind::String, &strings).unwrap().len(), 2, "strings are never packed");
     }
 
     #[test]
@@ -550,7 +478,7 @@ mod tests {
         let stripped = strip_output_only(&sent.encode_to_vec(), &sent.descriptor()).unwrap();
         assert_eq!(Agreement::decode(stripped.as_slice()).unwrap(), kept);
         assert_eq!(strip_output_only(&kept.encode_to_vec(), &kept.descriptor()).unwrap(), kept.encode_to_vec());
-        assert_eq!(strip_output_only(&[0x0a, 0x05, b'a'], &kept.descriptor()), None, "a cut field");
+        assert!(strip_output_only(&[0x0a, 0x05, b'a'], &kept.descriptor()).is_err(), "a cut field");
         // Only messages with an OUTPUT_ONLY field somewhere are looked inside.
         for resource in ["Agreement", "Party", "PartnershipDomain", "Engagement"] {
             assert!(HOLDS_OUTPUT_ONLY.contains(format!("cooperation.v1.{resource}").as_str()), "{resource}");

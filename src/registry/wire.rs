@@ -4,6 +4,7 @@
 //! message only to walk it was a fifth of what a create cost.
 
 use prost::encoding::{WireType, decode_key, decode_varint};
+use prost_reflect::{FieldDescriptor, Kind};
 
 /// An encoding that does not read as its message.
 #[derive(Debug)]
@@ -45,11 +46,79 @@ pub enum Value<'a> {
     Bytes(&'a [u8]),
 }
 
-impl Value<'_> {
+impl<'a> Value<'a> {
     /// Whether this is the value proto3 leaves out for a field without
     /// presence (zero, or empty), which reads as the field not being set.
     pub fn is_default(&self) -> bool {
         matches!(self, Value::Varint(0) | Value::Fixed64(0) | Value::Fixed32(0) | Value::Bytes([]))
+    }
+
+    /// The text of a string field's value.
+    pub fn text(self) -> Result<&'a str, Malformed> {
+        match self {
+            Value::Bytes(bytes) => {
+                std::str::from_utf8(bytes).map_err(|_| Malformed::Wire("a string that is not UTF-8"))
+            }
+            _ => Err(MISMATCH),
+        }
+    }
+}
+
+/// What reading a field's values on the wire asks of its descriptor, looked up
+/// once (a walk of every write asks it of every field).
+pub struct Shape {
+    pub number: u32,
+    pub kind: Kind,
+    pub list: bool,
+    pub map: bool,
+    /// Whether the field tells set from default (a message, or `optional`).
+    pub presence: bool,
+}
+
+impl Shape {
+    pub fn of(field: &FieldDescriptor) -> Shape {
+        Shape {
+            number: field.number(),
+            kind: field.kind(),
+            list: field.is_list(),
+            map: field.is_map(),
+            presence: field.supports_presence(),
+        }
+    }
+
+    /// Whether one value of the field on the wire sets it: a field without
+    /// presence that holds its default reads as not set.
+    pub fn sets(&self, value: &Value) -> bool {
+        self.list || self.presence || !value.is_default()
+    }
+
+    /// Calls `each` with the items one value of the field on the wire holds:
+    /// a packed run of numbers taken apart, else the value itself.
+    pub fn items<'a>(
+        &self,
+        value: Value<'a>,
+        each: &mut dyn FnMut(Value<'a>) -> Result<(), Malformed>,
+    ) -> Result<(), Malformed> {
+        let Value::Bytes(run) = value else { return each(value) };
+        if !self.list {
+            return each(value);
+        }
+        match &self.kind {
+            Kind::String | Kind::Bytes | Kind::Message(_) => each(value),
+            Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => fixed_width(run, 8)?
+                .try_for_each(|n| each(Value::Fixed64(u64::from_le_bytes(n.try_into().expect("8 bytes"))))),
+            Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => fixed_width(run, 4)?
+                .try_for_each(|n| each(Value::Fixed32(u32::from_le_bytes(n.try_into().expect("4 bytes"))))),
+            _ => packed_varints(run).try_for_each(|n| each(Value::Varint(n?))),
+        }
+    }
+}
+
+/// The numbers of a packed run of `width` bytes each.
+fn fixed_width(run: &[u8], width: usize) -> Result<std::slice::ChunksExact<'_, u8>, Malformed> {
+    match run.len() % width {
+        0 => Ok(run.chunks_exact(width)),
+        _ => Err(Malformed::Wire("a packed field of a wrong length")),
     }
 }
 
@@ -118,7 +187,7 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 /// The varints of a packed repeated field.
-pub fn packed_varints(mut bytes: &[u8]) -> impl Iterator<Item = Result<u64, Malformed>> + '_ {
+fn packed_varints(mut bytes: &[u8]) -> impl Iterator<Item = Result<u64, Malformed>> + '_ {
     std::iter::from_fn(move || {
         if bytes.is_empty() {
             return None;
@@ -186,5 +255,39 @@ mod tests {
         assert!(packed_varints(&[0x80]).next().unwrap().is_err(), "a cut varint");
         assert!(Value::Varint(0).is_default() && Value::Bytes(b"").is_default());
         assert!(!Value::Varint(1).is_default() && !Value::Bytes(b"x").is_default());
+    }
+
+    /// A repeated field's items: packed runs of numbers taken apart (a
+    /// repeated enum's or int's come packed from prost), strings never.
+    #[test]
+    fn a_repeated_fields_items_come_out_one_by_one() {
+        let shape = |kind| Shape { number: 1, kind, list: true, map: false, presence: false };
+        fn items<'a>(shape: &Shape, values: &[Value<'a>]) -> Result<Vec<Value<'a>>, Malformed> {
+            let mut out = Vec::new();
+            for value in values {
+                shape.items(*value, &mut |item| {
+                    out.push(item);
+                    Ok(())
+                })?;
+            }
+            Ok(out)
+        }
+        let mut packed = Vec::new();
+        for n in [1u64, 0, 300] {
+            prost::encoding::encode_varint(n, &mut packed);
+        }
+        let int32 = shape(Kind::Int32);
+        let got = items(&int32, &[Value::Bytes(&packed), Value::Varint(5)]).unwrap();
+        assert_eq!(got, [1, 0, 300, 5].map(Value::Varint), "packed, then one unpacked");
+        let run = [1u8, 0, 0, 0, 2, 0, 0, 0];
+        let fixed = shape(Kind::Fixed32);
+        assert_eq!(items(&fixed, &[Value::Bytes(&run)]).unwrap(), [Value::Fixed32(1), Value::Fixed32(2)]);
+        assert!(items(&fixed, &[Value::Bytes(&run[..7])]).is_err(), "a run of a wrong length");
+        let strings = [Value::Bytes(b"a"), Value::Bytes(b"")];
+        assert_eq!(items(&shape(Kind::String), &strings).unwrap(), strings, "strings are never packed");
+        let single = Shape { list: false, ..shape(Kind::Int32) };
+        assert_eq!(items(&single, &[Value::Bytes(b"ab")]).unwrap(), [Value::Bytes(b"ab")], "not a list");
+        assert!(!single.sets(&Value::Varint(0)) && single.sets(&Value::Varint(1)));
+        assert!(int32.sets(&Value::Varint(0)), "an item of a list is a value, zero or not");
     }
 }

@@ -223,7 +223,8 @@ enum Source {
 #[derive(Default)]
 pub(super) struct Recent(Pending);
 
-/// Most chunks [`Recent`] keeps (a few hundred KB): a larger group's are let go.
+/// Most chunks [`Recent`] keeps (about 1.5 MB of full chunks): a larger
+/// group's are let go.
 const MAX_RECENT: usize = 1024;
 
 impl Recent {
