@@ -213,9 +213,7 @@ mod tests {
     use super::*;
     use agreement::Status;
 
-    fn d(year: i32, month: i32, day: i32) -> Date {
-        Date { year, month, day }
-    }
+    use crate::registry::dates::date as d;
 
     /// `encode_derived` reads the same fields under the same tags as `derive`:
     /// each status input set alone, and all of them, with the rest of a full

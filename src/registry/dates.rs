@@ -131,13 +131,15 @@ pub fn display(date: &Date) -> String {
     }
 }
 
+/// A date from its parts, for tests.
+#[cfg(test)]
+pub fn date(year: i32, month: i32, day: i32) -> Date {
+    Date { year, month, day }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn date(year: i32, month: i32, day: i32) -> Date {
-        Date { year, month, day }
-    }
 
     #[test]
     fn a_date_is_read_from_a_dynamic_message_as_a_transcode_reads_it() {

@@ -322,13 +322,10 @@ mod tests {
 
     use super::*;
     use crate::pb::cooperation::v1::{Agreement, agreement};
+    use crate::registry::dates::date;
 
     fn set(path: &str, value: &[u8]) -> Vec<u8> {
         [format!("i/agreements/{path}\0").as_bytes(), value, b"\0"].concat()
-    }
-
-    fn date(year: i32, month: i32, day: i32) -> Date {
-        Date { year, month, day }
     }
 
     #[test]

@@ -8,13 +8,14 @@ use crate::error::Violations;
 use crate::registry::resource::Resource;
 use crate::registry::{validate, wire};
 
-/// `stored` with the fields named by `paths` taken from `patch`. An empty list
-/// means the fields the patch sets (AIP-134's implied mask). Output-only and
-/// identifier fields are ignored wherever named. `mask_field` is the request
-/// field of the mask, for error paths. The fields are moved on the wire: the
-/// records are not reflected to be merged.
-pub fn apply<R: Resource>(stored: &R, patch: &R, paths: &[String], mask_field: &str) -> Result<R, Violations> {
-    let descriptor = stored.descriptor();
+/// The stored record (its encoding, as the store holds it) with the fields
+/// named by `paths` taken from `patch`. An empty list means the fields the
+/// patch sets (AIP-134's implied mask). Output-only and identifier fields are
+/// ignored wherever named. `mask_field` is the request field of the mask, for
+/// error paths. The fields are moved on the wire: the records are not
+/// reflected to be merged.
+pub fn apply<R: Resource>(stored: &[u8], patch: &R, paths: &[String], mask_field: &str) -> Result<R, Violations> {
+    let descriptor = patch.descriptor();
     let patch = patch.encode_to_vec();
     let mut violations = Violations::new();
     let cannot_build = |e: wire::Malformed| {
@@ -48,7 +49,7 @@ pub fn apply<R: Resource>(stored: &R, patch: &R, paths: &[String], mask_field: &
     }
     let targets: Vec<&[u32]> = targets.iter().map(Vec::as_slice).collect();
     let mut merged = Vec::new();
-    splice(&stored.encode_to_vec(), &patch, &targets, &mut merged).map_err(cannot_build)?;
+    splice(stored, &patch, &targets, &mut merged).map_err(cannot_build)?;
     R::decode(merged.as_slice()).map_err(|e| cannot_build(e.into()))
 }
 
@@ -145,6 +146,12 @@ fn resolve(descriptor: &MessageDescriptor, path: &str) -> Result<Option<Vec<Fiel
 mod tests {
     use super::*;
     use crate::pb::cooperation::v1::{Agreement, agreement::Term};
+
+    /// [`super::apply`] on the stored record's encoding, as an update reads it.
+    fn apply(stored: &Agreement, patch: &Agreement, paths: &[String], field: &str) -> Result<Agreement, Violations> {
+        use prost::Message;
+        super::apply(&stored.encode_to_vec(), patch, paths, field)
+    }
 
     fn stored() -> Agreement {
         Agreement {

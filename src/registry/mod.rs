@@ -490,10 +490,15 @@ impl Registry {
 
     /// The stored record and its revision.
     fn read<R: Resource>(&self, name: &str) -> Result<(R, u64)> {
-        match self.store.get(&record_key(name))? {
-            Some(entry) => Ok((decode(&entry.value)?, entry.mod_revision)),
-            None => Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() }),
-        }
+        let entry = self.read_entry::<R>(name)?;
+        Ok((decode(&entry.value)?, entry.mod_revision))
+    }
+
+    /// The stored entry of `name`, its record still encoded.
+    fn read_entry<R: Resource>(&self, name: &str) -> Result<crate::store::Entry> {
+        self.store
+            .get(&record_key(name))?
+            .ok_or_else(|| Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() })
     }
 
     /// Checks `name` as a name of `R`, reporting it as `field`.
@@ -902,14 +907,15 @@ impl Registry {
         let patch = without_output_only(resource)?;
 
         self.mutate(&name, mutation, || {
-            let (stored, revision) = self.read::<R>(&name)?;
+            let entry = self.read_entry::<R>(&name)?;
+            let (stored, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
             if stored.delete_time().is_some() {
                 return Err(deleted_error(&name, "update"));
             }
             if !etag.is_empty() && etag != etag_of(revision) {
                 return Err(Error::EtagMismatch { name: name.clone() });
             }
-            let mut record = mask::apply(&stored, &patch, mask_paths, "update_mask").map_err(into_invalid)?;
+            let mut record = mask::apply(&entry.value, &patch, mask_paths, "update_mask").map_err(into_invalid)?;
             record.set_name(name.clone());
             record.normalize();
             let mut violations = Violations::new();
@@ -919,7 +925,7 @@ impl Registry {
             violations.into_result()?;
             record.set_create_time(stored.create_time().cloned());
             record.set_update_time(Some(now()));
-            let before = self.validate(&stored, &mut Violations::new())?;
+            let before = self.validate_encoded(&stored, entry.value, &mut Violations::new())?;
             let mut ops = reference_ops(&name, &targets(&before.references), &targets(&checked.references));
             let id = kind.parse_name(&name).map_err(Error::internal)?;
             ops.extend(move_member(id.as_bytes(), &before.index(kind)?, &checked.index(kind)?));
@@ -1124,8 +1130,17 @@ impl Registry {
     /// violations with paths from the request (`agreement.title`), and returns
     /// the names it refers to and its encoding (for its index sets).
     fn validate<R: Resource>(&self, record: &R, violations: &mut Violations) -> Result<Checked> {
+        self.validate_encoded(record, record.encode_to_vec(), violations)
+    }
+
+    /// [`Self::validate`] with the record's encoding at hand (a stored one).
+    fn validate_encoded<R: Resource>(
+        &self,
+        record: &R,
+        encoded: Vec<u8>,
+        violations: &mut Violations,
+    ) -> Result<Checked> {
         let prefix = R::KIND.singular;
-        let encoded = record.encode_to_vec();
         let references =
             validate::check_encoded(&encoded, &record.descriptor(), prefix, violations).map_err(Error::internal)?;
         let mut own = Violations::new();
