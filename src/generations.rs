@@ -71,6 +71,11 @@ impl<V> Generations<V> {
     pub fn bytes(&self) -> usize {
         self.newer_bytes + self.older_bytes
     }
+
+    /// The most bytes it holds, as given to [`Generations::new`].
+    pub fn capacity(&self) -> usize {
+        self.generation_bytes * 2
+    }
 }
 
 impl<V: Clone> Generations<V> {

@@ -204,7 +204,7 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
         if seen > limit {
             return false;
         }
-        ids.insert(id.to_string());
+        ids.insert(String::from_utf8_lossy(id).into_owned());
         true
     })?;
     Ok(complete.then_some(ids))
@@ -212,7 +212,7 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
 
 /// Calls `visit` with the id of every key of a lookup from `start`, in key
 /// order, until it returns false. Returns whether every key was visited.
-fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(&str) -> bool) -> StoreResult<bool> {
+fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) -> StoreResult<bool> {
     let mut past_end = false;
     let complete = crate::store::for_each_member(store, &lookup.prefix, start, |key| {
         let rest = &key[lookup.prefix.len()..];
@@ -225,7 +225,7 @@ fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(
         }
         // The id follows the last 0 byte of the key (ids never hold one).
         match key.iter().rposition(|b| *b == 0) {
-            Some(at) => Ok(visit(&String::from_utf8_lossy(&key[at + 1..]))),
+            Some(at) => Ok(visit(&key[at + 1..])),
             None => Ok(true),
         }
     })?;
@@ -243,12 +243,13 @@ pub enum Candidates {
 
 impl Candidates {
     /// Calls `visit` with each candidate id after `after` in id order, until it
-    /// returns false.
+    /// returns false. Ids come as the index holds them: bytes, for the caller
+    /// to put into a key without checking each one's UTF-8.
     pub fn for_each(
         &self,
         store: &dyn Store,
         after: Option<&str>,
-        visit: &mut dyn FnMut(&str) -> bool,
+        visit: &mut dyn FnMut(&[u8]) -> bool,
     ) -> StoreResult<()> {
         match self {
             Candidates::Exact(lookup) => {
@@ -268,7 +269,7 @@ impl Candidates {
                     None => ids.range::<str, _>(..),
                 };
                 for id in range {
-                    if !visit(id) {
+                    if !visit(id.as_bytes()) {
                         break;
                     }
                 }

@@ -668,7 +668,7 @@ impl Registry {
             let delete_time = descriptor.get_field_by_name("delete_time").map(|f| f.number());
             let mut items = Vec::new();
             let mut count = 0;
-            let mut last = String::new();
+            let mut last = Vec::new();
             let mut inputs = Vec::new();
             let mut derived = Vec::new();
             let mut reads = 0;
@@ -704,11 +704,15 @@ impl Registry {
                         append_item(&mut items, stored, &shown.appended);
                         count += 1;
                         last.clear();
-                        last.push_str(name);
+                        last.extend_from_slice(name);
                     }
                     Ok(true)
                 })?;
-            (Rows::Encoded(items), newest, (count > 0).then_some((Vec::new(), last)))
+            let last = match count {
+                0 => None,
+                _ => Some((Vec::new(), String::from_utf8(last).map_err(Error::internal)?)),
+            };
+            (Rows::Encoded(items), newest, last)
         } else {
             let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
             let newest = if order.is_by_name() {
@@ -787,18 +791,19 @@ impl Registry {
         self.scan_stored::<R>(candidates, after, deadline, |_, bytes, revision| Ok(visit(decode(bytes)?, revision)))
     }
 
-    /// [`Registry::scan`] with each record's name and stored bytes, undecoded
-    /// and lent.
+    /// [`Registry::scan`] with each record's name (its bytes, as the keys hold
+    /// them: checking each one's UTF-8 cost a page more than reading it from the
+    /// read cache) and stored bytes, undecoded and lent.
     fn scan_stored<R: Resource>(
         &self,
         candidates: Option<&index::Candidates>,
         after: Option<&str>,
         deadline: Option<Instant>,
-        mut visit: impl FnMut(&str, &[u8], u64) -> Result<bool>,
+        mut visit: impl FnMut(&[u8], &[u8], u64) -> Result<bool>,
     ) -> Result<u64> {
         let mut newest = 0;
         let mut visited = 0u64;
-        let mut visit = |name: &str, bytes: &[u8], revision: u64| -> Result<bool> {
+        let mut visit = |name: &[u8], bytes: &[u8], revision: u64| -> Result<bool> {
             visited += 1;
             if visited % DEADLINE_CHECK_INTERVAL == 0 {
                 check_deadline(deadline, || {
@@ -827,11 +832,10 @@ impl Registry {
             let id_at = key.len();
             candidates.for_each(&*self.store, after_id, &mut |id| {
                 key.truncate(id_at);
-                key.extend_from_slice(id.as_bytes());
-                let name = std::str::from_utf8(&key[RECORD_PREFIX.len()..]).expect("a prefix and an id, both text");
+                key.extend_from_slice(id);
                 let mut visited = Ok(true);
                 let read = self.store.read(&key, &mut |bytes, revision| {
-                    visited = visit(name, bytes, revision);
+                    visited = visit(&key[RECORD_PREFIX.len()..], bytes, revision);
                 });
                 read.map_err(Error::from).and(visited).unwrap_or_else(|e| {
                     failure = Some(e);
@@ -845,8 +849,7 @@ impl Registry {
             None => Vec::new(),
         };
         crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {
-            let name = std::str::from_utf8(&key[RECORD_PREFIX.len()..]).map_err(Error::internal)?;
-            visit(name, &entry.value, entry.mod_revision)
+            visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)
         })?;
         Ok(newest)
     }

@@ -39,15 +39,15 @@ impl PresentedMemo {
     }
 
     /// What was kept for `name` at `revision` as of `as_of`.
-    pub fn get(&self, name: &str, revision: u64, as_of: &Date) -> Option<Shown> {
-        let entry = self.0.lock().unwrap_or_else(PoisonError::into_inner).get(name.as_bytes())?;
+    pub fn get(&self, name: &[u8], revision: u64, as_of: &Date) -> Option<Shown> {
+        let entry = self.0.lock().unwrap_or_else(PoisonError::into_inner).get(name)?;
         (entry.revision == revision && entry.as_of == *as_of).then_some(entry.shown)
     }
 
-    pub fn keep(&self, name: &str, revision: u64, as_of: &Date, shown: Shown) {
+    pub fn keep(&self, name: &[u8], revision: u64, as_of: &Date, shown: Shown) {
         let weight = shown.appended.len() + size_of::<Entry>();
         let entry = Entry { revision, as_of: *as_of, shown };
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(name.as_bytes().into(), entry, weight);
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(name.into(), entry, weight);
     }
 }
 
@@ -59,11 +59,11 @@ mod tests {
     fn an_entry_holds_only_at_its_revision_and_day() {
         let memo = PresentedMemo::new();
         let day = Date { year: 2025, month: 1, day: 1 };
-        memo.keep("agreements/a", 7, &day, Shown { deleted: false, appended: b"seven".as_slice().into() });
-        let found = memo.get("agreements/a", 7, &day).expect("kept");
+        memo.keep(b"agreements/a", 7, &day, Shown { deleted: false, appended: b"seven".as_slice().into() });
+        let found = memo.get(b"agreements/a", 7, &day).expect("kept");
         assert_eq!((found.deleted, &*found.appended), (false, &b"seven"[..]));
-        assert!(memo.get("agreements/a", 8, &day).is_none(), "a later revision");
-        assert!(memo.get("agreements/a", 7, &Date { day: 2, ..day }).is_none(), "another day");
-        assert!(memo.get("agreements/b", 7, &day).is_none());
+        assert!(memo.get(b"agreements/a", 8, &day).is_none(), "a later revision");
+        assert!(memo.get(b"agreements/a", 7, &Date { day: 2, ..day }).is_none(), "another day");
+        assert!(memo.get(b"agreements/b", 7, &day).is_none());
     }
 }

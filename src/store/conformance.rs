@@ -260,6 +260,53 @@ async fn a_read_never_returns_a_value_older_than_an_acknowledged_write() {
     }
 }
 
+/// Readers racing the writer never miss a member already acknowledged,
+/// though each added member makes them read the run again (the read cache
+/// keeps runs of members until the next group that changes a set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_members_never_lacks_an_acknowledged_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+    let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
+    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, acknowledged, writing) = (store.clone(), acknowledged.clone(), writing.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while writing.load(std::sync::atomic::Ordering::Acquire) {
+                    let floor = acknowledged.load(std::sync::atomic::Ordering::Acquire);
+                    let found = members(&*store, "s/a\0", "", 64);
+                    assert!(
+                        found.len() >= floor.min(64),
+                        "{} members read after {floor} were acknowledged",
+                        found.len()
+                    );
+                    // Members of another set come and go without changing this one's.
+                    assert!(found.iter().all(|m| m.starts_with("s/a\0")), "{found:?}");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for i in 1..=600usize {
+        let other =
+            if i % 2 == 0 { add("s/b\0", &format!("{i:04}")) } else { remove("s/b\0", &format!("{:04}", i - 1)) };
+        let ops = if i <= 64 { vec![add("s/a\0", &format!("{i:04}")), other] } else { vec![other] };
+        commit(&*store, txn(ops, vec![])).await;
+        acknowledged.store(i.min(64), std::sync::atomic::Ordering::Release);
+    }
+    writing.store(false, std::sync::atomic::Ordering::Release);
+    for reader in readers {
+        assert!(reader.join().expect("no reader missed a member") > 0);
+    }
+    assert_eq!(members(&*store, "s/a\0", "", 64).len(), 64);
+    assert!(store.read_cache().hits > 0, "runs are kept: {:?}", store.read_cache());
+    store.close().unwrap();
+}
+
 /// The same, with the database closed and reopened after every group of writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sled_store_conforms_with_a_checkpoint_after_every_write() {

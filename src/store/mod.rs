@@ -57,6 +57,11 @@ impl Members {
         self.ends.len()
     }
 
+    /// The memory it holds beyond itself.
+    pub fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * size_of::<usize>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }

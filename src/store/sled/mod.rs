@@ -558,7 +558,19 @@ impl Store for SledStore {
     }
 
     fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<crate::store::Members> {
-        chunks::scan(&*self.db.tree()?, prefix, start, limit).map_err(|e| self.read_failure(e))
+        let scan = || chunks::scan(&*self.db.tree()?, prefix, start, limit).map_err(|e| self.read_failure(e));
+        // Only the first read of a walk is kept: it is all a List page needs,
+        // and the longer reads that follow would push the pages' out.
+        if limit > super::FIRST_CHUNK {
+            return scan();
+        }
+        let miss = match self.cache.members(prefix, start, limit) {
+            Ok(members) => return Ok(members),
+            Err(miss) => miss,
+        };
+        let members = scan()?;
+        self.cache.keep_members(prefix, start, limit, miss, &members);
+        Ok(members)
     }
 
     fn revision(&self) -> u64 {
@@ -895,6 +907,9 @@ impl Writer {
             // Before anything is acknowledged, and even after a failure (sled
             // may have applied part of the batch).
             self.cache.forget(group.written.keys().map(Vec::as_slice));
+            if !group.chunks.is_empty() {
+                self.cache.forget_members();
+            }
             let written = applied.and_then(|()| {
                 self.recent.replace(std::mem::take(&mut group.chunks));
                 self.revision = group.revision;
