@@ -357,18 +357,6 @@ impl Filter {
     }
 }
 
-/// The dotted path of field names, or `None` when it goes through a map key.
-pub fn field_path(path: &[Step]) -> Option<String> {
-    let mut names = Vec::new();
-    for step in path {
-        match step {
-            Step::Field(f) => names.push(f.name().to_string()),
-            Step::MapKey(_) => return None,
-        }
-    }
-    Some(names.join("."))
-}
-
 fn compile(ast: &Ast, descriptor: &MessageDescriptor) -> Result<Filter, FilterError> {
     Ok(match ast {
         Ast::And(parts) => Filter::All(parts.iter().map(|p| compile(p, descriptor)).collect::<Result<_, _>>()?),

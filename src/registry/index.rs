@@ -39,6 +39,18 @@ struct IndexPath {
     steps: Vec<wire::Shape>,
 }
 
+impl IndexPath {
+    /// Whether a filter's path names this index's fields (by number: the
+    /// path starts at the same message), through no map key.
+    fn is_at(&self, path: &[filter::Step]) -> bool {
+        path.len() == self.steps.len()
+            && path.iter().zip(&self.steps).all(|(step, shape)| match step {
+                filter::Step::Field(field) => field.number() == shape.number,
+                filter::Step::MapKey(_) => false,
+            })
+    }
+}
+
 /// Every kind's indexes, by collection.
 static INDEX_PATHS: LazyLock<HashMap<&'static str, Vec<IndexPath>>> = LazyLock::new(|| {
     resource::KINDS
@@ -159,11 +171,8 @@ impl Lookup {
 /// The lookups an index can do for one condition of a filter.
 fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
     let Filter::Compare { path, op, value } = condition else { return None };
-    let path = filter::field_path(path)?;
-    if !kind.indexes.contains(&path.as_str()) {
-        return None;
-    }
-    let base = prefix(kind, &path);
+    let indexes = INDEX_PATHS.get(kind.collection)?;
+    let base = &indexes.iter().find(|index| index.is_at(path))?.prefix;
     let exact = |bytes: Vec<u8>| {
         let mut start = base.clone();
         start.extend_from_slice(&bytes);
@@ -189,7 +198,7 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
             if let Some(low) = low {
                 start.extend_from_slice(&encode_date(low));
             }
-            Some(Lookup { prefix: base, start, end: high.map(encode_date), value_len: Some(8) })
+            Some(Lookup { prefix: base.clone(), start, end: high.map(encode_date), value_len: Some(8) })
         }
         _ => None,
     }
@@ -382,5 +391,27 @@ mod tests {
         let parties = INDEX_PATHS["agreements"].iter().find(|p| p.prefix.ends_with(b"/parties\0")).unwrap();
         assert_eq!(parties.steps[0].number, 8, "the test's field number is the parties field's");
         assert!(entries(&resource::AGREEMENT, &mistyped).is_err());
+    }
+
+    /// A condition finds its index by the fields its path names, nested ones
+    /// included; a field without an index, or a map key, finds none.
+    #[test]
+    fn a_condition_finds_the_index_of_the_fields_it_names() {
+        use prost_reflect::ReflectMessage;
+        let descriptor = Agreement::default().descriptor();
+        let lookup = |text: &str| {
+            let filter = Filter::compile(text, &descriptor).unwrap();
+            lookup_for(&resource::AGREEMENT, filter.conjuncts()[0])
+        };
+        let exact = lookup(r#"parties = "parties/ind""#).unwrap();
+        assert_eq!(exact.prefix, set("parties", b"parties/ind"));
+        assert!(exact.is_exact());
+        let nested = lookup(r#"signatories.party = "parties/jpn""#).unwrap();
+        assert_eq!(nested.prefix, set("signatories.party", b"parties/jpn"));
+        let dates = lookup("end.date >= 2030-01-01").unwrap();
+        assert_eq!(dates.prefix, b"i/agreements/end.date\0");
+        assert!(!dates.is_exact());
+        assert!(lookup(r#"title = "Reciprocal""#).is_none(), "no index");
+        assert!(lookup(r#"labels.parties = "x""#).is_none(), "a map key");
     }
 }

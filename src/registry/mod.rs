@@ -641,8 +641,8 @@ impl Registry {
 
         // Stored bytes as they are, in name order, and nothing to test but
         // deletion: the one kind of page whose work the page size bounds.
-        let as_stored =
-            encoded && order.is_by_name() && (filter.matches_everything() || index::answers_exactly(R::KIND, &filter));
+        let answers_exactly = index::answers_exactly(R::KIND, &filter);
+        let as_stored = encoded && order.is_by_name() && (filter.matches_everything() || answers_exactly);
         if quick_reads.is_some() && (!as_stored || size > QUICK_PAGE_MAX) {
             return Ok(None);
         }
@@ -657,8 +657,7 @@ impl Registry {
         };
         let mut more = false;
         // A filter the index answers exactly needs no test (nor its transcoding).
-        let test_filter =
-            !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, &filter)));
+        let test_filter = !(filter.matches_everything() || (candidates.is_some() && answers_exactly));
         let after = cursor.as_ref().map(|(_, name)| name.as_str());
         let most_reads = quick_reads.map(|per_record| per_record * (size + 1));
         let mut gave_up = false;
