@@ -247,6 +247,30 @@ async fn status_follows_as_of_around_each_boundary() {
         assert_eq!(listed.agreements.len(), 1, "status filter as of {as_of:?}");
         assert_eq!(listed.agreements[0].status(), status);
     }
+    // What was worked out for the record at its old revision does not outlive
+    // an update: a longer term keeps it in force on the day it had expired.
+    let get = |as_of| v1::GetAgreementRequest { name: "agreements/ten".into(), as_of };
+    let before = client.get_agreement(get(date(2030, 9, 10))).await.unwrap().into_inner();
+    let patch = v1::Agreement {
+        name: "agreements/ten".into(),
+        term: Some(agreement::Term { years: 20, ..Default::default() }),
+        ..Default::default()
+    };
+    client.update_agreement(update_request(patch, Some(FieldMask { paths: vec!["term".into()] }))).await.unwrap();
+    for _ in 0..2 {
+        let after = client.get_agreement(get(date(2030, 9, 10))).await.unwrap().into_inner();
+        assert_eq!(after.status(), agreement::Status::InForce);
+        assert_ne!(after.etag, before.etag);
+        let listed = client
+            .list_agreements(v1::ListAgreementsRequest { as_of: date(2030, 9, 10), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (listed.agreements[0].status(), &listed.agreements[0].etag),
+            (agreement::Status::InForce, &after.etag)
+        );
+    }
     server.stop().await;
 }
 

@@ -517,28 +517,65 @@ impl Registry {
     /// bytes with the etag and the derived fields appended, so that serving a
     /// record does not decode and re-encode it.
     pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<Vec<u8>> {
-        let (entry, as_of) = self.read_for_get::<R>(name, as_of).await?;
-        let mut derived = Vec::new();
-        Self::encode_derived::<R>(&entry.value, entry.mod_revision, &as_of, &mut derived)?;
-        let mut bytes = entry.value;
-        bytes.extend_from_slice(&derived);
-        Ok(bytes)
+        let as_of = Self::check_get::<R>(name, as_of)?;
+        // Written straight from the stored value, with what is appended to it
+        // kept as a List page keeps it: no copy of the entry, no derivation
+        // for a record read again at the same revision and day.
+        let mut answer = Ok(Vec::new());
+        let mut revision = 0;
+        let found = self.store.read(&record_key(name), &mut |stored, stored_revision| {
+            revision = stored_revision;
+            answer = self.shown::<R>(name.as_bytes(), stored, stored_revision, &as_of).map(|shown| {
+                let mut bytes = Vec::with_capacity(stored.len() + shown.appended.len());
+                bytes.extend_from_slice(stored);
+                bytes.extend_from_slice(&shown.appended);
+                bytes
+            });
+        })?;
+        if !found {
+            return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
+        }
+        self.store.wait_durable(revision).await?;
+        answer
     }
 
-    /// A Get's checks and read: the name and day checked, the stored entry
-    /// once durable, and the day to derive fields for.
-    async fn read_for_get<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<(crate::store::Entry, Date)> {
+    /// A Get's checks: the name, and the day to derive fields for.
+    fn check_get<R: Resource>(name: &str, as_of: Option<&Date>) -> Result<Date> {
         let mut violations = Violations::new();
         if let Err(e) = R::KIND.parse_name(name) {
             violations.add("name", e);
         }
         let as_of = as_of_day(as_of, &mut violations);
         violations.into_result()?;
+        Ok(as_of)
+    }
+
+    /// A Get's checks and read: the stored entry once durable, and the day
+    /// to derive fields for.
+    async fn read_for_get<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<(crate::store::Entry, Date)> {
+        let as_of = Self::check_get::<R>(name, as_of)?;
         let Some(entry) = self.store.get(&record_key(name))? else {
             return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
         };
         self.store.wait_durable(entry.mod_revision).await?;
         Ok((entry, as_of))
+    }
+
+    /// What is shown of the record `name` beyond its stored bytes at
+    /// `revision` as of `as_of` (its deletion, its derived fields and etag
+    /// encoded), kept for the records read again and again.
+    fn shown<R: Resource>(&self, name: &[u8], stored: &[u8], revision: u64, as_of: &Date) -> Result<presented::Shown> {
+        if let Some(shown) = self.presented.get(name, revision, as_of) {
+            return Ok(shown);
+        }
+        let delete_time = R::default().descriptor().get_field_by_name("delete_time").map(|f| f.number());
+        let mut inputs = Vec::new();
+        let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
+        let mut derived = Vec::new();
+        Self::encode_derived::<R>(&inputs, revision, as_of, &mut derived)?;
+        let shown = presented::Shown { deleted, appended: derived.into() };
+        self.presented.keep(name, revision, as_of, shown.clone());
+        Ok(shown)
     }
 
     /// Appends to `out` what [`Registry::present`] sets, encoded: the fields
@@ -664,12 +701,9 @@ impl Registry {
         let (rows, newest, last) = if as_stored && !test_filter {
             // Nothing to test but deletion: the stored bytes as they are,
             // each appended to the response with its derived fields.
-            let delete_time = descriptor.get_field_by_name("delete_time").map(|f| f.number());
             let mut items = Vec::new();
             let mut count = 0;
             let mut last = Vec::new();
-            let mut inputs = Vec::new();
-            let mut derived = Vec::new();
             let mut reads = 0;
             let newest =
                 self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
@@ -678,17 +712,7 @@ impl Registry {
                         gave_up = true;
                         return Ok(false);
                     }
-                    let shown = match self.presented.get(name, revision, &as_of) {
-                        Some(shown) => shown,
-                        None => {
-                            let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
-                            derived.clear();
-                            Self::encode_derived::<R>(&inputs, revision, &as_of, &mut derived)?;
-                            let shown = presented::Shown { deleted, appended: derived.as_slice().into() };
-                            self.presented.keep(name, revision, &as_of, shown.clone());
-                            shown
-                        }
-                    };
+                    let shown = self.shown::<R>(name, stored, revision, &as_of)?;
                     if query.show_deleted || !shown.deleted {
                         if count == size {
                             more = true;
