@@ -52,8 +52,9 @@ pub struct ServeArgs {
     #[arg(long, env = "COOPERATION_REGISTRY_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
     /// Memory for the records read most recently, in MiB, beside sled's page
-    /// cache: reading one of them skips sled's tree (a tenth of the work).
-    /// 0 keeps none.
+    /// cache: reading one of them skips sled's tree (a tenth of the work). An
+    /// eighth of it keeps the index members List pages read (until the next
+    /// write that changes an index). 0 keeps none.
     #[arg(long, env = "COOPERATION_REGISTRY_READ_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_READ_CACHE_MIB)]
     pub read_cache_mib: u64,
     /// After this many MiB of records, index entries and changes written, the
