@@ -72,9 +72,11 @@ impl<V> Generations<V> {
         self.newer_bytes + self.older_bytes
     }
 
-    /// The most bytes it holds, as given to [`Generations::new`].
-    pub fn capacity(&self) -> usize {
-        self.generation_bytes * 2
+    /// Drops every entry.
+    pub fn clear(&mut self) {
+        self.newer.clear();
+        self.older.clear();
+        (self.newer_bytes, self.older_bytes) = (0, 0);
     }
 }
 
@@ -130,5 +132,9 @@ mod tests {
         assert_eq!(map.bytes(), 1 + 10 + ENTRY_OVERHEAD);
         map.remove(b"k");
         assert_eq!((map.get(b"k"), map.bytes()), (None, 0));
+        map.insert(b"k".as_slice().into(), "three", 10);
+        map.insert(b"l".as_slice().into(), "four", 10);
+        map.clear();
+        assert_eq!((map.get(b"k"), map.get(b"l"), map.bytes()), (None, None, 0));
     }
 }

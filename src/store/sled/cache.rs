@@ -41,7 +41,7 @@ pub(super) struct ReadCache {
 }
 
 struct Runs {
-    runs: Generations<Arc<Members>>,
+    kept: Generations<Arc<Members>>,
     /// Groups that changed a set, applied by the writer.
     changes: u64,
     hits: u64,
@@ -82,7 +82,7 @@ impl ReadCache {
                 .collect(),
             shard_of: foldhash::fast::RandomState::default(),
             runs: (capacity > 0).then(|| {
-                Mutex::new(Runs { runs: Generations::new(runs_capacity as usize), changes: 0, hits: 0, misses: 0 })
+                Mutex::new(Runs { kept: Generations::new(runs_capacity as usize), changes: 0, hits: 0, misses: 0 })
             }),
         }
     }
@@ -95,7 +95,7 @@ impl ReadCache {
     /// what to pass to [`ReadCache::keep_members`] after reading them.
     pub fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> Result<Members, RunMiss> {
         let Some(mut runs) = self.runs() else { return Err(RunMiss { changes: 0 }) };
-        match runs.runs.get(&run_key(prefix, start, limit)) {
+        match runs.kept.get(&run_key(prefix, start, limit)) {
             Some(run) => {
                 runs.hits += 1;
                 drop(runs);
@@ -113,7 +113,7 @@ impl ReadCache {
     pub fn keep_members(&self, prefix: &[u8], start: &[u8], limit: usize, miss: RunMiss, members: &Members) {
         let Some(mut runs) = self.runs() else { return };
         if runs.changes == miss.changes {
-            runs.runs.insert(run_key(prefix, start, limit).into(), Arc::new(members.clone()), members.heap_bytes());
+            runs.kept.insert(run_key(prefix, start, limit).into(), Arc::new(members.clone()), members.heap_bytes());
         }
     }
 
@@ -122,10 +122,7 @@ impl ReadCache {
     pub fn forget_members(&self) {
         let Some(mut runs) = self.runs() else { return };
         runs.changes += 1;
-        if runs.runs.bytes() > 0 {
-            let capacity = runs.runs.capacity();
-            runs.runs = Generations::new(capacity);
-        }
+        runs.kept.clear();
     }
 
     fn shard(&self, key: &[u8]) -> Option<(usize, MutexGuard<'_, Shard>)> {
@@ -166,7 +163,7 @@ impl ReadCache {
         if let Some(runs) = self.runs() {
             stats.hits += runs.hits;
             stats.misses += runs.misses;
-            stats.bytes += runs.runs.bytes() as u64;
+            stats.bytes += runs.kept.bytes() as u64;
         }
         stats
     }
