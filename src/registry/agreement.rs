@@ -208,7 +208,6 @@ pub fn term_end(a: &impl StatusFields, day: i64) -> Option<(i64, bool)> {
 
 #[cfg(test)]
 mod tests {
-    use prost_reflect::ReflectMessage;
 
     use super::*;
     use agreement::Status;
@@ -260,7 +259,7 @@ mod tests {
                 Agreement::encode_derived(&bytes, &day, &mut derived).unwrap();
                 assert_eq!(derived, Agreement { status: decoded.status, ..Default::default() }.encode_to_vec());
                 let mut only_inputs = Vec::new();
-                let delete_time = record.descriptor().get_field_by_name("delete_time").map(|f| f.number());
+                let delete_time = crate::registry::resource::AGREEMENT.delete_time_field();
                 let deleted = crate::registry::read_top_level::<Agreement>(&bytes, delete_time, &mut only_inputs);
                 assert!(!deleted.unwrap(), "none of these is deleted");
                 let mut from_inputs = Vec::new();

@@ -146,11 +146,11 @@ fn for_each_top_level_field(
 /// One pass over a stored record's top level: whether it holds `delete_time`
 /// (its field number), with the fields its derived ones are read from
 /// (`Rules::DERIVED_FROM_FIELDS`) copied into `inputs`.
-fn read_top_level<R: Resource>(stored: &[u8], delete_time: Option<u32>, inputs: &mut Vec<u8>) -> Result<bool> {
+fn read_top_level<R: Resource>(stored: &[u8], delete_time: u32, inputs: &mut Vec<u8>) -> Result<bool> {
     let mut deleted = false;
     inputs.clear();
     for_each_top_level_field(stored, |number, field| {
-        deleted |= Some(number) == delete_time;
+        deleted |= number == delete_time;
         if R::DERIVED_FROM_FIELDS.contains(&number) {
             inputs.extend_from_slice(field);
         }
@@ -568,9 +568,8 @@ impl Registry {
         if let Some(shown) = self.presented.get(name, revision, as_of) {
             return Ok(shown);
         }
-        let delete_time = R::default().descriptor().get_field_by_name("delete_time").map(|f| f.number());
         let mut inputs = Vec::new();
-        let deleted = read_top_level::<R>(stored, delete_time, &mut inputs)?;
+        let deleted = read_top_level::<R>(stored, R::KIND.delete_time_field(), &mut inputs)?;
         let mut derived = Vec::new();
         Self::encode_derived::<R>(&inputs, revision, as_of, &mut derived)?;
         let shown = presented::Shown { deleted, appended: derived.into() };
@@ -815,8 +814,8 @@ impl Registry {
     }
 
     /// [`Registry::scan`] with each record's name (its bytes, as the keys hold
-    /// them: checking each one's UTF-8 cost a page more than reading it from the
-    /// read cache) and stored bytes, undecoded and lent.
+    /// them: checking the UTF-8 of each cost a page about as much as reading
+    /// its records from the read cache) and stored bytes, undecoded and lent.
     fn scan_stored<R: Resource>(
         &self,
         candidates: Option<&index::Candidates>,
@@ -1237,11 +1236,7 @@ fn as_of_day(as_of: Option<&Date>, violations: &mut Violations) -> Date {
 /// Whether the stored record under `name` is soft-deleted, whatever its kind.
 fn is_deleted(name: &str, bytes: &[u8]) -> Result<bool> {
     let kind = resource::kind_of_name(name).ok_or_else(|| Error::internal(format!("no kind for {name}")))?;
-    let delete_time = DESCRIPTOR_POOL
-        .get_message_by_name(kind.message)
-        .and_then(|descriptor| descriptor.get_field_by_name("delete_time"))
-        .ok_or_else(|| Error::internal(format!("{} has no delete_time", kind.message)))?;
-    has_field(bytes, delete_time.number()).map_err(|e| undecodable(kind, &e))
+    has_field(bytes, kind.delete_time_field()).map_err(|e| undecodable(kind, &e))
 }
 
 /// The request's resource without the fields the server sets (OUTPUT_ONLY);

@@ -96,7 +96,30 @@ pub fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
+/// The number of each kind's `delete_time` field, by collection: looked up
+/// once, where each read that checks a deletion looked it up by name.
+static DELETE_TIME_FIELDS: std::sync::LazyLock<std::collections::HashMap<&'static str, u32>> =
+    std::sync::LazyLock::new(|| {
+        KINDS
+            .iter()
+            .map(|kind| {
+                let message = crate::pb::DESCRIPTOR_POOL
+                    .get_message_by_name(kind.message)
+                    .unwrap_or_else(|| panic!("{} is not in the descriptor pool", kind.message));
+                let field = message
+                    .get_field_by_name("delete_time")
+                    .unwrap_or_else(|| panic!("{} has no delete_time", kind.message));
+                (kind.collection, field.number())
+            })
+            .collect()
+    });
+
 impl Kind {
+    /// The number of its message's `delete_time` field.
+    pub fn delete_time_field(&self) -> u32 {
+        DELETE_TIME_FIELDS[self.collection]
+    }
+
     /// The id of a resource name of this kind, or why the name is not one.
     pub fn parse_name<'a>(&self, name: &'a str) -> Result<&'a str, String> {
         let id = name
@@ -283,6 +306,14 @@ pub fn check_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_knows_its_delete_time_field() {
+        for kind in KINDS {
+            let message = crate::pb::DESCRIPTOR_POOL.get_message_by_name(kind.message).unwrap();
+            assert_eq!(message.get_field(kind.delete_time_field()).unwrap().name(), "delete_time", "{}", kind.message);
+        }
+    }
 
     #[test]
     fn ids_follow_the_rule() {
