@@ -363,7 +363,6 @@ impl Registry {
             let prefix = collection_key(kind);
             let descriptor =
                 DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
-            let deleted = descriptor.get_field_by_name("delete_time").ok_or_else(|| Error::internal("delete_time"))?;
             let mut start = Vec::new();
             loop {
                 let batch = self.store.scan(&prefix, &start, 500)?;
@@ -373,7 +372,7 @@ impl Registry {
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                     let entries = index::entries(kind, record).map_err(Error::internal)?;
                     txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
-                    if !has_field(record, deleted.number()).map_err(Error::internal)? {
+                    if !has_field(record, kind.delete_time_field()).map_err(Error::internal)? {
                         let references =
                             validate::check_encoded(record, &descriptor, kind.singular, &mut Violations::new())
                                 .map_err(Error::internal)?;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::memory::MemoryStore;
 use super::sled::{SledOptions, SledStore};
@@ -218,6 +219,48 @@ async fn sled_store_conforms_without_a_read_cache() {
     suite(Arc::new(SledStore::open(dir.path(), options).unwrap())).await;
 }
 
+/// Readers in threads of their own, as the API's are, each calling its check
+/// with the count the writer last acknowledged, for as long as writes go on.
+struct RacingReaders {
+    acknowledged: Arc<AtomicU64>,
+    writing: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<u64>>,
+}
+
+impl RacingReaders {
+    fn start(store: &Arc<SledStore>, check: impl Fn(&SledStore, u64) + Send + Sync + Clone + 'static) -> RacingReaders {
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let writing = Arc::new(AtomicBool::new(true));
+        let threads = (0..2)
+            .map(|_| {
+                let (store, acknowledged, writing, check) =
+                    (store.clone(), acknowledged.clone(), writing.clone(), check.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while writing.load(Ordering::Acquire) {
+                        check(&store, acknowledged.load(Ordering::Acquire));
+                        reads += 1;
+                    }
+                    reads
+                })
+            })
+            .collect();
+        RacingReaders { acknowledged, writing, threads }
+    }
+
+    fn acknowledge(&self, count: u64) {
+        self.acknowledged.store(count, Ordering::Release);
+    }
+
+    /// Stops the readers; each must have read at least once, and none failed.
+    fn finish(self, failed: &str) {
+        self.writing.store(false, Ordering::Release);
+        for reader in self.threads {
+            assert!(reader.join().expect(failed) > 0);
+        }
+    }
+}
+
 /// Readers racing the writer never get a value older than one already
 /// acknowledged, though each write makes them refill the read cache (and a
 /// small cache keeps dropping what they read).
@@ -227,35 +270,19 @@ async fn a_read_never_returns_a_value_older_than_an_acknowledged_write() {
         let dir = tempfile::tempdir().unwrap();
         let options = SledOptions { durability: Durability::None, read_cache_bytes, ..SledOptions::default() };
         let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
-        let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (store, acknowledged, writing) = (store.clone(), acknowledged.clone(), writing.clone());
-                std::thread::spawn(move || {
-                    let mut reads = 0u64;
-                    while writing.load(std::sync::atomic::Ordering::Acquire) {
-                        let floor = acknowledged.load(std::sync::atomic::Ordering::Acquire);
-                        for key in ["counter", "other"] {
-                            let read = store.get(key.as_bytes()).unwrap().map(|e| e.value);
-                            let value: u64 = read.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
-                            assert!(value >= floor, "{key} read {value} after {floor} was acknowledged");
-                        }
-                        reads += 1;
-                    }
-                    reads
-                })
-            })
-            .collect();
+        let readers = RacingReaders::start(&store, |store, floor| {
+            for key in ["counter", "other"] {
+                let read = store.get(key.as_bytes()).unwrap().map(|e| e.value);
+                let value: u64 = read.map_or(0, |v| String::from_utf8(v).unwrap().parse().unwrap());
+                assert!(value >= floor, "{key} read {value} after {floor} was acknowledged");
+            }
+        });
         for i in 1..=1500u64 {
             let value = i.to_string();
             commit(&*store, txn(vec![put("counter", &value), put("other", &value)], vec![])).await;
-            acknowledged.store(i, std::sync::atomic::Ordering::Release);
+            readers.acknowledge(i);
         }
-        writing.store(false, std::sync::atomic::Ordering::Release);
-        for reader in readers {
-            assert!(reader.join().expect("no reader saw an old value") > 0);
-        }
+        readers.finish("no reader saw an old value");
         store.close().unwrap();
     }
 }
@@ -268,40 +295,20 @@ async fn a_run_of_members_never_lacks_an_acknowledged_member() {
     let dir = tempfile::tempdir().unwrap();
     let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
     let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
-    let acknowledged = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (store, acknowledged, writing) = (store.clone(), acknowledged.clone(), writing.clone());
-            std::thread::spawn(move || {
-                let mut reads = 0u64;
-                while writing.load(std::sync::atomic::Ordering::Acquire) {
-                    let floor = acknowledged.load(std::sync::atomic::Ordering::Acquire);
-                    let found = members(&*store, "s/a\0", "", 64);
-                    assert!(
-                        found.len() >= floor.min(64),
-                        "{} members read after {floor} were acknowledged",
-                        found.len()
-                    );
-                    // Members of another set come and go without changing this one's.
-                    assert!(found.iter().all(|m| m.starts_with("s/a\0")), "{found:?}");
-                    reads += 1;
-                }
-                reads
-            })
-        })
-        .collect();
-    for i in 1..=600usize {
+    let readers = RacingReaders::start(&store, |store, floor| {
+        let found = members(store, "s/a\0", "", 64);
+        assert!(found.len() as u64 >= floor, "{} members read after {floor} were acknowledged", found.len());
+        // Members of another set come and go without changing this one's.
+        assert!(found.iter().all(|m| m.starts_with("s/a\0")), "{found:?}");
+    });
+    for i in 1..=600u64 {
         let other =
             if i % 2 == 0 { add("s/b\0", &format!("{i:04}")) } else { remove("s/b\0", &format!("{:04}", i - 1)) };
         let ops = if i <= 64 { vec![add("s/a\0", &format!("{i:04}")), other] } else { vec![other] };
         commit(&*store, txn(ops, vec![])).await;
-        acknowledged.store(i.min(64), std::sync::atomic::Ordering::Release);
+        readers.acknowledge(i.min(64));
     }
-    writing.store(false, std::sync::atomic::Ordering::Release);
-    for reader in readers {
-        assert!(reader.join().expect("no reader missed a member") > 0);
-    }
+    readers.finish("no reader missed a member");
     assert_eq!(members(&*store, "s/a\0", "", 64).len(), 64);
     assert!(store.read_cache().hits > 0, "runs are kept: {:?}", store.read_cache());
     store.close().unwrap();
@@ -544,24 +551,12 @@ async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
     commit(&*store, txn(vec![put("fixed", "v")], vec![])).await;
     let snapshots_at_open = sled_snapshots(dir.path());
 
-    // Readers in their own threads, as the API's are, for as long as the writes go on.
-    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let readers: Vec<_> = (0..2)
-        .map(|_| {
-            let (store, writing) = (store.clone(), writing.clone());
-            std::thread::spawn(move || {
-                let mut reads = 0u64;
-                while writing.load(std::sync::atomic::Ordering::Relaxed) {
-                    let seen = store.revision();
-                    assert_eq!(store.get(b"fixed").unwrap().unwrap().value, b"v");
-                    let members = store.members(b"s/\0", b"", 10_000).unwrap();
-                    assert!(members.len() as u64 + 1 >= seen, "{} members at revision {seen}", members.len());
-                    reads += 1;
-                }
-                reads
-            })
-        })
-        .collect();
+    let readers = RacingReaders::start(&store, |store, _| {
+        let seen = store.revision();
+        assert_eq!(store.get(b"fixed").unwrap().unwrap().value, b"v");
+        let members = store.members(b"s/\0", b"", 10_000).unwrap();
+        assert!(members.len() as u64 + 1 >= seen, "{} members at revision {seen}", members.len());
+    });
     let mut revision = 1;
     for i in 0..300 {
         let key = format!("k/{i:04}");
@@ -571,10 +566,7 @@ async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
         assert_eq!(out, Outcome::Committed { revision });
         assert_eq!(store.get(key.as_bytes()).unwrap().unwrap().mod_revision, revision, "read after write");
     }
-    writing.store(false, std::sync::atomic::Ordering::Relaxed);
-    for reader in readers {
-        assert!(reader.join().expect("no reader failed") > 0);
-    }
+    readers.finish("no reader failed");
     assert_ne!(sled_snapshots(dir.path()), snapshots_at_open, "sled wrote a snapshot while the store was open");
     let checkpoints = store.checkpoints();
     assert!(checkpoints.count > 0 && checkpoints.last_seconds > 0.0, "{checkpoints:?}");

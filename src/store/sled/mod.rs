@@ -139,8 +139,8 @@ const TRIM_BYTES: u64 = 16 * 1024 * 1024;
 /// sustained writes at 1,000,000 agreements the server peaked at 362 MiB with
 /// a checkpoint every 128 MiB (340 without checkpoints; 288 with this). A
 /// checkpoint calls it before the reopen as well: the reopen's own allocations
-/// on top of the old database's freed memory made a peak of 372 MiB where the
-/// server otherwise stayed under 275 (278 with this; ninth session).
+/// came on top of the old database's freed memory, a peak of 372 MiB where
+/// one-second samples never passed 312 (321–327 with this; ninth session).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn release_freed_memory() {
     unsafe extern "C" {
