@@ -44,7 +44,7 @@ use prost_types::Timestamp;
 use crate::error::{Error, PreconditionViolation, Result, Violations};
 use crate::pb::DESCRIPTOR_POOL;
 use crate::pb::google::r#type::Date;
-use crate::store::{Condition, Op, Outcome, Store, Txn, key_after, move_member};
+use crate::store::{Applied, Condition, Op, Outcome, Store, Txn, key_after, move_member};
 use filter::Filter;
 use order::OrderBy;
 use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
@@ -1052,6 +1052,9 @@ impl Registry {
     /// revision and all but one fail their condition and start again, so under
     /// enough of them (the benchmark's 256 updates of one agreement) some ran
     /// out of attempts with ABORTED; in turn, each commits at its first attempt.
+    /// A turn ends once the write is applied, not once it is durable: the next
+    /// write to the record is applied while this one is flushed, and the two
+    /// share a flush (one at a time, each waited for a flush of its own).
     fn record_lock(&self, name: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
@@ -1073,7 +1076,7 @@ impl Registry {
                 format!("must be a UUID such as 123e4567-e89b-12d3-a456-426614174000 (got {:?})", mutation.request_id),
             ));
         }
-        let _turn = self.record_lock(name).lock().await;
+        let turn = self.record_lock(name).lock().await;
         for _ in 0..MAX_ATTEMPTS {
             if let Some(answer) = self.previous_answer::<R>(mutation).await? {
                 return Ok(answer);
@@ -1101,8 +1104,11 @@ impl Registry {
             check_deadline(mutation.deadline, || {
                 "the call's deadline passed before the change was written; nothing was changed".into()
             })?;
-            match self.store.commit(txn).await? {
+            let Applied { outcome, durable } = self.store.apply(txn).await?;
+            match outcome {
                 Outcome::Committed { revision } => {
+                    drop(turn);
+                    durable.await?;
                     self.present(&mut record, revision, &dates::today());
                     return Ok(record);
                 }
@@ -1387,10 +1393,23 @@ mod tests {
     }
 
     /// A store whose first `refusals` commits fail their conditions, as when
-    /// another write got in between a plan and its commit.
+    /// another write got in between a plan and its commit, and whose writes
+    /// become durable only while `durable_gate` holds true, as when a flush
+    /// takes its time.
     struct Contended {
         inner: MemoryStore,
         refusals: std::sync::atomic::AtomicUsize,
+        durable_gate: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Contended {
+        fn new() -> Contended {
+            Contended {
+                inner: MemoryStore::new(),
+                refusals: 0.into(),
+                durable_gate: tokio::sync::watch::Sender::new(true),
+            }
+        }
     }
 
     impl Store for Contended {
@@ -1419,13 +1438,23 @@ mod tests {
         fn wait_durable(&self, revision: u64) -> crate::store::BoxFuture<'static, crate::store::StoreResult<()>> {
             self.inner.wait_durable(revision)
         }
-        fn commit(&self, txn: Txn) -> crate::store::BoxFuture<'static, crate::store::StoreResult<Outcome>> {
+        fn apply(&self, txn: Txn) -> crate::store::BoxFuture<'static, crate::store::StoreResult<Applied>> {
             use std::sync::atomic::Ordering;
             let refuse = self.refusals.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-            match refuse {
-                true => Box::pin(async { Ok(Outcome::ConditionFailed) }),
-                false => self.inner.commit(txn),
+            if refuse {
+                return Box::pin(async { Ok(Applied::at_once(Outcome::ConditionFailed)) });
             }
+            let applied = self.inner.apply(txn);
+            let mut gate = self.durable_gate.subscribe();
+            Box::pin(async move {
+                let Applied { outcome, durable } = applied.await?;
+                let durable = async move {
+                    durable.await?;
+                    gate.wait_for(|open| *open).await.map_err(|_| crate::store::StoreError::Closed)?;
+                    Ok(())
+                };
+                Ok(Applied { outcome, durable: Box::pin(durable) })
+            })
         }
         fn changes(&self, from_revision: u64, limit: usize) -> crate::store::StoreResult<Vec<(u64, Vec<u8>)>> {
             self.inner.changes(from_revision, limit)
@@ -1454,7 +1483,7 @@ mod tests {
     /// validated, and what it stores is the record that was sent.
     #[tokio::test]
     async fn a_create_that_loses_a_race_commits_the_same_record_on_its_next_attempt() {
-        let store = Arc::new(Contended { inner: MemoryStore::new(), refusals: 0.into() });
+        let store = Arc::new(Contended::new());
         let registry = Registry::open(store.clone()).await.unwrap();
         let sent = Agreement {
             title: "Reciprocal provision of supplies and services".into(),
@@ -1487,5 +1516,55 @@ mod tests {
         store.refusals.store(MAX_ATTEMPTS, std::sync::atomic::Ordering::SeqCst);
         let refused = registry.create("a2", sent, &mutation).await.unwrap_err();
         assert!(matches!(refused, Error::Conflict { .. }), "{refused:?}");
+    }
+
+    /// Writes to one record take turns, and a turn passes once the write is
+    /// applied: the next write to the record is applied while the one before
+    /// it waits to be durable, and neither answers before it is durable.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_write_to_a_record_is_applied_while_the_one_before_is_made_durable() {
+        let store = Arc::new(Contended::new());
+        let registry = Arc::new(Registry::open(store.clone()).await.unwrap());
+        let mutation = Mutation {
+            actor: ANONYMOUS.into(),
+            request_id: String::new(),
+            method: "UpdateAgreement",
+            fingerprint: 0,
+            deadline: None,
+        };
+        let sent = Agreement {
+            title: "Reciprocal provision of supplies and services".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            instrument_type: 1,
+            ..Default::default()
+        };
+        let created = registry.create("a1", sent, &mutation).await.unwrap();
+        let before = store.revision();
+        store.durable_gate.send_replace(false);
+        let update = |title: &str| {
+            let registry = registry.clone();
+            let mutation = mutation.clone();
+            let changed = Agreement { title: title.into(), ..created.clone() };
+            tokio::spawn(async move { registry.update(changed, &["title".to_string()], "", &mutation).await })
+        };
+        let first = update("First title");
+        let second = update("Second title");
+        let both_applied = async {
+            while store.revision() < before + 2 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), both_applied)
+            .await
+            .expect("the second update was applied while the first waited to be durable");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!first.is_finished() && !second.is_finished(), "neither answered before it was durable");
+        store.durable_gate.send_replace(true);
+        let titles = [first.await.unwrap().unwrap().title, second.await.unwrap().unwrap().title];
+        assert_eq!(titles.iter().filter(|t| *t == "First title").count(), 1, "{titles:?}");
+        assert_eq!(titles.iter().filter(|t| *t == "Second title").count(), 1, "{titles:?}");
+        let stored: Agreement = registry.get("agreements/a1", None).await.unwrap();
+        assert_eq!(store.revision(), before + 2);
+        assert!(["First title", "Second title"].contains(&stored.title.as_str()), "{}", stored.title);
     }
 }

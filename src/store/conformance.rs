@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::memory::MemoryStore;
 use super::sled::{SledOptions, SledStore};
-use super::{Condition, Durability, Op, Outcome, Store, StoreError, Txn};
+use super::{Applied, Condition, Durability, Op, Outcome, Store, StoreError, Txn};
 
 fn put(key: &str, value: &str) -> Op {
     Op::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }
@@ -131,9 +131,27 @@ async fn suite(store: Arc<dyn Store>) {
     assert_eq!(store.get(b"a/1").unwrap().unwrap().value, b"one", "records stay");
 
     sets(&*store).await;
+    applied_before_durable(&*store).await;
 
     store.close().unwrap();
     assert_eq!(store.commit(txn(vec![put("z", "z")], vec![])).await, Err(StoreError::Closed));
+}
+
+/// Applied, a write is seen by reads at once, and its wait for durability
+/// ends as `wait_durable`'s does; a failed condition has nothing to wait for.
+async fn applied_before_durable(store: &dyn Store) {
+    let Applied { outcome, durable } = store.apply(txn(vec![put("d/1", "applied")], vec![])).await.unwrap();
+    let Outcome::Committed { revision } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(revision, store.revision());
+    assert_eq!(store.get(b"d/1").unwrap().map(|e| (e.mod_revision, e.value)), Some((revision, b"applied".to_vec())));
+    durable.await.expect("durable");
+    store.wait_durable(revision).await.expect("durable");
+    let stale = Condition::ModRevision { key: b"d/1".to_vec(), equals: revision - 1 };
+    let Applied { outcome, durable } = store.apply(txn(vec![put("d/1", "refused")], vec![stale])).await.unwrap();
+    assert_eq!(outcome, Outcome::ConditionFailed);
+    durable.await.expect("nothing to wait for");
+    assert_eq!(store.get(b"d/1").unwrap().unwrap().value, b"applied");
+    assert_eq!(store.revision(), revision);
 }
 
 fn add(set: &str, member: &str) -> Op {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{BoxFuture, Condition, Entry, Members, Op, Outcome, Store, StoreError, StoreResult, Txn};
+use super::{Applied, BoxFuture, Condition, Entry, Members, Op, Outcome, Store, StoreError, StoreResult, Txn};
 
 #[derive(Default)]
 struct State {
@@ -86,7 +86,7 @@ impl Store for MemoryStore {
         Box::pin(async { Ok(()) })
     }
 
-    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>> {
+    fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>> {
         let mut state = self.state.lock().expect("state lock");
         let outcome = if state.closed {
             Err(StoreError::Closed)
@@ -115,7 +115,7 @@ impl Store for MemoryStore {
             state.changes.insert(revision, txn.change);
             Ok(Outcome::Committed { revision })
         };
-        Box::pin(async move { outcome })
+        Box::pin(async move { outcome.map(Applied::at_once) })
     }
 
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {

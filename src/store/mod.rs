@@ -131,10 +131,25 @@ pub struct Txn {
 /// What became of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied and durable at this revision.
+    /// Applied at this revision (and durable, once [`Store::commit`] answers).
     Committed { revision: u64 },
     /// A condition did not hold; nothing was written.
     ConditionFailed,
+}
+
+/// A transaction's outcome once reads see it, and the wait for it to be
+/// durable (at once for one whose conditions failed: it wrote nothing).
+pub struct Applied {
+    pub outcome: Outcome,
+    pub durable: BoxFuture<'static, StoreResult<()>>,
+}
+
+impl Applied {
+    /// An outcome that needs no wait: a failed condition, or a store whose
+    /// writes are durable once applied.
+    pub fn at_once(outcome: Outcome) -> Applied {
+        Applied { outcome, durable: Box::pin(std::future::ready(Ok(()))) }
+    }
 }
 
 /// How much a write has survived when it is acknowledged.
@@ -235,8 +250,22 @@ pub trait Store: Send + Sync + 'static {
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>>;
 
     /// Checks the conditions and applies the writes and the change-log entry as
-    /// one atomic step at the next revision; resolves once that is durable.
-    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>>;
+    /// one atomic step at the next revision; resolves once reads see it, which
+    /// may be before it is durable ([`Store::wait_durable`] tells). A writer
+    /// that holds others back until its write is in (the registry's turn on a
+    /// record) lets them go here, so the next write to the record can be
+    /// applied while this one is still being made durable.
+    fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>>;
+
+    /// [`Store::apply`], resolved once the transaction is durable.
+    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>> {
+        let applied = self.apply(txn);
+        Box::pin(async move {
+            let Applied { outcome, durable } = applied.await?;
+            durable.await?;
+            Ok(outcome)
+        })
+    }
 
     /// Up to `limit` change-log entries from `from_revision` (inclusive), oldest first.
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;

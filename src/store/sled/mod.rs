@@ -9,22 +9,27 @@
 //! Writes go through one writer thread that applies transactions in order and
 //! group-commits: it takes every transaction waiting, checks each one's
 //! conditions against the tree and the transactions before it in the group,
-//! applies the group as one sled batch, flushes once (sled's `flush_async`
-//! deadlocks under concurrent awaiting writers, sled #1308) and then
-//! acknowledges them all. A transaction whose conditions fail writes nothing and
-//! does not disturb the rest of its group.
+//! applies the group as one sled batch and answers each with its outcome. A
+//! flusher thread then makes everything applied durable with one flush (sled's
+//! `flush_async` deadlocks under concurrent awaiting writers, sled #1308) and
+//! tells the waiting writes, while the writer goes on applying the next group:
+//! a write that waited for the one before it (the registry's turn on a record)
+//! need not wait for that one's flush too. A transaction whose conditions fail
+//! writes nothing and does not disturb the rest of its group.
 
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{BoxFuture, Checkpoints, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn};
+use super::{
+    Applied, BoxFuture, Checkpoints, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn,
+};
 
 mod cache;
 mod chunks;
@@ -259,6 +264,23 @@ impl SledStore {
         let db = Shared::new(tree);
         let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
         let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
+        let flush_queue = Arc::new(FlushQueue::default());
+        let flusher = Flusher {
+            db: db.clone(),
+            queue: flush_queue.clone(),
+            durable: Some(durable_tx),
+            durability: options.durability,
+            sync_file,
+            data_file,
+            dir: dir.to_path_buf(),
+            marked: (recorded, Instant::now()),
+            failure: failure.clone(),
+            flushed: revision,
+        };
+        let flusher = std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flusher.run())
+            .map_err(|e| StoreError::Storage(format!("cannot start the flusher thread: {e}")))?;
         let writer = Writer {
             db: db.clone(),
             cache: cache.clone(),
@@ -269,12 +291,9 @@ impl SledStore {
             trimmed_at: 0,
             revision,
             applied: applied.clone(),
-            durable: Some(durable_tx),
-            durability: options.durability,
-            sync_file,
-            data_file,
+            flush_queue,
+            flusher: Some(flusher),
             dir: dir.to_path_buf(),
-            marked: (recorded, Instant::now()),
             failure: failure.clone(),
             tails: chunks::Tails::default(),
             recent: chunks::Recent::default(),
@@ -519,7 +538,20 @@ fn split_entry(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
     Ok((decode_u64(rev).unwrap_or_default(), value))
 }
 
+/// Resolves once `revision` is durable; with the store's failure if it
+/// failed first (what was applied but not flushed may be lost).
+async fn wait_for_durable(mut durable: watch::Receiver<u64>, failure: Failure, revision: u64) -> StoreResult<()> {
+    match durable.wait_for(|d| *d >= revision).await {
+        Ok(_) => Ok(()),
+        Err(_) => Err(failure.get().unwrap_or(StoreError::Closed)),
+    }
+}
+
 impl SledStore {
+    fn durable_at(&self, revision: u64) -> impl std::future::Future<Output = StoreResult<()>> + 'static {
+        wait_for_durable(self.durable.clone(), self.failure.clone(), revision)
+    }
+
     /// A read error, reported as the store's failure when it says the disk is
     /// full: sled's reads fail once its log could not be written.
     fn read_error(&self, e: sled::Error) -> StoreError {
@@ -593,16 +625,23 @@ impl Store for SledStore {
     }
 
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
-        let mut durable = self.durable.clone();
-        Box::pin(async move { durable.wait_for(|d| *d >= revision).await.map(|_| ()).map_err(|_| StoreError::Closed) })
+        Box::pin(self.durable_at(revision))
     }
 
-    fn commit(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Outcome>> {
+    fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.send(Message::Write(Pending { txn, reply }));
+        let durable = self.durable.clone();
+        let failure = self.failure.clone();
         Box::pin(async move {
             sent?;
-            answer.await.map_err(|_| StoreError::Closed)?
+            let outcome = answer.await.map_err(|_| StoreError::Closed)??;
+            Ok(match outcome {
+                Outcome::Committed { revision } => {
+                    Applied { outcome, durable: Box::pin(wait_for_durable(durable, failure, revision)) }
+                }
+                Outcome::ConditionFailed => Applied::at_once(outcome),
+            })
         })
     }
 
@@ -727,8 +766,8 @@ struct Group {
     bytes: u64,
 }
 
-/// The single writer: applies transactions in arrival order and acknowledges them
-/// after one flush per group.
+/// The single writer: applies transactions in arrival order, a group at a
+/// time, and hands what it applied to the [`Flusher`].
 struct Writer {
     db: Shared,
     cache: Arc<cache::ReadCache>,
@@ -741,15 +780,11 @@ struct Writer {
     trimmed_at: u64,
     revision: u64,
     applied: Arc<AtomicU64>,
-    /// Tells readers how far writes are durable; dropped after a failure, so a
-    /// reader waiting for a write that may be lost gets an error, not a hang.
-    durable: Option<watch::Sender<u64>>,
-    durability: Durability,
-    sync_file: Option<File>,
-    data_file: PathBuf,
+    /// Where the writer tells the flusher how far it applied.
+    flush_queue: Arc<FlushQueue>,
+    /// The flusher thread, joined at close: it answers with the final flush.
+    flusher: Option<JoinHandle<StoreResult<()>>>,
     dir: PathBuf,
-    /// The revision last recorded in the marker file as durable, and when.
-    marked: (u64, Instant),
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
     failure: Failure,
@@ -783,7 +818,7 @@ impl Writer {
                 let _ = reply.send(self.backup(out));
             }
             if let Some(reply) = close {
-                let _ = reply.send(self.final_flush());
+                let _ = reply.send(self.stop_flusher());
                 return;
             }
             if self.checkpoint_bytes > 0 && self.written_since_open >= self.checkpoint_bytes {
@@ -793,20 +828,19 @@ impl Writer {
                 self.trimmed_at = self.written_since_open;
             }
         }
-        let _ = self.final_flush();
+        let _ = self.stop_flusher();
     }
 
-    /// The flush at close. After a failed write there is nothing more to make
-    /// durable, and sled may wait forever on its failed log: report the
-    /// failure instead.
-    fn final_flush(&mut self) -> StoreResult<()> {
-        if let Some(failure) = self.failure.get() {
-            return Err(failure);
+    /// Asks the flusher for the final flush, of everything applied, and
+    /// waits for it.
+    fn stop_flusher(&mut self) -> StoreResult<()> {
+        self.flush_queue.ask(self.revision, true);
+        match self.flusher.take() {
+            Some(flusher) => {
+                flusher.join().unwrap_or_else(|_| Err(StoreError::Storage("the flusher thread panicked".into())))
+            }
+            None => Ok(()),
         }
-        let db = self.db.clone();
-        self.flush(&*db.tree()?, Durability::Fsync)?;
-        self.mark_durable(true);
-        Ok(())
     }
 
     /// Closes and reopens the database between two groups. sled writes a
@@ -852,30 +886,13 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint: cannot reopen the database");
                 self.failure.report(&e);
-                self.durable = None;
             }
         }
     }
 
-    /// Records the durable revision in the marker file: at the first durable
-    /// write, then at most once a second while writing (only where writes are
-    /// flushed before they are acknowledged), and always after the final flush.
-    fn mark_durable(&mut self, flushed_now: bool) {
-        let (marked, at) = self.marked;
-        let due =
-            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
-        if self.failure.get().is_some() || self.revision <= marked || !due {
-            return;
-        }
-        match write_marker(&self.dir, self.revision) {
-            Ok(()) => self.marked = (self.revision, Instant::now()),
-            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
-        }
-    }
-
     /// Applies a group of transactions as one sled batch (each transaction's
-    /// conditions see the ones before it through `group`), flushes once, then
-    /// answers them all.
+    /// conditions see the ones before it through `group`), asks the flusher to
+    /// make it durable, and answers each with its outcome.
     fn commit_group(&mut self, pending: Vec<Pending>) {
         if pending.is_empty() {
             return;
@@ -929,14 +946,14 @@ impl Writer {
             if !group.chunks.is_empty() {
                 self.cache.forget_members();
             }
-            let written = applied.and_then(|()| {
-                self.recent.replace(std::mem::take(&mut group.chunks));
-                self.revision = group.revision;
-                self.applied.store(group.revision, Ordering::Release);
-                self.flush(tree, self.durability)
-            });
-            if let Err(e) = written {
-                self.failure.report(&e);
+            match applied {
+                Ok(()) => {
+                    self.recent.replace(std::mem::take(&mut group.chunks));
+                    self.revision = group.revision;
+                    self.applied.store(group.revision, Ordering::Release);
+                    self.flush_queue.ask(group.revision, false);
+                }
+                Err(e) => self.failure.report(&e),
             }
         }
         // Nothing of a group is acknowledged once the store has failed.
@@ -947,13 +964,6 @@ impl Writer {
                     *result = Err(e.clone());
                 }
             }
-        }
-        match (&failed, &self.durable) {
-            (None, Some(durable)) => {
-                durable.send_replace(self.revision);
-                self.mark_durable(false);
-            }
-            _ => self.durable = None,
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
@@ -1077,6 +1087,125 @@ impl Writer {
         }
         writer.finish()?;
         Ok(self.revision)
+    }
+}
+
+/// How far the writer has applied, for the flusher.
+#[derive(Default)]
+struct FlushQueue {
+    asked: Mutex<FlushAsk>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct FlushAsk {
+    /// The highest revision applied.
+    applied: u64,
+    /// Set at close: the flusher makes everything durable and stops.
+    closing: bool,
+}
+
+impl FlushQueue {
+    fn ask(&self, applied: u64, closing: bool) {
+        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+        asked.applied = asked.applied.max(applied);
+        asked.closing |= closing;
+        self.wake.notify_one();
+    }
+
+    /// Waits until something applied is not flushed yet, or the store closes.
+    fn wait(&self, flushed: u64) -> FlushAsk {
+        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
+        while asked.applied <= flushed && !asked.closing {
+            asked = self.wake.wait(asked).unwrap_or_else(PoisonError::into_inner);
+        }
+        FlushAsk { applied: asked.applied, closing: asked.closing }
+    }
+}
+
+/// Makes what the writer applied durable, one flush for all it finds
+/// applied, and tells the waiting writes and readers (`durable`).
+struct Flusher {
+    db: Shared,
+    queue: Arc<FlushQueue>,
+    /// Tells readers how far writes are durable; dropped after a failure, so a
+    /// reader waiting for a write that may be lost gets an error, not a hang.
+    durable: Option<watch::Sender<u64>>,
+    durability: Durability,
+    sync_file: Option<File>,
+    data_file: PathBuf,
+    dir: PathBuf,
+    /// The revision last recorded in the marker file as durable, and when.
+    marked: (u64, Instant),
+    failure: Failure,
+    /// The highest revision made durable (or given up on, after a failure).
+    flushed: u64,
+}
+
+impl Flusher {
+    /// Flushes until the store closes; returns the final flush's result.
+    fn run(mut self) -> StoreResult<()> {
+        loop {
+            let asked = self.queue.wait(self.flushed);
+            if asked.closing {
+                return self.final_flush(asked.applied);
+            }
+            if self.failure.get().is_none() {
+                let db = self.db.clone();
+                match db.tree().and_then(|tree| self.flush(&tree, self.durability)) {
+                    Ok(()) => {
+                        if let Some(durable) = &self.durable {
+                            durable.send_replace(asked.applied);
+                        }
+                        self.mark_durable(asked.applied, false);
+                    }
+                    Err(e) => self.failure.report(&e),
+                }
+            }
+            // Nothing applied is acknowledged once the store has failed.
+            if self.failure.get().is_some() {
+                self.durable = None;
+            }
+            self.flushed = asked.applied;
+        }
+    }
+
+    /// The flush at close. After a failed write there is nothing more to make
+    /// durable, and sled may wait forever on its failed log: report the
+    /// failure instead.
+    fn final_flush(&mut self, applied: u64) -> StoreResult<()> {
+        if let Some(failure) = self.failure.get() {
+            self.durable = None;
+            return Err(failure);
+        }
+        let db = self.db.clone();
+        let flushed = db.tree().and_then(|tree| self.flush(&tree, Durability::Fsync));
+        if let Err(e) = &flushed {
+            self.failure.report(e);
+            self.durable = None;
+        }
+        flushed?;
+        if let Some(durable) = &self.durable {
+            durable.send_replace(applied);
+        }
+        self.mark_durable(applied, true);
+        Ok(())
+    }
+
+    /// Records the durable revision in the marker file: at the first durable
+    /// write, then at most once a second while writing (only where writes are
+    /// flushed before they are acknowledged), and always after the final flush.
+    fn mark_durable(&mut self, revision: u64, flushed_now: bool) {
+        let (marked, at) = self.marked;
+        let due =
+            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
+        if self.failure.get().is_some() || revision <= marked || !due {
+            return;
+        }
+        match write_marker(&self.dir, revision) {
+            Ok(()) => self.marked = (revision, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
+        }
     }
 
     fn flush(&mut self, tree: &sled::Db, durability: Durability) -> StoreResult<()> {
