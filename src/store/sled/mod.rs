@@ -9,19 +9,17 @@
 //! Writes go through one writer thread that applies transactions in order and
 //! group-commits: it takes every transaction waiting, checks each one's
 //! conditions against the tree and the transactions before it in the group,
-//! applies the group as one sled batch and answers each with its outcome. A
-//! flusher thread then makes everything applied durable with one flush (sled's
+//! applies the group as one sled batch, answers each with its outcome (what
+//! waits for one write to a record can go on), flushes once (sled's
 //! `flush_async` deadlocks under concurrent awaiting writers, sled #1308) and
-//! tells the waiting writes, while the writer goes on applying the next group:
-//! a write that waited for the one before it (the registry's turn on a record)
-//! need not wait for that one's flush too. A transaction whose conditions fail
-//! writes nothing and does not disturb the rest of its group.
+//! then tells them all that they are durable. A transaction whose conditions
+//! fail writes nothing and does not disturb the rest of its group.
 
 use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -264,23 +262,6 @@ impl SledStore {
         let db = Shared::new(tree);
         let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
         let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
-        let flush_queue = Arc::new(FlushQueue::default());
-        let flusher = Flusher {
-            db: db.clone(),
-            queue: flush_queue.clone(),
-            durable: Some(durable_tx),
-            durability: options.durability,
-            sync_file,
-            data_file,
-            dir: dir.to_path_buf(),
-            marked: (recorded, Instant::now()),
-            failure: failure.clone(),
-            flushed: revision,
-        };
-        let flusher = std::thread::Builder::new()
-            .name("store-flusher".into())
-            .spawn(move || flusher.run())
-            .map_err(|e| StoreError::Storage(format!("cannot start the flusher thread: {e}")))?;
         let writer = Writer {
             db: db.clone(),
             cache: cache.clone(),
@@ -291,9 +272,12 @@ impl SledStore {
             trimmed_at: 0,
             revision,
             applied: applied.clone(),
-            flush_queue,
-            flusher: Some(flusher),
+            durable: Some(durable_tx),
+            durability: options.durability,
+            sync_file,
+            data_file,
             dir: dir.to_path_buf(),
+            marked: (recorded, Instant::now()),
             failure: failure.clone(),
             tails: chunks::Tails::default(),
             recent: chunks::Recent::default(),
@@ -548,10 +532,6 @@ async fn wait_for_durable(mut durable: watch::Receiver<u64>, failure: Failure, r
 }
 
 impl SledStore {
-    fn durable_at(&self, revision: u64) -> impl std::future::Future<Output = StoreResult<()>> + 'static {
-        wait_for_durable(self.durable.clone(), self.failure.clone(), revision)
-    }
-
     /// A read error, reported as the store's failure when it says the disk is
     /// full: sled's reads fail once its log could not be written.
     fn read_error(&self, e: sled::Error) -> StoreError {
@@ -625,7 +605,7 @@ impl Store for SledStore {
     }
 
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
-        Box::pin(self.durable_at(revision))
+        Box::pin(wait_for_durable(self.durable.clone(), self.failure.clone(), revision))
     }
 
     fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>> {
@@ -766,8 +746,8 @@ struct Group {
     bytes: u64,
 }
 
-/// The single writer: applies transactions in arrival order, a group at a
-/// time, and hands what it applied to the [`Flusher`].
+/// The single writer: applies transactions in arrival order and acknowledges them
+/// after one flush per group.
 struct Writer {
     db: Shared,
     cache: Arc<cache::ReadCache>,
@@ -780,11 +760,15 @@ struct Writer {
     trimmed_at: u64,
     revision: u64,
     applied: Arc<AtomicU64>,
-    /// Where the writer tells the flusher how far it applied.
-    flush_queue: Arc<FlushQueue>,
-    /// The flusher thread, joined at close: it answers with the final flush.
-    flusher: Option<JoinHandle<StoreResult<()>>>,
+    /// Tells readers how far writes are durable; dropped after a failure, so a
+    /// reader waiting for a write that may be lost gets an error, not a hang.
+    durable: Option<watch::Sender<u64>>,
+    durability: Durability,
+    sync_file: Option<File>,
+    data_file: PathBuf,
     dir: PathBuf,
+    /// The revision last recorded in the marker file as durable, and when.
+    marked: (u64, Instant),
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
     failure: Failure,
@@ -818,7 +802,7 @@ impl Writer {
                 let _ = reply.send(self.backup(out));
             }
             if let Some(reply) = close {
-                let _ = reply.send(self.stop_flusher());
+                let _ = reply.send(self.final_flush());
                 return;
             }
             if self.checkpoint_bytes > 0 && self.written_since_open >= self.checkpoint_bytes {
@@ -828,19 +812,20 @@ impl Writer {
                 self.trimmed_at = self.written_since_open;
             }
         }
-        let _ = self.stop_flusher();
+        let _ = self.final_flush();
     }
 
-    /// Asks the flusher for the final flush, of everything applied, and
-    /// waits for it.
-    fn stop_flusher(&mut self) -> StoreResult<()> {
-        self.flush_queue.ask(self.revision, true);
-        match self.flusher.take() {
-            Some(flusher) => {
-                flusher.join().unwrap_or_else(|_| Err(StoreError::Storage("the flusher thread panicked".into())))
-            }
-            None => Ok(()),
+    /// The flush at close. After a failed write there is nothing more to make
+    /// durable, and sled may wait forever on its failed log: report the
+    /// failure instead.
+    fn final_flush(&mut self) -> StoreResult<()> {
+        if let Some(failure) = self.failure.get() {
+            return Err(failure);
         }
+        let db = self.db.clone();
+        self.flush(&*db.tree()?, Durability::Fsync)?;
+        self.mark_durable(true);
+        Ok(())
     }
 
     /// Closes and reopens the database between two groups. sled writes a
@@ -886,19 +871,37 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint: cannot reopen the database");
                 self.failure.report(&e);
+                self.durable = None;
             }
         }
     }
 
+    /// Records the durable revision in the marker file: at the first durable
+    /// write, then at most once a second while writing (only where writes are
+    /// flushed before they are acknowledged), and always after the final flush.
+    fn mark_durable(&mut self, flushed_now: bool) {
+        let (marked, at) = self.marked;
+        let due =
+            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
+        if self.failure.get().is_some() || self.revision <= marked || !due {
+            return;
+        }
+        match write_marker(&self.dir, self.revision) {
+            Ok(()) => self.marked = (self.revision, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
+        }
+    }
+
     /// Applies a group of transactions as one sled batch (each transaction's
-    /// conditions see the ones before it through `group`), asks the flusher to
-    /// make it durable, and answers each with its outcome.
+    /// conditions see the ones before it through `group`), answers each with
+    /// its outcome, flushes once, then tells them all they are durable.
     fn commit_group(&mut self, pending: Vec<Pending>) {
         if pending.is_empty() {
             return;
         }
         let db = self.db.clone();
         let tree = db.tree();
+        let durable_before = self.revision;
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
@@ -951,14 +954,13 @@ impl Writer {
                     self.recent.replace(std::mem::take(&mut group.chunks));
                     self.revision = group.revision;
                     self.applied.store(group.revision, Ordering::Release);
-                    self.flush_queue.ask(group.revision, false);
                 }
                 Err(e) => self.failure.report(&e),
             }
         }
-        // Nothing of a group is acknowledged once the store has failed.
-        let failed = self.failure.get();
-        if let Some(e) = &failed {
+        // Nothing of a group is applied once the store has failed; what was
+        // applied waits for the flush below to be durable.
+        if let Some(e) = self.failure.get() {
             for (_, result) in answers.iter_mut() {
                 if matches!(result, Ok(Outcome::Committed { .. })) {
                     *result = Err(e.clone());
@@ -967,6 +969,20 @@ impl Writer {
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
+        }
+        if self.failure.get().is_none()
+            && self.revision > durable_before
+            && let Ok(tree) = &tree
+            && let Err(e) = self.flush(tree, self.durability)
+        {
+            self.failure.report(&e);
+        }
+        match (&self.failure.get(), &self.durable) {
+            (None, Some(durable)) => {
+                durable.send_replace(self.revision);
+                self.mark_durable(false);
+            }
+            _ => self.durable = None,
         }
     }
 
@@ -1087,125 +1103,6 @@ impl Writer {
         }
         writer.finish()?;
         Ok(self.revision)
-    }
-}
-
-/// How far the writer has applied, for the flusher.
-#[derive(Default)]
-struct FlushQueue {
-    asked: Mutex<FlushAsk>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct FlushAsk {
-    /// The highest revision applied.
-    applied: u64,
-    /// Set at close: the flusher makes everything durable and stops.
-    closing: bool,
-}
-
-impl FlushQueue {
-    fn ask(&self, applied: u64, closing: bool) {
-        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
-        asked.applied = asked.applied.max(applied);
-        asked.closing |= closing;
-        self.wake.notify_one();
-    }
-
-    /// Waits until something applied is not flushed yet, or the store closes.
-    fn wait(&self, flushed: u64) -> FlushAsk {
-        let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
-        while asked.applied <= flushed && !asked.closing {
-            asked = self.wake.wait(asked).unwrap_or_else(PoisonError::into_inner);
-        }
-        FlushAsk { applied: asked.applied, closing: asked.closing }
-    }
-}
-
-/// Makes what the writer applied durable, one flush for all it finds
-/// applied, and tells the waiting writes and readers (`durable`).
-struct Flusher {
-    db: Shared,
-    queue: Arc<FlushQueue>,
-    /// Tells readers how far writes are durable; dropped after a failure, so a
-    /// reader waiting for a write that may be lost gets an error, not a hang.
-    durable: Option<watch::Sender<u64>>,
-    durability: Durability,
-    sync_file: Option<File>,
-    data_file: PathBuf,
-    dir: PathBuf,
-    /// The revision last recorded in the marker file as durable, and when.
-    marked: (u64, Instant),
-    failure: Failure,
-    /// The highest revision made durable (or given up on, after a failure).
-    flushed: u64,
-}
-
-impl Flusher {
-    /// Flushes until the store closes; returns the final flush's result.
-    fn run(mut self) -> StoreResult<()> {
-        loop {
-            let asked = self.queue.wait(self.flushed);
-            if asked.closing {
-                return self.final_flush(asked.applied);
-            }
-            if self.failure.get().is_none() {
-                let db = self.db.clone();
-                match db.tree().and_then(|tree| self.flush(&tree, self.durability)) {
-                    Ok(()) => {
-                        if let Some(durable) = &self.durable {
-                            durable.send_replace(asked.applied);
-                        }
-                        self.mark_durable(asked.applied, false);
-                    }
-                    Err(e) => self.failure.report(&e),
-                }
-            }
-            // Nothing applied is acknowledged once the store has failed.
-            if self.failure.get().is_some() {
-                self.durable = None;
-            }
-            self.flushed = asked.applied;
-        }
-    }
-
-    /// The flush at close. After a failed write there is nothing more to make
-    /// durable, and sled may wait forever on its failed log: report the
-    /// failure instead.
-    fn final_flush(&mut self, applied: u64) -> StoreResult<()> {
-        if let Some(failure) = self.failure.get() {
-            self.durable = None;
-            return Err(failure);
-        }
-        let db = self.db.clone();
-        let flushed = db.tree().and_then(|tree| self.flush(&tree, Durability::Fsync));
-        if let Err(e) = &flushed {
-            self.failure.report(e);
-            self.durable = None;
-        }
-        flushed?;
-        if let Some(durable) = &self.durable {
-            durable.send_replace(applied);
-        }
-        self.mark_durable(applied, true);
-        Ok(())
-    }
-
-    /// Records the durable revision in the marker file: at the first durable
-    /// write, then at most once a second while writing (only where writes are
-    /// flushed before they are acknowledged), and always after the final flush.
-    fn mark_durable(&mut self, revision: u64, flushed_now: bool) {
-        let (marked, at) = self.marked;
-        let due =
-            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
-        if self.failure.get().is_some() || revision <= marked || !due {
-            return;
-        }
-        match write_marker(&self.dir, revision) {
-            Ok(()) => self.marked = (revision, Instant::now()),
-            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
-        }
     }
 
     fn flush(&mut self, tree: &sled::Db, durability: Durability) -> StoreResult<()> {
