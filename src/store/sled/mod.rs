@@ -9,11 +9,14 @@
 //! Writes go through one writer thread that applies transactions in order and
 //! group-commits: it takes every transaction waiting, checks each one's
 //! conditions against the tree and the transactions before it in the group,
-//! applies the group as one sled batch, answers each with its outcome (what
-//! waits for one write to a record can go on), flushes once (sled's
-//! `flush_async` deadlocks under concurrent awaiting writers, sled #1308) and
-//! then tells them all that they are durable. A transaction whose conditions
-//! fail writes nothing and does not disturb the rest of its group.
+//! applies the group as one sled batch and answers each with its outcome (what
+//! waits for one write to a record can go on). Before it flushes, it yields
+//! once and takes as a further group what arrived meanwhile (the next write
+//! to a record whose turn a write just passed on), for up to 2 ms; then it
+//! flushes once for them all (sled's `flush_async` deadlocks under concurrent
+//! awaiting writers, sled #1308) and tells them that they are durable. A
+//! transaction whose conditions fail writes nothing and does not disturb the
+//! rest of its group.
 
 use std::fs::File;
 use std::ops::Deref;
@@ -52,8 +55,11 @@ const META_FIRST_CHANGE: &[u8] = b"mfirstchange";
 const USER: u8 = b'k';
 const CHANGE: u8 = b'c';
 
-/// Most transactions applied before one flush.
+/// Most transactions applied as one group.
 const MAX_GROUP: usize = 4096;
+/// Longest the writer goes on applying groups, each sent while the one before
+/// was applied, before it flushes them all.
+const MAX_FLUSH_WAIT: Duration = Duration::from_millis(2);
 
 /// The default for sled's page cache. sled holds more than it counts: at
 /// 1,000,000 agreements, once writes have filled the cache, the server levels
@@ -746,8 +752,9 @@ struct Group {
     bytes: u64,
 }
 
-/// The single writer: applies transactions in arrival order and acknowledges them
-/// after one flush per group.
+/// The single writer: applies transactions in arrival order, a group at a
+/// time, and tells them they are durable after one flush for the groups it
+/// applied in a row.
 struct Writer {
     db: Shared,
     cache: Arc<cache::ReadCache>,
@@ -781,23 +788,37 @@ struct Writer {
 impl Writer {
     fn run(mut self, receiver: mpsc::Receiver<Message>) {
         while let Ok(first) = receiver.recv() {
-            let mut group = Vec::new();
+            let mut next = Some(first);
             let mut close = None;
             let mut backup = None;
-            match first {
-                Message::Write(p) => group.push(p),
-                Message::Close(reply) => close = Some(reply),
-                Message::Backup(out, reply) => backup = Some((out, reply)),
-            }
-            while close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
-                match receiver.try_recv() {
-                    Ok(Message::Write(p)) => group.push(p),
-                    Ok(Message::Close(reply)) => close = Some(reply),
-                    Ok(Message::Backup(out, reply)) => backup = Some((out, reply)),
-                    Err(_) => break,
+            let durable_before = self.revision;
+            let started = Instant::now();
+            // Groups applied before one flush: after each, the writes it
+            // answered get a moment to send what they let go (the next write
+            // to a record they wrote), which then shares the flush.
+            while let Some(first) = next.take() {
+                let mut group = Vec::new();
+                match first {
+                    Message::Write(p) => group.push(p),
+                    Message::Close(reply) => close = Some(reply),
+                    Message::Backup(out, reply) => backup = Some((out, reply)),
                 }
+                while close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
+                    match receiver.try_recv() {
+                        Ok(Message::Write(p)) => group.push(p),
+                        Ok(Message::Close(reply)) => close = Some(reply),
+                        Ok(Message::Backup(out, reply)) => backup = Some((out, reply)),
+                        Err(_) => break,
+                    }
+                }
+                self.apply_group(group);
+                if close.is_some() || backup.is_some() || started.elapsed() >= MAX_FLUSH_WAIT {
+                    break;
+                }
+                std::thread::yield_now();
+                next = receiver.try_recv().ok();
             }
-            self.commit_group(group);
+            self.make_durable(durable_before);
             if let Some((out, reply)) = backup {
                 let _ = reply.send(self.backup(out));
             }
@@ -893,15 +914,14 @@ impl Writer {
     }
 
     /// Applies a group of transactions as one sled batch (each transaction's
-    /// conditions see the ones before it through `group`), answers each with
-    /// its outcome, flushes once, then tells them all they are durable.
-    fn commit_group(&mut self, pending: Vec<Pending>) {
+    /// conditions see the ones before it through `group`) and answers each
+    /// with its outcome; `make_durable` then tells them when they are durable.
+    fn apply_group(&mut self, pending: Vec<Pending>) {
         if pending.is_empty() {
             return;
         }
         let db = self.db.clone();
         let tree = db.tree();
-        let durable_before = self.revision;
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
@@ -970,10 +990,16 @@ impl Writer {
         for (reply, result) in answers {
             let _ = reply.send(result);
         }
+    }
+
+    /// Flushes what was applied since `durable_before`, once, and tells the
+    /// writes waiting for it.
+    fn make_durable(&mut self, durable_before: u64) {
+        if self.revision == durable_before && self.failure.get().is_none() {
+            return;
+        }
         if self.failure.get().is_none()
-            && self.revision > durable_before
-            && let Ok(tree) = &tree
-            && let Err(e) = self.flush(tree, self.durability)
+            && let Err(e) = self.db.clone().tree().and_then(|tree| self.flush(&tree, self.durability))
         {
             self.failure.report(&e);
         }
