@@ -316,6 +316,9 @@ struct Run {
     /// Calls the server itself counted in the run, warm-up included (h2load's
     /// `calls` leaves the warm-up out).
     server_calls: f64,
+    /// For writes: the writes that shared each durable sync (the server's
+    /// calls over its flushes, or etcd's over its WAL fsyncs), warm-up included.
+    writes_per_sync: Option<f64>,
 }
 
 impl Run {
@@ -387,6 +390,7 @@ fn h2load(server: &Server, path: &str, body: &Path, clients: u32, streams: u32, 
         p99_us: quantile(0.99),
         cpu_us: cpu,
         server_calls: 0.0,
+        writes_per_sync: None,
     }
 }
 
@@ -642,6 +646,15 @@ enum Check {
     EtcdWrite,
 }
 
+/// The durable syncs in a metrics scrape: the registry's flushes, or etcd's
+/// WAL fsyncs.
+fn syncs(scrape: &BTreeMap<String, f64>) -> f64 {
+    ["cooperation_registry_store_flushes_total", "etcd_disk_wal_fsync_duration_seconds_count"]
+        .iter()
+        .filter_map(|name| scrape.get(*name))
+        .sum()
+}
+
 /// The store's checkpoints in a metrics scrape: how many, and how long the
 /// last one held calls (seconds).
 fn checkpoints(scrape: &BTreeMap<String, f64>) -> (f64, f64) {
@@ -859,6 +872,10 @@ async fn compare() {
                 let cancelled = counted_after.1 - counted_before.1;
                 let other = counted_after.2 - counted_before.2;
                 run.server_calls = ok + cancelled + other;
+                if matches!(target.check, Check::RegistryWrite | Check::EtcdWrite) {
+                    let synced = syncs(&scraped_after) - syncs(&scraped_before);
+                    run.writes_per_sync = Some(run.server_calls / synced.max(1.0));
+                }
                 if other > 0.0 || cancelled > (c * m) as f64 || ok < run.calls as f64 || run.failed > 0 {
                     panic!(
                         "{} at c{c}/m{m}: the server answered {ok} OK, {cancelled} cancelled and {other} otherwise \
@@ -951,6 +968,23 @@ async fn compare() {
                 mid(|r| r.cpu_us_per_call()),
             );
         }
+    }
+    let _ = writeln!(
+        table,
+        "\nWrites that shared one durable sync (median; the registry's flushes, etcd's WAL fsyncs):\n\n| target | {} |\n|---|{}",
+        shapes.map(|(c, m)| format!("c{c}/m{m}")).join(" | "),
+        "---|".repeat(shapes.len())
+    );
+    for (t, target) in targets.iter().enumerate() {
+        if !matches!(target.check, Check::RegistryWrite | Check::EtcdWrite) {
+            continue;
+        }
+        let per_shape = (0..shapes.len()).map(|s| {
+            let mut v: Vec<f64> = results[&(s, t)].iter().filter_map(|r| r.writes_per_sync).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            format!("{:.1}", v[v.len() / 2])
+        });
+        let _ = writeln!(table, "| {} | {} |", target.name, per_shape.collect::<Vec<_>>().join(" | "));
     }
     let _ = writeln!(
         table,

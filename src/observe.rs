@@ -58,6 +58,7 @@ const STORE_BYTES: &str = "cooperation_registry_store_bytes";
 const WATCHERS: &str = "cooperation_registry_watchers";
 const CHECKPOINTS: &str = "cooperation_registry_checkpoints_total";
 const LAST_CHECKPOINT_SECONDS: &str = "cooperation_registry_last_checkpoint_seconds";
+const STORE_FLUSHES: &str = "cooperation_registry_store_flushes_total";
 const READ_CACHE_HITS: &str = "cooperation_registry_read_cache_hits_total";
 const READ_CACHE_MISSES: &str = "cooperation_registry_read_cache_misses_total";
 const READ_CACHE_BYTES: &str = "cooperation_registry_read_cache_bytes";
@@ -93,6 +94,12 @@ fn recorder() -> Result<&'static PrometheusHandle, String> {
                     LAST_CHECKPOINT_SECONDS,
                     metrics::Unit::Seconds,
                     "How long the last checkpoint held calls (0 before the first)."
+                );
+                metrics::describe_counter!(
+                    STORE_FLUSHES,
+                    "Flushes of the store that writes waited for to be durable (with --durability fsync, each \
+                     with an fdatasync) since the server started; the revision's rise over this is the writes \
+                     that shared each."
                 );
                 metrics::describe_counter!(
                     READ_CACHE_HITS,
@@ -187,6 +194,7 @@ fn scrape<B>(
     let checkpoints = registry.checkpoints();
     metrics::counter!(CHECKPOINTS).absolute(checkpoints.count);
     metrics::gauge!(LAST_CHECKPOINT_SECONDS).set(checkpoints.last_seconds);
+    metrics::counter!(STORE_FLUSHES).absolute(registry.store_flushes());
     let read_cache = registry.read_cache();
     metrics::counter!(READ_CACHE_HITS).absolute(read_cache.hits);
     metrics::counter!(READ_CACHE_MISSES).absolute(read_cache.misses);

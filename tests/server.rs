@@ -245,6 +245,9 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     assert!(metric(&body, "cooperation_registry_read_cache_hits_total ").unwrap() >= 2.0, "{body}");
     assert!(metric(&body, "cooperation_registry_read_cache_misses_total ").unwrap() >= 1.0, "{body}");
     assert!(metric(&body, "cooperation_registry_read_cache_bytes ").unwrap() > 0.0, "{body}");
+    // Each write waited for a flush, and no flush was made for nothing.
+    let flushes = metric(&body, "cooperation_registry_store_flushes_total ").unwrap();
+    assert!(flushes >= 1.0 && flushes <= server.registry.revision() as f64, "{body}");
     // The open watch is a call in flight.
     assert!(metric(&body, "grpc_server_calls_in_flight ").unwrap() >= 1.0, "{body}");
     assert!(body.contains("# HELP grpc_server_handled_total"), "{body}");

@@ -432,6 +432,11 @@ impl Registry {
         self.store.read_cache()
     }
 
+    /// The flushes the store's writes waited for.
+    pub fn store_flushes(&self) -> u64 {
+        self.store.flushes()
+    }
+
     /// Ends every watcher (with UNAVAILABLE and the revision to resume from),
     /// so a graceful shutdown need not wait for open streams.
     pub fn begin_shutdown(&self) {

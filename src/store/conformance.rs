@@ -361,6 +361,41 @@ async fn sled_store_keeps_data_and_revision_across_reopen() {
     }
 }
 
+/// A write waited for answers after its own flush; writes that wait
+/// together share one; a store that does not wait does not flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_counts_the_flushes_writes_wait_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+    let opened = store.flushes();
+    for i in 0..10 {
+        commit(&*store, txn(vec![put(&format!("one/{i}"), "v")], vec![])).await;
+    }
+    assert_eq!(store.flushes() - opened, 10, "one flush for each write waited for in turn");
+    let before = (store.flushes(), store.revision());
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit(txn(vec![put(&format!("many/{i}"), "v")], vec![])).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let flushed = store.flushes() - before.0;
+    assert_eq!(store.revision() - before.1, 64);
+    assert!((1..=64).contains(&flushed), "{flushed} flushes for 64 writes");
+    store.close().unwrap();
+    drop(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+    let store = SledStore::open(dir.path(), options).unwrap();
+    commit(&store, txn(vec![put("k", "v")], vec![])).await;
+    assert_eq!(store.flushes(), 0);
+    store.close().unwrap();
+}
+
 #[test]
 fn sled_store_refuses_foreign_newer_and_locked_dirs() {
     // A sled database written by another program.

@@ -296,6 +296,14 @@ pub trait Store: Send + Sync + 'static {
         Checkpoints::default()
     }
 
+    /// The flushes writes waited for to be durable since the store was
+    /// opened: each covers every write applied before it, so committed
+    /// writes over flushes tells how well writes share them (0 for an engine
+    /// that never flushes).
+    fn flushes(&self) -> u64 {
+        0
+    }
+
     /// How its read cache does (all zero for an engine without one).
     fn read_cache(&self) -> ReadCacheStats {
         ReadCacheStats::default()

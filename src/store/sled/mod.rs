@@ -219,6 +219,8 @@ pub struct SledStore {
     cache: Arc<cache::ReadCache>,
     /// Written by the writer at each checkpoint.
     checkpoints: Arc<Mutex<Checkpoints>>,
+    /// Counted by the writer.
+    flushes: Arc<AtomicU64>,
     applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
     /// Shared with the writer: a read that finds the disk full reports it too.
@@ -267,11 +269,13 @@ impl SledStore {
         let (sender, receiver) = mpsc::channel();
         let db = Shared::new(tree);
         let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
+        let flushes = Arc::new(AtomicU64::new(0));
         let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
         let writer = Writer {
             db: db.clone(),
             cache: cache.clone(),
             checkpoints: checkpoints.clone(),
+            flushes: flushes.clone(),
             cache_capacity: options.cache_capacity,
             checkpoint_bytes: options.checkpoint_bytes,
             written_since_open: 0,
@@ -296,6 +300,7 @@ impl SledStore {
             db,
             cache,
             checkpoints,
+            flushes,
             applied,
             durable,
             failure,
@@ -610,6 +615,10 @@ impl Store for SledStore {
         self.cache.stats()
     }
 
+    fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
         Box::pin(wait_for_durable(self.durable.clone(), self.failure.clone(), revision))
     }
@@ -759,6 +768,7 @@ struct Writer {
     db: Shared,
     cache: Arc<cache::ReadCache>,
     checkpoints: Arc<Mutex<Checkpoints>>,
+    flushes: Arc<AtomicU64>,
     cache_capacity: u64,
     checkpoint_bytes: u64,
     /// Bytes of keys and values written since the database was last opened.
@@ -1144,6 +1154,7 @@ impl Writer {
                 file.sync_data().map_err(|e| io_error("fsync failed", &e))?;
             }
         }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }
