@@ -1058,8 +1058,9 @@ impl Registry {
     /// enough of them (the benchmark's 256 updates of one agreement) some ran
     /// out of attempts with ABORTED; in turn, each commits at its first attempt.
     /// A turn ends once the write is applied, not once it is durable: the next
-    /// write to the record is applied while this one is flushed, and the two
-    /// share a flush (one at a time, each waited for a flush of its own).
+    /// write to the record is planned while this one is flushed, or sooner, and
+    /// shares its flush when it reaches the store's writer in time (when turns
+    /// lasted until durable, each write to a record had a flush of its own).
     fn record_lock(&self, name: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);

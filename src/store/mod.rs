@@ -251,9 +251,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the conditions and applies the writes and the change-log entry as
     /// one atomic step at the next revision; resolves once reads see it, which
-    /// may be before it is durable ([`Store::wait_durable`] tells). A writer
-    /// that holds others back until its write is in (the registry's turn on a
-    /// record) lets them go here, so the next write to the record can be
+    /// may be before it is durable (the returned future, like
+    /// [`Store::wait_durable`], tells). A caller that holds other writes back
+    /// until its own is in can let them go here, so the next one can be
     /// applied while this one is still being made durable.
     fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>>;
 
