@@ -11,12 +11,12 @@
 //! conditions against the tree and the transactions before it in the group,
 //! applies the group as one sled batch and answers each with its outcome (what
 //! waits for one write to a record can go on). Before it flushes, it yields
-//! once and takes as a further group what arrived meanwhile (the next write
-//! to a record whose turn a write just passed on), for up to 2 ms; then it
-//! flushes once for them all (sled's `flush_async` deadlocks under concurrent
-//! awaiting writers, sled #1308) and tells them that they are durable. A
-//! transaction whose conditions fail writes nothing and does not disturb the
-//! rest of its group.
+//! once and takes as a further group what arrived meanwhile (the next write to
+//! a record whose turn a write just passed on), for up to `MAX_FLUSH_WAIT`;
+//! then it flushes once for them all (sled's `flush_async` deadlocks under
+//! concurrent awaiting writers, sled #1308) and tells them that they are
+//! durable. A transaction whose conditions fail writes nothing and does not
+//! disturb the rest of its group.
 
 use std::fs::File;
 use std::ops::Deref;
@@ -989,7 +989,7 @@ impl Writer {
             }
         }
         // Nothing of a group is applied once the store has failed; what was
-        // applied waits for the flush below to be durable.
+        // applied waits for `make_durable`'s flush to be durable.
         if let Some(e) = self.failure.get() {
             for (_, result) in answers.iter_mut() {
                 if matches!(result, Ok(Outcome::Committed { .. })) {
