@@ -137,34 +137,30 @@ impl Shared {
 
 /// Bytes written between two hand-backs of freed memory by the writer.
 /// sled copies a node for each change to it, and the freed copies stayed with
-/// glibc: under sustained creates at 1,000,000 agreements the server rose to
-/// 324 MiB before a checkpoint, and to 295 with this. A hand-back takes 1–8
+/// the allocator (then glibc): under sustained creates at 1,000,000
+/// agreements the server rose to 324 MiB before a checkpoint, and to 295 with
+/// this. A hand-back takes 1–8
 /// ms of the writer's time, about every 2 s at the highest write rate.
 const TRIM_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Hands the memory the closed database freed back to the operating system.
-/// glibc keeps freed memory for reuse in its per-thread arenas, and the new
-/// database did not reuse what the old one freed: without this, under
+/// An allocator keeps freed memory for reuse, and the new database did not
+/// reuse what the old one freed: without this (then with glibc), under
 /// sustained writes at 1,000,000 agreements the server peaked at 362 MiB with
 /// a checkpoint every 128 MiB (340 without checkpoints; 288 with this). A
 /// checkpoint calls it before the reopen as well: the reopen's own allocations
-/// came on top of the old database's freed memory, a peak of 372 MiB where
-/// one-second samples never passed 312 (321–327 with this; ninth session).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// came on top of the old database's freed memory.
 fn release_freed_memory() {
     unsafe extern "C" {
-        /// glibc: returns free memory at the top of the heap and free whole
-        /// pages inside every arena to the system; 1 if it released any.
-        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        /// mimalloc (the global allocator, see the crate root): returns the
+        /// memory it holds free, and frees what other threads handed back.
+        fn mi_collect(force: bool);
     }
-    // SAFETY: malloc_trim takes no pointers and only returns free memory.
+    // SAFETY: mi_collect takes no pointers and only returns free memory.
     unsafe {
-        malloc_trim(0);
+        mi_collect(true);
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_freed_memory() {}
 
 /// Opens sled's database in `dir`: at the start, and again at each checkpoint.
 /// sled replays here what was logged since it last opened the directory, then
