@@ -646,6 +646,19 @@ enum Check {
     EtcdWrite,
 }
 
+/// The values in ascending order.
+fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(|a, b| a.total_cmp(b));
+    values
+}
+
+/// The median of the repetitions' values (the upper one of an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let values = sorted(values);
+    values[values.len() / 2]
+}
+
 /// The durable syncs in a metrics scrape: the registry's flushes, or etcd's
 /// WAL fsyncs.
 fn syncs(scrape: &BTreeMap<String, f64>) -> f64 {
@@ -936,8 +949,7 @@ async fn compare() {
         "| shape | target | rate min | rate median | p50 µs | p99 µs | CPU µs/call | / ceiling | / etcd |\n|---|---|---|---|---|---|---|---|---|"
     );
     let median_rate = |s: usize, t: usize| {
-        let mut rates: Vec<f64> = results[&(s, t)].iter().map(|r| r.rate).collect();
-        rates.sort_by(|a, b| a.total_cmp(b));
+        let rates = sorted(results[&(s, t)].iter().map(|r| r.rate));
         (rates[0], rates[rates.len() / 2])
     };
     let etcd_index = |name: &str| targets.iter().position(|t| t.name.starts_with(name));
@@ -945,23 +957,19 @@ async fn compare() {
         let ceiling = median_rate(s, 0).1;
         for (t, target) in targets.iter().enumerate() {
             let runs = &results[&(s, t)];
-            let (min, median) = median_rate(s, t);
-            let mid = |f: fn(&Run) -> f64| {
-                let mut v: Vec<f64> = runs.iter().map(f).collect();
-                v.sort_by(|a, b| a.total_cmp(b));
-                v[v.len() / 2]
-            };
+            let (min, rate) = median_rate(s, t);
+            let mid = |f: fn(&Run) -> f64| median(runs.iter().map(f));
             let peer = match target.name {
                 "GetAgreement" => etcd_index("etcd Range"),
                 n if n.starts_with("CreateAgreement") || n.starts_with("UpdateAgreement") => etcd_index("etcd Put"),
                 _ => None,
             };
-            let versus_etcd = peer.map(|p| format!("{:.2}", median / median_rate(s, p).1)).unwrap_or_default();
+            let versus_etcd = peer.map(|p| format!("{:.2}", rate / median_rate(s, p).1)).unwrap_or_default();
             let versus_ceiling =
-                if target.peer == Peer::Registry && t > 0 { format!("{:.2}", median / ceiling) } else { String::new() };
+                if target.peer == Peer::Registry && t > 0 { format!("{:.2}", rate / ceiling) } else { String::new() };
             let _ = writeln!(
                 table,
-                "| c{c}/m{m} | {} | {min:.0} | {median:.0} | {:.0} | {:.0} | {:.1} | {versus_ceiling} | {versus_etcd} |",
+                "| c{c}/m{m} | {} | {min:.0} | {rate:.0} | {:.0} | {:.0} | {:.1} | {versus_ceiling} | {versus_etcd} |",
                 target.name,
                 mid(|r| r.p50_us as f64),
                 mid(|r| r.p99_us as f64),
@@ -979,11 +987,8 @@ async fn compare() {
         if !matches!(target.check, Check::RegistryWrite | Check::EtcdWrite) {
             continue;
         }
-        let per_shape = (0..shapes.len()).map(|s| {
-            let mut v: Vec<f64> = results[&(s, t)].iter().filter_map(|r| r.writes_per_sync).collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            format!("{:.1}", v[v.len() / 2])
-        });
+        let per_shape = (0..shapes.len())
+            .map(|s| format!("{:.1}", median(results[&(s, t)].iter().filter_map(|r| r.writes_per_sync))));
         let _ = writeln!(table, "| {} | {} |", target.name, per_shape.collect::<Vec<_>>().join(" | "));
     }
     let _ = writeln!(

@@ -786,17 +786,15 @@ impl Writer {
             // to a record they wrote), which then shares the flush.
             while let Some(first) = next.take() {
                 let mut group = Vec::new();
-                match first {
-                    Message::Write(p) => group.push(p),
-                    Message::Close(reply) => close = Some(reply),
-                    Message::Backup(out, reply) => backup = Some((out, reply)),
-                }
-                while close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
-                    match receiver.try_recv() {
-                        Ok(Message::Write(p)) => group.push(p),
-                        Ok(Message::Close(reply)) => close = Some(reply),
-                        Ok(Message::Backup(out, reply)) => backup = Some((out, reply)),
-                        Err(_) => break,
+                let mut message = Some(first);
+                while let Some(taken) = message.take() {
+                    match taken {
+                        Message::Write(p) => group.push(p),
+                        Message::Close(reply) => close = Some(reply),
+                        Message::Backup(out, reply) => backup = Some((out, reply)),
+                    }
+                    if close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
+                        message = receiver.try_recv().ok();
                     }
                 }
                 self.apply_group(group);
