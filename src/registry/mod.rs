@@ -196,6 +196,21 @@ pub struct Registry {
 /// Locks writes to records are spread over (a name always maps to the same one).
 const RECORD_LOCKS: usize = 1024;
 
+/// Whether a write waits for its turn at the record (see `record_lock`).
+/// Turns keep writes to one record from planning against the same read and
+/// failing each other's conditions; a record's conditions are what keep it
+/// right either way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    Take,
+    /// The record's name was generated for this write: no other can be
+    /// waiting for it. Waiting anyway cost creates more than a turn: turns
+    /// are shared by hash, so a create could wait behind an unrelated one and
+    /// reach the store after creates with later ids, and an id out of order
+    /// costs the store a search and a split in every index set it joins.
+    Unneeded,
+}
+
 /// A change planned from one read of the store.
 struct Planned<R> {
     record: R,
@@ -883,6 +898,9 @@ impl Registry {
     pub async fn create<R: Resource>(&self, id: &str, resource: R, mutation: &Mutation) -> Result<R> {
         let kind = R::KIND;
         let mut violations = Violations::new();
+        // A name the server generates here is one no other request can know
+        // yet: its create need not wait for a turn (see `Turn`).
+        let turn = if id.is_empty() { Turn::Unneeded } else { Turn::Take };
         let id = if id.is_empty() {
             kind.generate_id()
         } else {
@@ -901,7 +919,7 @@ impl Registry {
         // it back from its validated encoding.
         let mut first = Some(record);
 
-        self.mutate(&name, mutation, || {
+        self.mutate(&name, turn, mutation, || {
             let mut violations = violations.clone();
             let mut conditions = vec![Condition::ModRevision { key: record_key(&name), equals: 0 }];
             self.check_targets(&checked.references, &mut violations, &mut conditions)?;
@@ -935,7 +953,7 @@ impl Registry {
         Self::check_name::<R>(&name, &format!("{}.name", kind.singular))?;
         let patch = without_output_only(resource)?;
 
-        self.mutate(&name, mutation, || {
+        self.mutate(&name, Turn::Take, mutation, || {
             let entry = self.read_entry::<R>(&name)?;
             let (stored, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
             if stored.delete_time().is_some() {
@@ -965,7 +983,7 @@ impl Registry {
 
     pub async fn delete<R: Resource>(&self, name: &str, etag: &str, mutation: &Mutation) -> Result<R> {
         Self::check_name::<R>(name, "name")?;
-        self.mutate(name, mutation, || {
+        self.mutate(name, Turn::Take, mutation, || {
             let (mut record, revision) = self.read::<R>(name)?;
             if record.delete_time().is_some() {
                 return Err(deleted_error(name, "delete"));
@@ -1013,7 +1031,7 @@ impl Registry {
 
     pub async fn undelete<R: Resource>(&self, name: &str, etag: &str, mutation: &Mutation) -> Result<R> {
         Self::check_name::<R>(name, "name")?;
-        self.mutate(name, mutation, || {
+        self.mutate(name, Turn::Take, mutation, || {
             let (mut record, revision) = self.read::<R>(name)?;
             if record.delete_time().is_none() {
                 return Err(Error::FailedPrecondition {
@@ -1069,10 +1087,11 @@ impl Registry {
 
     /// Runs `plan` against a fresh read and commits its writes, the record, the
     /// change-log entry and the request entry as one transaction, until it
-    /// commits or `plan` fails. Writes to `name` take turns.
+    /// commits or `plan` fails. Writes to `name` take turns unless `turn` says none is needed.
     async fn mutate<R: Resource>(
         &self,
         name: &str,
+        turn: Turn,
         mutation: &Mutation,
         mut plan: impl FnMut() -> Result<Planned<R>>,
     ) -> Result<R> {
@@ -1082,7 +1101,10 @@ impl Registry {
                 format!("must be a UUID such as 123e4567-e89b-12d3-a456-426614174000 (got {:?})", mutation.request_id),
             ));
         }
-        let turn = self.record_lock(name).lock().await;
+        let turn = match turn {
+            Turn::Take => Some(self.record_lock(name).lock().await),
+            Turn::Unneeded => None,
+        };
         for _ in 0..MAX_ATTEMPTS {
             if let Some(answer) = self.previous_answer::<R>(mutation).await? {
                 return Ok(answer);
@@ -1572,5 +1594,46 @@ mod tests {
         let stored: Agreement = registry.get("agreements/a1", None).await.unwrap();
         assert_eq!(store.revision(), before + 2);
         assert!(["First title", "Second title"].contains(&stored.title.as_str()), "{}", stored.title);
+    }
+
+    /// A create whose id the server generates waits for no turn (no other
+    /// write can know its name), so creates reach the store in the order of
+    /// their ids; one that names its id waits for the turn its name maps to.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_create_with_a_generated_id_waits_for_no_turn() {
+        let registry = Arc::new(Registry::open(Arc::new(MemoryStore::new())).await.unwrap());
+        let mutation = Mutation {
+            actor: ANONYMOUS.into(),
+            request_id: String::new(),
+            method: "CreateAgreement",
+            fingerprint: 0,
+            deadline: None,
+        };
+        let sent = Agreement {
+            title: "Reciprocal provision of supplies and services".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            instrument_type: 1,
+            ..Default::default()
+        };
+        // Every turn is taken, as by writes to other records in flight.
+        let mut turns = Vec::new();
+        for lock in registry.record_locks.iter() {
+            turns.push(lock.lock().await);
+        }
+        let within = std::time::Duration::from_secs(10);
+        let generated = tokio::time::timeout(within, registry.create("", sent.clone(), &mutation))
+            .await
+            .expect("a create with a generated id waited for a turn")
+            .unwrap();
+        assert!(generated.name.starts_with("agreements/a"), "{}", generated.name);
+        let named = {
+            let registry = registry.clone();
+            let mutation = mutation.clone();
+            tokio::spawn(async move { registry.create("a1", sent, &mutation).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!named.is_finished(), "a create that names its id waits for its turn");
+        drop(turns);
+        assert_eq!(named.await.unwrap().unwrap().name, "agreements/a1");
     }
 }
