@@ -200,14 +200,13 @@ const RECORD_LOCKS: usize = 1024;
 /// Turns keep writes to one record from planning against the same read and
 /// failing each other's conditions; a record's conditions are what keep it
 /// right either way.
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Turn {
     Take,
     /// The record's name was generated for this write: no other can be
-    /// waiting for it. Waiting anyway cost creates more than a turn: turns
-    /// are shared by hash, so a create could wait behind an unrelated one and
-    /// reach the store after creates with later ids, and an id out of order
-    /// costs the store a search and a split in every index set it joins.
+    /// waiting for it. Waiting anyway was costly: turns are shared by hash,
+    /// so a create could wait behind an unrelated one and reach the store
+    /// after creates with later ids, and an id out of order costs the store
+    /// a search and a split in every index set it joins.
     Unneeded,
 }
 
@@ -898,8 +897,7 @@ impl Registry {
     pub async fn create<R: Resource>(&self, id: &str, resource: R, mutation: &Mutation) -> Result<R> {
         let kind = R::KIND;
         let mut violations = Violations::new();
-        // A name the server generates here is one no other request can know
-        // yet: its create need not wait for a turn (see `Turn`).
+        // See `Turn::Unneeded`.
         let turn = if id.is_empty() { Turn::Unneeded } else { Turn::Take };
         let id = if id.is_empty() {
             kind.generate_id()
