@@ -1308,6 +1308,21 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use prost_reflect::ReflectMessage;
 
+    /// A write by the anonymous caller, without a request id or deadline.
+    fn anonymous(method: &'static str) -> Mutation {
+        Mutation { actor: ANONYMOUS.into(), request_id: String::new(), method, fingerprint: 0, deadline: None }
+    }
+
+    /// A bilateral agreement between India and Japan, as a client sends it.
+    fn india_japan() -> Agreement {
+        Agreement {
+            title: "Reciprocal provision of supplies and services".into(),
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            instrument_type: 1,
+            ..Default::default()
+        }
+    }
+
     /// A data dir of schema 2, whose index and reference entries were keys,
     /// is upgraded when opened: the old keys go, and the sets answer Lists
     /// and keep a referenced party from being deleted.
@@ -1351,13 +1366,7 @@ mod tests {
         assert_eq!(page.items.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["agreements/a1"]);
         let query = ListQuery { filter: "kind = STATE".into(), page_size: 1000, ..Default::default() };
         assert!(registry.list::<Party>(&query).await.unwrap().items.len() > 200, "the seeded parties' sets too");
-        let mutation = Mutation {
-            actor: ANONYMOUS.into(),
-            request_id: String::new(),
-            method: "DeleteParty",
-            fingerprint: 0,
-            deadline: None,
-        };
+        let mutation = anonymous("DeleteParty");
         let refused = registry.delete::<Party>("parties/ind", "", &mutation).await.unwrap_err();
         assert!(
             matches!(refused, Error::FailedPrecondition { ref reason, .. } if reason == "RESOURCE_REFERENCED"),
@@ -1522,13 +1531,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let mutation = Mutation {
-            actor: ANONYMOUS.into(),
-            request_id: String::new(),
-            method: "CreateAgreement",
-            fingerprint: 0,
-            deadline: None,
-        };
+        let mutation = anonymous("CreateAgreement");
         store.refusals.store(2, std::sync::atomic::Ordering::SeqCst);
         let created = registry.create("a1", sent.clone(), &mutation).await.unwrap();
         assert_eq!(store.refusals.load(std::sync::atomic::Ordering::SeqCst), 0, "two attempts lost");
@@ -1551,19 +1554,8 @@ mod tests {
     async fn the_next_write_to_a_record_is_applied_while_the_one_before_is_made_durable() {
         let store = Arc::new(Contended::new());
         let registry = Arc::new(Registry::open(store.clone()).await.unwrap());
-        let mutation = Mutation {
-            actor: ANONYMOUS.into(),
-            request_id: String::new(),
-            method: "UpdateAgreement",
-            fingerprint: 0,
-            deadline: None,
-        };
-        let sent = Agreement {
-            title: "Reciprocal provision of supplies and services".into(),
-            parties: vec!["parties/ind".into(), "parties/jpn".into()],
-            instrument_type: 1,
-            ..Default::default()
-        };
+        let mutation = anonymous("UpdateAgreement");
+        let sent = india_japan();
         let created = registry.create("a1", sent, &mutation).await.unwrap();
         let before = store.revision();
         store.durable_gate.send_replace(false);
@@ -1600,19 +1592,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_create_with_a_generated_id_waits_for_no_turn() {
         let registry = Arc::new(Registry::open(Arc::new(MemoryStore::new())).await.unwrap());
-        let mutation = Mutation {
-            actor: ANONYMOUS.into(),
-            request_id: String::new(),
-            method: "CreateAgreement",
-            fingerprint: 0,
-            deadline: None,
-        };
-        let sent = Agreement {
-            title: "Reciprocal provision of supplies and services".into(),
-            parties: vec!["parties/ind".into(), "parties/jpn".into()],
-            instrument_type: 1,
-            ..Default::default()
-        };
+        let mutation = anonymous("CreateAgreement");
+        let sent = india_japan();
         // Every turn is taken, as by writes to other records in flight.
         let mut turns = Vec::new();
         for lock in registry.record_locks.iter() {
