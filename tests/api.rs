@@ -361,6 +361,33 @@ async fn request_id_retries_get_the_first_answer() {
     server.stop().await;
 }
 
+/// Retries of one request sent at once, each with an id the server generates
+/// (so they wait for no turn at a record), still create one record, and each
+/// answers with it.
+#[tokio::test]
+async fn concurrent_retries_of_a_request_create_one_record() {
+    let server = TestServer::start().await;
+    let request = v1::CreateAgreementRequest {
+        agreement_id: String::new(),
+        agreement: Some(agreement("Sent sixteen times at once")),
+        request_id: "0b6f3d2a-8c1e-4f5a-9d7b-2e4c6a8f0b1d".to_string(),
+    };
+    let retries: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = server.agreements();
+            let request = request.clone();
+            tokio::spawn(async move { client.create_agreement(request).await.map(|r| r.into_inner()) })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for retry in retries {
+        answers.push(retry.await.unwrap().unwrap());
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]), "every retry answers with the one record");
+    assert_eq!(count_agreements(&server, true).await, 1);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn references_must_exist_and_block_deletion() {
     let server = TestServer::start().await;
