@@ -653,10 +653,14 @@ fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
     values
 }
 
-/// The median of the repetitions' values (the upper one of an even count).
+/// The middle of values in ascending order (the upper one of an even count).
+fn middle(sorted: &[f64]) -> f64 {
+    sorted[sorted.len() / 2]
+}
+
+/// The median of the repetitions' values.
 fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let values = sorted(values);
-    values[values.len() / 2]
+    middle(&sorted(values))
 }
 
 /// The durable syncs in a metrics scrape: the registry's flushes, or etcd's
@@ -950,7 +954,7 @@ async fn compare() {
     );
     let median_rate = |s: usize, t: usize| {
         let rates = sorted(results[&(s, t)].iter().map(|r| r.rate));
-        (rates[0], rates[rates.len() / 2])
+        (rates[0], middle(&rates))
     };
     let etcd_index = |name: &str| targets.iter().position(|t| t.name.starts_with(name));
     for (s, &(c, m)) in shapes.iter().enumerate() {

@@ -65,6 +65,13 @@ impl<T> Coalesced<T> {
     }
 }
 
+impl<T> Coalesced<T> {
+    /// Bytes buffered and not yet written.
+    fn unsent(&self) -> usize {
+        self.pending.len() - self.sent
+    }
+}
+
 impl<T: AsyncWrite + Unpin> Coalesced<T> {
     /// Writes out everything buffered.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -99,15 +106,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let total: usize = slices.iter().map(|s| s.len()).sum();
-        let unsent = this.pending.len() - this.sent;
-        if unsent + total > WRITE_THROUGH {
+        if this.unsent() + total > WRITE_THROUGH {
             ready!(this.poll_drain(cx))?;
             if total >= WRITE_THROUGH {
                 return Pin::new(&mut this.io).poll_write_vectored(cx, slices);
             }
         }
-        let unsent = this.pending.len() - this.sent;
-        if this.pending.len() + total > this.pending.capacity() && unsent + total > RETAINED_CAPACITY {
+        if this.pending.len() + total > this.pending.capacity() && this.unsent() + total > RETAINED_CAPACITY {
             // A large response (a List page): room for all that may gather
             // before the next write at once, rather than doubling the buffer
             // (each doubling copies it) and starting over after every write.

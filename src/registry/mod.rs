@@ -897,15 +897,14 @@ impl Registry {
     pub async fn create<R: Resource>(&self, id: &str, resource: R, mutation: &Mutation) -> Result<R> {
         let kind = R::KIND;
         let mut violations = Violations::new();
-        // See `Turn::Unneeded`.
-        let turn = if id.is_empty() { Turn::Unneeded } else { Turn::Take };
-        let id = if id.is_empty() {
-            kind.generate_id()
+        // A name generated here needs no turn (see `Turn::Unneeded`).
+        let (id, turn) = if id.is_empty() {
+            (kind.generate_id(), Turn::Unneeded)
         } else {
             if let Err(e) = resource::check_id(id) {
                 violations.add(format!("{}_id", kind.singular), e);
             }
-            id.to_string()
+            (id.to_string(), Turn::Take)
         };
         let name = kind.name_of(&id);
         let mut record = without_output_only(resource)?;
