@@ -22,6 +22,12 @@
 //!   the p99 of admitted calls (from the server's own latency histogram) and
 //!   the server's memory before, at peak and after.
 //!
+//! - `BENCH=floor`: the floor under a durable create. The ceiling, durable
+//!   CreateAgreement and etcd's Put as in `compare`, interleaved with a
+//!   server of tonic and sled alone (`service/floor.rs`) answering the same
+//!   request: decoding it only, with two sled inserts, and with two inserts
+//!   made durable as the registry makes them. Writes `target/bench-floor.md`.
+//!
 //! Every run is checked, because h2load counts a call that failed with a gRPC
 //! status as a success: reads must return exactly calls × response bytes of
 //! DATA, writes must move the revision by exactly the number of calls.
@@ -39,6 +45,9 @@ use cooperation_registry::pb::cooperation::v1::engagement_service_client::Engage
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement};
 use cooperation_registry::pb::google::r#type::Date;
 use prost::Message;
+
+#[path = "service/floor.rs"]
+mod floor;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cooperation-registry");
 
@@ -234,6 +243,28 @@ fn start_registry_on(data_dir: &Path, extra: &[&str], cores: &str) -> (Server, D
         .stderr(Stdio::piped())
         .spawn()
         .expect("taskset and the binary run");
+    let (addr, metrics) = addresses(&mut child);
+    (Server { child, addr, metrics: Some(metrics) }, started.elapsed())
+}
+
+/// Starts the floor server (`service/floor.rs`) on a fresh sled database in
+/// `data_dir`, pinned to core 0.
+fn start_floor(data_dir: &Path) -> Server {
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(std::env::current_exe().expect("the bench binary's path"))
+        .env("FLOOR_DATA_DIR", data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("taskset and the bench binary run");
+    let (addr, metrics) = addresses(&mut child);
+    Server { child, addr, metrics: Some(metrics) }
+}
+
+/// The gRPC and metrics addresses a server logs as it starts (its other
+/// lines are read on, and dropped, until it stops).
+fn addresses(child: &mut Child) -> (SocketAddr, SocketAddr) {
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -253,11 +284,11 @@ fn start_registry_on(data_dir: &Path, extra: &[&str], cores: &str) -> (Server, D
         let line = lines.recv_timeout(Duration::from_secs(120)).expect("the server starts");
         if line.contains("Prometheus") {
             metrics = address(&line);
-        } else if line.contains("serving cooperation.v1") {
+        } else if line.contains("serving ") {
             addr = address(&line);
         }
     }
-    (Server { child, addr: addr.unwrap(), metrics }, started.elapsed())
+    (addr.unwrap(), metrics.unwrap())
 }
 
 /// Starts etcd on a fresh data dir, pinned to core 0.
@@ -489,8 +520,17 @@ fn du_mib(path: &Path) -> f64 {
     kib / 1024.0
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // The bench binary is also the floor server, in a process of its own.
+    if let Some(dir) = std::env::var_os("FLOOR_DATA_DIR") {
+        floor::serve(Path::new(&dir));
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
     for tool in ["h2load", "taskset"] {
         if Command::new(tool).arg("--version").output().is_err() {
             eprintln!("{tool} is missing: install Debian's nghttp2-client (h2load) and util-linux (taskset)");
@@ -499,9 +539,10 @@ async fn main() {
     }
     match std::env::var("BENCH").as_deref().unwrap_or("compare") {
         "overload" => overload().await,
-        "compare" => compare().await,
+        "compare" => compare(Comparison::Service).await,
+        "floor" => compare(Comparison::Floor).await,
         other => {
-            eprintln!("BENCH={other}: use compare or overload");
+            eprintln!("BENCH={other}: use compare, floor or overload");
             std::process::exit(1);
         }
     }
@@ -633,6 +674,16 @@ struct Target {
 enum Peer {
     Registry,
     Etcd,
+    Floor,
+}
+
+/// What `compare` sets side by side.
+#[derive(Clone, Copy, PartialEq)]
+enum Comparison {
+    /// The registry's calls, the ceiling and etcd.
+    Service,
+    /// A durable create, the ceiling, etcd's Put and the floor server's.
+    Floor,
 }
 
 /// How a run is checked beyond the server's own count of OK answers (which
@@ -644,6 +695,9 @@ enum Check {
     RegistryWrite,
     /// Each answer carried at least a gRPC frame header.
     EtcdWrite,
+    /// Each answer carried at least this many bytes of DATA, for a durable
+    /// write of the floor server (which keeps no revision to read back).
+    FloorWrite(u64),
 }
 
 /// The values in ascending order.
@@ -663,10 +717,10 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
     middle(&sorted(values))
 }
 
-/// The durable syncs in a metrics scrape: the registry's flushes, or etcd's
-/// WAL fsyncs.
+/// The durable syncs in a metrics scrape: the registry's flushes, etcd's
+/// WAL fsyncs, or the floor server's.
 fn syncs(scrape: &BTreeMap<String, f64>) -> f64 {
-    ["cooperation_registry_store_flushes_total", "etcd_disk_wal_fsync_duration_seconds_count"]
+    ["cooperation_registry_store_flushes_total", "etcd_disk_wal_fsync_duration_seconds_count", "floor_syncs_total"]
         .iter()
         .filter_map(|name| scrape.get(*name))
         .sum()
@@ -707,7 +761,7 @@ fn handled(scrape: &BTreeMap<String, f64>, path: &str) -> (f64, f64, f64) {
     (ok, cancelled, other)
 }
 
-async fn compare() {
+async fn compare(comparison: Comparison) {
     let count: usize = env_or("AGREEMENTS", 10_000);
     let reps: usize = env_or("REPS", 3);
     let seconds: u32 = env_or("SECONDS", 4);
@@ -854,6 +908,34 @@ async fn compare() {
         eprintln!("etcd is not installed (Debian's etcd-server): the etcd rows are left out");
     }
 
+    // The floor: a durable create against what tonic and sled do alone, at
+    // the ceiling and etcd's Put.
+    let floor = (comparison == Comparison::Floor).then(|| start_floor(&work.path().join("floor")));
+    if floor.is_some() {
+        targets.retain(|t| ["Health/Check", "CreateAgreement", "etcd Put"].iter().any(|n| t.name.starts_with(n)));
+        // The smallest answer: the agreement as named, its times with no nanoseconds.
+        let mut answer = agreement(7);
+        answer.name = format!("agreements/{}", uuid::Uuid::now_v7());
+        let time = prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 };
+        (answer.create_time, answer.update_time) = (Some(time), Some(time));
+        let at = targets.len() - usize::from(etcd.is_some());
+        let create_body = frame(&create);
+        let size = response_frame_len(&answer);
+        let floor_targets = [
+            ("floor: decode only", "Decode", Check::ResponseBytes(size)),
+            ("floor: + 2 sled inserts", "Insert", Check::ResponseBytes(size)),
+            ("floor: + 2 inserts, fsync", "InsertFsync", Check::FloorWrite(size)),
+        ]
+        .map(|(name, method, check)| Target {
+            name,
+            peer: Peer::Floor,
+            path: floor::path(method),
+            body: write_body(dir, &format!("floor-{method}.bin"), &create_body),
+            check,
+        });
+        targets.splice(at..at, floor_targets);
+    }
+
     let shapes: [(u32, u32); 3] = [(1, 1), (16, 16), (64, 8)];
     let mut results: BTreeMap<(usize, usize), Vec<Run>> = BTreeMap::new();
     let mut peak_kib = server.memory_kib().1.max(first_start_peak_kib);
@@ -866,6 +948,7 @@ async fn compare() {
                 let process = match target.peer {
                     Peer::Registry => &server,
                     Peer::Etcd => etcd.as_ref().unwrap(),
+                    Peer::Floor => floor.as_ref().unwrap(),
                 };
                 let before = match target.check {
                     Check::RegistryWrite => Some(revision(server.addr).await),
@@ -889,7 +972,7 @@ async fn compare() {
                 let cancelled = counted_after.1 - counted_before.1;
                 let other = counted_after.2 - counted_before.2;
                 run.server_calls = ok + cancelled + other;
-                if matches!(target.check, Check::RegistryWrite | Check::EtcdWrite) {
+                if matches!(target.check, Check::RegistryWrite | Check::EtcdWrite | Check::FloorWrite(_)) {
                     let synced = syncs(&scraped_after) - syncs(&scraped_before);
                     run.writes_per_sync = Some(run.server_calls / synced.max(1.0));
                 }
@@ -901,7 +984,7 @@ async fn compare() {
                     );
                 }
                 let verdict = match target.check {
-                    Check::ResponseBytes(size) => {
+                    Check::ResponseBytes(size) | Check::FloorWrite(size) => {
                         if run.data_bytes >= run.calls * size {
                             Ok(())
                         } else {
@@ -944,8 +1027,12 @@ async fn compare() {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "Service benchmark: {count} agreements + {} engagements, {reps} interleaved repetitions of {seconds} s, \
+        "{} benchmark: {count} agreements + {} engagements, {reps} interleaved repetitions of {seconds} s, \
          server on core 0, h2load on core 1.\n",
+        match comparison {
+            Comparison::Service => "Service",
+            Comparison::Floor => "Floor",
+        },
         count / 10
     );
     let _ = writeln!(
@@ -965,7 +1052,9 @@ async fn compare() {
             let mid = |f: fn(&Run) -> f64| median(runs.iter().map(f));
             let peer = match target.name {
                 "GetAgreement" => etcd_index("etcd Range"),
-                n if n.starts_with("CreateAgreement") || n.starts_with("UpdateAgreement") => etcd_index("etcd Put"),
+                n if ["CreateAgreement", "UpdateAgreement", "floor"].iter().any(|w| n.starts_with(w)) => {
+                    etcd_index("etcd Put")
+                }
                 _ => None,
             };
             let versus_etcd = peer.map(|p| format!("{:.2}", rate / median_rate(s, p).1)).unwrap_or_default();
@@ -988,7 +1077,7 @@ async fn compare() {
         "---|".repeat(shapes.len())
     );
     for (t, target) in targets.iter().enumerate() {
-        if !matches!(target.check, Check::RegistryWrite | Check::EtcdWrite) {
+        if !matches!(target.check, Check::RegistryWrite | Check::EtcdWrite | Check::FloorWrite(_)) {
             continue;
         }
         let per_shape = (0..shapes.len())
@@ -1024,11 +1113,18 @@ async fn compare() {
         "Checkpoints (the store reopening its database, --checkpoint-mib): {during_load}; {during_runs}."
     );
     println!("{table}");
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("bench-service.md");
+    let file = match comparison {
+        Comparison::Service => "bench-service.md",
+        Comparison::Floor => "bench-floor.md",
+    };
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(file);
     std::fs::write(&out, &table).unwrap();
     eprintln!("written to {}", out.display());
     server.stop();
     if let Some(etcd) = etcd {
         etcd.stop();
+    }
+    if let Some(floor) = floor {
+        floor.stop();
     }
 }
