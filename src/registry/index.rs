@@ -159,6 +159,9 @@ pub struct Lookup {
     end: Option<[u8; 8]>,
     /// Bytes of the value part; ids follow after a 0 byte.
     value_len: Option<usize>,
+    /// The path crosses no repeated field: a record has at most one value
+    /// there, so two ranges on it hold together only within both.
+    one_value: bool,
 }
 
 impl Lookup {
@@ -166,18 +169,49 @@ impl Lookup {
     fn is_exact(&self) -> bool {
         self.end.is_none() && self.value_len.is_none()
     }
+
+    /// One range within both this one and `other`, when both are ranges of
+    /// one index whose records have one value each (`d >= 2020 AND d < 2021`
+    /// is one year, not everything after 2020 and everything before 2021).
+    fn within(&self, other: &Lookup) -> Option<Lookup> {
+        let ranges = self.value_len.is_some() && other.value_len.is_some();
+        if !(ranges && self.one_value && self.prefix == other.prefix) {
+            return None;
+        }
+        // A start is the prefix alone (no lower bound) or the prefix and a
+        // value: the larger is the later.
+        let start = self.start.clone().max(other.start.clone());
+        let end = match (self.end, other.end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Some(Lookup { start, end, ..self.clone() })
+    }
+}
+
+/// The lookups of a filter's conditions, ranges on one index joined into one.
+fn joined(mut lookups: Vec<Lookup>) -> Vec<Lookup> {
+    let mut joined: Vec<Lookup> = Vec::new();
+    for lookup in lookups.drain(..) {
+        match joined.iter_mut().find_map(|kept| kept.within(&lookup).map(|both| (kept, both))) {
+            Some((kept, both)) => *kept = both,
+            None => joined.push(lookup),
+        }
+    }
+    joined
 }
 
 /// The lookups an index can do for one condition of a filter.
 fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
     let Filter::Compare { path, op, value } = condition else { return None };
     let indexes = INDEX_PATHS.get(kind.collection)?;
-    let base = &indexes.iter().find(|index| index.is_at(path))?.prefix;
+    let index = indexes.iter().find(|index| index.is_at(path))?;
+    let (base, one_value) = (&index.prefix, index.steps.iter().all(|step| !step.list && !step.map));
     let exact = |bytes: Vec<u8>| {
         let mut start = base.clone();
         start.extend_from_slice(&bytes);
         start.push(0);
-        Some(Lookup { prefix: start.clone(), start, end: None, value_len: None })
+        Some(Lookup { prefix: start.clone(), start, end: None, value_len: None, one_value })
     };
     match (op, value) {
         // (`:` on a singular string is a substring test: no lookup; on a
@@ -198,7 +232,7 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
             if let Some(low) = low {
                 start.extend_from_slice(&encode_date(low));
             }
-            Some(Lookup { prefix: base.clone(), start, end: high.map(encode_date), value_len: Some(8) })
+            Some(Lookup { prefix: base.clone(), start, end: high.map(encode_date), value_len: Some(8), one_value })
         }
         _ => None,
     }
@@ -217,6 +251,29 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
         true
     })?;
     Ok(complete.then_some(ids))
+}
+
+/// The ids of `ids` that a lookup finds too, reading up to `limit` of its
+/// keys; `None` when it has more (it then narrows nothing for its cost).
+fn both(
+    store: &dyn Store,
+    ids: &BTreeSet<String>,
+    lookup: &Lookup,
+    limit: usize,
+) -> StoreResult<Option<BTreeSet<String>>> {
+    let mut kept = BTreeSet::new();
+    let mut seen = 0;
+    let complete = walk(store, lookup, &lookup.start, &mut |id| {
+        seen += 1;
+        if seen > limit {
+            return false;
+        }
+        if let Some(id) = std::str::from_utf8(id).ok().and_then(|id| ids.get(id)) {
+            kept.insert(id.clone());
+        }
+        true
+    })?;
+    Ok(complete.then_some(kept))
 }
 
 /// Calls `visit` with the id of every key of a lookup from `start`, in key
@@ -299,31 +356,38 @@ pub fn answers_exactly(kind: &Kind, filter: &Filter) -> bool {
     }
 }
 
-/// Where to look for the records that may match `filter`: its most selective
-/// indexed condition, or `None` when no condition can use an index (scan
-/// everything). A single exact condition is read lazily; with several, each is
-/// counted (up to the best so far) to pick the smallest.
+/// Where to look for the records that may match `filter`: the ids that all
+/// its indexed conditions find, or `None` when no condition can use an index
+/// (scan everything). A single exact condition is read lazily. With several,
+/// each must hold, so only ids every one finds can match ("India and Japan"
+/// is the few agreements both parties' sets hold, not all of India's). A
+/// condition with more than `COUNT_LIMIT` entries is left for the filter to
+/// test on the records.
 pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResult<Option<Candidates>> {
-    let lookups: Vec<Lookup> = filter.conjuncts().into_iter().filter_map(|c| lookup_for(kind, c)).collect();
+    let lookups = joined(filter.conjuncts().into_iter().filter_map(|c| lookup_for(kind, c)).collect());
     if let [only] = lookups.as_slice()
         && only.is_exact()
     {
         return Ok(Some(Candidates::Exact(only.clone())));
     }
-    let mut best: Option<(BTreeSet<String>, &Lookup)> = None;
+    // The ids found so far, and by how many lookups.
+    let mut found: Option<(BTreeSet<String>, Vec<&Lookup>)> = None;
     for lookup in &lookups {
-        let limit = best.as_ref().map(|(ids, _)| ids.len()).unwrap_or(COUNT_LIMIT);
-        if let Some(ids) = run(store, lookup, limit)?
-            && best.as_ref().is_none_or(|(b, _)| ids.len() < b.len())
-        {
-            best = Some((ids, lookup));
+        match &mut found {
+            None => found = run(store, lookup, COUNT_LIMIT)?.map(|ids| (ids, vec![lookup])),
+            Some((ids, _)) if ids.is_empty() => break,
+            Some((ids, by)) => {
+                if let Some(kept) = both(store, ids, lookup, COUNT_LIMIT)? {
+                    *ids = kept;
+                    by.push(lookup);
+                }
+            }
         }
     }
-    Ok(best.map(
-        |(ids, lookup)| {
-            if lookup.is_exact() { Candidates::Exact(lookup.clone()) } else { Candidates::Ids(ids) }
-        },
-    ))
+    Ok(found.map(|(ids, by)| match by.as_slice() {
+        [only] if only.is_exact() => Candidates::Exact((*only).clone()),
+        _ => Candidates::Ids(ids),
+    }))
 }
 
 #[cfg(test)]
@@ -391,6 +455,27 @@ mod tests {
         let parties = INDEX_PATHS["agreements"].iter().find(|p| p.prefix.ends_with(b"/parties\0")).unwrap();
         assert_eq!(parties.steps[0].number, 8, "the test's field number is the parties field's");
         assert!(entries(&resource::AGREEMENT, &mistyped).is_err());
+    }
+
+    /// Two ranges on one date that a record has once are one range; on a
+    /// path through a repeated field they stay two (one element may hold the
+    /// lower bound and another the upper), as do ranges of two indexes.
+    #[test]
+    fn ranges_on_one_value_are_joined_and_others_are_not() {
+        use prost_reflect::ReflectMessage;
+        let descriptor = Agreement::default().descriptor();
+        let lookups = |text: &str| -> Vec<Lookup> {
+            let filter = Filter::compile(text, &descriptor).unwrap();
+            joined(filter.conjuncts().into_iter().filter_map(|c| lookup_for(&resource::AGREEMENT, c)).collect())
+        };
+        let year = lookups("signature_date >= 2020-01-01 AND signature_date < 2021-01-01 AND signature_date > 2019");
+        let [one] = year.as_slice() else { panic!("{year:?}") };
+        let day = |d: Date| encode_date(dates::first_day(&d));
+        assert_eq!(one.start, [b"i/agreements/signature_date\0".as_slice(), &day(date(2020, 1, 1))].concat());
+        assert_eq!(one.end, Some(day(date(2020, 12, 31))));
+        assert_eq!(lookups("signature_date >= 2020 AND entry_into_force_date < 2021").len(), 2, "two indexes");
+        let repeated = Lookup { one_value: false, ..one.clone() };
+        assert!(repeated.within(one).is_none(), "a path through a repeated field");
     }
 
     /// A condition finds its index by the fields its path names, nested ones

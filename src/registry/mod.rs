@@ -1373,6 +1373,45 @@ mod tests {
         );
     }
 
+    /// Several indexed conditions find only what every one of them finds:
+    /// India and Japan are the agreements both parties' sets hold, not all
+    /// of India's; two bounds on one date are one range, not everything after
+    /// the one and everything before the other.
+    #[tokio::test]
+    async fn indexed_conditions_together_find_only_the_ids_each_finds() {
+        let store = Arc::new(MemoryStore::new());
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let mut ids = Vec::new();
+        for (parties, year) in [("aus", 2019), ("aus", 2020), ("aus", 2021), ("jpn", 2020), ("jpn", 2022)] {
+            let agreement = Agreement {
+                parties: vec!["parties/ind".into(), format!("parties/{parties}")],
+                signature_date: Some(dates::date(year, 6, 1)),
+                ..india_japan()
+            };
+            let created = registry.create("", agreement, &anonymous("CreateAgreement")).await.unwrap();
+            ids.push(created.name.trim_start_matches("agreements/").to_string());
+        }
+        let descriptor = Agreement::default().descriptor();
+        for (filter, expected) in [
+            (r#"parties:"parties/ind" AND parties:"parties/jpn""#, [3, 4].as_slice()),
+            ("signature_date >= 2020-01-01 AND signature_date < 2021-01-01", &[1, 3]),
+            (r#"parties:"parties/jpn" AND signature_date > 2020 AND parties:"parties/ind""#, &[4]),
+            (r#"parties:"parties/jpn" AND signature_date <= 2019"#, &[]),
+        ] {
+            let expected: BTreeSet<String> = expected.iter().map(|&i| ids[i].clone()).collect();
+            let compiled = Filter::compile(filter, &descriptor).unwrap();
+            match index::candidates(&*store, &resource::AGREEMENT, &compiled).unwrap() {
+                Some(index::Candidates::Ids(found)) => assert_eq!(found, expected, "{filter}"),
+                other => panic!("{filter}: {other:?}"),
+            }
+            let query = ListQuery { filter: filter.into(), ..Default::default() };
+            let listed = registry.list::<Agreement>(&query).await.unwrap().items;
+            let listed: BTreeSet<String> =
+                listed.iter().map(|a| a.name.trim_start_matches("agreements/").to_string()).collect();
+            assert_eq!(listed, expected, "{filter}: the page");
+        }
+    }
+
     #[test]
     fn has_field_finds_a_top_level_field_and_refuses_garbage() {
         use crate::pb::cooperation::v1::Agreement;
