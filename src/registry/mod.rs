@@ -769,19 +769,27 @@ impl Registry {
                     true
                 })?
             } else {
+                // Every candidate is read; a page's worth (and one to tell
+                // whether there are more) after the cursor is kept.
+                let mut best = order::Best::new(size + 1, |a: &(Vec<order::SortValue>, R), b: &(_, R)| {
+                    order.compare((&a.0, a.1.name()), (&b.0, b.1.name()))
+                });
                 let newest = self.scan::<R>(candidates.as_ref(), None, query.deadline, |mut record, revision| {
                     if visible(&mut record, revision) {
                         let dynamic = record.transcode_to_dynamic();
                         if filter.matches(&dynamic) {
-                            rows.push((order.sort_key(&dynamic), record));
+                            let values = order.sort_key(&dynamic);
+                            let after_cursor = cursor.as_ref().is_none_or(|(at_values, at_name)| {
+                                order.compare((&values, record.name()), (at_values, at_name)).is_gt()
+                            });
+                            if after_cursor {
+                                best.offer((values, record));
+                            }
                         }
                     }
                     true
                 })?;
-                rows.sort_by(|a, b| order.compare((&a.0, a.1.name()), (&b.0, b.1.name())));
-                if let Some((values, name)) = &cursor {
-                    rows.retain(|row| order.compare((&row.0, row.1.name()), (values, name)).is_gt());
-                }
+                rows = best.into_sorted();
                 more = rows.len() > size;
                 rows.truncate(size);
                 newest

@@ -93,8 +93,42 @@ impl OrderBy {
     }
 }
 
+/// The first `keep` rows of all those offered, in an order, holding at most
+/// twice that many at once: a page ordered by a field reads every candidate
+/// but keeps a page's worth (holding them all, a page of 5 ordered by title
+/// over 1,000,000 agreements took the server to 5.2 GiB).
+pub struct Best<T, F> {
+    keep: usize,
+    rows: Vec<T>,
+    order: F,
+}
+
+impl<T, F: Fn(&T, &T) -> Ordering> Best<T, F> {
+    pub fn new(keep: usize, order: F) -> Self {
+        Best { keep, rows: Vec::new(), order }
+    }
+
+    pub fn offer(&mut self, row: T) {
+        self.rows.push(row);
+        if self.rows.len() >= 2 * self.keep.max(1) {
+            self.settle();
+        }
+    }
+
+    /// The first `keep` rows, in order.
+    pub fn into_sorted(mut self) -> Vec<T> {
+        self.settle();
+        self.rows
+    }
+
+    fn settle(&mut self) {
+        self.rows.sort_by(&self.order);
+        self.rows.truncate(self.keep);
+    }
+}
+
 fn value_at(record: &DynamicMessage, steps: &[Step]) -> SortValue {
-    let mut message = record.clone();
+    let mut message = record;
     for (i, step) in steps.iter().enumerate() {
         let Step::Field(field) = step else { return SortValue::Missing };
         let last = i + 1 == steps.len();
@@ -102,9 +136,10 @@ fn value_at(record: &DynamicMessage, steps: &[Step]) -> SortValue {
             if !message.has_field(field) {
                 return SortValue::Missing;
             }
-            match message.get_field(field).as_message() {
-                Some(inner) => message = inner.clone(),
-                None => return SortValue::Missing,
+            // (A field that is set is lent, not copied.)
+            match message.get_field(field) {
+                std::borrow::Cow::Borrowed(Value::Message(inner)) => message = inner,
+                _ => return SortValue::Missing,
             }
             continue;
         }
@@ -201,6 +236,25 @@ mod tests {
         };
         let d = a.transcode_to_dynamic();
         (Vec::new(), name.to_string(), d)
+    }
+
+    /// Of any number of rows offered, the first `keep` come out in order,
+    /// and no more than twice that many are held at any time.
+    #[test]
+    fn best_keeps_the_first_rows_and_no_more_than_twice_as_many() {
+        let mut best = Best::new(3, |a: &u32, b: &u32| b.cmp(a));
+        let mut most_held = 0;
+        for i in 0..10_000u32 {
+            best.offer(i.wrapping_mul(7919) % 10_000);
+            most_held = most_held.max(best.rows.len());
+        }
+        assert_eq!(best.into_sorted(), [9999, 9998, 9997]);
+        assert!(most_held < 6, "held {most_held}");
+        let few = Best::new(3, u32::cmp);
+        assert!(few.into_sorted().is_empty());
+        let mut none = Best::new(0, u32::cmp);
+        none.offer(1);
+        assert!(none.into_sorted().is_empty(), "keeping none keeps none");
     }
 
     #[test]
