@@ -190,9 +190,9 @@ impl Lookup {
 }
 
 /// The lookups of a filter's conditions, ranges on one index joined into one.
-fn joined(mut lookups: Vec<Lookup>) -> Vec<Lookup> {
+fn joined(lookups: Vec<Lookup>) -> Vec<Lookup> {
     let mut joined: Vec<Lookup> = Vec::new();
-    for lookup in lookups.drain(..) {
+    for lookup in lookups {
         match joined.iter_mut().find_map(|kept| kept.within(&lookup).map(|both| (kept, both))) {
             Some((kept, both)) => *kept = both,
             None => joined.push(lookup),
@@ -238,8 +238,14 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
     }
 }
 
-/// Ids found by a lookup, up to `limit` keys; `None` when more were found.
-fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<BTreeSet<String>>> {
+/// Ids found by a lookup (only those `among` a set, if given), reading up to
+/// `limit` of its keys; `None` when it has more.
+fn run(
+    store: &dyn Store,
+    lookup: &Lookup,
+    limit: usize,
+    among: Option<&BTreeSet<String>>,
+) -> StoreResult<Option<BTreeSet<String>>> {
     let mut ids = BTreeSet::new();
     let mut seen = 0;
     let complete = walk(store, lookup, &lookup.start, &mut |id| {
@@ -247,33 +253,17 @@ fn run(store: &dyn Store, lookup: &Lookup, limit: usize) -> StoreResult<Option<B
         if seen > limit {
             return false;
         }
-        ids.insert(String::from_utf8_lossy(id).into_owned());
+        match among {
+            None => _ = ids.insert(String::from_utf8_lossy(id).into_owned()),
+            Some(among) => {
+                if let Some(id) = std::str::from_utf8(id).ok().and_then(|id| among.get(id)) {
+                    ids.insert(id.clone());
+                }
+            }
+        }
         true
     })?;
     Ok(complete.then_some(ids))
-}
-
-/// The ids of `ids` that a lookup finds too, reading up to `limit` of its
-/// keys; `None` when it has more (it then narrows nothing for its cost).
-fn both(
-    store: &dyn Store,
-    ids: &BTreeSet<String>,
-    lookup: &Lookup,
-    limit: usize,
-) -> StoreResult<Option<BTreeSet<String>>> {
-    let mut kept = BTreeSet::new();
-    let mut seen = 0;
-    let complete = walk(store, lookup, &lookup.start, &mut |id| {
-        seen += 1;
-        if seen > limit {
-            return false;
-        }
-        if let Some(id) = std::str::from_utf8(id).ok().and_then(|id| ids.get(id)) {
-            kept.insert(id.clone());
-        }
-        true
-    })?;
-    Ok(complete.then_some(kept))
 }
 
 /// Calls `visit` with the id of every key of a lookup from `start`, in key
@@ -374,10 +364,11 @@ pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResul
     let mut found: Option<(BTreeSet<String>, Vec<&Lookup>)> = None;
     for lookup in &lookups {
         match &mut found {
-            None => found = run(store, lookup, COUNT_LIMIT)?.map(|ids| (ids, vec![lookup])),
+            None => found = run(store, lookup, COUNT_LIMIT, None)?.map(|ids| (ids, vec![lookup])),
             Some((ids, _)) if ids.is_empty() => break,
             Some((ids, by)) => {
-                if let Some(kept) = both(store, ids, lookup, COUNT_LIMIT)? {
+                // (A lookup with more keys narrows nothing for its cost.)
+                if let Some(kept) = run(store, lookup, COUNT_LIMIT, Some(ids))? {
                     *ids = kept;
                     by.push(lookup);
                 }
