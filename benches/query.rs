@@ -50,6 +50,19 @@ fn agreement(i: usize) -> Agreement {
     }
 }
 
+/// One List call, its time added to `times`.
+async fn timed(registry: &Registry, query: &ListQuery, times: &mut Vec<Duration>) -> Vec<Agreement> {
+    let t = Instant::now();
+    let page = registry.list::<Agreement>(query).await.unwrap();
+    times.push(t.elapsed());
+    page.items
+}
+
+/// The names on a page, to compare two plans' answers.
+fn names(page: &[Agreement]) -> Vec<&str> {
+    page.iter().map(|a| a.name.as_str()).collect()
+}
+
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]
@@ -102,28 +115,17 @@ async fn main() {
     let full = query(r#"NOT (NOT (parties:"parties/jpn")) AND title = "no such title""#);
     let first = registry.list::<Agreement>(&indexed).await.unwrap();
     let same = registry.list::<Agreement>(&scanned).await.unwrap();
-    assert_eq!(
-        first.items.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
-        same.items.iter().map(|a| a.name.clone()).collect::<Vec<_>>(),
-        "both plans give the same page"
-    );
+    assert_eq!(names(&first.items), names(&same.items), "both plans give the same page");
     assert_eq!(first.items.len(), 50);
 
     // Interleave the two plans so machine noise hits both alike.
     let (mut index_times, mut scan_times, mut full_times) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
         for _ in 0..10 {
-            let t = Instant::now();
-            registry.list::<Agreement>(&indexed).await.unwrap();
-            index_times.push(t.elapsed());
-            let t = Instant::now();
-            registry.list::<Agreement>(&scanned).await.unwrap();
-            scan_times.push(t.elapsed());
+            timed(&registry, &indexed, &mut index_times).await;
+            timed(&registry, &scanned, &mut scan_times).await;
         }
-        let t = Instant::now();
-        let none = registry.list::<Agreement>(&full).await.unwrap();
-        full_times.push(t.elapsed());
-        assert!(none.items.is_empty());
+        assert!(timed(&registry, &full, &mut full_times).await.is_empty());
     }
     let (index, scan, full) = (median(index_times), median(scan_times), median(full_times));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -152,20 +154,13 @@ async fn main() {
         ),
     ] {
         let (together, alone) = (query(together), query(alone));
-        let names = |page: Vec<Agreement>| page.into_iter().map(|a| a.name).collect::<Vec<_>>();
-        assert_eq!(
-            names(registry.list::<Agreement>(&together).await.unwrap().items),
-            names(registry.list::<Agreement>(&alone).await.unwrap().items),
-            "both plans give the same page"
-        );
         let (mut together_times, mut alone_times) = (Vec::new(), Vec::new());
+        let both_found = timed(&registry, &together, &mut together_times).await;
+        let one_found = timed(&registry, &alone, &mut alone_times).await;
+        assert_eq!(names(&both_found), names(&one_found), "both plans give the same page");
         for _ in 0..10 {
-            let t = Instant::now();
-            registry.list::<Agreement>(&together).await.unwrap();
-            together_times.push(t.elapsed());
-            let t = Instant::now();
-            registry.list::<Agreement>(&alone).await.unwrap();
-            alone_times.push(t.elapsed());
+            timed(&registry, &together, &mut together_times).await;
+            timed(&registry, &alone, &mut alone_times).await;
         }
         let (both, one) = (median(together_times), median(alone_times));
         println!("{}: median {:8.2} ms", together.filter, ms(both));
