@@ -1,5 +1,5 @@
 //! Secondary indexes, written in the same transaction as the record, and the
-//! planner that answers a filter from the most selective one.
+//! planner that answers a filter from the ids all its indexed conditions find.
 //!
 //! Entry: the id, a member of the store set `i/{collection}/{field path}\0{value}\0`,
 //! one per distinct value of the path in the record (through repeated fields),
