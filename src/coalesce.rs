@@ -63,9 +63,7 @@ impl<T> Coalesced<T> {
     pub fn new(io: T) -> Self {
         Coalesced { io, pending: Vec::new(), sent: 0, deferrals: 0, deferred_len: 0 }
     }
-}
 
-impl<T> Coalesced<T> {
     /// Bytes buffered and not yet written.
     fn unsent(&self) -> usize {
         self.pending.len() - self.sent

@@ -37,6 +37,8 @@ fn encode_date(first_day: i64) -> [u8; 8] {
 struct IndexPath {
     prefix: Vec<u8>,
     steps: Vec<wire::Shape>,
+    /// The path crosses no repeated field (see `Lookup::one_value`).
+    one_value: bool,
 }
 
 impl IndexPath {
@@ -72,7 +74,8 @@ static INDEX_PATHS: LazyLock<HashMap<&'static str, Vec<IndexPath>>> = LazyLock::
                         let field = field.unwrap_or_else(|| panic!("index path {path}: no field {name}"));
                         steps.push(wire::Shape::of(&field));
                     }
-                    IndexPath { prefix: prefix(kind, path), steps }
+                    let one_value = steps.iter().all(|step| !step.list && !step.map);
+                    IndexPath { prefix: prefix(kind, path), steps, one_value }
                 })
                 .collect();
             (kind.collection, paths)
@@ -206,7 +209,7 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
     let Filter::Compare { path, op, value } = condition else { return None };
     let indexes = INDEX_PATHS.get(kind.collection)?;
     let index = indexes.iter().find(|index| index.is_at(path))?;
-    let (base, one_value) = (&index.prefix, index.steps.iter().all(|step| !step.list && !step.map));
+    let (base, one_value) = (&index.prefix, index.one_value);
     let exact = |bytes: Vec<u8>| {
         let mut start = base.clone();
         start.extend_from_slice(&bytes);
@@ -293,7 +296,8 @@ fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(
 pub enum Candidates {
     /// The entries of one indexed value: ids in id order, read as needed.
     Exact(Lookup),
-    /// The ids of a range of values, collected and sorted.
+    /// The ids that a range of values, or several conditions together, found:
+    /// collected and sorted.
     Ids(BTreeSet<String>),
 }
 
@@ -360,25 +364,21 @@ pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResul
     {
         return Ok(Some(Candidates::Exact(only.clone())));
     }
-    // The ids found so far, and by how many lookups.
-    let mut found: Option<(BTreeSet<String>, Vec<&Lookup>)> = None;
+    // The ids found so far (already read: no lookup is walked twice).
+    let mut found: Option<BTreeSet<String>> = None;
     for lookup in &lookups {
         match &mut found {
-            None => found = run(store, lookup, COUNT_LIMIT, None)?.map(|ids| (ids, vec![lookup])),
-            Some((ids, _)) if ids.is_empty() => break,
-            Some((ids, by)) => {
+            None => found = run(store, lookup, COUNT_LIMIT, None)?,
+            Some(ids) if ids.is_empty() => break,
+            Some(ids) => {
                 // (A lookup with more keys narrows nothing for its cost.)
                 if let Some(kept) = run(store, lookup, COUNT_LIMIT, Some(ids))? {
                     *ids = kept;
-                    by.push(lookup);
                 }
             }
         }
     }
-    Ok(found.map(|(ids, by)| match by.as_slice() {
-        [only] if only.is_exact() => Candidates::Exact((*only).clone()),
-        _ => Candidates::Ids(ids),
-    }))
+    Ok(found.map(Candidates::Ids))
 }
 
 #[cfg(test)]

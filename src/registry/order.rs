@@ -118,12 +118,19 @@ impl<T, F: Fn(&T, &T) -> Ordering> Best<T, F> {
     /// The first `keep` rows, in order.
     pub fn into_sorted(mut self) -> Vec<T> {
         self.settle();
+        self.rows.sort_by(&self.order);
         self.rows
     }
 
+    /// Drops all but the first `keep` rows, leaving them in no order (each
+    /// settling would otherwise sort again the rows kept by the last).
     fn settle(&mut self) {
-        self.rows.sort_by(&self.order);
-        self.rows.truncate(self.keep);
+        if self.rows.len() > self.keep {
+            if self.keep > 0 {
+                self.rows.select_nth_unstable_by(self.keep - 1, &self.order);
+            }
+            self.rows.truncate(self.keep);
+        }
     }
 }
 
