@@ -1,13 +1,6 @@
-pub mod allocator;
 pub mod api;
-pub mod auth;
 pub mod cli;
-pub mod coalesce;
 pub mod error;
-pub mod generations;
-pub mod import;
-pub mod logs;
-pub mod observe;
 pub mod pb;
 pub mod registry;
 pub mod server;

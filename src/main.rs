@@ -2,7 +2,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cooperation_registry::cli::{self, Cli, LogFormat};
-use cooperation_registry::logs::Logs;
+use cooperation_registry::server::logs::Logs;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

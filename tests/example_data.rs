@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use cooperation_registry::import::{ImportReport, import, parse_dataset};
+use cooperation_registry::cli::import::{ImportReport, import, parse_dataset};
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
 
 const DATASET: &str = include_str!("../examples/india-japan-2020.json");

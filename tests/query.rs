@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use cooperation_registry::api::ScanLimits;
-use cooperation_registry::import::{import, parse_dataset};
+use cooperation_registry::cli::import::{import, parse_dataset};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::relationship_service_client::RelationshipServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, relationship};

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use cooperation_registry::auth::{Access, hash_token};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
 use cooperation_registry::pb::cooperation::v1::relationship_service_client::RelationshipServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1};
 use cooperation_registry::registry::Registry;
+use cooperation_registry::server::auth::{Access, hash_token};
 use cooperation_registry::server::{ServerOptions, serve};
 use cooperation_registry::store::sled::{SledOptions, SledStore};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};

@@ -206,7 +206,7 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     let server = TestServer::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
-    let endpoint = cooperation_registry::observe::serve_metrics(listener, server.registry.clone()).unwrap();
+    let endpoint = cooperation_registry::server::observe::serve_metrics(listener, server.registry.clone()).unwrap();
 
     let mut client = server.agreements();
     client.create_agreement(create_agreement("metered", agreement("Metered"))).await.unwrap();
@@ -335,7 +335,7 @@ async fn a_request_the_client_abandons_counts_as_cancelled() {
     let server = TestServer::start().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
-    let endpoint = cooperation_registry::observe::serve_metrics(listener, server.registry.clone()).unwrap();
+    let endpoint = cooperation_registry::server::observe::serve_metrics(listener, server.registry.clone()).unwrap();
     let series = |code: &str| {
         format!(
             "grpc_server_handled_total{{grpc_service=\"cooperation.v1.EngagementService\",grpc_method=\"GetEngagement\",grpc_code=\"{code}\"}}"

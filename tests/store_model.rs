@@ -247,6 +247,7 @@ fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
         cache_capacity: 8 * 1024 * 1024,
         checkpoint_bytes: 200,
         read_cache_bytes: 16 * 1024,
+        ..SledOptions::default()
     };
     Arc::new(SledStore::open(dir, options).expect("sled store opens"))
 }

@@ -208,7 +208,7 @@ pub fn serve(dir: &Path) {
             .serve_with_incoming(
                 tonic::transport::server::TcpIncoming::from(grpc)
                     .with_nodelay(Some(true))
-                    .map(|accepted| accepted.map(cooperation_registry::coalesce::Coalesced::new)),
+                    .map(|accepted| accepted.map(cooperation_registry::server::coalesce::Coalesced::new)),
             )
             .await
             .unwrap();

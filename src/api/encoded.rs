@@ -178,7 +178,7 @@ where
         let (api, max_response_bytes) = (self.api.clone(), self.max_response_bytes);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let deadline = parts.extensions.get::<crate::observe::Deadline>().map(|d| d.0);
+            let deadline = parts.extensions.get::<crate::server::observe::Deadline>().map(|d| d.0);
             let unread = match read_message(body).await {
                 Ok(framed) => match answer(api, framed.slice(5..), deadline).await {
                     Ok(message) if message.len() > max_response_bytes => Unread { read: framed, rest: None },

@@ -168,7 +168,7 @@ impl Api {
 pub fn caller<T>(request: &tonic::Request<T>) -> String {
     request
         .extensions()
-        .get::<crate::auth::Caller>()
+        .get::<crate::server::auth::Caller>()
         .map(|c| c.identity.clone())
         .unwrap_or_else(|| ANONYMOUS.to_string())
 }
@@ -201,7 +201,7 @@ pub struct CallContext {
 
 impl CallContext {
     pub fn of<T>(request: &tonic::Request<T>) -> CallContext {
-        CallContext { caller: caller(request), deadline: crate::observe::Deadline::of(request) }
+        CallContext { caller: caller(request), deadline: crate::server::observe::Deadline::of(request) }
     }
 }
 
@@ -273,7 +273,7 @@ macro_rules! resource_service {
                 &self,
                 request: tonic::Request<$list_req>,
             ) -> Result<tonic::Response<$list_resp>, tonic::Status> {
-                let deadline = $crate::observe::Deadline::of(&request);
+                let deadline = $crate::server::observe::Deadline::of(&request);
                 let query = $crate::api::ListRequest::into_query(request.into_inner(), deadline);
                 let registry = self.registry.clone();
                 let page = self.scan(deadline, async move { registry.list::<$resource>(&query).await }).await?;

@@ -10,7 +10,7 @@ impl RelationshipService for super::Api {
         &self,
         request: tonic::Request<GetRelationshipRequest>,
     ) -> Result<tonic::Response<Relationship>, tonic::Status> {
-        let deadline = crate::observe::Deadline::of(&request);
+        let deadline = crate::server::observe::Deadline::of(&request);
         let request = request.into_inner();
         let query = RelationshipQuery {
             parties: request.parties,

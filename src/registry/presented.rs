@@ -10,8 +10,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use crate::generations::Generations;
 use crate::pb::google::r#type::Date;
+use crate::store::generations::Generations;
 
 /// Memory for it: some 50,000 records' worth.
 const MAX_BYTES: usize = 8 * 1024 * 1024;

@@ -22,7 +22,7 @@
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::generations::Generations;
+use crate::store::generations::Generations;
 use crate::store::{Members, ReadCacheStats};
 
 /// Shards, each with its own lock: readers on different keys rarely wait.

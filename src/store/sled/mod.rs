@@ -90,6 +90,12 @@ pub struct SledOptions {
     /// hot record is read without a walk of sled's tree (see `cache`); 0 keeps
     /// none.
     pub read_cache_bytes: u64,
+    /// Hands the memory the process's allocator holds free back to the
+    /// operating system. The writer calls it after each checkpoint and every
+    /// `TRIM_BYTES` written: sled copies a node for each change to it, and an
+    /// allocator keeps the freed copies. The server passes its allocator's
+    /// (`server::allocator`); the default does nothing.
+    pub release_free_memory: fn(),
 }
 
 impl Default for SledOptions {
@@ -99,6 +105,7 @@ impl Default for SledOptions {
             cache_capacity: DEFAULT_CACHE_MIB * 1024 * 1024,
             checkpoint_bytes: DEFAULT_CHECKPOINT_MIB * 1024 * 1024,
             read_cache_bytes: DEFAULT_READ_CACHE_MIB * 1024 * 1024,
+            release_free_memory: || {},
         }
     }
 }
@@ -135,13 +142,12 @@ impl Shared {
     }
 }
 
-/// Bytes written between two hand-backs of freed memory by the writer.
-/// sled copies a node for each change to it, and the freed copies stayed with
-/// the allocator (then glibc): under sustained creates at 1,000,000
-/// agreements the server rose to 324 MiB before a checkpoint, and to 295 with
-/// this. A hand-back took 1–8 ms of the writer's time with glibc; with
-/// mimalloc 0.55–16.5 ms, median 0.82 (9 in 10 s of creates at c64/m8, a
-/// `perf probe` on `mi_collect`), about one a second at that rate.
+/// Bytes written between two hand-backs of freed memory by the writer
+/// (`SledOptions::release_free_memory`). sled copies a node for each change
+/// to it and the allocator keeps the freed copies: without hand-backs a
+/// server under sustained creates grows until its next checkpoint. A
+/// hand-back costs the writer about a millisecond, so it runs about once a
+/// second under the service benchmark's creates.
 const TRIM_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Opens sled's database in `dir`: at the start, and again at each checkpoint.
@@ -256,6 +262,7 @@ impl SledStore {
             flushes: flushes.clone(),
             cache_capacity: options.cache_capacity,
             checkpoint_bytes: options.checkpoint_bytes,
+            release_free_memory: options.release_free_memory,
             written_since_open: 0,
             trimmed_at: 0,
             revision,
@@ -749,6 +756,7 @@ struct Writer {
     flushes: Arc<AtomicU64>,
     cache_capacity: u64,
     checkpoint_bytes: u64,
+    release_free_memory: fn(),
     /// Bytes of keys and values written since the database was last opened.
     written_since_open: u64,
     /// `written_since_open` when freed memory was last handed back.
@@ -815,7 +823,7 @@ impl Writer {
             if self.checkpoint_bytes > 0 && self.written_since_open >= self.checkpoint_bytes {
                 self.checkpoint();
             } else if self.written_since_open >= self.trimmed_at + TRIM_BYTES {
-                crate::allocator::release_free_memory();
+                (self.release_free_memory)();
                 self.trimmed_at = self.written_since_open;
             }
         }
@@ -857,12 +865,10 @@ impl Writer {
             None => Ok(()),
         };
         // What the old database freed goes back before the new one allocates,
-        // and again after the reopen. An allocator keeps freed memory for
-        // reuse, and the new database did not reuse what the old one freed:
-        // without this (then with glibc), under sustained writes at 1,000,000
-        // agreements the server peaked at 362 MiB with a checkpoint every 128
-        // MiB (340 without checkpoints; 288 with this).
-        crate::allocator::release_free_memory();
+        // and again after the reopen: an allocator keeps freed memory for
+        // reuse, and the new database does not reuse what the old one freed,
+        // so without this each checkpoint raises the server's peak memory.
+        (self.release_free_memory)();
         let reopened = flushed.and_then(|()| reopen_tree(&self.dir, self.cache_capacity));
         match reopened {
             Ok(tree) => {
@@ -873,7 +879,7 @@ impl Writer {
                 let seconds = started.elapsed().as_secs_f64();
                 let mut checkpoints = self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner);
                 *checkpoints = Checkpoints { count: checkpoints.count + 1, last_seconds: seconds };
-                crate::allocator::release_free_memory();
+                (self.release_free_memory)();
                 tracing::info!(
                     written_mib = written / (1024 * 1024),
                     seconds,

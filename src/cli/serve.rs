@@ -1,38 +1,17 @@
-//! The command line: `serve` (the default), `import`.
+//! `serve`: opens the data dir and serves cooperation.v1 until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
+use tower::BoxError;
 
 use crate::registry::Registry;
 use crate::server::{self, ServerOptions};
 use crate::store::Durability;
 use crate::store::sled::{SledOptions, SledStore};
-
-/// A gRPC registry of cooperation between states and organisations.
-#[derive(Parser, Debug)]
-#[command(name = "cooperation-registry", version, about, long_about = None)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Serve cooperation.v1 over gRPC (the default when no command is given).
-    Serve(ServeArgs),
-    /// Load a dataset (proto3 JSON of cooperation.v1.Dataset) into a running server.
-    Import(ImportArgs),
-    /// Print the SHA-256 of a token read from standard input, for the access file.
-    HashToken,
-    /// Write a consistent online backup of a running server to a file (admin role).
-    Backup(BackupArgs),
-    /// Build a new data dir from a backup file.
-    Restore(RestoreArgs),
-}
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -151,159 +130,13 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct ImportArgs {
-    /// The dataset file: proto3 JSON of cooperation.v1.Dataset (see examples/).
-    pub file: PathBuf,
-    /// Leave records that exist already as they are, instead of stopping.
-    #[arg(long)]
-    pub skip_existing: bool,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct BackupArgs {
-    /// Where to write the backup (written to FILE.partial, then renamed).
-    pub file: PathBuf,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct RestoreArgs {
-    /// The backup file (from `cooperation-registry backup`).
-    pub file: PathBuf,
-    /// The new data dir to build; it must not exist or be empty.
-    #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR")]
-    pub data_dir: PathBuf,
-}
-
-/// How a command reaches a running server.
-#[derive(Args, Debug, Clone)]
-pub struct ClientArgs {
-    /// Address of the running server.
-    #[arg(long, env = "COOPERATION_REGISTRY_SERVER", default_value = "127.0.0.1:50051")]
-    pub server: String,
-    /// Connect with TLS, trusting this PEM CA.
-    #[arg(long, env = "COOPERATION_REGISTRY_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-    /// Present this PEM client certificate (mutual TLS; with --client-key).
-    #[arg(long, env = "COOPERATION_REGISTRY_CLIENT_CERT", requires = "client_key")]
-    pub client_cert: Option<PathBuf>,
-    /// The PEM private key of --client-cert.
-    #[arg(long, env = "COOPERATION_REGISTRY_CLIENT_KEY", requires = "client_cert")]
-    pub client_key: Option<PathBuf>,
-    /// A file holding the bearer token to send (the token itself can also come
-    /// from the COOPERATION_REGISTRY_TOKEN environment variable; never a flag).
-    #[arg(long, env = "COOPERATION_REGISTRY_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-}
-
-/// Sends a bearer token, when there is one, with every call of a client.
-#[derive(Clone)]
-pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl BearerToken {
-    pub fn new(token: Option<String>) -> Result<BearerToken, String> {
-        match token {
-            Some(token) => format!("Bearer {token}")
-                .parse()
-                .map(|value| BearerToken(Some(value)))
-                .map_err(|_| "the token holds characters a header cannot carry".to_string()),
-            None => Ok(BearerToken(None)),
-        }
-    }
-}
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-impl ClientArgs {
-    /// A channel to the server, and the bearer token to send, if any.
-    pub async fn connect(
-        &self,
-    ) -> Result<(tonic::transport::Channel, Option<String>), Box<dyn std::error::Error + Send + Sync>> {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-        let scheme = if self.ca_cert.is_some() { "https" } else { "http" };
-        let endpoint = format!("{scheme}://{}", self.server);
-        let mut builder = tonic::transport::Channel::from_shared(endpoint.clone())?;
-        if let Some(ca) = &self.ca_cert {
-            let mut tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
-            if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
-                tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
-            }
-            builder = builder.tls_config(tls)?;
-        }
-        let channel = builder.connect().await.map_err(|e| format!("cannot connect to {endpoint}: {e}"))?;
-        let token = match (&self.token_file, std::env::var("COOPERATION_REGISTRY_TOKEN")) {
-            (Some(path), _) => {
-                Some(String::from_utf8(read(path)?).map_err(|_| "the token file is not UTF-8")?.trim().to_string())
-            }
-            (None, Ok(token)) => Some(token.trim().to_string()),
-            (None, Err(_)) => None,
-        };
-        Ok((channel, token))
-    }
-}
-
-pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-impl Cli {
-    /// The log format asked for (text for commands other than serve).
-    pub fn log_format(&self) -> LogFormat {
-        match &self.command {
-            Some(Command::Serve(args)) => args.log_format,
-            Some(_) => LogFormat::Text,
-            None => match std::env::var("COOPERATION_REGISTRY_LOG_FORMAT").as_deref() {
-                Ok("json") => LogFormat::Json,
-                _ => LogFormat::Text,
-            },
-        }
-    }
-}
-
-pub async fn run(cli: Cli) -> CliResult {
-    let command = match cli.command {
-        Some(command) => command,
-        // No command: serve, with the defaults and the environment.
-        None => Cli::parse_from(["cooperation-registry", "serve"]).command.expect("`serve` parses"),
-    };
-    match command {
-        Command::Import(args) => crate::import::run(&args).await,
-        Command::Serve(args) => serve(args).await,
-        Command::Backup(args) => backup(&args).await,
-        Command::Restore(args) => restore(&args),
-        Command::HashToken => {
-            let mut token = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;
-            println!("{}", crate::auth::hash_token(token.trim_end_matches(['\r', '\n'])));
-            Ok(())
-        }
-    }
-}
-
-fn restore(args: &RestoreArgs) -> CliResult {
-    let mut file = std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
-    let revision = SledStore::restore(&args.data_dir, &mut file)
-        .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
-    println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
-    Ok(())
-}
-
-async fn serve(args: ServeArgs) -> CliResult {
+pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let options = SledOptions {
         durability: args.durability.into(),
         cache_capacity: args.cache_mib * 1024 * 1024,
         checkpoint_bytes: args.checkpoint_mib * 1024 * 1024,
         read_cache_bytes: args.read_cache_mib * 1024 * 1024,
+        release_free_memory: server::allocator::release_free_memory,
     };
     let store = SledStore::open(&args.data_dir, options)
         .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
@@ -325,8 +158,8 @@ async fn serve(args: ServeArgs) -> CliResult {
         _ => None,
     };
     let access = match &args.access_file {
-        Some(path) => crate::auth::Access::from_file(path, args.reflection_requires_role)?,
-        None => crate::auth::Access::open(),
+        Some(path) => crate::server::auth::Access::from_file(path, args.reflection_requires_role)?,
+        None => crate::server::auth::Access::open(),
     };
     let options = ServerOptions {
         tls,
@@ -341,8 +174,8 @@ async fn serve(args: ServeArgs) -> CliResult {
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
     };
     if let Some(address) = args.metrics_listen {
-        let metrics = crate::observe::bind(address).await?;
-        crate::observe::serve_metrics(metrics, registry.clone())?;
+        let metrics = crate::server::observe::bind(address).await?;
+        crate::server::observe::serve_metrics(metrics, registry.clone())?;
     }
     if args.change_retention_revisions.is_some() || args.change_retention_hours.is_some() {
         spawn_compactor(registry.clone(), args.change_retention_revisions, args.change_retention_hours);
@@ -390,34 +223,6 @@ fn spawn_compactor(registry: Arc<Registry>, keep_revisions: Option<u64>, keep_ho
             }
         }
     });
-}
-
-async fn backup(args: &BackupArgs) -> CliResult {
-    use std::io::Write;
-    let (channel, token) = args.client.connect().await?;
-    let mut client = crate::pb::cooperation::v1::admin_service_client::AdminServiceClient::with_interceptor(
-        channel,
-        BearerToken::new(token)?,
-    )
-    .max_decoding_message_size(64 * 1024 * 1024);
-    let request = crate::pb::cooperation::v1::BackupRequest {};
-    let partial = args.file.with_extension("partial");
-    let mut file = std::fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
-    let mut stream = client.backup(request).await?.into_inner();
-    let mut revision = 0;
-    let mut bytes = 0;
-    while let Some(response) = stream.message().await? {
-        file.write_all(&response.data)?;
-        bytes += response.data.len();
-        revision = revision.max(response.revision);
-    }
-    if revision == 0 {
-        return Err("the backup stream ended before the server finished it".into());
-    }
-    file.sync_all()?;
-    std::fs::rename(&partial, &args.file)?;
-    println!("backed up revision {revision} to {} ({bytes} bytes)", args.file.display());
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,12 +7,16 @@
 //! create and set by an Update once everything exists.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+
+use clap::Args;
+use tower::BoxError;
 
 use prost_reflect::{DynamicMessage, ReflectMessage};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::cli::{BearerToken, CliResult, ImportArgs};
+use crate::cli::client::{BearerToken, ClientArgs};
 use crate::error::Violations;
 use crate::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use crate::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
@@ -39,7 +43,18 @@ pub struct ImportReport {
     pub linked: usize,
 }
 
-pub async fn run(args: &ImportArgs) -> CliResult {
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The dataset file: proto3 JSON of cooperation.v1.Dataset (see examples/).
+    pub file: PathBuf,
+    /// Leave records that exist already as they are, instead of stopping.
+    #[arg(long)]
+    pub skip_existing: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn run(args: &ImportArgs) -> Result<(), BoxError> {
     let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let dataset = parse_dataset(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let (channel, token) = args.client.connect().await?;

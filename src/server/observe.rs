@@ -397,7 +397,7 @@ impl CallRecord {
         metrics::histogram!(HANDLING_SECONDS, "grpc_service" => service, "grpc_method" => method)
             .record(latency.as_secs_f64());
         self.span.in_scope(|| {
-            tracing::info!(target: crate::logs::ACCESS_TARGET, code = %code_name, latency_us = latency.as_micros() as u64, "call finished");
+            tracing::info!(target: super::logs::ACCESS_TARGET, code = %code_name, latency_us = latency.as_micros() as u64, "call finished");
         });
     }
 }

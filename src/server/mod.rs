@@ -2,6 +2,12 @@
 //! compression, message size limits, a tracing span per call, and a graceful
 //! shutdown that drains calls within a time limit and then closes the store.
 
+pub mod allocator;
+pub mod auth;
+pub mod coalesce;
+pub mod logs;
+pub mod observe;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +40,7 @@ pub struct ServerOptions {
     /// TLS (and, with a client CA, mutual TLS); `None` serves plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Who may call what.
-    pub access: crate::auth::Access,
+    pub access: auth::Access,
     /// Calls served at once; more fail with RESOURCE_EXHAUSTED (load shedding).
     pub max_concurrent_calls: usize,
     /// Lists and relationship queries waiting for a core, and how long they
@@ -52,7 +58,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             tls: None,
-            access: crate::auth::Access::open(),
+            access: auth::Access::open(),
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
             scan_limits: crate::api::ScanLimits::for_calls(DEFAULT_MAX_CONCURRENT_CALLS),
             max_request_bytes: 4 * 1024 * 1024,
@@ -135,14 +141,14 @@ pub async fn serve(
     }
     let server = builder
         // Spans, counts, times and logs every call, shed and refused ones included.
-        .layer(crate::observe::CallLayer::new(crate::observe::CallLimits {
+        .layer(observe::CallLayer::new(observe::CallLimits {
             max_concurrent_calls: options.max_concurrent_calls,
             max_request_bytes: options.max_request_bytes,
         }))
         // Beyond the limit, calls are refused at once with RESOURCE_EXHAUSTED
         // instead of queueing without bound.
         .layer(tower::ServiceBuilder::new().load_shed().concurrency_limit(options.max_concurrent_calls))
-        .layer(crate::auth::AccessLayer::new(options.access.clone()))
+        .layer(auth::AccessLayer::new(options.access.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -160,7 +166,7 @@ pub async fn serve(
             tonic::transport::server::TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .with_keepalive(Some(Duration::from_secs(60)))
-                .map(|accepted| accepted.map(crate::coalesce::Coalesced::new)),
+                .map(|accepted| accepted.map(coalesce::Coalesced::new)),
             stop_accepting,
         );
     let transport = if options.tls.is_some() { "tls" } else { "plaintext" };

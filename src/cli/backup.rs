@@ -1,0 +1,63 @@
+//! `backup` (an online snapshot of a running server, through its AdminService)
+//! and `restore` (a new data dir from one).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tower::BoxError;
+
+use crate::cli::client::{BearerToken, ClientArgs};
+use crate::store::sled::SledStore;
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to write the backup (written to FILE.partial, then renamed).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// The backup file (from `cooperation-registry backup`).
+    pub file: PathBuf,
+    /// The new data dir to build; it must not exist or be empty.
+    #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+pub async fn backup(args: &BackupArgs) -> Result<(), BoxError> {
+    use std::io::Write;
+    let (channel, token) = args.client.connect().await?;
+    let mut client = crate::pb::cooperation::v1::admin_service_client::AdminServiceClient::with_interceptor(
+        channel,
+        BearerToken::new(token)?,
+    )
+    .max_decoding_message_size(64 * 1024 * 1024);
+    let request = crate::pb::cooperation::v1::BackupRequest {};
+    let partial = args.file.with_extension("partial");
+    let mut file = std::fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    let mut stream = client.backup(request).await?.into_inner();
+    let mut revision = 0;
+    let mut bytes = 0;
+    while let Some(response) = stream.message().await? {
+        file.write_all(&response.data)?;
+        bytes += response.data.len();
+        revision = revision.max(response.revision);
+    }
+    if revision == 0 {
+        return Err("the backup stream ended before the server finished it".into());
+    }
+    file.sync_all()?;
+    std::fs::rename(&partial, &args.file)?;
+    println!("backed up revision {revision} to {} ({bytes} bytes)", args.file.display());
+    Ok(())
+}
+
+pub fn restore(args: &RestoreArgs) -> Result<(), BoxError> {
+    let mut file = std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+    let revision = SledStore::restore(&args.data_dir, &mut file)
+        .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
+    println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
+    Ok(())
+}
