@@ -1,8 +1,8 @@
 //! The Get and List methods answered from the stored bytes.
 //!
 //! The generated services take and return messages, so a Get decodes the
-//! stored record and tonic encodes it again: for a 1 KB agreement about 18,000
-//! of the 92,000 instructions of a whole call (callgrind). [`EncodedReads`]
+//! stored record and tonic encodes it again, a fifth of a whole call's
+//! instructions for a typical agreement (`benches/callgrind.sh` counts them). [`EncodedReads`]
 //! sits in front of a generated service and answers its Get itself with
 //! [`Registry::get_encoded`]: the stored bytes with the etag and the derived
 //! fields appended. Everything else, and any Get it cannot answer exactly as

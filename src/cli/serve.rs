@@ -27,7 +27,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COOPERATION_REGISTRY_DURABILITY", value_enum, default_value = "fsync")]
     pub durability: DurabilityArg,
     /// Memory for sled's page cache, in MiB (the server's resident memory
-    /// levels off at roughly this plus 170 MiB at 1,000,000 agreements).
+    /// levels off somewhat above it: docs/performance.md).
     #[arg(long, env = "COOPERATION_REGISTRY_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_CACHE_MIB)]
     pub cache_mib: u64,
     /// Memory for the records read most recently, in MiB, beside sled's page
@@ -37,8 +37,8 @@ pub struct ServeArgs {
     #[arg(long, env = "COOPERATION_REGISTRY_READ_CACHE_MIB", default_value_t = crate::store::sled::DEFAULT_READ_CACHE_MIB)]
     pub read_cache_mib: u64,
     /// After this many MiB of records, index entries and changes written, the
-    /// store closes and reopens its database (a pause of about 0.35 s at
-    /// 1,000,000 agreements) so that a start after a crash replays at most that
+    /// store closes and reopens its database (calls pause while it does, under
+    /// a second for a large store) so that a start after a crash replays at most that
     /// much of sled's log; 0 never does, and a start replays all written since
     /// the previous one.
     #[arg(long, env = "COOPERATION_REGISTRY_CHECKPOINT_MIB", default_value_t = crate::store::sled::DEFAULT_CHECKPOINT_MIB)]

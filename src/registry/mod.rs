@@ -51,7 +51,8 @@ use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
 pub use resource::{Kind, Resource};
 use validate::Reference;
 
-/// The actor recorded for changes until authentication exists.
+/// The actor recorded for changes by a caller with no identity: access
+/// control is off and no client certificate was shown.
 pub const ANONYMOUS: &str = "anonymous";
 /// The actor recorded for the states written at the first start.
 pub const SEED_ACTOR: &str = "system:seed";
@@ -280,7 +281,7 @@ fn etag_of(revision: u64) -> String {
 /// each one it holds (and one more, to know whether another page follows).
 const QUICK_PAGE_READS: usize = 2;
 
-/// The largest quick page: some 100 µs of work on an async worker. A larger
+/// The largest quick page: a fraction of a millisecond of work on an async worker. A larger
 /// one (up to MAX_PAGE_SIZE) would hold the worker, and every call waiting on
 /// it, for milliseconds.
 const QUICK_PAGE_MAX: usize = 100;
@@ -1078,12 +1079,13 @@ impl Registry {
     /// The lock that writes to the record `name` hold from their read to their
     /// commit. Without it, concurrent writes to one record all read the same
     /// revision and all but one fail their condition and start again, so under
-    /// enough of them (the benchmark's 256 updates of one agreement) some ran
-    /// out of attempts with ABORTED; in turn, each commits at its first attempt.
-    /// A turn ends once the write is applied, not once it is durable: the next
-    /// write to the record is planned while this one is flushed, or sooner, and
-    /// shares its flush when it reaches the store's writer in time (when turns
-    /// lasted until durable, each write to a record had a flush of its own).
+    /// enough of them (the service benchmark updates one agreement from every
+    /// connection) some would run out of attempts with ABORTED; in turn, each
+    /// commits at its first attempt. A turn ends once the write is applied, not
+    /// once it is durable: the next write to the record is planned while this
+    /// one is flushed, or sooner, and shares its flush when it reaches the
+    /// store's writer in time (a turn that lasted until durable would give each
+    /// write to a record a flush of its own).
     fn record_lock(&self, name: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);

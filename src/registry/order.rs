@@ -95,8 +95,8 @@ impl OrderBy {
 
 /// The first `keep` rows of all those offered, in an order, holding at most
 /// twice that many at once: a page ordered by a field reads every candidate
-/// but keeps a page's worth (holding them all, a page of 5 ordered by title
-/// over 1,000,000 agreements took the server to 5.2 GiB).
+/// but keeps a page's worth: holding them all, a page ordered by title would
+/// hold every record of a large collection in memory.
 pub struct Best<T, F> {
     keep: usize,
     rows: Vec<T>,

@@ -81,7 +81,7 @@ pub fn kind_of_name(name: &str) -> Option<&'static Kind> {
     KINDS.into_iter().find(|k| k.collection == collection)
 }
 
-/// The id rule of DESIGN.md: a lower-case letter, then up to 62 lower-case
+/// The id rule (docs/api.md): a lower-case letter, then up to 62 lower-case
 /// letters, digits or hyphens.
 pub fn check_id(id: &str) -> Result<(), String> {
     let mut chars = id.chars();

@@ -158,7 +158,7 @@ pub fn check_encoded(
 
 /// Where a value sits in the message being checked. Written out only for a
 /// violation or a reference: most fields of a valid record need neither, and
-/// building every path as a string was a tenth of a create's instructions.
+/// building every path as a string would cost a tenth of a create's instructions.
 #[derive(Clone, Copy)]
 enum Path<'a> {
     Root(&'a str),

@@ -1,7 +1,7 @@
 //! A message's encoding read field by field, without building the message:
 //! validation, index entries and derived fields each need the fields of a
 //! record as they are on the wire, and decoding a record into a dynamic
-//! message only to walk it was a fifth of what a create cost.
+//! message only to walk it would cost about a fifth of a create.
 
 use prost::encoding::{WireType, decode_key, decode_varint};
 use prost_reflect::{FieldDescriptor, Kind};

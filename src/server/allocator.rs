@@ -1,11 +1,11 @@
 //! The global allocator: mimalloc, not glibc's malloc.
 //!
 //! The async workers allocate what the store's writer frees (each write's
-//! transaction), and glibc served them from its slow path (`_int_malloc`,
-//! `malloc_consolidate`): a fifth of a durable create's CPU. With mimalloc a
-//! create costs about a quarter less CPU (docs/benchmarks.md, eleventh
-//! session). It is built without huge pages (the crate's `no_thp`): with
-//! them a server answering Health/Check held four times the memory.
+//! transaction), and glibc serves that from its slow path (`_int_malloc`,
+//! `malloc_consolidate`), a large share of a durable create's CPU (the CPU a
+//! call of `cargo bench --bench service`). It is built without huge pages
+//! (the crate's `no_thp`): with them an idle server holds several times the
+//! memory.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

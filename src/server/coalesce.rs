@@ -3,15 +3,15 @@
 //! h2 flushes its write buffer whenever it queues a DATA frame of more than
 //! 256 bytes (it hands the payload to `writev` instead of copying it), so with
 //! many calls in flight on a connection every response of a realistic record
-//! became a `writev` of its own and a loopback round through the kernel:
-//! GetAgreement made 1.2 writes per call where Health/Check made 0.4.
+//! became a `writev` of its own and a round through the kernel.
 //! [`Coalesced`] keeps written bytes in a buffer and answers a flush without
 //! writing while the connection task is still producing: it wakes the task,
 //! which runs again after the tasks queued behind it, so the responses that
 //! complete meanwhile join the same write. It writes at the first flush that
 //! found nothing new, after MAX_DEFERRALS turns, at 64 KiB, or at the next
-//! read. On the 1,000,000-agreement data dir, GetAgreement at c16/m16 went
-//! from 1.2 to 0.3 socket writes per call.
+//! read. Under many calls per connection this makes a few responses share
+//! each socket write; the server CPU a call that `cargo bench --bench service`
+//! reports for GetAgreement shows its effect.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -32,9 +32,8 @@ const RETAINED_CAPACITY: usize = 16 * 1024;
 
 /// Bytes a large buffer leaves unused before its data: half a page. mimalloc
 /// gives a large block at the same offset in its page as the response copied
-/// into it, and a long copy between two such addresses stalls (4K aliasing):
-/// a List page of 50 cost some 20 % more CPU without the skew (eleventh
-/// session, docs/benchmarks.md).
+/// into it, and a long copy between two such addresses stalls (4K aliasing),
+/// which shows in the CPU a List page costs in `cargo bench --bench service`.
 const LARGE_BUFFER_SKEW: usize = 2048;
 
 /// A buffer with room for WRITE_THROUGH bytes after LARGE_BUFFER_SKEW bytes

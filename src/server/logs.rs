@@ -1,8 +1,8 @@
 //! Where log lines go: standard error, with the per-call access lines batched.
 //!
 //! One "call finished" line per call written straight to stderr is a `write`
-//! system call per call: measured with h2load, that took GetAgreement from 35 to
-//! about 50 µs of server CPU per call. Access lines (target [`ACCESS_TARGET`])
+//! system call per call, a large share of a cheap call's CPU (the server CPU a
+//! call that `cargo bench --bench service` reports). Access lines (target [`ACCESS_TARGET`])
 //! are therefore gathered in a buffer and written together, when it holds
 //! [`BATCH_BYTES`] or at the latest [`BATCH_DELAY`] after the first of them; every
 //! other line writes out what is gathered and then itself, at once, so that lines

@@ -35,7 +35,7 @@ pub struct Entry {
 
 /// Set members read in one call (each its set's name followed by the member),
 /// in order, stored end to end: a List page reads some fifty, and one
-/// allocation each cost a tenth of the page.
+/// allocation each would cost a tenth of the page.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Members {
     bytes: Vec<u8>,

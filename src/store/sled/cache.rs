@@ -1,6 +1,6 @@
 //! Recently read values, kept beside sled so that reading a hot record costs
-//! a hash lookup instead of a walk down sled's tree (about 4,400 instructions
-//! at 1,000,000 agreements, and a List page reads 50 records).
+//! a hash lookup instead of a walk down sled's tree, which grows with the
+//! store (and a List page reads 50 records).
 //!
 //! Only the writer changes stored values. After it applies a group it forgets
 //! every key the group wrote, counting a write in the key's shard. A reader
@@ -13,8 +13,8 @@
 //! again stays, the rest goes.
 //!
 //! Runs of set members (the candidates of a List page found through an
-//! index, some 43,000 instructions of sled's iterators a page at 1,000,000
-//! agreements) are kept here too, by where they were read from. Which runs a
+//! index, a large share of a List page's work in sled's iterators) are kept
+//! here too, by where they were read from. Which runs a
 //! written member would change is not cheap to tell, so the writer forgets
 //! them all after any group that changed a set, and a reader keeps a run only
 //! if no such group was applied since its miss, as for values.

@@ -61,17 +61,15 @@ const MAX_GROUP: usize = 4096;
 /// was applied, before it flushes them all.
 const MAX_FLUSH_WAIT: Duration = Duration::from_millis(2);
 
-/// The default for sled's page cache. sled holds more than it counts: at
-/// 1,000,000 agreements, once writes have filled the cache, the server levels
-/// off at about 290 MiB with 128 and 400 MiB with 256 (docs/benchmarks.md).
+/// The default for sled's page cache. sled holds more than it counts, so the
+/// server's resident memory levels off above this once writes have filled
+/// the cache (docs/performance.md gives the service benchmark's figures).
 pub const DEFAULT_CACHE_MIB: u64 = 192;
 
 /// The default for `SledOptions::checkpoint_bytes`, in MiB: a start after a
-/// crash then replays at most about this much of sled's log, under half a
-/// second at 1,000,000 agreements (about 2 s after 512). Larger ones pause less
-/// often but for longer, and need more memory while they reopen (under
-/// sustained writes at 1,000,000 agreements the server peaked at 288 MiB with
-/// 128 and 381 with 512; docs/benchmarks.md).
+/// crash then replays at most about this much of sled's log. Larger ones
+/// pause less often but for longer, make a start after a crash slower, and
+/// need more memory while they reopen (docs/operations.md, "Checkpoints").
 pub const DEFAULT_CHECKPOINT_MIB: u64 = 128;
 
 /// The default for `SledOptions::read_cache_bytes`, in MiB: some 40,000
@@ -846,8 +844,8 @@ impl Writer {
     /// Closes and reopens the database between two groups. sled writes a
     /// snapshot of its page table only when it opens a directory, and a start
     /// replays all it logged after that snapshot: without this, the first start
-    /// after a long run replays everything the run wrote (12.75 s after loading
-    /// 1,000,000 agreements). Reads and writes wait while it runs; its time
+    /// after a long run replays everything the run wrote, seconds for a large
+    /// store. Reads and writes wait while it runs; its time
     /// grows with what was written since the last one (`checkpoint_bytes`).
     fn checkpoint(&mut self) {
         let started = Instant::now();
