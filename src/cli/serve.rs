@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tower::BoxError;
 
-use crate::registry::Registry;
+use crate::registry::{Registry, RegistryOptions};
 use crate::server::{self, ServerOptions};
 use crate::store::Durability;
 use crate::store::sled::{SledOptions, SledStore};
@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// With both retention flags, a change is compacted only when both allow.
     #[arg(long, env = "COOPERATION_REGISTRY_CHANGE_RETENTION_HOURS", value_parser = clap::value_parser!(u64).range(1..))]
     pub change_retention_hours: Option<u64>,
+    /// How long the answer to a write sent with a request_id is kept, in
+    /// hours: a retry within it gets the first answer, a retry after it is a
+    /// new request. Expired answers are removed every few minutes.
+    #[arg(long, env = "COOPERATION_REGISTRY_REQUEST_ID_RETENTION_HOURS", default_value_t = crate::registry::DEFAULT_REQUEST_RETENTION.as_secs() / 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_id_retention_hours: u64,
     /// Serve TLS with this PEM certificate chain (with --tls-key).
     #[arg(long, env = "COOPERATION_REGISTRY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -141,7 +146,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     let store = SledStore::open(&args.data_dir, options)
         .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
     tracing::info!(data_dir = %args.data_dir.display(), durability = ?args.durability, "store open");
-    let registry = Arc::new(Registry::open(Arc::new(store)).await?);
+    let registry_options =
+        RegistryOptions { request_retention: Duration::from_secs(args.request_id_retention_hours * 3600) };
+    let registry = Arc::new(Registry::open_with(Arc::new(store), registry_options).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -177,6 +184,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         let metrics = crate::server::observe::bind(address).await?;
         crate::server::observe::serve_metrics(metrics, registry.clone())?;
     }
+    spawn_request_expiry(registry.clone());
     if args.change_retention_revisions.is_some() || args.change_retention_hours.is_some() {
         spawn_compactor(registry.clone(), args.change_retention_revisions, args.change_retention_hours);
     }
@@ -205,6 +213,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         std::process::exit(1);
     }
     served
+}
+
+/// How often expired request answers are removed.
+const REQUEST_EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Removes the request answers past their retention every few minutes.
+fn spawn_request_expiry(registry: Arc<Registry>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REQUEST_EXPIRY_INTERVAL);
+        loop {
+            tick.tick().await;
+            match registry.expire_requests().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "removed expired request answers"),
+                Err(e) => tracing::warn!(error = %e, "removing expired request answers failed"),
+            }
+        }
+    });
 }
 
 /// Applies the change-log retention policy once a minute.

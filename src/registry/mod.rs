@@ -4,10 +4,12 @@
 //!
 //! Keys in the store:
 //! - `r/{name}`: the record (protobuf, without etag and derived fields);
-//! - `q/{request_id}`: a request that succeeded, for retries;
+//! - `q/{request_id}`: a request that succeeded, and its answer, for retries
+//!   (see `idempotency`);
 //! - `meta/registry-schema`: the version of this layout.
 //!
 //! and sets (store members, packed by the engine):
+//! - `e/requests\0` holds the kept answers in the order they expire;
 //! - `x/{target}\0` holds `source` while `source` (live) refers to `target`;
 //! - `i/{collection}/{path}\0{value}\0` holds the ids of the records with that
 //!   value: secondary indexes (see `index`).
@@ -21,6 +23,7 @@ pub mod changes;
 pub mod dates;
 pub mod engagement;
 pub mod filter;
+mod idempotency;
 pub mod index;
 pub mod mask;
 pub mod order;
@@ -46,8 +49,9 @@ use crate::pb::DESCRIPTOR_POOL;
 use crate::pb::google::r#type::Date;
 use crate::store::{Applied, Condition, Op, Outcome, Store, Txn, key_after, move_member};
 use filter::Filter;
+pub use idempotency::{DEFAULT_REQUEST_RETENTION, EXPIRY_ACTOR};
 use order::OrderBy;
-use records::{ChangeKind, StoredChange, StoredEvent, StoredRequest};
+use records::{ChangeKind, StoredChange, StoredEvent};
 pub use resource::{Kind, Resource};
 use validate::Reference;
 
@@ -63,7 +67,7 @@ pub const MIGRATION_ACTOR: &str = "system:migration";
 /// Version of the registry's key layout above the store: 2 added the
 /// secondary indexes, 3 made index and reference entries set members instead
 /// of keys. An older data dir is upgraded on open.
-const REGISTRY_SCHEMA: u32 = 3;
+const REGISTRY_SCHEMA: u32 = 4;
 const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
 /// How often an upgrade of the data dir logs its progress.
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -184,6 +188,8 @@ fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, wire::Malforme
 
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// How long the answer to a request with a request_id is kept.
+    request_retention: std::time::Duration,
     /// Turns true when the server begins to shut down: watchers end then.
     shutdown: tokio::sync::watch::Sender<bool>,
     /// WatchChanges streams open now (for the metrics).
@@ -265,16 +271,26 @@ fn referrers_set(target: &str) -> Vec<u8> {
     format!("x/{target}\0").into_bytes()
 }
 
-fn request_key(request_id: &str) -> Vec<u8> {
-    format!("q/{request_id}").into_bytes()
-}
-
 fn now() -> Timestamp {
     Timestamp::from(std::time::SystemTime::now())
 }
 
 fn etag_of(revision: u64) -> String {
     revision.to_string()
+}
+
+/// How a registry treats what it stores, beside the store's own options.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// How long the answer to a request with a request_id is kept for its
+    /// retries; after that a retry is a new request.
+    pub request_retention: std::time::Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions { request_retention: DEFAULT_REQUEST_RETENTION }
+    }
 }
 
 /// Records a quick List page (`Registry::list_encoded_quick`) may read for
@@ -306,10 +322,18 @@ fn targets(references: &[Reference]) -> BTreeSet<String> {
 }
 
 impl Registry {
-    /// Opens the registry on a store, writing the ISO 3166-1 states into an empty one.
+    /// Opens the registry on a store with the default options, writing the
+    /// ISO 3166-1 states into an empty one.
     pub async fn open(store: Arc<dyn Store>) -> Result<Registry> {
+        Registry::open_with(store, RegistryOptions::default()).await
+    }
+
+    /// Opens the registry on a store, writing the ISO 3166-1 states into an
+    /// empty one and upgrading an older layout.
+    pub async fn open_with(store: Arc<dyn Store>, options: RegistryOptions) -> Result<Registry> {
         let registry = Registry {
             store,
+            request_retention: options.request_retention,
             shutdown: tokio::sync::watch::Sender::new(false),
             watchers: Default::default(),
             record_locks: (0..RECORD_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -333,15 +357,28 @@ impl Registry {
                 ),
             });
         }
-        if schema < REGISTRY_SCHEMA {
+        if schema < 3 {
             registry.rebuild_indexes().await?;
+        }
+        if schema < 4 {
+            registry.keep_request_answers().await?;
+        }
+        if schema < REGISTRY_SCHEMA {
+            let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
+            let txn = Txn {
+                ops: vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }],
+                change: change.encode_to_vec(),
+                ..Default::default()
+            };
+            registry.store.commit(txn).await?;
+            tracing::info!(from = schema, to = REGISTRY_SCHEMA, "upgraded the data dir's layout");
         }
         Ok(registry)
     }
 
-    /// Writes the index and reference sets of every record (for data dirs
-    /// from before the indexes, or from when their entries were keys: those
-    /// are removed first), then the schema version.
+    /// Schema 3: writes the index and reference sets of every record (for
+    /// data dirs from before the indexes, or from when their entries were
+    /// keys: those are removed first).
     async fn rebuild_indexes(&self) -> Result<()> {
         let migration = || {
             let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
@@ -356,7 +393,7 @@ impl Registry {
                 reported = Instant::now();
             }
         };
-        tracing::info!(schema = REGISTRY_SCHEMA, "upgrading the data dir: rebuilding the index and reference sets");
+        tracing::info!("upgrading the data dir: rebuilding the index and reference sets");
         for old in [&b"i/"[..], b"x/"] {
             // Each batch starts after the last key removed: sled keeps emptied
             // leaves for a while, and walking them again from the prefix each
@@ -405,15 +442,7 @@ impl Registry {
                 }
             }
         }
-        let mut txn = migration();
-        txn.ops = vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }];
-        self.store.commit(txn).await?;
-        tracing::info!(
-            records = written,
-            old_entries_removed = removed,
-            schema = REGISTRY_SCHEMA,
-            "rebuilt the index and reference sets"
-        );
+        tracing::info!(records = written, old_entries_removed = removed, "rebuilt the index and reference sets");
         Ok(())
     }
 
@@ -1113,26 +1142,21 @@ impl Registry {
             Turn::Unneeded => None,
         };
         for _ in 0..MAX_ATTEMPTS {
-            if let Some(answer) = self.previous_answer::<R>(mutation).await? {
-                return Ok(answer);
-            }
+            let slot = match self.earlier_request::<R>(mutation).await? {
+                idempotency::Earlier::Answered(answer) => return Ok(answer),
+                idempotency::Earlier::New(slot) => slot,
+            };
             let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = plan()?;
             let name = record.name().to_string();
             let bytes = record.encode_to_vec();
-            ops.push(Op::Put { key: record_key(&name), value: bytes.clone() });
-            if !mutation.request_id.is_empty() {
-                let key = request_key(&mutation.request_id);
-                let entry = StoredRequest {
-                    method: mutation.method.into(),
-                    fingerprint: mutation.fingerprint,
-                    name: name.clone(),
-                };
-                conditions.push(Condition::ModRevision { key: key.clone(), equals: 0 });
-                ops.push(Op::Put { key, value: entry.encode_to_vec() });
+            let commit_time = now();
+            if let Some(slot) = slot {
+                slot.keep(mutation, &name, &bytes, commit_time, &mut conditions, &mut ops);
             }
+            ops.push(Op::Put { key: record_key(&name), value: bytes.clone() });
             let change = StoredChange {
                 actor: mutation.actor.clone(),
-                commit_time: Some(now()),
+                commit_time: Some(commit_time),
                 events: vec![StoredEvent { kind: kind as i32, name, record: bytes, previous_revision }],
             };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
@@ -1151,44 +1175,6 @@ impl Registry {
             }
         }
         Err(Error::Conflict { name: format!("the {} in this request", R::KIND.singular) })
-    }
-
-    /// The answer to an earlier success of the same request, if there was one.
-    async fn previous_answer<R: Resource>(&self, mutation: &Mutation) -> Result<Option<R>> {
-        if mutation.request_id.is_empty() {
-            return Ok(None);
-        }
-        let Some(entry) = self.store.get(&request_key(&mutation.request_id))? else {
-            return Ok(None);
-        };
-        let first = StoredRequest::decode(entry.value.as_slice()).map_err(Error::internal)?;
-        if first.method != mutation.method || first.fingerprint != mutation.fingerprint {
-            return Err(Error::invalid(
-                "request_id",
-                format!(
-                    "was already used for a different request ({} on {}); use a new UUID for a new request",
-                    first.method, first.name
-                ),
-            ));
-        }
-        self.store.wait_durable(entry.mod_revision).await?;
-        let changes = self.store.changes(entry.mod_revision, 1)?;
-        let event = changes
-            .first()
-            .filter(|(revision, _)| *revision == entry.mod_revision)
-            .and_then(|(_, bytes)| StoredChange::decode(bytes.as_slice()).ok())
-            .and_then(|change| change.events.into_iter().find(|e| e.name == first.name));
-        match event {
-            Some(event) => {
-                let mut record: R = decode(&event.record)?;
-                self.present(&mut record, entry.mod_revision, &dates::today());
-                Ok(Some(record))
-            }
-            None => Err(Error::internal(format!(
-                "the change log lost revision {} of request {}",
-                entry.mod_revision, mutation.request_id
-            ))),
-        }
     }
 
     /// Checks a record against its annotations and its kind's rules, adding

@@ -32,8 +32,8 @@ pub struct StoredEvent {
 /// The change-log entry of one revision.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredChange {
-    /// Who made the change: the caller's identity, `anonymous` until
-    /// authentication exists, `system:seed` for the first start.
+    /// Who made the change: the caller's identity (`anonymous` without one),
+    /// or a `system:` actor for the registry's own jobs.
     #[prost(string, tag = "1")]
     pub actor: String,
     #[prost(message, optional, tag = "2")]
@@ -42,8 +42,8 @@ pub struct StoredChange {
     pub events: Vec<StoredEvent>,
 }
 
-/// A request with a request_id that succeeded; its answer is the change at the
-/// revision that wrote this entry.
+/// A request with a request_id that succeeded, and its answer (see
+/// `idempotency`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredRequest {
     /// The gRPC method, so an id reused for another method is refused.
@@ -54,4 +54,15 @@ pub struct StoredRequest {
     pub fingerprint: u64,
     #[prost(string, tag = "3")]
     pub name: String,
+    /// The record after the change: the answer a retry gets. Empty only for an
+    /// entry of an older data dir whose change had left the change log.
+    #[prost(bytes = "vec", tag = "4")]
+    pub answer: Vec<u8>,
+    /// When the request succeeded; it expires one request retention later.
+    #[prost(message, optional, tag = "5")]
+    pub commit_time: Option<Timestamp>,
+    /// The revision of the change; 0 when it is this entry's own mod revision
+    /// (the entry was written with the change, not by an upgrade).
+    #[prost(uint64, tag = "6")]
+    pub revision: u64,
 }
