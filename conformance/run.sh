@@ -2,7 +2,7 @@
 # The conformance suite (run by .ci/run): clients generated from proto/ in
 # Python, TypeScript on Node and C++ run one scenario against the real server
 # on loopback; grpcurl and Python talk to it over TLS and mutual TLS with
-# tokens; every grpcurl example of the README runs against the example
+# tokens; every grpcurl example of README.md and docs/ runs against the example
 # data; buf breaking compares proto/ with the released contract; the generator
 # options of every .proto file are checked.
 #
@@ -81,8 +81,9 @@ step "TLS, mutual TLS and tokens with grpcurl and python (conformance/tls.sh)"
 GENERATED_PYTHON="$work/python" conformance/tls.sh "$binary" "$work"
 
 start_server readme
-step "README grpcurl examples against the example data at $address"
+step "grpcurl examples of README.md and docs/ against the example data at $address"
 "$binary" import examples/india-japan-2020.json --server "$address"
-python3 conformance/readme_examples.py README.md "$address"
+# In this order, against one server: README.md, then docs/*.md sorted by name.
+python3 conformance/doc_examples.py "$address" README.md docs/*.md
 
 step "conformance passed"
