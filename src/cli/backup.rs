@@ -35,7 +35,7 @@ pub async fn backup(args: &BackupArgs) -> Result<(), BoxError> {
     )
     .max_decoding_message_size(64 * 1024 * 1024);
     let request = crate::pb::cooperation::v1::BackupRequest {};
-    let partial = args.file.with_extension("partial");
+    let partial = partial_path(&args.file);
     let mut file = std::fs::File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
     let mut stream = client.backup(request).await?.into_inner();
     let mut revision = 0;
@@ -60,4 +60,24 @@ pub fn restore(args: &RestoreArgs) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
     println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
     Ok(())
+}
+
+/// Where a backup to `file` is written until it is complete: `file` with
+/// `.partial` appended, so a backup cut short never takes its name and two
+/// backups whose names differ only in their extension never share one.
+fn partial_path(file: &std::path::Path) -> PathBuf {
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    PathBuf::from(partial)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_backup_is_written_beside_its_file_under_its_whole_name() {
+        assert_eq!(super::partial_path(Path::new("dir/registry.backup")), Path::new("dir/registry.backup.partial"));
+        assert_ne!(super::partial_path(Path::new("a.one")), super::partial_path(Path::new("a.two")));
+    }
 }
