@@ -260,7 +260,8 @@ mod tests {
                 assert_eq!(derived, Agreement { status: decoded.status, ..Default::default() }.encode_to_vec());
                 let mut only_inputs = Vec::new();
                 let delete_time = crate::registry::resource::AGREEMENT.delete_time_field();
-                let deleted = crate::registry::read_top_level::<Agreement>(&bytes, delete_time, &mut only_inputs);
+                let deleted =
+                    crate::registry::reads::read_top_level::<Agreement>(&bytes, delete_time, &mut only_inputs);
                 assert!(!deleted.unwrap(), "none of these is deleted");
                 let mut from_inputs = Vec::new();
                 Agreement::encode_derived(&only_inputs, &day, &mut from_inputs).unwrap();

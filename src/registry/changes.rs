@@ -254,7 +254,7 @@ impl Registry {
             Some(bytes) => u64::from_be_bytes(
                 bytes.try_into().map_err(|_| Error::invalid("page_token", "is not a page token this server issued"))?,
             ),
-            None => match self.store.get(&super::record_key(name))? {
+            None => match self.store.get(&super::keys::record_key(name))? {
                 Some(entry) => entry.mod_revision,
                 None => {
                     let kind = resource::kind_of_name(name).map(|k| k.resource_type).unwrap_or_default();

@@ -371,7 +371,7 @@ mod tests {
             .commit(Txn {
                 ops: vec![
                     Op::Put { key: request_key(REQUEST_ID), value: legacy.encode_to_vec() },
-                    Op::Put { key: super::super::SCHEMA_KEY.to_vec(), value: 3u32.to_be_bytes().to_vec() },
+                    Op::Put { key: super::super::schema::SCHEMA_KEY.to_vec(), value: 3u32.to_be_bytes().to_vec() },
                 ],
                 change: changes[0].1.clone(),
                 ..Default::default()

@@ -1,0 +1,414 @@
+//! List: the page a query asks for, planned through the indexes, read in
+//! name order or kept a page's worth at a time in another order, and
+//! answered as records or as the encoded response.
+
+use std::time::Instant;
+
+use super::filter::Filter;
+use super::keys::{RECORD_PREFIX, collection_key};
+use super::order::{self, OrderBy};
+use super::resource::Resource;
+use super::{
+    DEFAULT_PAGE_SIZE, EncodedPage, ListQuery, MAX_PAGE_SIZE, Page, Registry, as_of_day, check_deadline, dates, decode,
+    index, paging,
+};
+use crate::error::{Error, Result, Violations};
+use crate::pb::google::r#type::Date;
+use crate::store::key_after;
+
+/// The field number of the records in every `List…Response`.
+pub(super) const ITEMS_FIELD: u32 = 1;
+
+/// A page's records as a List found them.
+pub(super) enum Rows<R> {
+    /// Decoded, each with its sort key.
+    Records(Vec<(Vec<order::SortValue>, R)>),
+    /// Already encoded as the response's repeated field (see `list_encoded`).
+    Encoded(Vec<u8>),
+}
+
+/// A page as a List found it, before it is answered.
+pub(super) struct Found<R> {
+    rows: Rows<R>,
+    next_page_token: String,
+    revision: u64,
+}
+
+/// Appends a record to a `List…Response`'s repeated field: its stored bytes,
+/// then `derived` (see [`Registry::encode_derived`]).
+pub(super) fn append_item(items: &mut Vec<u8>, stored: &[u8], derived: &[u8]) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(ITEMS_FIELD, WireType::LengthDelimited, items);
+    encode_varint((stored.len() + derived.len()) as u64, items);
+    items.extend_from_slice(stored);
+    items.extend_from_slice(derived);
+}
+
+/// How many records a scan visits between looks at the caller's deadline.
+pub(super) const DEADLINE_CHECK_INTERVAL: u64 = 64;
+
+/// Records a quick List page (`Registry::list_encoded_quick`) may read for
+/// each one it holds (and one more, to know whether another page follows).
+pub(super) const QUICK_PAGE_READS: usize = 2;
+
+/// The largest quick page: a fraction of a millisecond of work on an async worker. A larger
+/// one (up to MAX_PAGE_SIZE) would hold the worker, and every call waiting on
+/// it, for milliseconds.
+pub(super) const QUICK_PAGE_MAX: usize = 100;
+
+/// A List without a limit on its reads that gave up anyway.
+pub(super) fn gave_up() -> Error {
+    Error::internal("a List that may read all it needs stopped short")
+}
+
+impl Registry {
+    pub async fn list<R: Resource>(&self, query: &ListQuery) -> Result<Page<R>> {
+        let found = self.list_items::<R>(query, false, None).await?.ok_or_else(gave_up)?;
+        let items = match found.rows {
+            Rows::Records(rows) => rows.into_iter().map(|(_, record)| record).collect(),
+            // (Only a List asked for encoded records is answered that way.)
+            Rows::Encoded(_) => return Err(Error::internal("a List of decoded records was answered encoded")),
+        };
+        Ok(Page { items, next_page_token: found.next_page_token, revision: found.revision })
+    }
+
+    /// What [`Registry::list`] answers, its records already encoded as the
+    /// response's repeated field. A page in name order that the indexes
+    /// answer exactly (or with no filter) is made of the stored bytes with
+    /// the etag and derived fields appended, without decoding a record.
+    pub async fn list_encoded<R: Resource>(&self, query: &ListQuery) -> Result<EncodedPage> {
+        let found = self.list_items::<R>(query, true, None).await?.ok_or_else(gave_up)?;
+        Ok(Self::encoded_page(found))
+    }
+
+    /// [`Registry::list_encoded`] when the page takes little work: a filter
+    /// the indexes answer exactly (or none), in name order, a page of at most
+    /// QUICK_PAGE_MAX records, found among at most twice as many records as
+    /// it holds (more are read only where many are soft-deleted). `None`
+    /// otherwise, having read at most that many: such a page is for the
+    /// caller to run where long work is admitted.
+    pub async fn list_encoded_quick<R: Resource>(&self, query: &ListQuery) -> Result<Option<EncodedPage>> {
+        Ok(self.list_items::<R>(query, true, Some(QUICK_PAGE_READS)).await?.map(Self::encoded_page))
+    }
+
+    pub(super) fn encoded_page<R: Resource>(found: Found<R>) -> EncodedPage {
+        let items = match found.rows {
+            Rows::Encoded(bytes) => bytes,
+            Rows::Records(rows) => {
+                let mut bytes = Vec::new();
+                for (_, record) in &rows {
+                    prost::encoding::message::encode(ITEMS_FIELD, record, &mut bytes);
+                }
+                bytes
+            }
+        };
+        Page { items, next_page_token: found.next_page_token, revision: found.revision }
+    }
+
+    /// The page a List asks for, encoded if `encoded` and the page allows.
+    /// With `quick_reads` (records it may read for each one the page holds),
+    /// `None` when the page needs more work than a quick page (see
+    /// [`Registry::list_encoded_quick`]).
+    pub(super) async fn list_items<R: Resource>(
+        &self,
+        query: &ListQuery,
+        encoded: bool,
+        quick_reads: Option<usize>,
+    ) -> Result<Option<Found<R>>> {
+        let mut violations = Violations::new();
+        if query.page_size < 0 {
+            violations.add("page_size", format!("must not be negative (got {})", query.page_size));
+        }
+        let descriptor = R::default().descriptor();
+        let filter = Filter::compile(&query.filter, &descriptor).unwrap_or_else(|e| {
+            violations.add("filter", e.to_string());
+            Filter::everything()
+        });
+        let order = OrderBy::parse(&query.order_by, &descriptor).unwrap_or_else(|e| {
+            violations.add("order_by", e);
+            OrderBy::default()
+        });
+        let as_of = as_of_day(query.as_of.as_ref(), &mut violations);
+        violations.into_result()?;
+        let size = match query.page_size as usize {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let show_deleted: &[u8] = if query.show_deleted { b"deleted" } else { b"live" };
+        let as_of_text = dates::display(&as_of);
+        let fingerprint = paging::fingerprint(&[
+            R::KIND.collection.as_bytes(),
+            show_deleted,
+            query.filter.as_bytes(),
+            query.order_by.as_bytes(),
+            as_of_text.as_bytes(),
+        ]);
+        let bad_token = || Error::invalid("page_token", "is not a page token this server issued");
+        let cursor =
+            match paging::decode(&query.page_token, fingerprint).map_err(|e| Error::invalid("page_token", e))? {
+                Some(bytes) => Some(order::decode_cursor(&bytes, order.key_count()).ok_or_else(bad_token)?),
+                None => None,
+            };
+
+        // Stored bytes as they are, in name order, and nothing to test but
+        // deletion: the one kind of page whose work the page size bounds.
+        let answers_exactly = index::answers_exactly(R::KIND, &filter);
+        let as_stored = encoded && order.is_by_name() && (filter.matches_everything() || answers_exactly);
+        if quick_reads.is_some() && (!as_stored || size > QUICK_PAGE_MAX) {
+            return Ok(None);
+        }
+        // Read before the scan: every change up to it is visible to the scan.
+        let read_at = self.store.revision();
+        let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
+        // Each candidate: derive as of the day, then the deleted check, then the
+        // filter (skipped, with its transcoding, when it matches everything).
+        let visible = |record: &mut R, revision: u64| {
+            self.present(record, revision, &as_of);
+            query.show_deleted || record.delete_time().is_none()
+        };
+        let mut more = false;
+        // A filter the index answers exactly needs no test (nor its transcoding).
+        let test_filter = !(filter.matches_everything() || (candidates.is_some() && answers_exactly));
+        let after = cursor.as_ref().map(|(_, name)| name.as_str());
+        let most_reads = quick_reads.map(|per_record| per_record * (size + 1));
+        let mut gave_up = false;
+        let (rows, newest, last) = if as_stored && !test_filter {
+            // Nothing to test but deletion: the stored bytes as they are,
+            // each appended to the response with its derived fields.
+            let mut items = Vec::new();
+            let mut count = 0;
+            let mut last = Vec::new();
+            let mut reads = 0;
+            let newest =
+                self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
+                    reads += 1;
+                    if most_reads.is_some_and(|most| reads > most) {
+                        gave_up = true;
+                        return Ok(false);
+                    }
+                    let shown = self.shown::<R>(name, stored, revision, &as_of)?;
+                    if query.show_deleted || !shown.deleted {
+                        if count == size {
+                            more = true;
+                            return Ok(false);
+                        }
+                        if count == 0 {
+                            // Records of a kind are alike in size: room for the
+                            // page at once, each a quarter larger than the first
+                            // (growing the buffer copies all of it).
+                            items.reserve((stored.len() + stored.len() / 4 + 32) * size);
+                        }
+                        append_item(&mut items, stored, &shown.appended);
+                        count += 1;
+                        last.clear();
+                        last.extend_from_slice(name);
+                    }
+                    Ok(true)
+                })?;
+            let last = match count {
+                0 => None,
+                _ => Some((Vec::new(), String::from_utf8(last).map_err(Error::internal)?)),
+            };
+            (Rows::Encoded(items), newest, last)
+        } else {
+            let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
+            let newest = if order.is_by_name() {
+                self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
+                    if visible(&mut record, revision)
+                        && (!test_filter || filter.matches(&record.transcode_to_dynamic()))
+                    {
+                        if rows.len() == size {
+                            more = true;
+                            return false;
+                        }
+                        rows.push((Vec::new(), record));
+                    }
+                    true
+                })?
+            } else {
+                // Every candidate is read; a page's worth (and one to tell
+                // whether there are more) after the cursor is kept.
+                let mut best = order::Best::new(size + 1, |a: &(Vec<order::SortValue>, R), b: &(_, R)| {
+                    order.compare((&a.0, a.1.name()), (&b.0, b.1.name()))
+                });
+                let newest = self.scan::<R>(candidates.as_ref(), None, query.deadline, |mut record, revision| {
+                    if visible(&mut record, revision) {
+                        let dynamic = record.transcode_to_dynamic();
+                        if filter.matches(&dynamic) {
+                            let values = order.sort_key(&dynamic);
+                            let after_cursor = cursor.as_ref().is_none_or(|(at_values, at_name)| {
+                                order.compare((&values, record.name()), (at_values, at_name)).is_gt()
+                            });
+                            if after_cursor {
+                                best.offer((values, record));
+                            }
+                        }
+                    }
+                    true
+                })?;
+                rows = best.into_sorted();
+                more = rows.len() > size;
+                rows.truncate(size);
+                newest
+            };
+            let last = rows.last().map(|(values, record)| (values.clone(), record.name().to_string()));
+            (Rows::Records(rows), newest, last)
+        };
+        if gave_up {
+            return Ok(None);
+        }
+        self.store.wait_durable(newest.max(read_at)).await?;
+        let next_page_token = match (more, last) {
+            (true, Some((values, name))) => paging::encode(fingerprint, &order::encode_cursor(&values, &name)),
+            _ => String::new(),
+        };
+        Ok(Some(Found { rows, next_page_token, revision: read_at }))
+    }
+
+    /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
+    /// in name order, answered from an index when the filter allows; stops
+    /// with DEADLINE_EXCEEDED once `deadline` has passed.
+    pub fn query<R: Resource>(&self, filter: &Filter, as_of: &Date, deadline: Option<Instant>) -> Result<Vec<R>> {
+        let candidates = index::candidates(&*self.store, R::KIND, filter)?;
+        let mut found = Vec::new();
+        self.scan::<R>(candidates.as_ref(), None, deadline, |mut record, revision| {
+            self.present(&mut record, revision, as_of);
+            if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
+                found.push(record);
+            }
+            true
+        })?;
+        Ok(found)
+    }
+
+    /// Visits records of `R` in name order after `after` (a name): those with
+    /// the ids in `candidates`, or all of them. Stops when `visit` says false,
+    /// and with DEADLINE_EXCEEDED once `deadline` has passed (the caller has
+    /// stopped waiting: the rest of the scan would be wasted).
+    /// Returns the highest revision visited.
+    pub(super) fn scan<R: Resource>(
+        &self,
+        candidates: Option<&index::Candidates>,
+        after: Option<&str>,
+        deadline: Option<Instant>,
+        mut visit: impl FnMut(R, u64) -> bool,
+    ) -> Result<u64> {
+        self.scan_stored::<R>(candidates, after, deadline, |_, bytes, revision| Ok(visit(decode(bytes)?, revision)))
+    }
+
+    /// [`Registry::scan`] with each record's name (its bytes, as the keys hold
+    /// them: checking the UTF-8 of each cost a page about as much as reading
+    /// its records from the read cache) and stored bytes, undecoded and lent.
+    pub(super) fn scan_stored<R: Resource>(
+        &self,
+        candidates: Option<&index::Candidates>,
+        after: Option<&str>,
+        deadline: Option<Instant>,
+        mut visit: impl FnMut(&[u8], &[u8], u64) -> Result<bool>,
+    ) -> Result<u64> {
+        let mut newest = 0;
+        let mut visited = 0u64;
+        let mut visit = |name: &[u8], bytes: &[u8], revision: u64| -> Result<bool> {
+            visited += 1;
+            if visited % DEADLINE_CHECK_INTERVAL == 0 {
+                check_deadline(deadline, || {
+                    format!(
+                        "the call's deadline passed after {visited} records were examined; narrow the filter or allow more time"
+                    )
+                })?;
+            }
+            newest = newest.max(revision);
+            visit(name, bytes, revision)
+        };
+        let after_id = match after {
+            Some(name) => Some(
+                R::KIND
+                    .parse_name(name)
+                    .map_err(|_| Error::invalid("page_token", "is not a page token this server issued"))?,
+            ),
+            None => None,
+        };
+        let prefix = collection_key(R::KIND);
+        if let Some(candidates) = candidates {
+            let mut failure = None;
+            // Each candidate's key, put together in one buffer rather than
+            // formatted anew for each record of a page.
+            let mut key = prefix;
+            let id_at = key.len();
+            candidates.for_each(&*self.store, after_id, &mut |id| {
+                key.truncate(id_at);
+                key.extend_from_slice(id);
+                let mut visited = Ok(true);
+                let read = self.store.read(&key, &mut |bytes, revision| {
+                    visited = visit(&key[RECORD_PREFIX.len()..], bytes, revision);
+                });
+                read.map_err(Error::from).and(visited).unwrap_or_else(|e| {
+                    failure = Some(e);
+                    false
+                })
+            })?;
+            return failure.map_or(Ok(newest), Err);
+        }
+        let start = match after_id {
+            Some(id) => key_after(&[prefix.as_slice(), id.as_bytes()].concat()),
+            None => Vec::new(),
+        };
+        crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {
+            visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)
+        })?;
+        Ok(newest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use prost_reflect::ReflectMessage;
+
+    use super::super::resource;
+    use super::super::testing::{anonymous, india_japan};
+    use super::*;
+    use crate::pb::cooperation::v1::Agreement;
+    use crate::store::memory::MemoryStore;
+
+    /// Several indexed conditions find only what every one of them finds:
+    /// India and Japan are the agreements both parties' sets hold, not all
+    /// of India's; two bounds on one date are one range, not everything after
+    /// the one and everything before the other.
+    #[tokio::test]
+    async fn indexed_conditions_together_find_only_the_ids_each_finds() {
+        let store = Arc::new(MemoryStore::new());
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let mut ids = Vec::new();
+        for (parties, year) in [("aus", 2019), ("aus", 2020), ("aus", 2021), ("jpn", 2020), ("jpn", 2022)] {
+            let agreement = Agreement {
+                parties: vec!["parties/ind".into(), format!("parties/{parties}")],
+                signature_date: Some(dates::date(year, 6, 1)),
+                ..india_japan()
+            };
+            let created = registry.create("", agreement, &anonymous("CreateAgreement")).await.unwrap();
+            ids.push(created.name.trim_start_matches("agreements/").to_string());
+        }
+        let descriptor = Agreement::default().descriptor();
+        for (filter, expected) in [
+            (r#"parties:"parties/ind" AND parties:"parties/jpn""#, [3, 4].as_slice()),
+            ("signature_date >= 2020-01-01 AND signature_date < 2021-01-01", &[1, 3]),
+            (r#"parties:"parties/jpn" AND signature_date > 2020 AND parties:"parties/ind""#, &[4]),
+            (r#"parties:"parties/jpn" AND signature_date <= 2019"#, &[]),
+        ] {
+            let expected: BTreeSet<String> = expected.iter().map(|&i| ids[i].clone()).collect();
+            let compiled = Filter::compile(filter, &descriptor).unwrap();
+            match index::candidates(&*store, &resource::AGREEMENT, &compiled).unwrap() {
+                Some(index::Candidates::Ids(found)) => assert_eq!(found, expected, "{filter}"),
+                other => panic!("{filter}: {other:?}"),
+            }
+            let query = ListQuery { filter: filter.into(), ..Default::default() };
+            let listed = registry.list::<Agreement>(&query).await.unwrap().items;
+            let listed: BTreeSet<String> =
+                listed.iter().map(|a| a.name.trim_start_matches("agreements/").to_string()).collect();
+            assert_eq!(listed, expected, "{filter}: the page");
+        }
+    }
+}
