@@ -75,6 +75,10 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
         match e {
             StoreError::Closed => Error::Unavailable { message: "the registry is shutting down".into() },
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "the store is unavailable");
+                Error::Unavailable { message: "the store is unavailable for now; retry".into() }
+            }
             StoreError::Full(detail) => {
                 tracing::error!(%detail, "the data dir's disk is full");
                 Error::StorageFull

@@ -186,7 +186,7 @@ impl Registry {
     /// Resolves, with the cause, if the store fails to write (see
     /// `Store::failed`).
     pub fn failed(&self) -> impl std::future::Future<Output = crate::store::StoreError> + Send + 'static {
-        self.store.failed()
+        self.store.engine().failed()
     }
 
     /// WatchChanges streams open now.
@@ -194,23 +194,9 @@ impl Registry {
         self.watchers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Bytes the store occupies.
-    pub fn store_bytes(&self) -> Result<u64> {
-        self.store.size_on_disk().map_err(Error::from)
-    }
-
-    /// The pauses the store took to bound its start time.
-    pub fn checkpoints(&self) -> crate::store::Checkpoints {
-        self.store.checkpoints()
-    }
-
-    pub fn read_cache(&self) -> crate::store::ReadCacheStats {
-        self.store.read_cache()
-    }
-
-    /// The flushes the store's writes waited for.
-    pub fn store_flushes(&self) -> u64 {
-        self.store.flushes()
+    /// The figures the store's engine keeps about itself.
+    pub fn engine_metrics(&self) -> Vec<crate::store::EngineMetric> {
+        self.store.engine().metrics()
     }
 
     /// Ends every watcher (with UNAVAILABLE and the revision to resume from),
@@ -222,12 +208,12 @@ impl Registry {
     /// Writes a consistent backup of everything to `out` (see
     /// `store::backup`); returns the revision it reflects.
     pub fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> Result<u64> {
-        self.store.backup(out).map_err(Error::from)
+        self.store.engine().backup(out).map_err(Error::from)
     }
 
     /// Flushes and closes the store; later writes fail with UNAVAILABLE.
     pub fn close(&self) -> Result<()> {
-        self.store.close().map_err(Error::from)
+        self.store.engine().close().map_err(Error::from)
     }
 
     /// Sets what is derived on read: the etag from the revision that wrote the

@@ -494,17 +494,8 @@ mod tests {
         fn compact(&self, revision: u64) -> crate::store::StoreResult<u64> {
             self.inner.compact(revision)
         }
-        fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> crate::store::StoreResult<u64> {
-            self.inner.backup(out)
-        }
-        fn close(&self) -> crate::store::StoreResult<()> {
-            self.inner.close()
-        }
-        fn size_on_disk(&self) -> crate::store::StoreResult<u64> {
-            self.inner.size_on_disk()
-        }
-        fn failed(&self) -> crate::store::BoxFuture<'static, crate::store::StoreError> {
-            self.inner.failed()
+        fn engine(&self) -> &dyn crate::store::Engine {
+            self.inner.engine()
         }
     }
 

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tonic::codegen::http;
 
 use crate::registry::Registry;
+use crate::store::MetricKind;
 
 /// When the caller stops waiting (from the `grpc-timeout` header); services
 /// find it in the request extensions and stop long work once it has passed.
@@ -54,14 +55,7 @@ const HANDLED: &str = "grpc_server_handled_total";
 const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 const IN_FLIGHT: &str = "grpc_server_calls_in_flight";
 const REVISION: &str = "cooperation_registry_revision";
-const STORE_BYTES: &str = "cooperation_registry_store_bytes";
 const WATCHERS: &str = "cooperation_registry_watchers";
-const CHECKPOINTS: &str = "cooperation_registry_checkpoints_total";
-const LAST_CHECKPOINT_SECONDS: &str = "cooperation_registry_last_checkpoint_seconds";
-const STORE_FLUSHES: &str = "cooperation_registry_store_flushes_total";
-const READ_CACHE_HITS: &str = "cooperation_registry_read_cache_hits_total";
-const READ_CACHE_MISSES: &str = "cooperation_registry_read_cache_misses_total";
-const READ_CACHE_BYTES: &str = "cooperation_registry_read_cache_bytes";
 
 /// Latency buckets, in seconds: from a cached read to a slow scan.
 const LATENCY_BUCKETS: &[f64] =
@@ -83,30 +77,7 @@ fn recorder() -> Result<&'static PrometheusHandle, String> {
                 );
                 metrics::describe_gauge!(IN_FLIGHT, "gRPC calls being served now (streams included).");
                 metrics::describe_gauge!(REVISION, "The store's current revision.");
-                metrics::describe_gauge!(STORE_BYTES, metrics::Unit::Bytes, "Size of the data dir's database.");
                 metrics::describe_gauge!(WATCHERS, "WatchChanges streams open now.");
-                metrics::describe_counter!(
-                    CHECKPOINTS,
-                    "Checkpoints since the server started: the store closed and reopened its database \
-                     (--checkpoint-mib), holding calls meanwhile."
-                );
-                metrics::describe_gauge!(
-                    LAST_CHECKPOINT_SECONDS,
-                    metrics::Unit::Seconds,
-                    "How long the last checkpoint held calls (0 before the first)."
-                );
-                metrics::describe_counter!(
-                    STORE_FLUSHES,
-                    "Flushes of the store that writes waited for to be durable (with --durability fsync, each \
-                     with an fdatasync) since the server started; the revision's rise over this is the writes \
-                     that shared each."
-                );
-                metrics::describe_counter!(
-                    READ_CACHE_HITS,
-                    "Record reads answered from the read cache (--read-cache-mib) since the server started."
-                );
-                metrics::describe_counter!(READ_CACHE_MISSES, "Record reads the read cache did not hold.");
-                metrics::describe_gauge!(READ_CACHE_BYTES, metrics::Unit::Bytes, "Memory the read cache holds.");
             };
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(HANDLING_SECONDS.into()), LATENCY_BUCKETS)
@@ -191,17 +162,18 @@ fn scrape<B>(
     }
     metrics::gauge!(REVISION).set(registry.revision() as f64);
     metrics::gauge!(WATCHERS).set(registry.watchers() as f64);
-    let checkpoints = registry.checkpoints();
-    metrics::counter!(CHECKPOINTS).absolute(checkpoints.count);
-    metrics::gauge!(LAST_CHECKPOINT_SECONDS).set(checkpoints.last_seconds);
-    metrics::counter!(STORE_FLUSHES).absolute(registry.store_flushes());
-    let read_cache = registry.read_cache();
-    metrics::counter!(READ_CACHE_HITS).absolute(read_cache.hits);
-    metrics::counter!(READ_CACHE_MISSES).absolute(read_cache.misses);
-    metrics::gauge!(READ_CACHE_BYTES).set(read_cache.bytes as f64);
-    match registry.store_bytes() {
-        Ok(bytes) => metrics::gauge!(STORE_BYTES).set(bytes as f64),
-        Err(e) => tracing::warn!(error = %e, "cannot read the store's size"),
+    for metric in registry.engine_metrics() {
+        let name = format!("cooperation_registry_{}", metric.name);
+        match metric.kind {
+            MetricKind::Counter => {
+                metrics::describe_counter!(name.clone(), metric.help);
+                metrics::counter!(name).absolute(metric.value as u64);
+            }
+            MetricKind::Gauge => {
+                metrics::describe_gauge!(name.clone(), metric.help);
+                metrics::gauge!(name).set(metric.value);
+            }
+        }
     }
     reply(200, "text/plain; version=0.0.4", handle.render())
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::memory::MemoryStore;
 use super::sled::{SledOptions, SledStore};
-use super::{Applied, Condition, Durability, Op, Outcome, Store, StoreError, Txn};
+use super::{Applied, Condition, Durability, Engine, Op, Outcome, Store, StoreError, Txn};
 
 fn put(key: &str, value: &str) -> Op {
     Op::Put { key: key.as_bytes().to_vec(), value: value.as_bytes().to_vec() }
@@ -133,7 +133,7 @@ async fn suite(store: Arc<dyn Store>) {
     sets(&*store).await;
     applied_before_durable(&*store).await;
 
-    store.close().unwrap();
+    store.engine().close().unwrap();
     assert_eq!(store.commit(txn(vec![put("z", "z")], vec![])).await, Err(StoreError::Closed));
 }
 
@@ -473,7 +473,7 @@ async fn backups_restore_everything() {
         source.compact(10).unwrap();
         let (sender, receiver) = std::sync::mpsc::sync_channel(4);
         let copy = std::thread::spawn(move || receiver.into_iter().flatten().collect::<Vec<u8>>());
-        let revision = source.backup(sender).unwrap();
+        let revision = source.engine().backup(sender).unwrap();
         let bytes = copy.join().unwrap();
         assert_eq!(revision, 52);
 
@@ -500,7 +500,7 @@ async fn backups_restore_everything() {
         damaged[100] ^= 1;
         assert!(SledStore::restore(tempfile::tempdir().unwrap().path(), &mut damaged.as_slice()).is_err());
         assert!(SledStore::restore(target.path(), &mut bytes.as_slice()).is_err(), "restore refuses a used dir");
-        source.close().unwrap();
+        source.engine().close().unwrap();
     }
 }
 

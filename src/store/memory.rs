@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Applied, BoxFuture, Condition, Entry, Members, Op, Outcome, Store, StoreError, StoreResult, Txn};
+use super::{
+    Applied, BoxFuture, Condition, Engine, EngineMetric, Entry, Members, MetricKind, Op, Outcome, Store, StoreError,
+    StoreResult, Txn,
+};
 
 #[derive(Default)]
 struct State {
@@ -140,6 +143,25 @@ impl Store for MemoryStore {
         Ok(removed)
     }
 
+    fn engine(&self) -> &dyn Engine {
+        self
+    }
+}
+
+impl Engine for MemoryStore {
+    fn metrics(&self) -> Vec<EngineMetric> {
+        let state = self.state.lock().expect("state lock");
+        let keys: usize = state.keys.iter().map(|(k, e)| k.len() + e.value.len() + 16).sum();
+        let changes: usize = state.changes.values().map(|c| c.len() + 8).sum();
+        let members: usize = state.members.keys().map(|k| k.len() + 16).sum();
+        vec![EngineMetric {
+            name: "store_bytes",
+            help: "Memory the store's keys, members and changes take, in bytes.",
+            kind: MetricKind::Gauge,
+            value: (keys + changes + members) as f64,
+        }]
+    }
+
     fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
         let state = self.state.lock().expect("state lock");
         let mut writer = super::backup::BackupWriter::new(out, state.revision, state.first_change.max(1));
@@ -155,19 +177,6 @@ impl Store for MemoryStore {
         }
         writer.finish()?;
         Ok(state.revision)
-    }
-
-    fn size_on_disk(&self) -> StoreResult<u64> {
-        let state = self.state.lock().expect("state lock");
-        let keys: usize = state.keys.iter().map(|(k, e)| k.len() + e.value.len() + 16).sum();
-        let changes: usize = state.changes.values().map(|c| c.len() + 8).sum();
-        let members: usize = state.members.keys().map(|k| k.len() + 16).sum();
-        Ok((keys + changes + members) as u64)
-    }
-
-    fn failed(&self) -> BoxFuture<'static, StoreError> {
-        // Memory does not fail.
-        Box::pin(std::future::pending())
     }
 
     fn close(&self) -> StoreResult<()> {

@@ -166,27 +166,6 @@ pub enum Durability {
     None,
 }
 
-/// The pauses an engine took to bound its start time (sled: closing and
-/// reopening its database, see `sled::SledOptions::checkpoint_bytes`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Checkpoints {
-    /// How many since the store was opened.
-    pub count: u64,
-    /// How long the last one held reads and writes, in seconds.
-    pub last_seconds: f64,
-}
-
-/// How the engine's read cache does (sled: `sled::SledOptions::read_cache_bytes`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReadCacheStats {
-    /// Point reads answered from the cache since the store was opened.
-    pub hits: u64,
-    /// Point reads that went to the engine itself.
-    pub misses: u64,
-    /// Bytes it holds, as it counts them.
-    pub bytes: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The engine failed to read or write.
@@ -199,6 +178,9 @@ pub enum StoreError {
     Full(String),
     /// The store was shut down, or stopped after a failed write.
     Closed,
+    /// The engine cannot serve for now (a networked engine that lost its
+    /// cluster, say); the same call may succeed if retried.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -209,6 +191,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Locked(m) => write!(f, "data dir is in use by another process: {m}"),
             StoreError::Full(m) => write!(f, "the data dir's disk is full: {m}"),
             StoreError::Closed => write!(f, "the store is closed"),
+            StoreError::Unavailable(m) => write!(f, "the store is unavailable: {m}"),
         }
     }
 }
@@ -280,40 +263,53 @@ pub trait Store: Send + Sync + 'static {
     /// reader mistakes a removed entry for a gap. Returns how many were removed.
     fn compact(&self, revision: u64) -> StoreResult<u64>;
 
-    /// Writes a consistent copy of the whole store (keys with their revisions,
-    /// the change log, the revision counter) in the backup format to `out`,
-    /// while writes wait; returns the revision it reflects.
+    /// What is particular to this engine: its figures and its lifecycle.
+    fn engine(&self) -> &dyn Engine;
+}
+
+/// What an engine has beyond the core of [`Store`], for the operator: the
+/// figures it keeps, a backup, its failure and its close. An engine
+/// implements what it has; the defaults say it has nothing of the kind.
+pub trait Engine: Send + Sync {
+    /// Its figures, exported on the metrics endpoint as
+    /// `cooperation_registry_{name}`.
+    fn metrics(&self) -> Vec<EngineMetric> {
+        Vec::new()
+    }
+
+    /// Writes a consistent copy of the whole store (keys with their
+    /// revisions, the change log, the revision counter) in the backup format
+    /// (`backup`) to `out`; returns the revision it reflects.
     fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64>;
 
-    /// Waits for pending writes, flushes everything and refuses later writes.
+    /// Resolves, with the cause, if the engine can no longer write and the
+    /// state of the writes that failed is unknown: the process should stop
+    /// (what was acknowledged is kept). Never, for an engine that cannot fail so.
+    fn failed(&self) -> BoxFuture<'static, StoreError> {
+        Box::pin(std::future::pending())
+    }
+
+    /// Waits for pending writes, makes everything durable and refuses later
+    /// writes.
     fn close(&self) -> StoreResult<()>;
+}
 
-    /// Bytes the store occupies (on disk, or in memory for the memory store).
-    fn size_on_disk(&self) -> StoreResult<u64>;
+/// One figure an engine reports about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineMetric {
+    /// Its name after `cooperation_registry_`, Prometheus style
+    /// (`store_bytes`, `checkpoints_total`).
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+    pub value: f64,
+}
 
-    /// The checkpoints taken since the store was opened (none, for an engine
-    /// that needs none).
-    fn checkpoints(&self) -> Checkpoints {
-        Checkpoints::default()
-    }
-
-    /// The flushes writes waited for to be durable since the store was
-    /// opened: each covers every write applied before it, so committed
-    /// writes over flushes tells how well writes share them (0 for an engine
-    /// that never flushes).
-    fn flushes(&self) -> u64 {
-        0
-    }
-
-    /// How its read cache does (all zero for an engine without one).
-    fn read_cache(&self) -> ReadCacheStats {
-        ReadCacheStats::default()
-    }
-
-    /// Resolves, with the cause, if a write or flush fails: the store then
-    /// refuses every later write and the state of the failed ones is unknown,
-    /// so the process should stop (what was acknowledged is on disk).
-    fn failed(&self) -> BoxFuture<'static, StoreError>;
+/// How a figure moves: a counter only grows; a gauge goes up and down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
 }
 
 /// The writes that move `member` from the sets `before` to the sets `after`.

@@ -22,8 +22,9 @@
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::ReadCacheStats;
+use crate::store::Members;
 use crate::store::generations::Generations;
-use crate::store::{Members, ReadCacheStats};
 
 /// Shards, each with its own lock: readers on different keys rarely wait.
 const SHARDS: usize = 16;

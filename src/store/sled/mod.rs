@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Applied, BoxFuture, Checkpoints, Condition, Durability, Entry, Op, Outcome, Store, StoreError, StoreResult, Txn,
+    Applied, BoxFuture, Condition, Durability, Engine, EngineMetric, Entry, MetricKind, Op, Outcome, Store, StoreError,
+    StoreResult, Txn,
 };
 
 mod cache;
@@ -541,6 +542,52 @@ impl SledStore {
     }
 }
 
+/// The pauses the store took to bound its start time: closing and reopening
+/// its database (see `SledOptions::checkpoint_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Checkpoints {
+    /// How many since the store was opened.
+    pub count: u64,
+    /// How long the last one held reads and writes, in seconds.
+    pub last_seconds: f64,
+}
+
+/// How the read cache does (see `SledOptions::read_cache_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadCacheStats {
+    /// Point reads answered from the cache since the store was opened.
+    pub hits: u64,
+    /// Point reads that went to sled itself.
+    pub misses: u64,
+    /// Bytes it holds, as it counts them.
+    pub bytes: u64,
+}
+
+/// Figures of this engine, beside those every engine reports.
+impl SledStore {
+    /// The checkpoints taken since the store was opened.
+    pub fn checkpoints(&self) -> Checkpoints {
+        *self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The flushes writes waited for to be durable since the store was
+    /// opened: each covers every write applied before it, so committed
+    /// writes over flushes tells how well writes share them.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How the read cache does.
+    pub fn read_cache(&self) -> ReadCacheStats {
+        self.cache.stats()
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> StoreResult<u64> {
+        self.db.tree()?.size_on_disk().map_err(storage)
+    }
+}
+
 impl Store for SledStore {
     fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
         let raw = match self.cache.get(key) {
@@ -592,14 +639,6 @@ impl Store for SledStore {
 
     fn revision(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
-    }
-
-    fn read_cache(&self) -> crate::store::ReadCacheStats {
-        self.cache.stats()
-    }
-
-    fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
     }
 
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
@@ -676,18 +715,72 @@ impl Store for SledStore {
         Ok(removed)
     }
 
+    fn engine(&self) -> &dyn Engine {
+        self
+    }
+}
+
+impl Engine for SledStore {
+    fn metrics(&self) -> Vec<EngineMetric> {
+        let checkpoints = self.checkpoints();
+        let cache = self.read_cache();
+        let mut metrics = vec![
+            EngineMetric {
+                name: "checkpoints_total",
+                help: "Checkpoints since the server started: the store closed and reopened its database \
+                       (--checkpoint-mib), holding calls meanwhile.",
+                kind: MetricKind::Counter,
+                value: checkpoints.count as f64,
+            },
+            EngineMetric {
+                name: "last_checkpoint_seconds",
+                help: "How long the last checkpoint held calls, in seconds (0 before the first).",
+                kind: MetricKind::Gauge,
+                value: checkpoints.last_seconds,
+            },
+            EngineMetric {
+                name: "store_flushes_total",
+                help: "Flushes of the store that writes waited for to be durable (with --durability fsync, \
+                       each with an fdatasync) since the server started; the revision's rise over this is \
+                       the writes that shared each.",
+                kind: MetricKind::Counter,
+                value: self.flushes() as f64,
+            },
+            EngineMetric {
+                name: "read_cache_hits_total",
+                help: "Record reads answered from the read cache (--read-cache-mib) since the server started.",
+                kind: MetricKind::Counter,
+                value: cache.hits as f64,
+            },
+            EngineMetric {
+                name: "read_cache_misses_total",
+                help: "Record reads the read cache did not hold.",
+                kind: MetricKind::Counter,
+                value: cache.misses as f64,
+            },
+            EngineMetric {
+                name: "read_cache_bytes",
+                help: "Memory the read cache holds, in bytes.",
+                kind: MetricKind::Gauge,
+                value: cache.bytes as f64,
+            },
+        ];
+        match self.size_on_disk() {
+            Ok(bytes) => metrics.push(EngineMetric {
+                name: "store_bytes",
+                help: "Size of the data dir's database, in bytes.",
+                kind: MetricKind::Gauge,
+                value: bytes as f64,
+            }),
+            Err(e) => tracing::warn!(error = %e, "cannot read the store's size"),
+        }
+        metrics
+    }
+
     fn backup(&self, out: mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.send(Message::Backup(out, reply))?;
         answer.recv().map_err(|_| StoreError::Closed)?
-    }
-
-    fn size_on_disk(&self) -> StoreResult<u64> {
-        self.db.tree()?.size_on_disk().map_err(storage)
-    }
-
-    fn checkpoints(&self) -> Checkpoints {
-        *self.checkpoints.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn failed(&self) -> BoxFuture<'static, StoreError> {
