@@ -233,3 +233,21 @@ impl From<Error> for tonic::Status {
         tonic::Status::with_error_details(code, message, details)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use crate::store::StoreError;
+
+    /// A store that cannot serve for now answers UNAVAILABLE, which clients
+    /// retry, without its detail; one that failed answers INTERNAL.
+    #[test]
+    fn store_errors_keep_the_difference_between_retry_and_failure() {
+        let unavailable = tonic::Status::from(Error::from(StoreError::Unavailable("no quorum at 10.0.0.7".into())));
+        assert_eq!(unavailable.code(), tonic::Code::Unavailable);
+        assert!(!unavailable.message().contains("10.0.0.7"), "{}", unavailable.message());
+        let failed = tonic::Status::from(Error::from(StoreError::Storage("io error".into())));
+        assert_eq!(failed.code(), tonic::Code::Internal);
+        assert_eq!(tonic::Status::from(Error::from(StoreError::Closed)).code(), tonic::Code::Unavailable);
+    }
+}
