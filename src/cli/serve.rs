@@ -241,11 +241,8 @@ fn spawn_compactor(registry: Arc<Registry>, keep_revisions: Option<u64>, keep_ho
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
-            let registry = registry.clone();
-            match tokio::task::spawn_blocking(move || registry.compact(keep_revisions, keep_for)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "change-log compaction failed"),
-                Err(e) => tracing::warn!(error = %e, "change-log compaction panicked"),
+            if let Err(e) = registry.compact_once(keep_revisions, keep_for).await {
+                tracing::warn!(error = %e, "change-log compaction failed");
             }
         }
     });

@@ -28,6 +28,9 @@ const WATCH_BUFFER: usize = 16;
 /// Change-log entries a watcher reads at a time.
 const READ_BATCH: usize = 64;
 
+/// The job of compacting the change log (see `jobs`).
+const COMPACTION_JOB: &str = "compaction";
+
 /// What a WatchChanges call asks for.
 #[derive(Clone, Debug, Default)]
 pub struct WatchQuery {
@@ -318,6 +321,39 @@ impl Registry {
     /// `keep_for` (when set); compacts only what both allow. Returns the number
     /// of entries removed.
     pub fn compact(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<u64> {
+        let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for)? else { return Ok(0) };
+        let removed = self.store.compact(cutoff)?;
+        if removed > 0 {
+            tracing::info!(removed, first_revision = cutoff, "compacted the change log");
+        }
+        Ok(removed)
+    }
+
+    /// [`Registry::compact`] by one of the servers that share the store:
+    /// this one, if no other is compacting (under the compaction job's
+    /// lease; see `jobs`). Compacting twice to one revision changes nothing,
+    /// so a compaction that outlasts its lease does no harm.
+    pub async fn compact_once(
+        self: &Arc<Self>,
+        keep_revisions: Option<u64>,
+        keep_for: Option<Duration>,
+    ) -> Result<u64> {
+        let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for)? else { return Ok(0) };
+        if self.take_lease(COMPACTION_JOB).await?.is_none() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let removed = tokio::task::spawn_blocking(move || store.compact(cutoff))
+            .await
+            .map_err(|e| Error::internal(format!("compaction stopped: {e}")))??;
+        if removed > 0 {
+            tracing::info!(removed, first_revision = cutoff, "compacted the change log");
+        }
+        Ok(removed)
+    }
+
+    /// The first revision a retention policy keeps, if it lets any go.
+    fn compaction_cutoff(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<Option<u64>> {
         let current = self.store.revision();
         let mut cutoff = current + 1;
         if let Some(keep) = keep_revisions {
@@ -344,13 +380,9 @@ impl Registry {
             }
             cutoff = cutoff.min(from.max(1));
         }
-        if keep_revisions.is_none() && keep_for.is_none() {
-            return Ok(0);
+        if keep_revisions.is_none() && keep_for.is_none() || cutoff <= self.store.first_change()? {
+            return Ok(None);
         }
-        let removed = self.store.compact(cutoff)?;
-        if removed > 0 {
-            tracing::info!(removed, first_revision = cutoff, "compacted the change log");
-        }
-        Ok(removed)
+        Ok(Some(cutoff))
     }
 }

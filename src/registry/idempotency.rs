@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime};
 use prost::Message;
 use prost_types::Timestamp;
 
+use super::jobs::Lease;
 use super::records::{StoredChange, StoredRequest};
 use super::{Mutation, Registry, Resource, decode, now};
 use crate::error::{Error, Result};
-use crate::store::{Condition, Op, Outcome, Txn, for_each_member};
+use crate::store::{Batches, Condition, Op, Outcome, Txn, for_each_member};
 
 /// How long a request's answer is kept by default: AIP-155 asks for at least
 /// a day, long enough for any client's retries.
@@ -31,8 +32,11 @@ pub const EXPIRY_ACTOR: &str = "system:request-expiry";
 const EXPIRY_SET: &[u8] = b"e/requests\0";
 
 /// Expired answers removed by one transaction: small enough for any engine's
-/// limit on a transaction's operations.
-const EXPIRY_BATCH: usize = 50;
+/// limit on a transaction's operations (each takes three, and the lease two).
+const EXPIRY_BATCH: usize = 40;
+
+/// The job of removing expired answers (see `jobs`).
+const EXPIRY_JOB: &str = "request-expiry";
 
 fn request_key(request_id: &str) -> Vec<u8> {
     format!("q/{request_id}").into_bytes()
@@ -141,6 +145,11 @@ impl Registry {
     pub async fn expire_requests(&self) -> Result<u64> {
         let cutoff = SystemTime::now().checked_sub(self.request_retention).unwrap_or(SystemTime::UNIX_EPOCH);
         let cutoff_seconds = cutoff.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.expired_members(cutoff_seconds)?.is_empty() {
+            return Ok(0);
+        }
+        // One server among those sharing the store removes them.
+        let Some(mut lease) = self.take_lease(EXPIRY_JOB).await? else { return Ok(0) };
         let mut removed = 0;
         loop {
             let expired = self.expired_members(cutoff_seconds)?;
@@ -165,7 +174,7 @@ impl Registry {
             }
             let change = StoredChange { actor: EXPIRY_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
             txn.change = change.encode_to_vec();
-            match self.store.commit(txn).await? {
+            match self.commit_leased(&mut lease, txn).await? {
                 Outcome::Committed { .. } => removed += entries,
                 // A retry replaced one of them meanwhile: the next sweep reads again.
                 Outcome::ConditionFailed => return Ok(removed),
@@ -196,16 +205,18 @@ impl Registry {
     /// of an older data dir takes its answer from the change log while it
     /// still holds it, and the time of the upgrade, so it expires one
     /// retention after the upgrade.
-    pub(super) async fn keep_request_answers(&self) -> Result<()> {
+    pub(super) async fn keep_request_answers(&self, lease: &mut Lease) -> Result<()> {
         let upgraded = now();
+        let change =
+            StoredChange { actor: super::MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
+        let mut batches = Batches::new(self.store.limits(), change.encode_to_vec(), Lease::SIZE);
         let mut start = Vec::new();
         let mut kept = 0;
         loop {
-            let batch = self.store.scan(b"q/", &start, EXPIRY_BATCH)?;
-            let Some((last, _)) = batch.last() else { break };
+            let read = self.store.scan(b"q/", &start, EXPIRY_BATCH)?;
+            let Some((last, _)) = read.last() else { break };
             start = crate::store::key_after(last);
-            let mut txn = Txn::default();
-            for (key, entry) in &batch {
+            for (key, entry) in &read {
                 let mut request = StoredRequest::decode(entry.value.as_slice()).map_err(Error::internal)?;
                 if request.commit_time.is_some() {
                     continue;
@@ -221,20 +232,19 @@ impl Registry {
                 request.revision = entry.mod_revision;
                 request.commit_time = Some(upgraded);
                 let request_id = std::str::from_utf8(&key[2..]).map_err(Error::internal)?;
-                txn.conditions.push(Condition::ModRevision { key: key.clone(), equals: entry.mod_revision });
-                txn.ops.push(Op::Add { set: EXPIRY_SET.to_vec(), member: expiry_member(&upgraded, request_id) });
-                txn.ops.push(Op::Put { key: key.clone(), value: request.encode_to_vec() });
+                let item = Txn {
+                    conditions: vec![Condition::ModRevision { key: key.clone(), equals: entry.mod_revision }],
+                    ops: vec![
+                        Op::Add { set: EXPIRY_SET.to_vec(), member: expiry_member(&upgraded, request_id) },
+                        Op::Put { key: key.clone(), value: request.encode_to_vec() },
+                    ],
+                    ..Default::default()
+                };
+                self.write_batched(lease, &mut batches, item).await?;
                 kept += 1;
             }
-            if !txn.ops.is_empty() {
-                let change =
-                    StoredChange { actor: super::MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
-                txn.change = change.encode_to_vec();
-                if let Outcome::ConditionFailed = self.store.commit(txn).await? {
-                    return Err(Error::internal("a request entry changed while the data dir was upgraded"));
-                }
-            }
         }
+        self.commit_batch(lease, batches.take()).await?;
         if kept > 0 {
             tracing::info!(entries = kept, "upgraded request entries: each keeps its answer and expires");
         }

@@ -22,6 +22,7 @@ pub mod engagement;
 pub mod filter;
 mod idempotency;
 pub mod index;
+mod jobs;
 mod keys;
 mod lists;
 pub mod mask;
@@ -49,6 +50,7 @@ use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
 use crate::store::Store;
 pub use idempotency::{DEFAULT_REQUEST_RETENTION, EXPIRY_ACTOR};
+pub use jobs::JOBS_ACTOR;
 pub use resource::{Kind, Resource};
 pub use schema::{MIGRATION_ACTOR, SEED_ACTOR};
 use validate::Reference;
@@ -100,6 +102,9 @@ pub type EncodedPage = Page<u8>;
 
 pub struct Registry {
     store: Arc<dyn Store>,
+    /// This registry among those that share its store: who holds a job's
+    /// lease (see `jobs`).
+    instance: String,
     /// How long the answer to a request with a request_id is kept.
     request_retention: std::time::Duration,
     /// Turns true when the server begins to shut down: watchers end then.
@@ -168,6 +173,7 @@ impl Registry {
     pub async fn open_with(store: Arc<dyn Store>, options: RegistryOptions) -> Result<Registry> {
         let registry = Registry {
             store,
+            instance: uuid::Uuid::now_v7().to_string(),
             request_retention: options.request_retention,
             shutdown: tokio::sync::watch::Sender::new(false),
             watchers: Default::default(),

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use prost::Message;
 
+use super::jobs::Lease;
 use super::keys::{collection_key, record_key};
 use super::party;
 use super::reads::has_field;
@@ -16,7 +17,7 @@ use super::writes::reference_ops;
 use super::{Registry, index, now, targets};
 use crate::error::{Error, Result, Violations};
 use crate::pb::DESCRIPTOR_POOL;
-use crate::store::{Condition, Op, Outcome, Txn, key_after, move_member};
+use crate::store::{Batches, Condition, Op, Outcome, Txn, key_after, move_member};
 
 /// The actor recorded for the states written at the first start.
 pub const SEED_ACTOR: &str = "system:seed";
@@ -35,56 +36,170 @@ pub(super) const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
 /// How often an upgrade of the data dir logs its progress.
 pub(super) const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The job that prepares the layout: one server does it, the others wait.
+const LAYOUT_JOB: &str = "layout";
+
+/// How often a server waiting for another to prepare the layout looks again.
+const LAYOUT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The schema key's value while the first start's states are written: a
+/// server that takes the job over goes on with them.
+const SEEDING: u32 = 0;
+
 impl Registry {
     /// Brings the store to this build's layout: the ISO 3166-1 states into
     /// an empty store, the upgrades an older layout needs, then the schema
-    /// version. A store of a newer layout is refused.
+    /// version. One server among those that open the store at once does it
+    /// (under the layout job's lease); the others wait for it, and take it
+    /// over if it stops half way. A store of a newer layout is refused.
     pub(super) async fn prepare_layout(&self) -> Result<()> {
-        if self.store.revision() == 0 {
-            self.seed().await?;
+        let mut waiting_since = None;
+        loop {
+            let schema = self.schema()?;
+            if schema == Some(REGISTRY_SCHEMA) {
+                return Ok(());
+            }
+            if let Some(newer) = schema.filter(|s| *s > REGISTRY_SCHEMA) {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "the data dir holds registry schema {newer}, newer than the {REGISTRY_SCHEMA} this build knows; run a newer cooperation-registry"
+                    ),
+                });
+            }
+            if schema.is_none() && self.seed_at_once().await? {
+                return Ok(());
+            }
+            if schema.is_none() && self.schema()?.is_some() {
+                continue; // Another server wrote the states meanwhile.
+            }
+            match self.take_lease(LAYOUT_JOB).await? {
+                Some(lease) => return self.prepare_layout_leased(lease).await,
+                None => {
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < LAYOUT_POLL * 2 {
+                        tracing::info!("another server is preparing the store's layout; waiting for it");
+                    }
+                    tokio::time::sleep(LAYOUT_POLL).await;
+                }
+            }
         }
-        let schema = match self.store.get(SCHEMA_KEY)? {
-            Some(entry) => entry
-                .value
-                .try_into()
-                .map(u32::from_be_bytes)
-                .map_err(|_| Error::internal("corrupt registry schema"))?,
-            None => 1,
+    }
+
+    /// The layout job, under its lease.
+    async fn prepare_layout_leased(&self, mut lease: Lease) -> Result<()> {
+        // Read again: another server may have finished before the lease was taken.
+        let schema = self.schema()?;
+        let fresh = schema.is_none() && self.store.scan(b"r/", b"", 1)?.is_empty();
+        match schema {
+            Some(REGISTRY_SCHEMA) => {}
+            _ if fresh || schema == Some(SEEDING) => self.seed(&mut lease).await?,
+            _ => {
+                let from = schema.unwrap_or(1);
+                if from < 3 {
+                    self.rebuild_indexes(&mut lease).await?;
+                }
+                if from < 4 {
+                    self.keep_request_answers(&mut lease).await?;
+                }
+                tracing::info!(from, to = REGISTRY_SCHEMA, "upgraded the data dir's layout");
+            }
+        }
+        let txn = Txn {
+            ops: vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }],
+            change: migration_change(),
+            ..Default::default()
         };
-        if schema > REGISTRY_SCHEMA {
-            return Err(Error::Unavailable {
-                message: format!(
-                    "the data dir holds registry schema {schema}, newer than the {REGISTRY_SCHEMA} this build knows; run a newer cooperation-registry"
-                ),
-            });
+        match self.finish_leased(lease, txn).await? {
+            Outcome::Committed { .. } => Ok(()),
+            Outcome::ConditionFailed => {
+                Err(Error::Unavailable { message: "another server took over preparing the store's layout".into() })
+            }
         }
-        if schema < 3 {
-            self.rebuild_indexes().await?;
+    }
+
+    /// Writes the states and the schema version into a new store in one
+    /// transaction, when the store's limits allow one that large, so that a
+    /// new store holds its states at revision 1 and no job lease is needed.
+    /// False when the store is not new (or another server got there first),
+    /// or when it takes the states only in several transactions.
+    async fn seed_at_once(&self) -> Result<bool> {
+        if !self.store.scan(b"r/", b"", 1)?.is_empty() || self.store.get(&super::jobs::lease_key(LAYOUT_JOB))?.is_some()
+        {
+            return Ok(false);
         }
-        if schema < 4 {
-            self.keep_request_answers().await?;
+        let time = now();
+        let states = self.seed_items(time)?;
+        let mut txn = seed_txn(&states, time);
+        txn.conditions.push(Condition::ModRevision { key: SCHEMA_KEY.to_vec(), equals: 0 });
+        txn.conditions.push(Condition::ModRevision { key: super::jobs::lease_key(LAYOUT_JOB), equals: 0 });
+        txn.ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() });
+        if !self.store.limits().admits(txn.size()) {
+            return Ok(false);
         }
-        if schema < REGISTRY_SCHEMA {
-            let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
-            let txn = Txn {
-                ops: vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() }],
-                change: change.encode_to_vec(),
-                ..Default::default()
-            };
-            self.store.commit(txn).await?;
-            tracing::info!(from = schema, to = REGISTRY_SCHEMA, "upgraded the data dir's layout");
+        Ok(match self.store.commit(txn).await? {
+            Outcome::Committed { revision } => {
+                tracing::info!(revision, "wrote the ISO 3166-1 states into the new data dir");
+                true
+            }
+            Outcome::ConditionFailed => false,
+        })
+    }
+
+    /// The states not yet in the store, each as its writes and the event of
+    /// its creation at `time`.
+    fn seed_items(&self, time: prost_types::Timestamp) -> Result<Vec<(Txn, StoredEvent)>> {
+        let mut items = Vec::new();
+        for (id, mut party) in party::iso_states() {
+            party.name = resource::PARTY.name_of(&id);
+            if self.store.get(&record_key(&party.name))?.is_some() {
+                continue;
+            }
+            party.create_time = Some(time);
+            party.update_time = Some(time);
+            let bytes = party.encode_to_vec();
+            let entries = index::entries(&resource::PARTY, &bytes).map_err(Error::internal)?;
+            let mut item = Txn { ops: move_member(id.as_bytes(), &BTreeSet::new(), &entries), ..Default::default() };
+            item.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
+            item.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
+            let event =
+                StoredEvent { kind: ChangeKind::Created as i32, name: party.name, record: bytes, previous_revision: 0 };
+            items.push((item, event));
         }
-        Ok(())
+        Ok(items)
+    }
+
+    /// The schema version the store holds; `None` for a store without one
+    /// (empty, or of schema 1).
+    fn schema(&self) -> Result<Option<u32>> {
+        self.store
+            .get(SCHEMA_KEY)?
+            .map(|entry| {
+                entry.value.try_into().map(u32::from_be_bytes).map_err(|_| Error::internal("corrupt registry schema"))
+            })
+            .transpose()
+    }
+
+    /// Writes `item` for the job of `lease` as part of `batches`, committing
+    /// what is gathered when it is full.
+    pub(super) async fn write_batched(&self, lease: &mut Lease, batches: &mut Batches, item: Txn) -> Result<()> {
+        let full = batches.push(item).map_err(Error::internal)?;
+        self.commit_batch(lease, full).await
+    }
+
+    /// Commits the batch `txn`, if any, for the job of `lease`.
+    pub(super) async fn commit_batch(&self, lease: &mut Lease, txn: Option<Txn>) -> Result<()> {
+        let Some(txn) = txn else { return Ok(()) };
+        match self.commit_leased(lease, txn).await? {
+            Outcome::Committed { .. } => Ok(()),
+            Outcome::ConditionFailed => Err(Error::internal("what a job read changed before it wrote")),
+        }
     }
 
     /// Schema 3: writes the index and reference sets of every record (for
     /// data dirs from before the indexes, or from when their entries were
     /// keys: those are removed first).
-    pub(super) async fn rebuild_indexes(&self) -> Result<()> {
-        let migration = || {
-            let change = StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
-            Txn { change: change.encode_to_vec(), ..Default::default() }
-        };
+    pub(super) async fn rebuild_indexes(&self, lease: &mut Lease) -> Result<()> {
+        let mut batches = Batches::new(self.store.limits(), migration_change(), Lease::SIZE);
         let mut removed = 0;
         // An upgrade of a large data dir takes minutes: say how far it is.
         let mut reported = Instant::now();
@@ -96,19 +211,24 @@ impl Registry {
         };
         tracing::info!("upgrading the data dir: rebuilding the index and reference sets");
         for old in [&b"i/"[..], b"x/"] {
-            // Each batch starts after the last key removed: sled keeps emptied
+            // Each read starts after the last key read: sled keeps emptied
             // leaves for a while, and walking them again from the prefix each
             // time made the upgrade quadratic.
             let mut start = Vec::new();
             loop {
-                let batch = self.store.scan(old, &start, 10_000)?;
-                let Some((last, _)) = batch.last() else { break };
+                let read = self.store.scan(old, &start, 10_000)?;
+                let Some((last, _)) = read.last() else { break };
                 start = key_after(last);
-                removed += batch.len();
+                removed += read.len();
                 report("old entries removed", removed);
-                let mut txn = migration();
-                txn.ops = batch.into_iter().map(|(key, _)| Op::Delete { key }).collect();
-                self.store.commit(txn).await?;
+                for (key, _) in read {
+                    self.write_batched(
+                        lease,
+                        &mut batches,
+                        Txn { ops: vec![Op::Delete { key }], ..Default::default() },
+                    )
+                    .await?;
+                }
             }
         }
         let mut written = 0;
@@ -118,65 +238,92 @@ impl Registry {
                 DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
             let mut start = Vec::new();
             loop {
-                let batch = self.store.scan(&prefix, &start, 500)?;
-                let mut txn = migration();
-                for (key, entry) in &batch {
+                let read = self.store.scan(&prefix, &start, 500)?;
+                for (key, entry) in &read {
                     let record = entry.value.as_slice();
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                     let entries = index::entries(kind, record).map_err(Error::internal)?;
-                    txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
+                    let mut item =
+                        Txn { ops: move_member(id.as_bytes(), &BTreeSet::new(), &entries), ..Default::default() };
                     if !has_field(record, kind.delete_time_field()).map_err(Error::internal)? {
                         let references =
                             validate::check_encoded(record, &descriptor, kind.singular, &mut Violations::new())
                                 .map_err(Error::internal)?;
-                        txn.ops.extend(reference_ops(&kind.name_of(&id), &BTreeSet::new(), &targets(&references)));
+                        item.ops.extend(reference_ops(&kind.name_of(&id), &BTreeSet::new(), &targets(&references)));
+                    }
+                    if !item.ops.is_empty() {
+                        self.write_batched(lease, &mut batches, item).await?;
                     }
                 }
-                written += batch.len();
+                written += read.len();
                 report("records indexed", written);
-                if !txn.ops.is_empty() {
-                    self.store.commit(txn).await?;
-                }
-                match batch.last() {
-                    Some((key, _)) if batch.len() == 500 => start = key_after(key),
+                match read.last() {
+                    Some((key, _)) if read.len() == 500 => start = key_after(key),
                     _ => break,
                 }
             }
         }
+        self.commit_batch(lease, batches.take()).await?;
         tracing::info!(records = written, old_entries_removed = removed, "rebuilt the index and reference sets");
         Ok(())
     }
 
-    pub(super) async fn seed(&self) -> Result<()> {
+    /// Writes the ISO 3166-1 states into a new store whose limits take them
+    /// only in several transactions, in as many as they need, each with the change-log
+    /// entry of the states it creates. Marks the store as being seeded
+    /// first, so that a server taking the job over writes the states not
+    /// yet written.
+    async fn seed(&self, lease: &mut Lease) -> Result<()> {
+        let marker = Txn {
+            ops: vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: SEEDING.to_be_bytes().to_vec() }],
+            change: migration_change(),
+            ..Default::default()
+        };
+        self.commit_batch(lease, Some(marker)).await?;
         let time = now();
-        let mut txn = Txn::default();
-        let mut change = StoredChange { actor: SEED_ACTOR.into(), commit_time: Some(time), events: Vec::new() };
-        for (id, mut party) in party::iso_states() {
-            party.name = resource::PARTY.name_of(&id);
-            party.create_time = Some(time);
-            party.update_time = Some(time);
-            let bytes = party.encode_to_vec();
-            let entries = index::entries(&resource::PARTY, &bytes).map_err(Error::internal)?;
-            txn.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
-            txn.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
-            txn.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
-            change.events.push(StoredEvent {
-                kind: ChangeKind::Created as i32,
-                name: party.name,
-                record: bytes,
-                previous_revision: 0,
-            });
-        }
-        txn.ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: REGISTRY_SCHEMA.to_be_bytes().to_vec() });
-        txn.change = change.encode_to_vec();
-        match self.store.commit(txn).await? {
-            Outcome::Committed { revision } => {
-                tracing::info!(revision, "wrote the ISO 3166-1 states into the new data dir");
-                Ok(())
+        let limits = self.store.limits();
+        let mut batch: Vec<(Txn, StoredEvent)> = Vec::new();
+        let mut created = 0;
+        for state in self.seed_items(time)? {
+            batch.push(state);
+            // The change-log entry grows with each state, so a batch is
+            // measured whole: without the last state when that one is too many.
+            if !limits.admits(seed_txn(&batch, time).size() + Lease::SIZE) {
+                let last = batch.pop().expect("a state was just added");
+                if batch.is_empty() {
+                    return Err(Error::internal("one state alone is beyond the store's transaction limits"));
+                }
+                created += batch.len();
+                self.commit_batch(lease, Some(seed_txn(&batch, time))).await?;
+                batch = vec![last];
             }
-            Outcome::ConditionFailed => Err(Error::internal("the new data dir already holds parties")),
         }
+        if !batch.is_empty() {
+            created += batch.len();
+            self.commit_batch(lease, Some(seed_txn(&batch, time))).await?;
+        }
+        tracing::info!(states = created, "wrote the ISO 3166-1 states into the new data dir");
+        Ok(())
     }
+}
+
+/// One transaction of the first start: the states of `batch`, and the
+/// change-log entry of their creation.
+fn seed_txn(batch: &[(Txn, StoredEvent)], time: prost_types::Timestamp) -> Txn {
+    let mut txn = Txn::default();
+    let mut change = StoredChange { actor: SEED_ACTOR.into(), commit_time: Some(time), events: Vec::new() };
+    for (item, event) in batch {
+        txn.conditions.extend(item.conditions.iter().cloned());
+        txn.ops.extend(item.ops.iter().cloned());
+        change.events.push(event.clone());
+    }
+    txn.change = change.encode_to_vec();
+    txn
+}
+
+/// The change-log entry of an upgrade's writes.
+fn migration_change() -> Vec<u8> {
+    StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() }.encode_to_vec()
 }
 
 #[cfg(test)]
@@ -189,6 +336,7 @@ mod tests {
     use super::*;
     use crate::pb::cooperation::v1::{Agreement, Party};
     use crate::store::Store;
+    use crate::store::TxnLimits;
     use crate::store::memory::MemoryStore;
 
     /// A data dir of schema 2, whose index and reference entries were keys,
@@ -196,7 +344,7 @@ mod tests {
     /// and keep a referenced party from being deleted.
     #[tokio::test]
     async fn a_schema_2_data_dir_is_upgraded_to_sets() {
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(MemoryStore::with_limits(ETCD_DEFAULT_LIMITS));
         Registry::open(store.clone()).await.unwrap();
         let agreement = Agreement {
             name: "agreements/a1".into(),
@@ -240,5 +388,118 @@ mod tests {
             matches!(refused, Error::FailedPrecondition { ref reason, .. } if reason == "RESOURCE_REFERENCED"),
             "{refused:?}"
         );
+    }
+
+    /// etcd's limits when the operator sets none: 128 operations, 1.5 MiB.
+    const ETCD_DEFAULT_LIMITS: TxnLimits = TxnLimits { max_ops: 128, max_bytes: 1536 * 1024 };
+
+    /// The states the change log says were created at the first start.
+    fn seeded(store: &MemoryStore) -> Vec<String> {
+        let mut names = Vec::new();
+        for (_, bytes) in store.changes(1, 10_000).unwrap() {
+            let change = StoredChange::decode(bytes.as_slice()).unwrap();
+            if change.actor == SEED_ACTOR {
+                names.extend(change.events.into_iter().map(|e| e.name));
+            }
+        }
+        names
+    }
+
+    async fn parties(registry: &Registry) -> usize {
+        let query = ListQuery { page_size: 1000, ..Default::default() };
+        registry.list::<Party>(&query).await.unwrap().items.len()
+    }
+
+    /// A store that takes transactions of at most 128 operations gets the
+    /// 249 states in several, each with the change-log entry of its own.
+    #[tokio::test]
+    async fn the_first_start_fits_its_states_into_the_store_s_limits() {
+        let store = Arc::new(MemoryStore::with_limits(ETCD_DEFAULT_LIMITS));
+        let registry = Registry::open(store.clone()).await.unwrap();
+        assert_eq!(parties(&registry).await, 249);
+        let seeded = seeded(&store);
+        assert_eq!(seeded.len(), 249);
+        let transactions = store.changes(1, 10_000).unwrap().len();
+        assert!(transactions > 10, "{transactions} transactions");
+        assert_eq!(registry.schema().unwrap(), Some(REGISTRY_SCHEMA));
+    }
+
+    /// Servers that open one new store at once: one writes the states, the
+    /// others wait for it, and every one of them opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn servers_opening_one_new_store_at_once_seed_it_once() {
+        for limits in [TxnLimits::UNBOUNDED, ETCD_DEFAULT_LIMITS] {
+            let store = Arc::new(MemoryStore::with_limits(limits));
+            let opening = (0..3).map(|_| tokio::spawn(Registry::open(store.clone() as Arc<dyn crate::store::Store>)));
+            let registries: Vec<Registry> = futures_join(opening).await;
+            let seeded = seeded(&store);
+            assert_eq!(seeded.len(), 249, "each state created once ({limits:?})");
+            assert_eq!(seeded.iter().collect::<BTreeSet<_>>().len(), 249);
+            for registry in &registries {
+                assert_eq!(parties(registry).await, 249);
+            }
+            if limits == TxnLimits::UNBOUNDED {
+                assert_eq!(store.revision(), 1, "a store that takes them at once has them at revision 1");
+            }
+        }
+    }
+
+    async fn futures_join(handles: impl Iterator<Item = tokio::task::JoinHandle<Result<Registry>>>) -> Vec<Registry> {
+        let mut opened = Vec::new();
+        for handle in handles {
+            opened.push(handle.await.unwrap().unwrap());
+        }
+        opened
+    }
+
+    /// A server that stopped half way through the first start (its lease
+    /// expired) is taken over: the next one writes the states not yet
+    /// written, each once.
+    #[tokio::test]
+    async fn a_first_start_cut_short_is_finished_by_the_next_server() {
+        let store = Arc::new(MemoryStore::with_limits(ETCD_DEFAULT_LIMITS));
+        let first = Registry {
+            store: store.clone(),
+            instance: "stopped".into(),
+            request_retention: crate::registry::DEFAULT_REQUEST_RETENTION,
+            shutdown: tokio::sync::watch::Sender::new(false),
+            watchers: Default::default(),
+            record_locks: Box::new([]),
+            presented: super::super::presented::PresentedMemo::new(),
+        };
+        let mut lease = first.take_lease(LAYOUT_JOB).await.unwrap().unwrap();
+        let marker = Txn {
+            ops: vec![Op::Put { key: SCHEMA_KEY.to_vec(), value: SEEDING.to_be_bytes().to_vec() }],
+            change: migration_change(),
+            ..Default::default()
+        };
+        first.commit_batch(&mut lease, Some(marker)).await.unwrap();
+        // Ten states written, then the server stops; its lease runs out.
+        let time = now();
+        let mut batch = Vec::new();
+        for (id, mut party) in party::iso_states().into_iter().take(10) {
+            party.name = resource::PARTY.name_of(&id);
+            let bytes = party.encode_to_vec();
+            let item =
+                Txn { ops: vec![Op::Put { key: record_key(&party.name), value: bytes.clone() }], ..Default::default() };
+            let event =
+                StoredEvent { kind: ChangeKind::Created as i32, name: party.name, record: bytes, previous_revision: 0 };
+            batch.push((item, event));
+        }
+        first.commit_batch(&mut lease, Some(seed_txn(&batch, time))).await.unwrap();
+        let expired = [0u8; 8].iter().copied().chain(*b"stopped").collect::<Vec<u8>>();
+        store
+            .commit(Txn {
+                ops: vec![Op::Put { key: b"meta/jobs/layout".to_vec(), value: expired }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+
+        let registry = Registry::open(store.clone()).await.unwrap();
+        assert_eq!(parties(&registry).await, 249);
+        let seeded = seeded(&store);
+        assert_eq!(seeded.len(), 249, "the ten written before are not written again");
+        assert!(store.get(b"meta/jobs/layout").unwrap().is_none(), "the job's lease ends with it");
     }
 }

@@ -292,6 +292,19 @@ impl Registry {
                 events: vec![StoredEvent { kind: kind as i32, name, record: bytes, previous_revision }],
             };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
+            let limits = self.store.limits();
+            if !limits.admits(txn.size()) {
+                let size = txn.size();
+                return Err(Error::invalid(
+                    R::KIND.singular,
+                    format!(
+                        "is too large for one write to this store: with its index entries, references and \
+                         change-log entry it takes {} operations and {} bytes, and the store takes at most {} \
+                         and {}; store fewer values in its repeated fields",
+                        size.ops, size.bytes, limits.max_ops, limits.max_bytes
+                    ),
+                ));
+            }
             check_deadline(mutation.deadline, || {
                 "the call's deadline passed before the change was written; nothing was changed".into()
             })?;
@@ -599,5 +612,22 @@ mod tests {
         assert!(!named.is_finished(), "a create that names its id waits for its turn");
         drop(turns);
         assert_eq!(named.await.unwrap().unwrap().name, "agreements/a1");
+    }
+
+    /// A record whose write is beyond the store's limits is refused whole,
+    /// naming the record and both sizes; nothing is written.
+    #[tokio::test]
+    async fn a_record_beyond_the_store_s_limits_is_refused_and_nothing_is_written() {
+        let limits = crate::store::TxnLimits { max_ops: 128, max_bytes: 24 * 1024 };
+        let store = Arc::new(MemoryStore::with_limits(limits));
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let revision = store.revision();
+        let agreement = Agreement { title: "t".repeat(15_000), ..india_japan() };
+        let refused = registry.create("large", agreement, &anonymous("CreateAgreement")).await.unwrap_err();
+        let Error::InvalidArgument { violations } = &refused else { panic!("{refused:?}") };
+        assert_eq!(violations[0].field, "agreement");
+        assert!(violations[0].description.contains("24576"), "{}", violations[0].description);
+        assert_eq!(store.revision(), revision, "nothing was written");
+        registry.create("small", india_japan(), &anonymous("CreateAgreement")).await.unwrap();
     }
 }

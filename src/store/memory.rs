@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use super::{
     Applied, BoxFuture, Condition, Engine, EngineMetric, Entry, Members, MetricKind, Op, Outcome, Store, StoreError,
-    StoreResult, Txn,
+    StoreResult, Txn, TxnLimits,
 };
 
 #[derive(Default)]
@@ -21,14 +21,26 @@ struct State {
     closed: bool,
 }
 
-#[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    limits: TxnLimits,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { state: Mutex::default(), limits: TxnLimits::UNBOUNDED }
+    }
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// A store that takes transactions only up to `limits`, as a networked
+    /// engine does: for tests of the callers that split their work.
+    pub fn with_limits(limits: TxnLimits) -> MemoryStore {
+        MemoryStore { limits, ..MemoryStore::default() }
     }
 }
 
@@ -81,6 +93,10 @@ impl Store for MemoryStore {
         Ok(members)
     }
 
+    fn limits(&self) -> TxnLimits {
+        self.limits
+    }
+
     fn revision(&self) -> u64 {
         self.state.lock().expect("state lock").revision
     }
@@ -93,6 +109,8 @@ impl Store for MemoryStore {
         let mut state = self.state.lock().expect("state lock");
         let outcome = if state.closed {
             Err(StoreError::Closed)
+        } else if let Err(too_large) = self.limits.check(&txn) {
+            Err(too_large)
         } else if !txn.conditions.iter().all(|c| state.holds(c)) {
             Ok(Outcome::ConditionFailed)
         } else {

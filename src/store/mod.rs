@@ -129,6 +129,125 @@ pub struct Txn {
     pub change: Vec<u8>,
 }
 
+impl Txn {
+    /// What it takes of a transaction's limits: its conditions and writes,
+    /// and the bytes of its keys, values, members and change-log entry.
+    pub fn size(&self) -> TxnSize {
+        let condition_bytes: usize = self
+            .conditions
+            .iter()
+            .map(|c| match c {
+                Condition::ModRevision { key, .. } => key.len() + 8,
+                Condition::NoneWrittenAfter { prefix, .. } => prefix.len() + 8,
+            })
+            .sum();
+        let op_bytes: usize = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value } => key.len() + value.len(),
+                Op::Delete { key } => key.len(),
+                Op::Add { set, member } | Op::Remove { set, member } => set.len() + member.len(),
+            })
+            .sum();
+        TxnSize { ops: self.conditions.len() + self.ops.len(), bytes: condition_bytes + op_bytes + self.change.len() }
+    }
+}
+
+/// How much of a transaction's limits one takes (see [`Txn::size`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxnSize {
+    /// Conditions and writes, each counting one.
+    pub ops: usize,
+    pub bytes: usize,
+}
+
+impl std::ops::Add for TxnSize {
+    type Output = TxnSize;
+
+    fn add(self, other: TxnSize) -> TxnSize {
+        TxnSize { ops: self.ops + other.ops, bytes: self.bytes + other.bytes }
+    }
+}
+
+/// The largest transaction an engine takes, as it declares it: etcd, for
+/// one, refuses a request beyond `--max-txn-ops` or `--max-request-bytes`.
+/// A caller that writes much splits its work to fit ([`Batches`]); one
+/// transaction beyond it is refused with [`StoreError::TooLarge`], whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// Most conditions and writes, together.
+    pub max_ops: usize,
+    /// Most bytes, counted as [`Txn::size`] counts them.
+    pub max_bytes: usize,
+}
+
+impl TxnLimits {
+    /// No limit but memory.
+    pub const UNBOUNDED: TxnLimits = TxnLimits { max_ops: usize::MAX, max_bytes: usize::MAX };
+
+    pub fn admits(&self, size: TxnSize) -> bool {
+        size.ops <= self.max_ops && size.bytes <= self.max_bytes
+    }
+
+    /// [`StoreError::TooLarge`] for a transaction beyond the limits.
+    pub fn check(&self, txn: &Txn) -> StoreResult<()> {
+        let size = txn.size();
+        match self.admits(size) {
+            true => Ok(()),
+            false => Err(StoreError::TooLarge { size, limits: *self }),
+        }
+    }
+}
+
+/// Transactions made of whole items (an item's conditions and writes stay
+/// in one transaction), each as large as the engine's limits allow: how the
+/// registry's long jobs (seeding, upgrades, expiry) write. Every
+/// transaction gets the same change-log entry, and room for `reserved`
+/// (the writes a job adds to each of its transactions).
+pub struct Batches {
+    limits: TxnLimits,
+    change: Vec<u8>,
+    reserved: TxnSize,
+    current: Txn,
+    items: usize,
+}
+
+impl Batches {
+    pub fn new(limits: TxnLimits, change: Vec<u8>, reserved: TxnSize) -> Batches {
+        let current = Txn { change: change.clone(), ..Default::default() };
+        Batches { limits, change, reserved, current, items: 0 }
+    }
+
+    /// Adds an item; returns the transaction to commit first when the item
+    /// does not fit beside what is gathered, or TooLarge when it does not
+    /// fit alone.
+    pub fn push(&mut self, item: Txn) -> StoreResult<Option<Txn>> {
+        let alone = Txn { change: self.change.clone(), ..item.clone() }.size() + self.reserved;
+        if !self.limits.admits(alone) {
+            return Err(StoreError::TooLarge { size: alone, limits: self.limits });
+        }
+        let together = self.current.size() + item.size() + self.reserved;
+        let full = match self.items > 0 && !self.limits.admits(together) {
+            true => self.take(),
+            false => None,
+        };
+        self.current.conditions.extend(item.conditions);
+        self.current.ops.extend(item.ops);
+        self.items += 1;
+        Ok(full)
+    }
+
+    /// The items gathered since the last transaction returned, as one.
+    pub fn take(&mut self) -> Option<Txn> {
+        if self.items == 0 {
+            return None;
+        }
+        self.items = 0;
+        Some(std::mem::replace(&mut self.current, Txn { change: self.change.clone(), ..Default::default() }))
+    }
+}
+
 /// What became of a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -174,6 +293,8 @@ pub enum StoreError {
     Incompatible(String),
     /// Another process holds the data dir.
     Locked(String),
+    /// A transaction beyond the engine's limits; nothing was written.
+    TooLarge { size: TxnSize, limits: TxnLimits },
     /// The disk holding the data dir is full.
     Full(String),
     /// The store was shut down, or stopped after a failed write.
@@ -192,6 +313,11 @@ impl std::fmt::Display for StoreError {
             StoreError::Full(m) => write!(f, "the data dir's disk is full: {m}"),
             StoreError::Closed => write!(f, "the store is closed"),
             StoreError::Unavailable(m) => write!(f, "the store is unavailable: {m}"),
+            StoreError::TooLarge { size, limits } => write!(
+                f,
+                "a transaction of {} operations and {} bytes, beyond the store's limits of {} and {}",
+                size.ops, size.bytes, limits.max_ops, limits.max_bytes
+            ),
         }
     }
 }
@@ -227,6 +353,11 @@ pub trait Store: Send + Sync + 'static {
     /// for the first) in ascending order of those bytes.
     fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members>;
 
+    /// The largest transaction it takes.
+    fn limits(&self) -> TxnLimits {
+        TxnLimits::UNBOUNDED
+    }
+
     /// The revision of the last applied transaction (0 for an empty store).
     fn revision(&self) -> u64;
 
@@ -238,7 +369,8 @@ pub trait Store: Send + Sync + 'static {
     /// may be before it is durable (the returned future, like
     /// [`Store::wait_durable`], tells). A caller that holds other writes back
     /// until its own is in can let them go here, so the next one can be
-    /// applied while this one is still being made durable.
+    /// applied while this one is still being made durable. A transaction
+    /// beyond [`Store::limits`] is refused with [`StoreError::TooLarge`].
     fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>>;
 
     /// [`Store::apply`], resolved once the transaction is durable.
@@ -411,5 +543,36 @@ fn in_chunks<B, E: From<StoreError>>(
             _ => return Ok(true),
         }
         chunk = (chunk * 2).min(MAX_CHUNK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Batches, Op, StoreError, Txn, TxnLimits, TxnSize};
+
+    fn put(key: &str) -> Txn {
+        Txn { ops: vec![Op::Put { key: key.into(), value: vec![0; 10] }], ..Default::default() }
+    }
+
+    /// Items are gathered whole into transactions within the limits, room
+    /// is left for what the caller adds, and an item too large alone is
+    /// refused.
+    #[test]
+    fn batches_keep_items_whole_within_the_limits() {
+        let limits = TxnLimits { max_ops: 4, max_bytes: 1000 };
+        let mut batches = Batches::new(limits, b"change".to_vec(), TxnSize { ops: 1, bytes: 0 });
+        let mut committed = Vec::new();
+        for key in ["a", "b", "c", "d", "e", "f", "g"] {
+            committed.extend(batches.push(put(key)).unwrap());
+        }
+        committed.extend(batches.take());
+        let sizes: Vec<usize> = committed.iter().map(|txn| txn.ops.len()).collect();
+        assert_eq!(sizes, [3, 3, 1], "three puts and the one reserved fit in four");
+        assert!(committed.iter().all(|txn| txn.change == b"change" && limits.admits(txn.size())));
+        assert!(batches.take().is_none());
+
+        let four =
+            Txn { ops: ["w", "x", "y", "z"].into_iter().flat_map(|key| put(key).ops).collect(), ..Default::default() };
+        assert!(matches!(batches.push(four), Err(StoreError::TooLarge { .. })));
     }
 }
