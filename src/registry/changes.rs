@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 
 use crate::error::{Error, Result, Violations};
 use crate::pb::cooperation::v1::{self as v1, change};
@@ -19,14 +20,13 @@ use crate::pb::google::r#type::Date;
 use crate::registry::records::{ChangeKind, StoredChange, StoredEvent};
 use crate::registry::resource::{self, Kind, Resource};
 use crate::registry::{Registry, dates, etag_of, paging};
+use crate::store::StoreError;
 
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_PROGRESS_INTERVAL: Duration = Duration::from_secs(3600);
 /// Responses a watcher may have waiting for its consumer.
 const WATCH_BUFFER: usize = 16;
-/// Change-log entries a watcher reads at a time.
-const READ_BATCH: usize = 64;
 
 /// The job of compacting the change log (see `jobs`).
 const COMPACTION_JOB: &str = "compaction";
@@ -167,8 +167,9 @@ impl Registry {
         Ok(receiver)
     }
 
-    /// A watcher's loop: sends every matching change from `next` on, and
-    /// progress while nothing matching comes. Returns Ok when the consumer left.
+    /// A watcher's loop: sends every matching change from `next` on, as the
+    /// store's watch delivers them (whoever wrote them), and progress while
+    /// nothing matching comes. Returns Ok when the consumer left.
     async fn follow(
         &self,
         mut next: u64,
@@ -177,57 +178,46 @@ impl Registry {
         sender: &mpsc::Sender<Result<v1::WatchChangesResponse>>,
     ) -> Result<()> {
         let mut shutdown = self.shutdown.subscribe();
+        let mut changes = self.store.watch(next);
         let mut reported = Instant::now();
         loop {
             let wait = interval.saturating_sub(reported.elapsed());
             tokio::select! {
-                durable = self.store.wait_durable(next) => durable?,
+                entry = changes.next() => {
+                    let (revision, bytes) = match entry {
+                        Some(Ok(entry)) => entry,
+                        Some(Err(StoreError::Compacted { first })) => return Err(out_of_range(next, first)),
+                        Some(Err(e)) => return Err(e.into()),
+                        None => return Err(Error::internal("the store's watch ended without a cause")),
+                    };
+                    let change = StoredChange::decode(bytes.as_slice()).map_err(Error::internal)?;
+                    let changes = change
+                        .events
+                        .iter()
+                        .filter(|e| selection.admits(&e.name))
+                        .map(|e| to_change(revision, &change, e))
+                        .collect::<Result<Vec<_>>>()?;
+                    next = revision + 1;
+                    if !changes.is_empty() {
+                        let response = v1::WatchChangesResponse { changes, revision: revision as i64 };
+                        if sender.send(Ok(response)).await.is_err() {
+                            return Ok(());
+                        }
+                        reported = Instant::now();
+                    }
+                }
                 _ = tokio::time::sleep(wait) => {
                     let progress = v1::WatchChangesResponse { changes: Vec::new(), revision: next as i64 - 1 };
                     if sender.send(Ok(progress)).await.is_err() {
                         return Ok(());
                     }
                     reported = Instant::now();
-                    continue;
                 }
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => {
                     return Err(Error::Unavailable {
                         message: format!("the server is shutting down; resume from revision {next}"),
                     });
                 }
-            }
-            let first = self.store.first_change()?;
-            if next < first {
-                return Err(out_of_range(next, first));
-            }
-            for (revision, bytes) in self.store.changes(next, READ_BATCH)? {
-                if revision != next {
-                    // Compacted between the check above and the read.
-                    return Err(out_of_range(next, self.store.first_change()?));
-                }
-                self.store.wait_durable(revision).await?;
-                let change = StoredChange::decode(bytes.as_slice()).map_err(Error::internal)?;
-                let changes = change
-                    .events
-                    .iter()
-                    .filter(|e| selection.admits(&e.name))
-                    .map(|e| to_change(revision, &change, e))
-                    .collect::<Result<Vec<_>>>()?;
-                next = revision + 1;
-                if !changes.is_empty() {
-                    let response = v1::WatchChangesResponse { changes, revision: revision as i64 };
-                    if sender.send(Ok(response)).await.is_err() {
-                        return Ok(());
-                    }
-                    reported = Instant::now();
-                }
-            }
-            if reported.elapsed() >= interval {
-                let progress = v1::WatchChangesResponse { changes: Vec::new(), revision: next as i64 - 1 };
-                if sender.send(Ok(progress)).await.is_err() {
-                    return Ok(());
-                }
-                reported = Instant::now();
             }
         }
     }
@@ -384,5 +374,74 @@ impl Registry {
             return Ok(None);
         }
         Ok(Some(cutoff))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::WatchQuery;
+    use crate::pb::cooperation::v1::{Agreement, change};
+    use crate::registry::Registry;
+    use crate::registry::testing::{anonymous, india_japan};
+    use crate::store::Store;
+    use crate::store::memory::MemoryStore;
+
+    /// Two registries on one store, as two servers on one engine: a watch on
+    /// one delivers the writes of both, in revision order, once each, and
+    /// resumes on the other from where it stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_on_one_registry_sees_the_other_s_writes_in_order() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Arc::new(Registry::open(store.clone()).await.unwrap());
+        let b = Arc::new(Registry::open(store.clone()).await.unwrap());
+        let start = store.revision() + 1;
+        let query = |start_revision: u64| WatchQuery {
+            start_revision: start_revision as i64,
+            resource_types: vec!["agreements".into()],
+            names: Vec::new(),
+            progress_interval: Some(Duration::from_secs(3600)),
+        };
+        let mut on_b = b.watch(query(start)).unwrap();
+        let writers: Vec<_> = [a.clone(), b.clone()]
+            .into_iter()
+            .enumerate()
+            .map(|(w, registry)| {
+                tokio::spawn(async move {
+                    for i in 0..10 {
+                        let agreement = Agreement { title: format!("writer {w}, agreement {i}"), ..india_japan() };
+                        registry.create(&format!("w{w}-{i}"), agreement, &anonymous("CreateAgreement")).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let mut revisions = Vec::new();
+        let mut names = Vec::new();
+        while revisions.len() < 20 {
+            let response = tokio::time::timeout(Duration::from_secs(5), on_b.recv()).await.unwrap().unwrap().unwrap();
+            for change in response.changes {
+                assert_eq!(change.r#type(), change::Type::Created);
+                revisions.push(change.revision);
+                names.push(change.name);
+            }
+        }
+        assert!(revisions.windows(2).all(|w| w[0] < w[1]), "in revision order: {revisions:?}");
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 20, "each write once");
+
+        // Resumed on the other registry from the middle: the rest, in order.
+        let mut on_a = a.watch(query(revisions[10] as u64)).unwrap();
+        let mut resumed = Vec::new();
+        while resumed.len() < 10 {
+            let response = tokio::time::timeout(Duration::from_secs(5), on_a.recv()).await.unwrap().unwrap().unwrap();
+            resumed.extend(response.changes.iter().map(|c| c.revision));
+        }
+        assert_eq!(resumed, revisions[10..]);
     }
 }

@@ -510,6 +510,9 @@ mod tests {
         fn engine(&self) -> &dyn crate::store::Engine {
             self.inner.engine()
         }
+        fn watch(&self, from_revision: u64) -> crate::store::ChangeStream {
+            self.inner.watch(from_revision)
+        }
     }
 
     /// A create whose commit loses a race plans again from the record it

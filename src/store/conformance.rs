@@ -218,6 +218,66 @@ async fn sets(store: &dyn Store) {
     assert!(store.revision() > start);
 }
 
+/// The next entry of a watch, within a few seconds.
+async fn next(watch: &mut super::ChangeStream) -> Option<super::StoreResult<(u64, Vec<u8>)>> {
+    use tokio_stream::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.expect("an entry in time")
+}
+
+/// A watch delivers what the log holds, then each change as another task
+/// commits it, in revision order and once each; from a compacted revision
+/// it ends with `Compacted`, naming where the log starts.
+async fn watch_suite(store: Arc<dyn Store>) {
+    let base = store.revision();
+    for i in 0..3 {
+        commit(&*store, txn(vec![put(&format!("w/{i}"), "v")], vec![])).await;
+    }
+    let mut watch = store.watch(base + 1);
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 3..10 {
+                let change = Txn {
+                    change: format!("change {i}").into_bytes(),
+                    ..txn(vec![put(&format!("w/{i}"), "v")], vec![])
+                };
+                commit(&*store, change).await;
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 10 {
+        let (revision, entry) = next(&mut watch).await.unwrap().unwrap();
+        if revision > base + 3 {
+            assert_eq!(entry, format!("change {}", revision - base - 1).into_bytes());
+        }
+        seen.push(revision);
+    }
+    assert_eq!(seen, (base + 1..=base + 10).collect::<Vec<_>>());
+    writer.await.unwrap();
+
+    store.compact(base + 5).unwrap();
+    let mut late = store.watch(base + 1);
+    match next(&mut late).await {
+        Some(Err(StoreError::Compacted { first })) => assert_eq!(first, base + 5),
+        other => panic!("{other:?}"),
+    }
+    let mut kept = store.watch(base + 5);
+    assert_eq!(next(&mut kept).await.unwrap().unwrap().0, base + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_watches() {
+    watch_suite(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+    watch_suite(Arc::new(SledStore::open(dir.path(), options).unwrap())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_conforms() {
     suite(Arc::new(MemoryStore::new())).await;

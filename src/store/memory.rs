@@ -2,11 +2,11 @@
 //! layers above, and the model the shared conformance suite holds both to.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::{
-    Applied, BoxFuture, Condition, Engine, EngineMetric, Entry, Members, MetricKind, Op, Outcome, Store, StoreError,
-    StoreResult, Txn, TxnLimits,
+    Applied, BoxFuture, ChangeStream, Condition, Engine, EngineMetric, Entry, Members, MetricKind, Op, Outcome, Store,
+    StoreError, StoreResult, Txn, TxnLimits,
 };
 
 #[derive(Default)]
@@ -22,13 +22,19 @@ struct State {
 }
 
 pub struct MemoryStore {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     limits: TxnLimits,
+    /// The latest revision, for watches: memory is durable once applied.
+    announced: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        MemoryStore { state: Mutex::default(), limits: TxnLimits::UNBOUNDED }
+        MemoryStore {
+            state: Arc::default(),
+            limits: TxnLimits::UNBOUNDED,
+            announced: tokio::sync::watch::Sender::new(0),
+        }
     }
 }
 
@@ -134,9 +140,24 @@ impl Store for MemoryStore {
                 }
             }
             state.changes.insert(revision, txn.change);
+            self.announced.send_replace(revision);
             Ok(Outcome::Committed { revision })
         };
         Box::pin(async move { outcome.map(Applied::at_once) })
+    }
+
+    fn watch(&self, from_revision: u64) -> ChangeStream {
+        let state = self.state.clone();
+        crate::store::watch_log(
+            from_revision,
+            self.announced.subscribe(),
+            || StoreError::Closed,
+            move |from, limit| {
+                let state = state.lock().expect("state lock");
+                let entries = state.changes.range(from..).take(limit).map(|(r, c)| (*r, c.clone())).collect();
+                Ok((state.first_change.max(1), entries))
+            },
+        )
     }
 
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {

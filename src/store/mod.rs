@@ -26,6 +26,10 @@ use std::pin::Pin;
 /// A boxed future, so `Store` stays usable as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Committed change-log entries, oldest first, each with its revision (see
+/// [`Store::watch`]).
+pub type ChangeStream = Pin<Box<dyn tokio_stream::Stream<Item = StoreResult<(u64, Vec<u8>)>> + Send>>;
+
 /// A stored value and the revision of the transaction that last wrote it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -293,6 +297,8 @@ pub enum StoreError {
     Incompatible(String),
     /// Another process holds the data dir.
     Locked(String),
+    /// Change-log entries asked for are no longer held: the log starts at `first`.
+    Compacted { first: u64 },
     /// A transaction beyond the engine's limits; nothing was written.
     TooLarge { size: TxnSize, limits: TxnLimits },
     /// The disk holding the data dir is full.
@@ -313,6 +319,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Full(m) => write!(f, "the data dir's disk is full: {m}"),
             StoreError::Closed => write!(f, "the store is closed"),
             StoreError::Unavailable(m) => write!(f, "the store is unavailable: {m}"),
+            StoreError::Compacted { first } => write!(f, "the change log was compacted: it starts at revision {first}"),
             StoreError::TooLarge { size, limits } => write!(
                 f,
                 "a transaction of {} operations and {} bytes, beyond the store's limits of {} and {}",
@@ -383,6 +390,15 @@ pub trait Store: Send + Sync + 'static {
         })
     }
 
+    /// The change-log entries from `from_revision` on, oldest first: those
+    /// the log holds, then each as it commits, whoever wrote it (another
+    /// server on a shared engine included), each once it is durable.
+    /// Revisions may skip numbers: callers take the next entry as it comes.
+    /// Ends with [`StoreError::Compacted`] when the entries from where it is
+    /// are no longer held (at the start, or when compaction overtook a slow
+    /// reader), and with the store's error once it is closed.
+    fn watch(&self, from_revision: u64) -> ChangeStream;
+
     /// Up to `limit` change-log entries from `from_revision` (inclusive), oldest first.
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
 
@@ -442,6 +458,56 @@ pub struct EngineMetric {
 pub enum MetricKind {
     Counter,
     Gauge,
+}
+
+/// Entries a watch reads from the log at once.
+const WATCH_BATCH: usize = 64;
+
+/// Entries a watch holds for its reader before it stops reading.
+const WATCH_BUFFER: usize = 64;
+
+/// [`Store::watch`] for an engine that announces the latest durable revision
+/// on `durable` (the sender gone once the store is closed) and whose log
+/// `read(from, limit)` gives as where it starts and up to `limit` entries
+/// from `from`. A task follows the log and hands entries over a channel,
+/// so the stream lives apart from the store.
+pub(crate) fn watch_log(
+    from_revision: u64,
+    mut durable: tokio::sync::watch::Receiver<u64>,
+    closed: impl Fn() -> StoreError + Send + 'static,
+    read: impl Fn(u64, usize) -> StoreResult<(u64, Vec<(u64, Vec<u8>)>)> + Send + 'static,
+) -> ChangeStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(WATCH_BUFFER);
+    tokio::spawn(async move {
+        let mut next = from_revision.max(1);
+        let failed = loop {
+            if durable.wait_for(|latest| *latest >= next).await.is_err() {
+                break closed();
+            }
+            let latest = *durable.borrow();
+            let (first, entries) = match read(next, WATCH_BATCH) {
+                Ok(read) => read,
+                Err(e) => break e,
+            };
+            if next < first {
+                break StoreError::Compacted { first };
+            }
+            let mut sent = 0;
+            for (revision, entry) in entries.into_iter().filter(|(revision, _)| *revision <= latest) {
+                if sender.send(Ok((revision, entry))).await.is_err() {
+                    return;
+                }
+                next = revision + 1;
+                sent += 1;
+            }
+            if sent == 0 {
+                // Durable revisions without an entry: nothing to send for them.
+                next = latest + 1;
+            }
+        };
+        let _ = sender.send(Err(failed)).await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
 }
 
 /// The writes that move `member` from the sets `before` to the sets `after`.

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Applied, BoxFuture, Condition, Durability, Engine, EngineMetric, Entry, MetricKind, Op, Outcome, Store, StoreError,
-    StoreResult, Txn,
+    Applied, BoxFuture, ChangeStream, Condition, Durability, Engine, EngineMetric, Entry, MetricKind, Op, Outcome,
+    Store, StoreError, StoreResult, Txn,
 };
 
 mod cache;
@@ -482,6 +482,23 @@ fn io_error(context: &str, e: &std::io::Error) -> StoreError {
 }
 
 /// The oldest revision the change log still holds (1 when nothing was compacted).
+/// Up to `limit` change-log entries of `tree` from `from_revision` on.
+fn changes_in(tree: &sled::Db, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in tree.range(change_key(from_revision)..) {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item.map_err(storage)?;
+        if k.first() != Some(&CHANGE) {
+            break;
+        }
+        let revision = decode_u64(&k[1..]).unwrap_or_default();
+        out.push((revision, v.to_vec()));
+    }
+    Ok(out)
+}
+
 fn first_change_in(tree: &sled::Db) -> StoreResult<u64> {
     Ok(tree.get(META_FIRST_CHANGE).map_err(storage)?.and_then(|b| decode_u64(&b)).unwrap_or(1).max(1))
 }
@@ -662,20 +679,22 @@ impl Store for SledStore {
         })
     }
 
+    fn watch(&self, from_revision: u64) -> ChangeStream {
+        let db = self.db.clone();
+        let failure = self.failure.clone();
+        crate::store::watch_log(
+            from_revision,
+            self.durable.clone(),
+            move || failure.get().unwrap_or(StoreError::Closed),
+            move |from, limit| {
+                let tree = db.tree()?;
+                Ok((first_change_in(&tree)?, changes_in(&tree, from, limit)?))
+            },
+        )
+    }
+
     fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for item in self.db.tree()?.range(change_key(from_revision)..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(storage)?;
-            if k.first() != Some(&CHANGE) {
-                break;
-            }
-            let revision = decode_u64(&k[1..]).unwrap_or_default();
-            out.push((revision, v.to_vec()));
-        }
-        Ok(out)
+        changes_in(&*self.db.tree()?, from_revision, limit)
     }
 
     fn first_change(&self) -> StoreResult<u64> {
