@@ -17,8 +17,7 @@ pub mod generations;
 pub mod memory;
 pub mod sled;
 
-#[cfg(test)]
-mod conformance;
+pub mod testkit;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -614,9 +613,10 @@ fn in_chunks<B, E: From<StoreError>>(
 
 #[cfg(test)]
 mod tests {
+    use super::testkit::{commit, put, txn};
     use super::{Batches, Op, StoreError, Txn, TxnLimits, TxnSize};
 
-    fn put(key: &str) -> Txn {
+    fn one_put(key: &str) -> Txn {
         Txn { ops: vec![Op::Put { key: key.into(), value: vec![0; 10] }], ..Default::default() }
     }
 
@@ -629,7 +629,7 @@ mod tests {
         let mut batches = Batches::new(limits, b"change".to_vec(), TxnSize { ops: 1, bytes: 0 });
         let mut committed = Vec::new();
         for key in ["a", "b", "c", "d", "e", "f", "g"] {
-            committed.extend(batches.push(put(key)).unwrap());
+            committed.extend(batches.push(one_put(key)).unwrap());
         }
         committed.extend(batches.take());
         let sizes: Vec<usize> = committed.iter().map(|txn| txn.ops.len()).collect();
@@ -637,8 +637,46 @@ mod tests {
         assert!(committed.iter().all(|txn| txn.change == b"change" && limits.admits(txn.size())));
         assert!(batches.take().is_none());
 
-        let four =
-            Txn { ops: ["w", "x", "y", "z"].into_iter().flat_map(|key| put(key).ops).collect(), ..Default::default() };
+        let four = Txn {
+            ops: ["w", "x", "y", "z"].into_iter().flat_map(|key| one_put(key).ops).collect(),
+            ..Default::default()
+        };
         assert!(matches!(batches.push(four), Err(StoreError::TooLarge { .. })));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn for_each_entry_visits_every_key_across_growing_chunks_and_stops_when_asked() {
+        let store = super::memory::MemoryStore::new();
+        // 1,500 keys: chunks of 64, 128, … 1024 and a short last one; a neighbour
+        // prefix that must not be visited.
+        let keys: Vec<String> = (0..1500).map(|i| format!("k/{i:05}")).collect();
+        let mut ops: Vec<Op> = keys.iter().map(|k| put(k, "v")).collect();
+        ops.push(put("l/00000", "other prefix"));
+        commit(&store, txn(ops, vec![])).await;
+
+        let mut seen = Vec::new();
+        let complete = super::for_each_entry(&store, b"k/", b"", |key, entry| {
+            assert_eq!(entry.value, b"v");
+            seen.push(String::from_utf8(key.to_vec()).unwrap());
+            Ok::<_, StoreError>(true)
+        })
+        .unwrap();
+        assert!(complete);
+        assert_eq!(seen, keys);
+
+        // From a start key, stopping after 100: the visit stops there.
+        let mut count = 0;
+        let complete = super::for_each_entry(&store, b"k/", b"k/00100", |key, _| {
+            count += 1;
+            assert!(key >= &b"k/00100"[..]);
+            Ok::<_, StoreError>(count < 100)
+        })
+        .unwrap();
+        assert!(!complete);
+        assert_eq!(count, 100);
+
+        // An error from the visit ends the walk with it.
+        let failed = super::for_each_entry(&store, b"k/", b"", |_, _| Err::<bool, _>(StoreError::Closed));
+        assert_eq!(failed, Err(StoreError::Closed));
     }
 }

@@ -35,6 +35,8 @@ use super::{
 
 mod cache;
 mod chunks;
+#[cfg(test)]
+mod tests;
 
 /// Written in the meta keys; a data dir without them, or with other values, is refused.
 const FORMAT: &[u8] = b"cooperation-registry/sled";

@@ -1,0 +1,331 @@
+//! The sled engine's own tests, beside the conformance suite every engine
+//! runs (see `testkit`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{Durability, SledOptions, SledStore};
+use crate::store::memory::MemoryStore;
+use crate::store::testkit::{RacingReaders, add, commit, conformance, put, txn};
+use crate::store::{Engine, Op, Outcome, Store, StoreError};
+
+/// A new sled store in a directory of its own, and the directory.
+async fn open(options: SledOptions) -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), options).unwrap();
+    (Arc::new(store), dir)
+}
+
+/// Writes acknowledged without waiting for the disk: the suite is about what
+/// reads and writes see (`conforms_with_fsync` runs its core as served).
+mod conforms {
+    crate::store_conformance_tests!(|| super::open(super::SledOptions {
+        durability: super::Durability::None,
+        ..super::SledOptions::default()
+    }));
+}
+
+/// The core of the suite with the options the server uses: each write made
+/// durable with an fsync before it is acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_with_fsync() {
+    let (store, _dir) = open(SledOptions::default()).await;
+    conformance(store).await;
+}
+
+/// The same, every read from sled itself.
+mod conforms_without_a_read_cache {
+    crate::store_conformance_tests!(|| super::open(super::SledOptions {
+        durability: super::Durability::None,
+        read_cache_bytes: 0,
+        ..super::SledOptions::default()
+    }));
+}
+
+/// The same, with a read cache so small that it keeps dropping what it holds.
+mod conforms_with_a_small_read_cache {
+    crate::store_conformance_tests!(|| super::open(super::SledOptions {
+        durability: super::Durability::None,
+        read_cache_bytes: 2048,
+        ..super::SledOptions::default()
+    }));
+}
+
+/// Runs of members are kept by the read cache, and readers racing the writer
+/// still never miss an acknowledged member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_members_are_kept_in_the_read_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+    let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
+    crate::store::testkit::member_runs_never_lack(store.clone()).await;
+    assert!(store.read_cache().hits > 0, "runs are kept: {:?}", store.read_cache());
+    store.close().unwrap();
+}
+
+/// The same, with the database closed and reopened after every group of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_conforms_with_a_checkpoint_after_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { checkpoint_bytes: 1, ..SledOptions::default() };
+    let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
+    conformance(store.clone()).await;
+    assert!(store.checkpoints().count > 10, "{:?}", store.checkpoints());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_keeps_data_and_revision_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    for durability in [Durability::Fsync, Durability::Flush] {
+        let options = SledOptions { durability, ..SledOptions::default() };
+        let store = SledStore::open(dir.path(), options.clone()).unwrap();
+        let before = store.revision();
+        let out = store.commit(txn(vec![put("k", "v")], vec![])).await.unwrap();
+        assert_eq!(out, Outcome::Committed { revision: before + 1 });
+        store.close().unwrap();
+        drop(store);
+        let reopened = SledStore::open(dir.path(), options).unwrap();
+        assert_eq!(reopened.revision(), before + 1);
+        assert_eq!(reopened.get(b"k").unwrap().unwrap().mod_revision, before + 1);
+        assert_eq!(reopened.changes(before + 1, 5).unwrap().len(), 1);
+        reopened.close().unwrap();
+    }
+}
+
+/// A write waited for answers after its own flush; writes that wait
+/// together share one; a store that does not wait does not flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_counts_the_flushes_writes_wait_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
+    let opened = store.flushes();
+    for i in 0..10 {
+        commit(&*store, txn(vec![put(&format!("one/{i}"), "v")], vec![])).await;
+    }
+    assert_eq!(store.flushes() - opened, 10, "one flush for each write waited for in turn");
+    let before = (store.flushes(), store.revision());
+    let writers: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.commit(txn(vec![put(&format!("many/{i}"), "v")], vec![])).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap().unwrap();
+    }
+    let flushed = store.flushes() - before.0;
+    assert_eq!(store.revision() - before.1, 64);
+    assert!((1..=64).contains(&flushed), "{flushed} flushes for 64 writes");
+    store.close().unwrap();
+    drop(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+    let store = SledStore::open(dir.path(), options).unwrap();
+    commit(&store, txn(vec![put("k", "v")], vec![])).await;
+    assert_eq!(store.flushes(), 0);
+    store.close().unwrap();
+}
+
+#[test]
+fn sled_store_refuses_foreign_newer_and_locked_dirs() {
+    // A sled database written by another program.
+    let foreign = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(foreign.path()).unwrap();
+        db.insert(b"somebody", b"else").unwrap();
+        db.flush().unwrap();
+    }
+    // sled's threads may hold the dropped database's lock a moment longer.
+    let mut opened = SledStore::open(foreign.path(), SledOptions::default());
+    for _ in 0..100 {
+        match opened {
+            Err(StoreError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => break,
+        }
+        opened = SledStore::open(foreign.path(), SledOptions::default());
+    }
+    let err = opened.err().unwrap();
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("format marker")), "{err}");
+
+    // A directory of other files.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "mine").unwrap();
+    let err = SledStore::open(other.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("notes.txt")), "{err}");
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 1, "nothing written beside it");
+
+    // A database damaged or removed after it was initialised is not started afresh.
+    let damaged = tempfile::tempdir().unwrap();
+    let store = SledStore::open(damaged.path(), SledOptions::default()).unwrap();
+    store.close().unwrap();
+    drop(store);
+    let size = std::fs::metadata(damaged.path().join("db")).unwrap().len() as usize;
+    std::fs::write(damaged.path().join("db"), vec![0x5au8; size.max(4096)]).unwrap();
+    let err = SledStore::open(damaged.path(), SledOptions::default()).err().expect("a damaged store is refused");
+    assert!(err.to_string().contains("damaged") || err.to_string().contains("readable"), "{err}");
+    std::fs::remove_file(damaged.path().join("db")).unwrap();
+    let err = SledStore::open(damaged.path(), SledOptions::default()).err().expect("a removed database is refused");
+    assert!(err.to_string().contains("restore"), "{err}");
+
+    // A store of a newer schema.
+    let newer = tempfile::tempdir().unwrap();
+    SledStore::open(newer.path(), SledOptions::default()).unwrap().close().unwrap();
+    {
+        let db = sled::open(newer.path()).unwrap();
+        db.insert(b"mschema", &(super::SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(newer.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("newer")), "{err}");
+
+    // A store already open in this process (sled locks the directory).
+    let locked = tempfile::tempdir().unwrap();
+    let first = SledStore::open(locked.path(), SledOptions::default()).unwrap();
+    let err = SledStore::open(locked.path(), SledOptions::default()).err().unwrap();
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    first.close().unwrap();
+}
+
+/// A backup of either engine restores into a sled store with every key,
+/// revision and change-log entry; a damaged backup is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_restore_everything() {
+    let sled_dir = tempfile::tempdir().unwrap();
+    let sources: Vec<Arc<dyn Store>> =
+        vec![Arc::new(MemoryStore::new()), Arc::new(SledStore::open(sled_dir.path(), SledOptions::default()).unwrap())];
+    for source in sources {
+        for i in 0..50 {
+            source.commit(txn(vec![put(&format!("r/{i:02}"), &format!("value {i}"))], vec![])).await.unwrap();
+        }
+        source.commit(txn(vec![Op::Delete { key: b"r/07".to_vec() }], vec![])).await.unwrap();
+        let ops = (0..40).map(|i| add(&format!("x/{}\0", i % 2), &format!("m{i:02}"))).collect();
+        source.commit(txn(ops, vec![])).await.unwrap();
+        source.compact(10).unwrap();
+        let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+        let copy = std::thread::spawn(move || receiver.into_iter().flatten().collect::<Vec<u8>>());
+        let revision = source.engine().backup(sender).unwrap();
+        let bytes = copy.join().unwrap();
+        assert_eq!(revision, 52);
+
+        let target = tempfile::tempdir().unwrap();
+        assert_eq!(SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap(), 52);
+        let restored = SledStore::open(target.path(), SledOptions::default()).unwrap();
+        assert_eq!(restored.revision(), 52);
+        assert_eq!(restored.scan(b"r/", b"", 100).unwrap(), source.scan(b"r/", b"", 100).unwrap());
+        assert_eq!(
+            restored.members(b"x/", b"", 100).unwrap().to_vec(),
+            source.members(b"x/", b"", 100).unwrap().to_vec()
+        );
+        assert_eq!(restored.members(b"x/", b"", 100).unwrap().len(), 40);
+        assert_eq!(restored.first_change().unwrap(), 10);
+        assert_eq!(restored.changes(0, 100).unwrap(), source.changes(0, 100).unwrap());
+        let next = restored.commit(txn(vec![put("r/new", "after")], vec![])).await.unwrap();
+        assert_eq!(next, Outcome::Committed { revision: 53 }, "the revision continues");
+        restored.close().unwrap();
+
+        let truncated = &bytes[..bytes.len() - 5];
+        let err = SledStore::restore(tempfile::tempdir().unwrap().path(), &mut &truncated[..]).unwrap_err();
+        assert!(matches!(err, StoreError::Incompatible(_)), "{err}");
+        let mut damaged = bytes.clone();
+        damaged[100] ^= 1;
+        assert!(SledStore::restore(tempfile::tempdir().unwrap().path(), &mut damaged.as_slice()).is_err());
+        assert!(SledStore::restore(target.path(), &mut bytes.as_slice()).is_err(), "restore refuses a used dir");
+        source.engine().close().unwrap();
+    }
+}
+
+/// A set member longer than sled's chunks hold fails its own transaction,
+/// writes none of it, and does not stop the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_refuses_an_oversized_member_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    let oversized = Op::Add { set: b"x/\0".to_vec(), member: vec![b'm'; 70_000] };
+    let refused = store.commit(txn(vec![put("a", "1"), oversized], vec![])).await;
+    assert!(matches!(refused, Err(StoreError::Storage(ref m)) if m.contains("65535")), "{refused:?}");
+    assert_eq!(store.get(b"a").unwrap(), None);
+    assert_eq!(store.revision(), 0);
+    assert_eq!(
+        commit(&store, txn(vec![put("a", "2"), add("x/\0", "m")], vec![])).await,
+        Outcome::Committed { revision: 1 }
+    );
+    store.close().unwrap();
+}
+
+/// The names of the page-table snapshots sled has written in `dir`.
+fn sled_snapshots(dir: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("snap."))
+        .collect()
+}
+
+/// A restore leaves sled's snapshot at the end of the restored data, so the
+/// server's first start does not replay it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_leaves_nothing_for_the_first_start_to_replay() {
+    let source = MemoryStore::new();
+    let value = "v".repeat(4096);
+    for i in 0..300 {
+        source.commit(txn(vec![put(&format!("r/{i:03}"), &value)], vec![])).await.unwrap();
+    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel(4);
+    let copy = std::thread::spawn(move || receiver.into_iter().flatten().collect::<Vec<u8>>());
+    source.backup(sender).unwrap();
+    let bytes = copy.join().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap();
+    // A snapshot's name is the log position it covers up to, in hex.
+    let newest = sled_snapshots(target.path())
+        .iter()
+        .filter_map(|name| u64::from_str_radix(name.trim_start_matches("snap."), 16).ok())
+        .max()
+        .expect("sled wrote a snapshot");
+    assert!(newest > 300 * 4096, "the newest snapshot covers only {newest} bytes of the log");
+}
+
+/// A checkpoint closes and reopens sled's database under the writer: sled
+/// writes a new snapshot (so a later start replays only what follows it),
+/// readers in other threads see every committed write throughout, and nothing
+/// is lost across it or a later reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::Flush, checkpoint_bytes: 2048, ..SledOptions::default() };
+    let store = Arc::new(SledStore::open(dir.path(), options.clone()).unwrap());
+    commit(&*store, txn(vec![put("fixed", "v")], vec![])).await;
+    let snapshots_at_open = sled_snapshots(dir.path());
+
+    let shared: Arc<dyn Store> = store.clone();
+    let readers = RacingReaders::start(&shared, |store, _| {
+        let seen = store.revision();
+        assert_eq!(store.get(b"fixed").unwrap().unwrap().value, b"v");
+        let members = store.members(b"s/\0", b"", 10_000).unwrap();
+        assert!(members.len() as u64 + 1 >= seen, "{} members at revision {seen}", members.len());
+    });
+    let mut revision = 1;
+    for i in 0..300 {
+        let key = format!("k/{i:04}");
+        let value = "x".repeat(100);
+        let out = commit(&*store, txn(vec![put(&key, &value), add("s/\0", &key)], vec![])).await;
+        revision += 1;
+        assert_eq!(out, Outcome::Committed { revision });
+        assert_eq!(store.get(key.as_bytes()).unwrap().unwrap().mod_revision, revision, "read after write");
+    }
+    readers.finish("no reader failed");
+    assert_ne!(sled_snapshots(dir.path()), snapshots_at_open, "sled wrote a snapshot while the store was open");
+    let checkpoints = store.checkpoints();
+    assert!(checkpoints.count > 0 && checkpoints.last_seconds > 0.0, "{checkpoints:?}");
+
+    store.close().unwrap();
+    drop((store, shared));
+    let reopened = SledStore::open(dir.path(), options).unwrap();
+    assert_eq!(reopened.revision(), 301);
+    assert_eq!(reopened.members(b"s/\0", b"", 10_000).unwrap().len(), 300);
+    assert_eq!(reopened.scan(b"k/", b"", 1000).unwrap().len(), 300);
+    assert_eq!(reopened.changes(1, 1000).unwrap().len(), 301);
+    reopened.close().unwrap();
+}
