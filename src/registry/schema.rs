@@ -53,7 +53,7 @@ impl Registry {
     /// (under the layout job's lease); the others wait for it, and take it
     /// over if it stops half way. A store of a newer layout is refused.
     pub(super) async fn prepare_layout(&self) -> Result<()> {
-        let mut waiting_since = None;
+        let mut waiting = false;
         loop {
             let schema = self.schema()?;
             if schema == Some(REGISTRY_SCHEMA) {
@@ -75,9 +75,9 @@ impl Registry {
             match self.take_lease(LAYOUT_JOB).await? {
                 Some(lease) => return self.prepare_layout_leased(lease).await,
                 None => {
-                    let since = *waiting_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() < LAYOUT_POLL * 2 {
+                    if !waiting {
                         tracing::info!("another server is preparing the store's layout; waiting for it");
+                        waiting = true;
                     }
                     tokio::time::sleep(LAYOUT_POLL).await;
                 }
