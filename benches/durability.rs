@@ -1,14 +1,19 @@
 //! What an acknowledgement costs: durable commits per second through the store's
-//! group-committing writer with 1 and 16 concurrent writers, for each durability
+//! group-committing writer with 1, 16 and 64 concurrent writers, for each durability
 //! mode, interleaved and repeated so the modes are compared within one run; and
 //! the raw cost of a 4 KiB append + fsync on this disk for reference.
 //!
 //! Run: `cargo bench --bench durability` (COMMITS=2000 by default per run).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
+use common::env_or;
+use common::stats::min_and_median;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
 use cooperation_registry::store::{Durability, Op, Store, Txn};
 
@@ -39,7 +44,7 @@ async fn commits_per_second(durability: Durability, writers: usize, commits: usi
         t.await.unwrap();
     }
     let rate = (per_writer * writers) as f64 / start.elapsed().as_secs_f64();
-    store.close().unwrap();
+    store.engine().close().unwrap();
     rate
 }
 
@@ -55,14 +60,9 @@ fn fsync_micros(samples: usize) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / samples as f64
 }
 
-fn summary(mut values: Vec<f64>) -> (f64, f64) {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (values[0], values[values.len() / 2])
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let commits: usize = std::env::var("COMMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let commits: usize = env_or("COMMITS", 2000);
     let modes = [("fsync", Durability::Fsync), ("flush", Durability::Flush), ("none", Durability::None)];
     let mut results: Vec<((&str, usize), Vec<f64>)> = Vec::new();
     for writers in [1usize, 16, 64] {
@@ -83,9 +83,9 @@ async fn main() {
     println!("durable commits/s through the store writer ({commits} commits a run, {REPETITIONS} interleaved runs)");
     println!("{:<10} {:>8} {:>14} {:>14}", "mode", "writers", "min/s", "median/s");
     for ((label, writers), rates) in results {
-        let (min, median) = summary(rates);
+        let (min, median) = min_and_median(rates);
         println!("{label:<10} {writers:>8} {min:>14.0} {median:>14.0}");
     }
-    let (min, median) = summary(fsync);
+    let (min, median) = min_and_median(fsync);
     println!("4 KiB append + fdatasync: min {min:.0} µs, median {median:.0} µs");
 }

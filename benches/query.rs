@@ -7,48 +7,26 @@
 //! hold, against reading every agreement of the first) and one year of
 //! signature dates (one range, against the smaller of its two bounds).
 //!
+//! The agreements are the service bench's dataset (`numbered_agreement` over
+//! 40 states, in `tests/common/records.rs`), written through the registry in
+//! this process without waiting for the disk.
+//!
 //! Run: `cargo bench --bench query`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cooperation_registry::pb::cooperation::v1::{Agreement, agreement};
-use cooperation_registry::pb::google::r#type::Date;
+use common::env_or;
+use common::records::{STATES, agreement_id, numbered_agreement};
+use common::stats::median;
+use cooperation_registry::pb::cooperation::v1::Agreement;
 use cooperation_registry::registry::relationship::RelationshipQuery;
 use cooperation_registry::registry::{ANONYMOUS, ListQuery, Mutation, Registry};
+use cooperation_registry::store::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
-use cooperation_registry::store::{Durability, Store};
-
-const STATES: [&str; 40] = [
-    "ind", "jpn", "usa", "aus", "fra", "deu", "gbr", "can", "bra", "zaf", "idn", "vnm", "phl", "sgp", "mys", "tha",
-    "kor", "nzl", "ita", "esp", "nld", "bel", "pol", "swe", "nor", "fin", "dnk", "mex", "arg", "chl", "egy", "nga",
-    "ken", "sau", "are", "isr", "tur", "pak", "bgd", "lka",
-];
-
-fn agreement(i: usize) -> Agreement {
-    let a = STATES[i % STATES.len()];
-    let b = STATES[(i * 7 + 3) % STATES.len()];
-    let b = if a == b { STATES[(i + 1) % STATES.len()] } else { b };
-    let year = 1990 + (i % 35) as i32;
-    Agreement {
-        title: format!("Agreement {i} between {a} and {b} on reciprocal provision of supplies and services"),
-        parties: vec![format!("parties/{a}"), format!("parties/{b}")],
-        signature_date: Some(Date { year, month: 1 + (i % 12) as i32, day: 1 + (i % 28) as i32 }),
-        entry_into_force_date: Some(Date { year: year + 1, month: 0, day: 0 }),
-        term: Some(agreement::Term { years: 10, ..Default::default() }),
-        provisions: vec![
-            agreement::Provision {
-                category: 1 + (i % 20) as i32,
-                summary: "re-stocking and repair".into(),
-                reciprocal: true,
-                ..Default::default()
-            },
-            agreement::Provision { category: 2, summary: "logistics".into(), reciprocal: true, ..Default::default() },
-        ],
-        description: "A bilateral agreement with a ten-year term, recorded for the query benchmark.".into(),
-        ..Default::default()
-    }
-}
 
 /// One List call, its time added to `times`.
 async fn timed(registry: &Registry, query: &ListQuery, times: &mut Vec<Duration>) -> Vec<Agreement> {
@@ -63,14 +41,9 @@ fn names(page: &[Agreement]) -> Vec<&str> {
     page.iter().map(|a| a.name.as_str()).collect()
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let count: usize = std::env::var("AGREEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let count: usize = env_or("AGREEMENTS", 100_000);
     let dir = tempfile::tempdir().unwrap();
     let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
     let store = Arc::new(SledStore::open(dir.path(), options).unwrap());
@@ -90,7 +63,7 @@ async fn main() {
                 deadline: None,
             };
             for i in (w..count).step_by(writers) {
-                registry.create(&format!("a{i:07}"), agreement(i), &mutation).await.unwrap();
+                registry.create(&agreement_id(i), numbered_agreement(i, &STATES), &mutation).await.unwrap();
             }
         }));
     }

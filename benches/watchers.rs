@@ -5,50 +5,41 @@
 //!
 //! Run: `cargo bench --bench watchers`.
 
-use std::sync::Arc;
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
+use common::client::connect;
+use common::env_or;
+use common::records::agreement;
+use common::server::TestServer;
+use common::stats::memory_kib;
 use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
-use cooperation_registry::pb::cooperation::v1::{Agreement, CreateAgreementRequest, WatchChangesRequest};
-use cooperation_registry::registry::Registry;
-use cooperation_registry::server::{ServerOptions, serve};
-use cooperation_registry::store::sled::{SledOptions, SledStore};
+use cooperation_registry::pb::cooperation::v1::{CreateAgreementRequest, WatchChangesRequest};
+use cooperation_registry::server::ServerOptions;
+use cooperation_registry::store::sled::SledOptions;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
+/// This process's resident memory, in KiB.
 fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
+    memory_kib(std::process::id()).0
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let watchers: usize = std::env::var("WATCHERS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path(), SledOptions::default()).unwrap());
-    let registry = Arc::new(Registry::open(store).await.unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve(registry, listener, ServerOptions::default(), std::future::pending()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let connect = || async move { Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap() };
-    let mut writer = AgreementServiceClient::new(connect().await);
+    let watchers: usize = env_or("WATCHERS", 500);
+    // Durable writes (the default store), as a user's server makes them.
+    let server =
+        TestServer::start_with(tempfile::tempdir().unwrap(), ServerOptions::default(), SledOptions::default()).await;
+    let addr = server.addr;
+    let mut writer = server.agreements();
     // Warm up: one watcher and one write, so lazily built state is counted before.
-    let mut warm = ChangeServiceClient::new(connect().await)
+    let mut warm = ChangeServiceClient::new(connect(addr).await)
         .watch_changes(WatchChangesRequest::default())
         .await
         .unwrap()
         .into_inner();
-    let agreement = |title: &str| Agreement {
-        title: title.into(),
-        parties: vec!["parties/ind".into(), "parties/jpn".into()],
-        ..Default::default()
-    };
     writer
         .create_agreement(CreateAgreementRequest { agreement: Some(agreement("warm")), ..Default::default() })
         .await
@@ -61,7 +52,7 @@ async fn main() {
     let mut channels = Vec::new();
     for i in 0..watchers {
         if i % 100 == 0 {
-            channels.push(connect().await);
+            channels.push(connect(addr).await);
         }
         let mut client = ChangeServiceClient::new(channels.last().unwrap().clone());
         streams.push(client.watch_changes(WatchChangesRequest::default()).await.unwrap().into_inner());

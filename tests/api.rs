@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::*;
+use common::{client::*, records::*, server::*};
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
 use prost_types::FieldMask;
 use tonic::Code;

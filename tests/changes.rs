@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::*;
+use common::{client::*, records::*, server::*};
 use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1, change};
 use cooperation_registry::server::ServerOptions;

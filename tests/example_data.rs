@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::*;
+use common::{records::*, server::*};
 use cooperation_registry::cli::import::{ImportReport, import, parse_dataset};
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
 

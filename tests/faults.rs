@@ -4,20 +4,35 @@
 //! start), and a disk that fills up must lose nothing acknowledged.
 //!
 //! The read-only and full disks are real filesystems (tmpfs, mounted here),
-//! which needs root, as CI runs; elsewhere those tests say so and pass.
+//! which needs root: those tests are ignored unless asked for
+//! (`cargo test --test faults -- --include-ignored`, as CI runs them, as
+//! root), and fail if they are run where they cannot mount.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use common::*;
+use common::{client::*, process::*, records::*};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1};
 use tonic::Code;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_cooperation-registry");
+/// Runs `mount` with `args`, or panics with its error: the tests that call it
+/// cannot run without the privilege to mount.
+fn mount(args: &[&str], target: &Path) {
+    let out = Command::new("mount").args(args).arg(target).output().expect("mount runs");
+    assert!(
+        out.status.success(),
+        "mount {} {} failed ({}): {}\nThis test needs root to mount; run it as root \
+         (`cargo test --test faults -- --include-ignored`) or leave it ignored.",
+        args.join(" "),
+        target.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
 
 /// A tmpfs mounted on a fresh temporary dir, unmounted when dropped.
 struct Mount {
@@ -25,34 +40,19 @@ struct Mount {
 }
 
 impl Mount {
-    /// Mounts a tmpfs with `options` (e.g. `size=1m`), or None without the
-    /// privilege to mount.
-    fn tmpfs(options: &str) -> Option<Mount> {
+    /// Mounts a tmpfs with `options` (e.g. `size=1m`).
+    fn tmpfs(options: &str) -> Mount {
         let dir = tempfile::tempdir().unwrap();
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-            return None;
-        }
-        Some(Mount { dir })
+        mount(&["-t", "tmpfs", "-o", options, "tmpfs"], dir.path());
+        Mount { dir }
     }
 
-    /// Binds `path` onto itself read-only, or None without the privilege.
-    fn read_only_bind(path: &Path) -> Option<BindMount> {
-        let bind = Command::new("mount").arg("--bind").arg(path).arg(path).stderr(Stdio::null()).status();
-        if !bind.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot bind-mount here (needs root)");
-            return None;
-        }
-        let mount = BindMount { path: path.to_path_buf() };
-        let ro = Command::new("mount").args(["-o", "remount,ro,bind"]).arg(path).status().unwrap();
-        assert!(ro.success(), "remount read-only");
-        Some(mount)
+    /// Binds `path` onto itself read-only.
+    fn read_only_bind(path: &Path) -> BindMount {
+        mount(&["--bind", path.to_str().unwrap()], path);
+        let bind = BindMount { path: path.to_path_buf() };
+        mount(&["-o", "remount,ro,bind"], path);
+        bind
     }
 
     fn path(&self) -> &Path {
@@ -60,9 +60,7 @@ impl Mount {
     }
 
     fn remount(&self, options: &str) {
-        let status =
-            Command::new("mount").args(["-o", &format!("remount,{options}")]).arg(self.dir.path()).status().unwrap();
-        assert!(status.success(), "remount {options}");
+        mount(&["-o", &format!("remount,{options}")], self.dir.path());
     }
 }
 
@@ -82,24 +80,12 @@ impl Drop for BindMount {
     }
 }
 
+/// How long a server that should refuse to start may run.
+const REFUSAL_LIMIT: Duration = Duration::from_secs(20);
+
 /// Runs `serve` on `data_dir` expecting it to refuse to start.
 fn serve_refused(data_dir: &Path) -> Output {
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("serve on {} did not stop: it should have refused to start", data_dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    Serve::new(data_dir).refused(REFUSAL_LIMIT)
 }
 
 fn assert_refused(out: &Output, expected: &str) {
@@ -109,85 +95,38 @@ fn assert_refused(out: &Output, expected: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// A served process, killed if a failing test leaves it running.
-struct Served(std::process::Child);
-
-impl std::ops::Deref for Served {
-    type Target = std::process::Child;
-    fn deref(&self) -> &std::process::Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Served {
-    fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `serve` on `data_dir` and returns it with its address and log lines.
-fn serve(data_dir: &Path) -> (Served, std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Served(
-        Command::new(BINARY)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn,cooperation_registry::server=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let line = lines.recv_timeout(deadline - Instant::now()).expect("a serving line");
-        if let Some(at) = line.find("address=") {
-            let addr: String = line[at + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
-            return (child, addr.parse().unwrap(), lines);
-        }
-    }
-}
-
 #[test]
+#[ignore = "needs root: mounts a read-only tmpfs and a read-only bind mount"]
 fn a_read_only_data_dir_is_refused_whether_new_or_existing() {
-    let Some(mount) = Mount::tmpfs("size=4m,ro") else { return };
+    let mount = Mount::tmpfs("size=4m,ro");
     assert_refused(&serve_refused(&mount.path().join("db")), "Read-only file system");
 
     // An initialised data dir that has become read-only.
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, _, _) = serve(dir.path());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let Some(_ro) = Mount::read_only_bind(dir.path()) else { return };
+    Serve::new(dir.path()).start().stop();
+    let _ro = Mount::read_only_bind(dir.path());
     assert_refused(&serve_refused(dir.path()), "Read-only file system");
 }
 
+/// The first start's writes (the states it seeds) must reach the disk to find
+/// it full, so the server keeps its default durability (fsync).
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn a_disk_too_full_to_start_on_is_refused() {
-    let Some(mount) = Mount::tmpfs("size=64k") else { return };
-    assert_refused(&serve_refused(&mount.path().join("db")), "No space left on device");
+    let mount = Mount::tmpfs("size=64k");
+    let out = Serve::new(&mount.path().join("db")).default_durability().refused(REFUSAL_LIMIT);
+    assert_refused(&out, "No space left on device");
 }
 
+/// Every acknowledged write must have reached the disk before it filled up, so
+/// the server keeps its default durability (fsync).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a tmpfs"]
 async fn a_disk_filling_up_stops_the_server_and_loses_nothing_acknowledged() {
-    let Some(mount) = Mount::tmpfs("size=1m") else { return };
+    let mount = Mount::tmpfs("size=1m");
     let data_dir = mount.path().join("db");
-    let (mut child, addr, lines) = serve(&data_dir);
-    let mut client = AgreementServiceClient::new(connect(addr).await);
+    let mut server = Serve::new(&data_dir).default_durability().start();
+    let mut client = AgreementServiceClient::new(connect(server.addr).await);
     let mut acknowledged = Vec::new();
     let mut refusal = None;
     for i in 0..200 {
@@ -209,60 +148,51 @@ async fn a_disk_filling_up_stops_the_server_and_loses_nothing_acknowledged() {
     drop(client);
 
     // The server stops by itself, with the cause and a non-zero exit.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not stop after its disk filled up: {:?}",
-            lines.try_iter().collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let log: Vec<String> = lines.try_iter().collect();
-    let log = log.join("\n");
+    let status = server.wait_exit(Duration::from_secs(30));
+    let log = server.log().join("\n");
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("stopped because the store cannot write") && log.contains("No space left on device"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 
     // With room again, every acknowledged write is there and writes work.
     mount.remount("size=32m");
-    let (mut child, addr, _) = serve(&data_dir);
-    let mut client = AgreementServiceClient::new(connect(addr).await);
+    let server = Serve::new(&data_dir).default_durability().start();
+    let mut client = AgreementServiceClient::new(connect(server.addr).await);
     for name in &acknowledged {
         let got = client.get_agreement(v1::GetAgreementRequest { name: name.clone(), ..Default::default() }).await;
         assert!(got.is_ok(), "acknowledged {name} lost: {got:?}");
     }
     client.create_agreement(create_agreement("after-the-fix", agreement("After"))).await.unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
     eprintln!("{} acknowledged writes survived the disk filling up", acknowledged.len());
 }
 
 #[test]
 fn a_data_dir_in_use_by_another_process_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut first, _, _) = serve(dir.path());
+    let first = Serve::new(dir.path()).start();
     let out = serve_refused(dir.path());
-    first.kill().unwrap();
-    first.wait().unwrap();
+    drop(first);
     assert_refused(&out, "in use by another process");
 }
 
 #[tokio::test]
 async fn a_corrupted_database_is_refused_not_started_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr, _) = serve(dir.path());
-    let mut client = AgreementServiceClient::new(connect(addr).await);
+    let mut server = Serve::new(dir.path()).start();
+    let mut client = AgreementServiceClient::new(connect(server.addr).await);
     for i in 0..20 {
         client.create_agreement(create_agreement(&format!("kept-{i}"), agreement("Kept"))).await.unwrap();
     }
     drop(client);
-    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(term.success());
-    assert!(child.wait().unwrap().success());
+    // A graceful stop flushes the writes into the data file. It is waited for
+    // off the runtime, which meanwhile closes the dropped client's connection
+    // (left open, it would hold the drain until its timeout).
+    let stopped = tokio::task::spawn_blocking(move || {
+        server.sigterm();
+        server.wait_exit(Duration::from_secs(20))
+    });
+    assert!(stopped.await.unwrap().success());
     // Overwrite the middle of sled's data file with garbage.
     let file = dir.path().join("db");
     let mut bytes = std::fs::read(&file).unwrap();

@@ -1,78 +1,20 @@
 //! The real binary: command line, restart, graceful shutdown, refusal of foreign
-//! data dirs, import, and a crash test that kills the server with SIGKILL while
-//! 16 clients write and then finds every acknowledged write.
+//! data dirs, import, backup and restore, and crash tests that kill the server
+//! with SIGKILL and then find every acknowledged write. The servers run with
+//! `--durability none` (a graceful stop flushes everything) except in the
+//! crash tests, which keep the default.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::{client::*, env_or, process::*, records::*};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_cooperation-registry");
-
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-/// Starts `serve` on a free port and waits for its "serving" log line.
-fn start(data_dir: &Path) -> Running {
-    start_with(data_dir, &[])
-}
-
-/// `start`, with more flags.
-fn start_with(data_dir: &Path, flags: &[&str]) -> Running {
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(flags)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let lines = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("address=") {
-                let addr: String = line[at + 8..].chars().take_while(|c| !c.is_whitespace()).collect();
-                let _ = tx.send(addr);
-            }
-            lines.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("no serving line: {:?}", log.lock().unwrap()));
-    Running { child, addr: addr.parse().unwrap(), log }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn help_documents_every_flag_and_its_environment_variable() {
@@ -103,8 +45,7 @@ fn help_documents_every_flag_and_its_environment_variable() {
 fn a_foreign_or_newer_data_dir_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("thesis.tex"), "precious").unwrap();
-    let out =
-        Command::new(BINARY).args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Serve::new(dir.path()).refused(Duration::from_secs(20));
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a cooperation-registry data dir"), "{stderr}");
@@ -114,7 +55,7 @@ fn a_foreign_or_newer_data_dir_is_refused_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
+    let mut server = Serve::new(dir.path()).start();
     let out = Command::new(BINARY)
         .args(["import", "examples/india-japan-2020.json", "--server", &server.addr.to_string()])
         .output()
@@ -126,10 +67,11 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
         String::from_utf8_lossy(&out.stdout)
     );
 
-    sigterm(&server.child);
-    let status = wait_exit(&mut server.child, Duration::from_secs(15));
-    assert!(status.success(), "{status:?}: {:?}", server.log.lock().unwrap());
-    let log = server.log.lock().unwrap().clone();
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(15));
+    let log = server.log();
+    assert!(status.success(), "{status:?}: {log:?}");
+    // The close flushes every write, whatever --durability says.
     assert!(log.iter().any(|l| l.contains("store flushed and closed")));
     // Every call's access line is out by exit (they are written in batches),
     // and before the shutdown lines.
@@ -140,7 +82,7 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
     let shutting_down = log.iter().position(|l| l.contains("shutting down")).unwrap();
     assert!(access.iter().all(|&i| i < shutting_down), "{log:?}");
 
-    let mut server = start(dir.path());
+    let mut server = Serve::new(dir.path()).start();
     let mut client = AgreementServiceClient::new(connect(server.addr).await);
     let rpss = client
         .get_agreement(v1::GetAgreementRequest {
@@ -151,25 +93,24 @@ async fn sigterm_drains_and_a_restart_keeps_the_data_and_import_works() {
         .unwrap()
         .into_inner();
     assert_eq!(rpss.signatories.len(), 2);
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill();
 }
 
-/// Kills the server with SIGKILL while 16 clients write, three times over, and
-/// checks after each restart that every acknowledged write is there.
 /// Kills the server with SIGKILL at a different moment of each cycle while 16
-/// clients write. `CRASH_CYCLES=100 cargo test --release --test process sigkill`
-/// runs more cycles than the default 3. The store checkpoints (closes and
-/// reopens its database) after every MiB written, so crashes also fall
-/// around and between checkpoints.
+/// clients write, and checks after each restart that every acknowledged write
+/// is there. `CRASH_CYCLES=100 cargo test --release --test process sigkill`
+/// runs more cycles than the default 3. The server keeps its default
+/// durability (fsync): an acknowledged write surviving a crash is what is
+/// tested. The store checkpoints (closes and reopens its database) after
+/// every MiB written, so crashes also fall around and between checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let cycles: usize = std::env::var("CRASH_CYCLES").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
+    let cycles: usize = env_or("CRASH_CYCLES", 3);
     let mut acknowledged: Vec<(String, String)> = Vec::new();
     let mut checkpoints = 0;
     for cycle in 0..cycles {
-        let mut server = start_with(dir.path(), &["--checkpoint-mib", "1"]);
+        let mut server = Serve::new(dir.path()).default_durability().flags(["--checkpoint-mib", "1"]).start();
         let channel = connect(server.addr).await;
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut writers = Vec::new();
@@ -193,45 +134,44 @@ async fn sigkill_loses_nothing_acknowledged() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // The first cycle crashes after a checkpoint, the others wherever they fall.
-        let checkpointed = || server.log.lock().unwrap().iter().any(|l| l.contains("checkpoint: reopened"));
+        let checkpointed = || server.logged("checkpoint: reopened") > 0;
         let limit = Instant::now() + Duration::from_secs(60);
         while cycle == 0 && !checkpointed() && Instant::now() < limit {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(150 + (cycle as u64 * 379) % 850)).await;
-        server.child.kill().unwrap(); // SIGKILL
-        server.child.wait().unwrap();
+        server.kill();
         for w in writers {
             w.await.unwrap();
         }
-        checkpoints += server.log.lock().unwrap().iter().filter(|l| l.contains("checkpoint: reopened")).count();
+        checkpoints += server.logged("checkpoint: reopened");
         let acked = std::mem::take(&mut *acked.lock().unwrap());
         assert!(!acked.is_empty(), "cycle {cycle}: no write acknowledged");
         acknowledged.extend(acked);
 
-        let mut server = start(dir.path());
+        let mut server = Serve::new(dir.path()).default_durability().start();
         let mut client = AgreementServiceClient::new(connect(server.addr).await);
         for (name, title) in &acknowledged {
             let got = client.get_agreement(v1::GetAgreementRequest { name: name.clone(), ..Default::default() }).await;
             let got = got.unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged {name} is lost: {e:?}"));
             assert_eq!(&got.into_inner().title, title);
         }
-        server.child.kill().unwrap();
-        server.child.wait().unwrap();
+        server.kill();
     }
     eprintln!("{} acknowledged writes survived {cycles} SIGKILLs and {checkpoints} checkpoints", acknowledged.len());
     assert!(checkpoints > 0, "the writes reached no checkpoint");
 }
 
 /// A watch interrupted by a server crash resumes from the last revision it
-/// processed, with nothing missed and nothing repeated.
+/// processed, with nothing missed and nothing repeated. The writes before the
+/// crash must survive it, so the server keeps its default durability (fsync).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_after_the_server_restarts() {
     use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
     use tokio_stream::StreamExt;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(dir.path());
+    let mut server = Serve::new(dir.path()).default_durability().start();
     let channel = connect(server.addr).await;
     let mut writer = AgreementServiceClient::new(channel.clone());
     let mut watcher = ChangeServiceClient::new(connect(server.addr).await);
@@ -248,10 +188,9 @@ async fn a_watch_resumes_after_the_server_restarts() {
         let response = stream.next().await.unwrap().unwrap();
         seen.extend(response.changes.iter().map(|c| c.revision));
     }
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill();
 
-    let mut server = start(dir.path());
+    let mut server = Serve::new(dir.path()).default_durability().start();
     let resume = seen.last().unwrap() + 1;
     let mut watcher = ChangeServiceClient::new(connect(server.addr).await);
     let mut stream = watcher
@@ -268,20 +207,15 @@ async fn a_watch_resumes_after_the_server_restarts() {
         seen.extend(response.changes.iter().map(|c| c.revision));
     }
     assert_eq!(seen, (2..=16).collect::<Vec<i64>>());
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill();
 }
 
 #[test]
 fn json_logs_are_one_object_a_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Serve::new(dir.path()).flags(["--log-format", "json"]).command().stderr(Stdio::piped()).spawn().unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     let mut serving = None;
@@ -293,8 +227,7 @@ fn json_logs_are_one_object_a_line() {
             break;
         }
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     let serving = serving.expect("a serving line");
     assert!(serving["fields"]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert_eq!(serving["level"], "INFO");
@@ -308,7 +241,7 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
     use cooperation_registry::pb::cooperation::v1::party_service_client::PartyServiceClient;
 
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start(&dir.path().join("original"));
+    let mut server = Serve::new(&dir.path().join("original")).start();
     let address = server.addr.to_string();
     let out =
         Command::new(BINARY).args(["import", "examples/india-japan-2020.json", "--server", &address]).output().unwrap();
@@ -353,8 +286,7 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
     let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", &address]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("backed up revision {}", before.0)));
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill();
 
     let restored_dir = dir.path().join("restored");
     let out = Command::new(BINARY)
@@ -368,7 +300,7 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
         .unwrap();
     assert!(!again.status.success(), "restore refuses a used data dir");
 
-    let mut server = start(&restored_dir);
+    let mut server = Serve::new(&restored_dir).start();
     assert_eq!(snapshot(server.addr).await, before);
     // New writes continue the revision sequence.
     let mut agreements = AgreementServiceClient::new(connect(server.addr).await);
@@ -378,6 +310,5 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
         .unwrap()
         .into_inner();
     assert_eq!(created.etag, (before.0 + 1).to_string());
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill();
 }

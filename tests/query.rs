@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::{client::*, records::*, server::*};
 use cooperation_registry::api::ScanLimits;
 use cooperation_registry::cli::import::{import, parse_dataset};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
@@ -16,22 +16,22 @@ use cooperation_registry::server::ServerOptions;
 use prost_types::FieldMask;
 use tonic::Code;
 
-const STATES: [&str; 6] = ["ind", "jpn", "usa", "aus", "fra", "deu"];
+/// The states of the dataset. Under `numbered_agreement`'s pairing India,
+/// Japan and the United States (0, 3 and 6 of nine) are each a party with the
+/// other two, so two parties' sets overlap without either holding the other.
+const STATES: [&str; 9] = ["ind", "fra", "deu", "jpn", "aus", "gbr", "usa", "can", "bra"];
 
-/// Agreement `i` between two of STATES, signed in year 2000 + i % 20.
+/// Agreement `i` of a dataset over STATES, signed in year 2000 + i % 20 (to
+/// the month), not yet in force, with a term of 1 to 7 years, and without
+/// signatories (they must be parties, and the tests change the parties).
 fn numbered(i: usize) -> v1::Agreement {
-    let a = STATES[i % STATES.len()];
-    let b = STATES[(i / STATES.len() + 1 + i) % STATES.len()];
-    let b = if a == b { STATES[(i + 1) % STATES.len()] } else { b };
-    let category =
-        if i % 3 == 0 { agreement::ProvisionCategory::BasingAccess } else { agreement::ProvisionCategory::Trade };
     v1::Agreement {
         title: format!("Agreement {i:03}"),
-        parties: vec![format!("parties/{a}"), format!("parties/{b}")],
         signature_date: date(2000 + (i % 20) as i32, 1 + (i % 12) as i32, 0),
-        provisions: vec![agreement::Provision { category: category as i32, ..Default::default() }],
+        entry_into_force_date: None,
+        signatories: Vec::new(),
         term: Some(agreement::Term { years: 1 + (i % 7) as i32, ..Default::default() }),
-        ..Default::default()
+        ..numbered_agreement(i, &STATES)
     }
 }
 
@@ -404,8 +404,8 @@ async fn a_passed_deadline_stops_scans_and_writes_and_changes_nothing() {
 
 /// As many List calls at once as a load test sends (64 connections × 8
 /// streams) are all answered with the default waiting room: they wait their
-/// turn. (The wait limit is raised: unoptimised test builds scan ten times
-/// slower, and 512 of their scans would take longer than the default second.)
+/// turn. (The wait limit is raised: unoptimised test builds scan much
+/// slower, and 512 of their scans could take longer than the default second.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_lists_within_the_limits_is_served_not_shed() {
     let defaults = ServerOptions::default();

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use common::{client::*, records::*, server::*};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
 use cooperation_registry::pb::cooperation::v1::relationship_service_client::RelationshipServiceClient;
@@ -15,7 +15,7 @@ use cooperation_registry::pb::cooperation::v1::{self as v1};
 use cooperation_registry::registry::Registry;
 use cooperation_registry::server::auth::{Access, hash_token};
 use cooperation_registry::server::{ServerOptions, serve};
-use cooperation_registry::store::sled::{SledOptions, SledStore};
+use cooperation_registry::store::sled::SledStore;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -81,7 +81,7 @@ struct Secure {
 
 async fn start(tls: Option<ServerTlsConfig>, access: Access) -> Secure {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(&dir.path().join("data"), SledOptions::default()).unwrap();
+    let store = SledStore::open(&dir.path().join("data"), fast_store()).unwrap();
     let registry = Arc::new(Registry::open(Arc::new(store)).await.unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

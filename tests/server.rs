@@ -1,15 +1,17 @@
 //! Server plumbing: reflection v1 and v1alpha, health and its NOT_SERVING on
-//! shutdown, compression, message size limits.
+//! shutdown, compression, message size limits, shedding of calls and scans
+//! beyond the limits, and Prometheus metrics.
 
 mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::{client::*, records::*, server::*};
 use cooperation_registry::api::{Api, ScanLimits};
 use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1};
 use cooperation_registry::server::ServerOptions;
+use cooperation_registry::store::sled::SledOptions;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -201,9 +203,11 @@ fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
+/// With durable writes (the default store): the flush counter is checked.
 #[tokio::test]
 async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() {
-    let server = TestServer::start().await;
+    let server =
+        TestServer::start_with(tempfile::tempdir().unwrap(), ServerOptions::default(), SledOptions::default()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = listener.local_addr().unwrap();
     let endpoint = cooperation_registry::server::observe::serve_metrics(listener, server.registry.clone()).unwrap();
@@ -238,7 +242,7 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     assert_eq!(metric(&body, "cooperation_registry_revision ").unwrap(), server.registry.revision() as f64);
     assert_eq!(metric(&body, "cooperation_registry_watchers ").unwrap(), 1.0, "{body}");
     assert!(metric(&body, "cooperation_registry_store_bytes ").unwrap() > 0.0, "{body}");
-    // No checkpoint yet: the first comes after 128 MiB written.
+    // No checkpoint yet: the first comes after the default --checkpoint-mib written.
     assert_eq!(metric(&body, "cooperation_registry_checkpoints_total ").unwrap(), 0.0, "{body}");
     assert_eq!(metric(&body, "cooperation_registry_last_checkpoint_seconds ").unwrap(), 0.0, "{body}");
     // The Gets above read the same record again: from the read cache.

@@ -284,7 +284,7 @@ fn run(steps: Vec<Step>) {
                 memory.compact(to).unwrap();
             }
             Step::Reopen => {
-                sled.close().unwrap();
+                sled.engine().close().unwrap();
                 drop(sled);
                 sled = open_sled(dir.path());
             }
@@ -292,7 +292,7 @@ fn run(steps: Vec<Step>) {
         assert_agrees(&model, &*sled, "sled");
         assert_agrees(&model, &memory, "memory");
     }
-    sled.close().unwrap();
+    sled.engine().close().unwrap();
 }
 
 proptest! {

@@ -31,6 +31,10 @@ use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::codegen::{BoxFuture, Service, http};
 
+use crate::checks::Check;
+use crate::compare::{Peer, Target};
+use crate::data::{frame, response_frame_len, write_body};
+
 /// The gRPC service the floor's methods are under.
 pub const SERVICE: &str = "floor.v1.Floor";
 
@@ -203,7 +207,7 @@ pub fn serve(dir: &Path) {
         tokio::spawn(serve_metrics(metrics, floor.clone()));
         tonic::transport::Server::builder()
             .add_service(FloorService(floor))
-            // The registry's transport (src/server.rs): without TCP_NODELAY
+            // The registry's transport (src/server/mod.rs): without TCP_NODELAY
             // an answer waits for the client's delayed ACK.
             .serve_with_incoming(
                 tonic::transport::server::TcpIncoming::from(grpc)
@@ -225,4 +229,33 @@ async fn serve_metrics(listener: tokio::net::TcpListener, floor: Arc<Floor>) {
         let head = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n", body.len());
         let _ = stream.write_all((head + &body).as_bytes()).await;
     }
+}
+
+/// Sets the floor's targets beside a durable create: keeps the ceiling,
+/// CreateAgreement and etcd's Put of `targets`, and puts the floor's three
+/// methods answering `create` (their bodies written to `dir`) before etcd's
+/// Put (the last target when `etcd`).
+pub fn use_targets(targets: &mut Vec<Target>, create: &CreateAgreementRequest, dir: &Path, etcd: bool) {
+    targets.retain(|t| ["Health/Check", "CreateAgreement", "etcd Put"].iter().any(|n| t.name.starts_with(n)));
+    // The smallest answer: the agreement as named, its times with no nanoseconds.
+    let mut answer = create.agreement.clone().expect("an agreement to create");
+    answer.name = format!("agreements/{}", uuid::Uuid::now_v7());
+    let time = prost_types::Timestamp { seconds: 1_800_000_000, nanos: 0 };
+    (answer.create_time, answer.update_time) = (Some(time), Some(time));
+    let at = targets.len() - usize::from(etcd);
+    let create_body = frame(create);
+    let size = response_frame_len(&answer);
+    let floor_targets = [
+        ("floor: decode only", "Decode", Check::ResponseBytes(size)),
+        ("floor: + 2 sled inserts", "Insert", Check::ResponseBytes(size)),
+        ("floor: + 2 inserts, fsync", "InsertFsync", Check::FloorWrite(size)),
+    ]
+    .map(|(name, method, check)| Target {
+        name,
+        peer: Peer::Floor,
+        path: path(method),
+        body: write_body(dir, &format!("floor-{method}.bin"), &create_body),
+        check,
+    });
+    targets.splice(at..at, floor_targets);
 }

@@ -1,0 +1,113 @@
+//! The data: the dataset loaded through the API, and the request bodies
+//! h2load sends (gRPC's framing of a message, written to a file).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
+use cooperation_registry::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
+use cooperation_registry::pb::cooperation::v1::{self as v1};
+use prost::Message;
+
+use crate::common::client::connect;
+use crate::common::records::{STATES, agreement_id, engagement_id, numbered_agreement, numbered_engagement};
+
+/// Agreement `i` of the dataset (`numbered_agreement` over the 40 `STATES`).
+pub fn agreement(i: usize) -> v1::Agreement {
+    numbered_agreement(i, &STATES)
+}
+
+/// Loads `count` agreements and `count / 10` engagements through the API with
+/// 64 concurrent callers; returns the name of one agreement of India's.
+pub async fn load(addr: SocketAddr, count: usize) -> String {
+    let started = Instant::now();
+    let channel = connect(addr).await;
+    let callers = 64;
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let mut agreements = AgreementServiceClient::new(channel.clone());
+        let mut engagements = EngagementServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (c..count).step_by(callers) {
+                let request = v1::CreateAgreementRequest {
+                    agreement_id: agreement_id(i),
+                    agreement: Some(agreement(i)),
+                    request_id: String::new(),
+                };
+                agreements.create_agreement(request).await.expect("create agreement");
+                if i % 10 == 0 {
+                    let request = v1::CreateEngagementRequest {
+                        engagement_id: engagement_id(i),
+                        engagement: Some(numbered_engagement(i, &STATES)),
+                        request_id: String::new(),
+                    };
+                    engagements.create_engagement(request).await.expect("create engagement");
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "loaded {count} agreements and {} engagements in {:.1} s ({:.0} records/s)",
+        count / 10,
+        elapsed.as_secs_f64(),
+        (count + count / 10) as f64 / elapsed.as_secs_f64()
+    );
+    format!("agreements/{}", agreement_id(0))
+}
+
+/// The path of a method of cooperation.v1.AgreementService.
+pub fn agreements(method: &str) -> String {
+    format!("/cooperation.v1.AgreementService/{method}")
+}
+
+/// A message in gRPC's length-prefixed framing: what h2load sends as the body.
+pub fn frame(message: &impl Message) -> Vec<u8> {
+    let bytes = message.encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&bytes);
+    framed
+}
+
+/// The bytes of one response frame for a unary call.
+pub fn response_frame_len(response: &impl Message) -> u64 {
+    5 + response.encoded_len() as u64
+}
+
+/// Writes a request body to `dir/name` for h2load to read.
+pub fn write_body(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// etcd's RangeRequest, PutRequest and CompactionRequest (etcdserverpb), the
+/// fields used here.
+#[derive(Clone, PartialEq, Message)]
+pub struct RangeRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bool, tag = "7")]
+    pub serializable: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PutRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CompactionRequest {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    #[prost(bool, tag = "2")]
+    pub physical: bool,
+}
