@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use common::env_or;
 use common::stats::min_and_median;
+use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
-use cooperation_registry::store::{Durability, Op, Store, Txn};
+use cooperation_registry::store::{Op, Store, Txn};
 
 const REPETITIONS: usize = 3;
 

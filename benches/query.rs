@@ -25,7 +25,7 @@ use common::stats::median;
 use cooperation_registry::pb::cooperation::v1::Agreement;
 use cooperation_registry::registry::relationship::RelationshipQuery;
 use cooperation_registry::registry::{ANONYMOUS, ListQuery, Mutation, Registry};
-use cooperation_registry::store::Durability;
+use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
 
 /// One List call, its time added to `times`.

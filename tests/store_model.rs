@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cooperation_registry::store::memory::MemoryStore;
+use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
-use cooperation_registry::store::{Condition, Durability, Entry, Op, Outcome, Store, Txn};
+use cooperation_registry::store::{Condition, Entry, Op, Outcome, Store, Txn};
 use proptest::prelude::*;
 
 const KEYS: [&str; 7] = ["a", "ab", "b", "c/1", "c/2", "c/3", "c/33"];

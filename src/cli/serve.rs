@@ -10,7 +10,7 @@ use tower::BoxError;
 
 use crate::registry::{Registry, RegistryOptions};
 use crate::server::{self, ServerOptions};
-use crate::store::Durability;
+use crate::store::sled::Durability;
 use crate::store::sled::{SledOptions, SledStore};
 
 #[derive(Args, Debug, Clone)]
@@ -136,8 +136,9 @@ impl From<DurabilityArg> for Durability {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    let durability = Durability::from(args.durability);
     let options = SledOptions {
-        durability: args.durability.into(),
+        durability,
         cache_capacity: args.cache_mib * 1024 * 1024,
         checkpoint_bytes: args.checkpoint_mib * 1024 * 1024,
         read_cache_bytes: args.read_cache_mib * 1024 * 1024,
@@ -206,9 +207,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
     if let Some(cause) = failure.lock().expect("failure lock").take() {
         // Exit here: dropping the failed database would make sled flush its
         // failed log again, which can wait forever.
+        let kept = match durability {
+            Durability::Fsync | Durability::Flush => "every acknowledged write is on disk",
+            Durability::None => "writes acknowledged in the last half second may be lost (--durability none)",
+        };
         eprintln!(
-            "cooperation-registry: stopped because the store cannot write: {cause}; every acknowledged write \
-             is on disk: fix the cause (free space, make the data dir writable) and start again"
+            "cooperation-registry: stopped because the store cannot write: {cause}; {kept}: fix the cause \
+             (free space, make the data dir writable) and start again"
         );
         std::process::exit(1);
     }

@@ -275,19 +275,6 @@ impl Applied {
     }
 }
 
-/// How much a write has survived when it is acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// The engine's log is flushed and the data file fsynced: survives a power loss.
-    #[default]
-    Fsync,
-    /// The engine's log is flushed to the operating system: survives a crash of this
-    /// process, not of the machine.
-    Flush,
-    /// Nothing waited for: the engine writes in the background (sled: every 500 ms).
-    None,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
     /// The engine failed to read or write.

@@ -11,7 +11,7 @@ use cooperation_registry::pb::cooperation::v1::party_service_client::PartyServic
 use cooperation_registry::pb::cooperation::v1::{self as v1};
 use cooperation_registry::registry::Registry;
 use cooperation_registry::server::{self, ServerOptions};
-use cooperation_registry::store::Durability;
+use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
 use tempfile::TempDir;
 use tokio::sync::oneshot;

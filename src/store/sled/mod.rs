@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Applied, BoxFuture, ChangeStream, Condition, Durability, Engine, EngineMetric, Entry, MetricKind, Op, Outcome,
-    Store, StoreError, StoreResult, Txn,
+    Applied, BoxFuture, ChangeStream, Condition, Engine, EngineMetric, Entry, MetricKind, Op, Outcome, Store,
+    StoreError, StoreResult, Txn,
 };
 
 mod cache;
@@ -63,6 +63,19 @@ const MAX_GROUP: usize = 4096;
 /// Longest the writer goes on applying groups, each sent while the one before
 /// was applied, before it flushes them all.
 const MAX_FLUSH_WAIT: Duration = Duration::from_millis(2);
+
+/// How much a write has survived when it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// The engine's log is flushed and the data file fsynced: survives a power loss.
+    #[default]
+    Fsync,
+    /// The engine's log is flushed to the operating system: survives a crash of this
+    /// process, not of the machine.
+    Flush,
+    /// Nothing waited for: sled writes in the background, every 500 ms.
+    None,
+}
 
 /// The default for sled's page cache. sled holds more than it counts, so the
 /// server's resident memory levels off above this once writes have filled
