@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per call of one gRPC method, counted by valgrind's callgrind:
-# a figure the machine's noise does not move (see docs/benchmarks.md).
+# a figure the machine's noise does not move (see docs/performance.md).
 #
 #   benches/callgrind.sh DATA_DIR METHOD_PATH BODY CALLS
 #
