@@ -296,7 +296,7 @@ impl Registry {
     }
 
     /// The change at `revision` and its event for `name`, if both exist.
-    fn change_of(&self, name: &str, revision: u64) -> Result<Option<(StoredChange, StoredEvent)>> {
+    pub(super) fn change_of(&self, name: &str, revision: u64) -> Result<Option<(StoredChange, StoredEvent)>> {
         let Some((found, bytes)) = self.store.changes(revision, 1)?.into_iter().next() else { return Ok(None) };
         if found != revision {
             return Ok(None);

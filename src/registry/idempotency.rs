@@ -172,8 +172,7 @@ impl Registry {
                     entries += 1;
                 }
             }
-            let change = StoredChange { actor: EXPIRY_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
-            txn.change = change.encode_to_vec();
+            txn.change = StoredChange::bookkeeping(EXPIRY_ACTOR);
             match self.commit_leased(&mut lease, txn).await? {
                 Outcome::Committed { .. } => removed += entries,
                 // A retry replaced one of them meanwhile: the next sweep reads again.
@@ -207,9 +206,8 @@ impl Registry {
     /// retention after the upgrade.
     pub(super) async fn keep_request_answers(&self, lease: &mut Lease) -> Result<()> {
         let upgraded = now();
-        let change =
-            StoredChange { actor: super::MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() };
-        let mut batches = Batches::new(self.store.limits(), change.encode_to_vec(), Lease::SIZE);
+        let change = StoredChange::bookkeeping(super::MIGRATION_ACTOR);
+        let mut batches = Batches::new(self.store.limits(), change, Lease::SIZE);
         let mut start = Vec::new();
         let mut kept = 0;
         loop {
@@ -221,13 +219,9 @@ impl Registry {
                 if request.commit_time.is_some() {
                     continue;
                 }
-                let change = self.store.changes(entry.mod_revision, 1)?;
-                request.answer = change
-                    .first()
-                    .filter(|(at, _)| *at == entry.mod_revision)
-                    .and_then(|(_, bytes)| StoredChange::decode(bytes.as_slice()).ok())
-                    .and_then(|change| change.events.into_iter().find(|e| e.name == request.name))
-                    .map(|event| event.record)
+                request.answer = self
+                    .change_of(&request.name, entry.mod_revision)?
+                    .map(|(_, event)| event.record)
                     .unwrap_or_default();
                 request.revision = entry.mod_revision;
                 request.commit_time = Some(upgraded);

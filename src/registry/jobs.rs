@@ -12,10 +12,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use prost::Message;
-
+use super::Registry;
 use super::records::StoredChange;
-use super::{Registry, now};
 use crate::error::{Error, Result};
 use crate::store::{Condition, Op, Outcome, Txn, TxnSize};
 
@@ -114,9 +112,9 @@ impl Registry {
     }
 }
 
-/// The change-log entry of a job's own bookkeeping: no record changes.
+/// The change-log entry of a job's lease: no record changes.
 fn job_change() -> Vec<u8> {
-    StoredChange { actor: JOBS_ACTOR.into(), commit_time: Some(now()), events: Vec::new() }.encode_to_vec()
+    StoredChange::bookkeeping(JOBS_ACTOR)
 }
 
 #[cfg(test)]

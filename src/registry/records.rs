@@ -42,6 +42,15 @@ pub struct StoredChange {
     pub events: Vec<StoredEvent>,
 }
 
+impl StoredChange {
+    /// The change-log entry of the registry's own bookkeeping by `actor`
+    /// (an upgrade, a job's lease, expiry): no record changes.
+    pub fn bookkeeping(actor: &str) -> Vec<u8> {
+        let change = StoredChange { actor: actor.into(), commit_time: Some(super::now()), events: Vec::new() };
+        prost::Message::encode_to_vec(&change)
+    }
+}
+
 /// A request with a request_id that succeeded, and its answer (see
 /// `idempotency`).
 #[derive(Clone, PartialEq, prost::Message)]

@@ -323,7 +323,7 @@ fn seed_txn(batch: &[(Txn, StoredEvent)], time: prost_types::Timestamp) -> Txn {
 
 /// The change-log entry of an upgrade's writes.
 fn migration_change() -> Vec<u8> {
-    StoredChange { actor: MIGRATION_ACTOR.into(), commit_time: Some(now()), events: Vec::new() }.encode_to_vec()
+    StoredChange::bookkeeping(MIGRATION_ACTOR)
 }
 
 #[cfg(test)]

@@ -293,8 +293,8 @@ impl Registry {
             };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
             let limits = self.store.limits();
-            if !limits.admits(txn.size()) {
-                let size = txn.size();
+            let size = txn.size();
+            if !limits.admits(size) {
                 return Err(Error::invalid(
                     R::KIND.singular,
                     format!(

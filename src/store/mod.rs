@@ -226,11 +226,12 @@ impl Batches {
     /// does not fit beside what is gathered, or TooLarge when it does not
     /// fit alone.
     pub fn push(&mut self, item: Txn) -> StoreResult<Option<Txn>> {
-        let alone = Txn { change: self.change.clone(), ..item.clone() }.size() + self.reserved;
+        let size = item.size();
+        let alone = size + TxnSize { ops: 0, bytes: self.change.len() } + self.reserved;
         if !self.limits.admits(alone) {
             return Err(StoreError::TooLarge { size: alone, limits: self.limits });
         }
-        let together = self.current.size() + item.size() + self.reserved;
+        let together = self.current.size() + size + self.reserved;
         let full = match self.items > 0 && !self.limits.admits(together) {
             true => self.take(),
             false => None,
