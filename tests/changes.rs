@@ -79,7 +79,7 @@ async fn watch_resumes_at_every_seam_and_compaction_is_never_silent() {
     assert_eq!(revisions_of(&mut live, 2).await, seen[5..]);
 
     // Compaction: before the new start is OUT_OF_RANGE with the oldest revision in the details.
-    let removed = server.registry.compact(Some(4), None).unwrap();
+    let removed = server.registry.compact(Some(4), None).await.unwrap();
     assert_eq!(removed, 9, "revisions 1..=9 go, 10..=13 stay");
     let err = changes.watch_changes(watch_from(9)).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
@@ -96,11 +96,11 @@ async fn watch_resumes_at_every_seam_and_compaction_is_never_silent() {
     // it holds 16 responses and one batch of 64 log entries, so 150 changes
     // put it well behind.
     let query = cooperation_registry::registry::changes::WatchQuery { start_revision: 14, ..Default::default() };
-    let mut lagging = server.registry.watch(query).unwrap();
+    let mut lagging = server.registry.watch(query).await.unwrap();
     for i in 0..150 {
         create(&server, &format!("more-{i}")).await;
     }
-    server.registry.compact(Some(1), None).unwrap();
+    server.registry.compact(Some(1), None).await.unwrap();
     let mut delivered = Vec::new();
     let outcome = loop {
         match tokio::time::timeout(Duration::from_secs(10), lagging.recv()).await.expect("the watcher answers") {
@@ -197,7 +197,7 @@ async fn a_mirror_following_list_then_watch_ends_equal_to_the_server() {
     for w in writers {
         w.await.unwrap();
     }
-    let end = server.registry.revision() as i64;
+    let end = server.registry.revision().await.unwrap() as i64;
     let mut reached = listed_at;
     let mut last = 0;
     while reached < end {
@@ -378,7 +378,7 @@ async fn history_lists_every_revision_of_a_record_with_its_actor() {
     assert_eq!(err.code(), Code::NotFound);
 
     // After compaction the history says it was cut short.
-    server.registry.compact(Some(2), None).unwrap();
+    server.registry.compact(Some(2), None).await.unwrap();
     let page = changes
         .list_revisions(v1::ListRevisionsRequest { name: "agreements/h".into(), ..Default::default() })
         .await

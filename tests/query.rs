@@ -379,7 +379,7 @@ async fn a_passed_deadline_stops_scans_and_writes_and_changes_nothing() {
     let query = ListQuery { deadline: Some(Instant::now() + Duration::from_secs(60)), ..query };
     assert!(registry.list::<v1::Agreement>(&query).await.unwrap().items.is_empty());
 
-    let revision = registry.revision();
+    let revision = registry.revision().await.unwrap();
     let late = Mutation {
         actor: "test".into(),
         request_id: String::new(),
@@ -389,7 +389,7 @@ async fn a_passed_deadline_stops_scans_and_writes_and_changes_nothing() {
     };
     let err = registry.create("late", agreement("Late"), &late).await.unwrap_err();
     assert_eq!(tonic::Status::from(err).code(), Code::DeadlineExceeded);
-    assert_eq!(registry.revision(), revision, "nothing was written");
+    assert_eq!(registry.revision().await.unwrap(), revision, "nothing was written");
     assert_eq!(count_agreements(&server, true).await, 200);
 
     // Through the API: a caller's timeout reaches the server as grpc-timeout.

@@ -105,7 +105,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
 }
 
 async fn latest_actor(registry: &Registry, name: &str) -> String {
-    let (revisions, _, _) = registry.list_revisions(name, 1, "").unwrap();
+    let (revisions, _, _) = registry.list_revisions(name, 1, "").await.unwrap();
     revisions[0].actor.clone()
 }
 

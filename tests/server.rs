@@ -239,7 +239,10 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     assert!(metric(&body, &labels("CreateAgreement", "Ok")).unwrap() >= 1.0, "{body}");
     let bucket = "grpc_server_handling_seconds_bucket{grpc_service=\"cooperation.v1.AgreementService\",grpc_method=\"GetAgreement\",le=\"+Inf\"}";
     assert!(metric(&body, bucket).unwrap() >= 4.0, "{body}");
-    assert_eq!(metric(&body, "cooperation_registry_revision ").unwrap(), server.registry.revision() as f64);
+    assert_eq!(
+        metric(&body, "cooperation_registry_revision ").unwrap(),
+        server.registry.revision().await.unwrap() as f64
+    );
     assert_eq!(metric(&body, "cooperation_registry_watchers ").unwrap(), 1.0, "{body}");
     assert!(metric(&body, "cooperation_registry_store_bytes ").unwrap() > 0.0, "{body}");
     // No checkpoint yet: the first comes after the default --checkpoint-mib written.
@@ -251,7 +254,7 @@ async fn prometheus_metrics_count_calls_by_method_and_code_and_show_the_store() 
     assert!(metric(&body, "cooperation_registry_read_cache_bytes ").unwrap() > 0.0, "{body}");
     // Each write waited for a flush, and no flush was made for nothing.
     let flushes = metric(&body, "cooperation_registry_store_flushes_total ").unwrap();
-    assert!(flushes >= 1.0 && flushes <= server.registry.revision() as f64, "{body}");
+    assert!(flushes >= 1.0 && flushes <= server.registry.revision().await.unwrap() as f64, "{body}");
     // The open watch is a call in flight.
     assert!(metric(&body, "grpc_server_calls_in_flight ").unwrap() >= 1.0, "{body}");
     assert!(body.contains("# HELP grpc_server_handled_total"), "{body}");

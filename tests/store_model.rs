@@ -2,7 +2,8 @@
 //! (several submitted at once, so they share a write group), compactions and
 //! reopenings run against the sled store, the memory store and a plain model
 //! of the contract written here; after every step all three must agree on
-//! every key, set member, scans, the revision and the change log.
+//! every key, set member, scans, the revision and the change log, and a view
+//! of each store opened before the step must still show the state before it.
 //!
 //! `PROPTEST_CASES=2000 cargo test --release --test store_model` runs longer.
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use cooperation_registry::store::memory::MemoryStore;
 use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
-use cooperation_registry::store::{Condition, Entry, Op, Outcome, Store, Txn};
+use cooperation_registry::store::{Condition, Entry, Op, Outcome, Snapshot, Store, Txn};
 use proptest::prelude::*;
 
 const KEYS: [&str; 7] = ["a", "ab", "b", "c/1", "c/2", "c/3", "c/33"];
@@ -86,7 +87,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 /// The contract, as plainly as it can be written.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Model {
     keys: BTreeMap<Vec<u8>, Entry>,
     /// Set members (set name and member together) and the revision that added each.
@@ -167,7 +168,7 @@ impl Model {
         for op in &txn.ops {
             match op {
                 Op::Put { key, value } => {
-                    self.keys.insert(key.clone(), Entry { mod_revision: self.revision, value: value.clone() });
+                    self.keys.insert(key.clone(), Entry { mod_revision: self.revision, value: value.clone().into() });
                 }
                 Op::Delete { key } => {
                     self.keys.remove(key);
@@ -196,11 +197,28 @@ impl Model {
     }
 }
 
-fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
-    assert_eq!(store.revision(), model.revision, "{which}: revision");
+/// The store agrees with the model: its revision, its keys, what a view
+/// at its latest revision shows, and its change log.
+async fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
+    assert_eq!(store.current_revision().await.unwrap(), model.revision, "{which}: revision");
     for key in KEYS {
-        assert_eq!(store.get(key.as_bytes()).unwrap().as_ref(), model.keys.get(key.as_bytes()), "{which}: key {key}");
+        let found = store.get(key.as_bytes()).await.unwrap();
+        assert_eq!(found.as_ref(), model.keys.get(key.as_bytes()), "{which}: key {key}");
     }
+    assert_view_agrees(model, &*store.snapshot().await.unwrap(), which).await;
+    let first = model.first_change.max(1);
+    assert_eq!(store.first_change().await.unwrap(), first, "{which}: first change");
+    let expected: Vec<(u64, Vec<u8>)> = model.changes.iter().map(|(r, c)| (*r, c.clone())).collect();
+    assert_eq!(store.changes(first, 10_000).await.unwrap(), expected, "{which}: change log");
+}
+
+/// A view shows the model's keys and members at the model's revision: read
+/// one at a time, many at once, by scan and by members.
+async fn assert_view_agrees(model: &Model, view: &dyn Snapshot, which: &str) {
+    assert_eq!(view.revision(), model.revision, "{which}: view revision");
+    let keys: Vec<Vec<u8>> = KEYS.iter().map(|key| key.as_bytes().to_vec()).collect();
+    let expected: Vec<Option<Entry>> = keys.iter().map(|key| model.keys.get(key).cloned()).collect();
+    assert_eq!(view.get_many(&keys).await.unwrap(), expected, "{which}: keys");
     for prefix in PREFIXES {
         let expected: Vec<(Vec<u8>, Entry)> = model
             .keys
@@ -208,11 +226,11 @@ fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
             .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
-        assert_eq!(store.scan(prefix.as_bytes(), b"", 100).unwrap(), expected, "{which}: scan {prefix:?}");
+        assert_eq!(view.scan(prefix.as_bytes(), b"", 100).await.unwrap(), expected, "{which}: scan {prefix:?}");
         // Paged by two from each key on.
         if let Some((second, _)) = expected.get(1) {
             assert_eq!(
-                store.scan(prefix.as_bytes(), second, 2).unwrap(),
+                view.scan(prefix.as_bytes(), second, 2).await.unwrap(),
                 expected[1..].iter().take(2).cloned().collect::<Vec<_>>()
             );
         }
@@ -221,21 +239,17 @@ fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
         let expected: Vec<Vec<u8>> =
             model.members.keys().filter(|k| k.starts_with(prefix.as_bytes())).cloned().collect();
         assert_eq!(
-            store.members(prefix.as_bytes(), b"", 1000).unwrap().to_vec(),
+            view.members(prefix.as_bytes(), b"", 1000).await.unwrap().to_vec(),
             expected,
             "{which}: members {prefix:?}"
         );
         if let Some(third) = expected.get(2) {
             assert_eq!(
-                store.members(prefix.as_bytes(), third, 3).unwrap().to_vec(),
+                view.members(prefix.as_bytes(), third, 3).await.unwrap().to_vec(),
                 expected[2..].iter().take(3).cloned().collect::<Vec<_>>()
             );
         }
     }
-    let first = model.first_change.max(1);
-    assert_eq!(store.first_change().unwrap(), first, "{which}: first change");
-    let expected: Vec<(u64, Vec<u8>)> = model.changes.iter().map(|(r, c)| (*r, c.clone())).collect();
-    assert_eq!(store.changes(first, 10_000).unwrap(), expected, "{which}: change log");
 }
 
 fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
@@ -261,6 +275,14 @@ fn run(steps: Vec<Step>) {
     let mut model = Model::default();
     let mut serial = 0;
     for step in steps {
+        // Views opened before the step, to be read after it (a reopening
+        // ends the sled store's).
+        let before = match step {
+            Step::Reopen => None,
+            _ => runtime.block_on(async {
+                Some((model.clone(), sled.snapshot().await.unwrap(), memory.snapshot().await.unwrap()))
+            }),
+        };
         match step {
             Step::Group(specs) => {
                 // Submitted one after another without waiting, so the writer
@@ -281,8 +303,8 @@ fn run(steps: Vec<Step>) {
             Step::Compact { back } => {
                 let to = model.revision.saturating_sub(back);
                 model.compact(to);
-                sled.compact(to).unwrap();
-                memory.compact(to).unwrap();
+                runtime.block_on(sled.compact(to)).unwrap();
+                runtime.block_on(memory.compact(to)).unwrap();
             }
             Step::Reopen => {
                 sled.engine().close().unwrap();
@@ -290,8 +312,14 @@ fn run(steps: Vec<Step>) {
                 sled = open_sled(dir.path());
             }
         }
-        assert_agrees(&model, &*sled, "sled");
-        assert_agrees(&model, &memory, "memory");
+        runtime.block_on(async {
+            assert_agrees(&model, &*sled, "sled").await;
+            assert_agrees(&model, &memory, "memory").await;
+            if let Some((earlier, on_sled, in_memory)) = before {
+                assert_view_agrees(&earlier, &*on_sled, "sled view").await;
+                assert_view_agrees(&earlier, &*in_memory, "memory view").await;
+            }
+        });
     }
     sled.engine().close().unwrap();
 }

@@ -35,7 +35,7 @@ impl ChangeService for super::Api {
             names: request.names,
             progress_interval,
         };
-        let receiver = self.registry.watch(query)?;
+        let receiver = self.registry.watch(query).await?;
         let stream =
             tokio_stream::wrappers::ReceiverStream::new(receiver).map(|item| item.map_err(tonic::Status::from));
         Ok(tonic::Response::new(Box::pin(stream)))
@@ -47,7 +47,7 @@ impl ChangeService for super::Api {
     ) -> Result<tonic::Response<ListRevisionsResponse>, tonic::Status> {
         let request = request.into_inner();
         let (revisions, next_page_token, history_truncated) =
-            self.registry.list_revisions(&request.name, request.page_size, &request.page_token)?;
+            self.registry.list_revisions(&request.name, request.page_size, &request.page_token).await?;
         Ok(tonic::Response::new(ListRevisionsResponse { revisions, next_page_token, history_truncated }))
     }
 
@@ -56,6 +56,6 @@ impl ChangeService for super::Api {
         request: tonic::Request<GetRevisionRequest>,
     ) -> Result<tonic::Response<Change>, tonic::Status> {
         let request = request.into_inner();
-        Ok(tonic::Response::new(self.registry.get_revision(&request.name, request.revision)?))
+        Ok(tonic::Response::new(self.registry.get_revision(&request.name, request.revision).await?))
     }
 }

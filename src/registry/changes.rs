@@ -116,7 +116,10 @@ fn name_problem(name: &str) -> Option<String> {
 impl Registry {
     /// Starts a watcher; its responses (or the error that ends it) arrive on
     /// the returned channel. The watcher stops when the receiver is dropped.
-    pub fn watch(self: &Arc<Self>, query: WatchQuery) -> Result<mpsc::Receiver<Result<v1::WatchChangesResponse>>> {
+    pub async fn watch(
+        self: &Arc<Self>,
+        query: WatchQuery,
+    ) -> Result<mpsc::Receiver<Result<v1::WatchChangesResponse>>> {
         let mut violations = Violations::new();
         if query.start_revision < 0 {
             violations.add("start_revision", format!("must not be negative (got {})", query.start_revision));
@@ -146,10 +149,10 @@ impl Registry {
         violations.into_result()?;
 
         let start = match query.start_revision as u64 {
-            0 => self.store.revision() + 1,
+            0 => self.store.current_revision().await? + 1,
             n => n,
         };
-        let first = self.store.first_change()?;
+        let first = self.store.first_change().await?;
         if start < first {
             return Err(out_of_range(start, first));
         }
@@ -224,7 +227,7 @@ impl Registry {
 
     /// The changes of one record, newest first, from the revision in
     /// `page_token` (or its latest); and whether older ones were compacted.
-    pub fn list_revisions(
+    pub async fn list_revisions(
         &self,
         name: &str,
         page_size: i32,
@@ -247,7 +250,7 @@ impl Registry {
             Some(bytes) => u64::from_be_bytes(
                 bytes.try_into().map_err(|_| Error::invalid("page_token", "is not a page token this server issued"))?,
             ),
-            None => match self.store.get(&super::keys::record_key(name))? {
+            None => match self.store.get(&super::keys::record_key(name)).await? {
                 Some(entry) => entry.mod_revision,
                 None => {
                     let kind = resource::kind_of_name(name).map(|k| k.resource_type).unwrap_or_default();
@@ -258,8 +261,8 @@ impl Registry {
         let mut found = Vec::new();
         let mut truncated = false;
         while revision > 0 && found.len() < size {
-            let Some((change, event)) = self.change_of(name, revision)? else {
-                truncated = revision < self.store.first_change()?;
+            let Some((change, event)) = self.change_of(name, revision).await? else {
+                truncated = revision < self.store.first_change().await?;
                 revision = 0;
                 break;
             };
@@ -271,7 +274,7 @@ impl Registry {
     }
 
     /// The record `name` as the change at `revision` left it.
-    pub fn get_revision(&self, name: &str, revision: i64) -> Result<v1::Change> {
+    pub async fn get_revision(&self, name: &str, revision: i64) -> Result<v1::Change> {
         if let Some(problem) = name_problem(name) {
             return Err(Error::invalid("name", problem));
         }
@@ -279,10 +282,10 @@ impl Registry {
             return Err(Error::invalid("revision", format!("must be a positive revision (got {revision})")));
         }
         let revision = revision as u64;
-        match self.change_of(name, revision)? {
+        match self.change_of(name, revision).await? {
             Some((change, event)) => to_change(revision, &change, &event),
             None => {
-                let first = self.store.first_change()?;
+                let first = self.store.first_change().await?;
                 if revision < first {
                     Err(out_of_range(revision, first))
                 } else {
@@ -296,8 +299,8 @@ impl Registry {
     }
 
     /// The change at `revision` and its event for `name`, if both exist.
-    pub(super) fn change_of(&self, name: &str, revision: u64) -> Result<Option<(StoredChange, StoredEvent)>> {
-        let Some((found, bytes)) = self.store.changes(revision, 1)?.into_iter().next() else { return Ok(None) };
+    pub(super) async fn change_of(&self, name: &str, revision: u64) -> Result<Option<(StoredChange, StoredEvent)>> {
+        let Some((found, bytes)) = self.store.changes(revision, 1).await?.into_iter().next() else { return Ok(None) };
         if found != revision {
             return Ok(None);
         }
@@ -310,9 +313,9 @@ impl Registry {
     /// `keep_revisions` revisions (when set) and the changes younger than
     /// `keep_for` (when set); compacts only what both allow. Returns the number
     /// of entries removed.
-    pub fn compact(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<u64> {
-        let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for)? else { return Ok(0) };
-        let removed = self.store.compact(cutoff)?;
+    pub async fn compact(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<u64> {
+        let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for).await? else { return Ok(0) };
+        let removed = self.store.compact(cutoff).await?;
         if removed > 0 {
             tracing::info!(removed, first_revision = cutoff, "compacted the change log");
         }
@@ -328,14 +331,11 @@ impl Registry {
         keep_revisions: Option<u64>,
         keep_for: Option<Duration>,
     ) -> Result<u64> {
-        let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for)? else { return Ok(0) };
+        let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for).await? else { return Ok(0) };
         if self.take_lease(COMPACTION_JOB).await?.is_none() {
             return Ok(0);
         }
-        let store = self.store.clone();
-        let removed = tokio::task::spawn_blocking(move || store.compact(cutoff))
-            .await
-            .map_err(|e| Error::internal(format!("compaction stopped: {e}")))??;
+        let removed = self.store.compact(cutoff).await?;
         if removed > 0 {
             tracing::info!(removed, first_revision = cutoff, "compacted the change log");
         }
@@ -343,8 +343,8 @@ impl Registry {
     }
 
     /// The first revision a retention policy keeps, if it lets any go.
-    fn compaction_cutoff(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<Option<u64>> {
-        let current = self.store.revision();
+    async fn compaction_cutoff(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<Option<u64>> {
+        let current = self.store.current_revision().await?;
         let mut cutoff = current + 1;
         if let Some(keep) = keep_revisions {
             cutoff = cutoff.min((current + 1).saturating_sub(keep).max(1));
@@ -352,9 +352,9 @@ impl Registry {
         if let Some(age) = keep_for {
             let oldest_kept = std::time::SystemTime::now() - age;
             let limit = prost_types::Timestamp::from(oldest_kept);
-            let mut from = self.store.first_change()?;
+            let mut from = self.store.first_change().await?;
             'scan: loop {
-                let batch = self.store.changes(from, 256)?;
+                let batch = self.store.changes(from, 256).await?;
                 if batch.is_empty() {
                     break;
                 }
@@ -370,7 +370,7 @@ impl Registry {
             }
             cutoff = cutoff.min(from.max(1));
         }
-        if keep_revisions.is_none() && keep_for.is_none() || cutoff <= self.store.first_change()? {
+        if keep_revisions.is_none() && keep_for.is_none() || cutoff <= self.store.first_change().await? {
             return Ok(None);
         }
         Ok(Some(cutoff))
@@ -397,14 +397,14 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let a = Arc::new(Registry::open(store.clone()).await.unwrap());
         let b = Arc::new(Registry::open(store.clone()).await.unwrap());
-        let start = store.revision() + 1;
+        let start = store.current_revision().await.unwrap() + 1;
         let query = |start_revision: u64| WatchQuery {
             start_revision: start_revision as i64,
             resource_types: vec!["agreements".into()],
             names: Vec::new(),
             progress_interval: Some(Duration::from_secs(3600)),
         };
-        let mut on_b = b.watch(query(start)).unwrap();
+        let mut on_b = b.watch(query(start)).await.unwrap();
         let writers: Vec<_> = [a.clone(), b.clone()]
             .into_iter()
             .enumerate()
@@ -436,7 +436,7 @@ mod tests {
         assert_eq!(names.len(), 20, "each write once");
 
         // Resumed on the other registry from the middle: the rest, in order.
-        let mut on_a = a.watch(query(revisions[10] as u64)).unwrap();
+        let mut on_a = a.watch(query(revisions[10] as u64)).await.unwrap();
         let mut resumed = Vec::new();
         while resumed.len() < 10 {
             let response = tokio::time::timeout(Duration::from_secs(5), on_a.recv()).await.unwrap().unwrap().unwrap();

@@ -112,10 +112,10 @@ impl Registry {
         let slot = |replaces, stale_member| {
             Earlier::New(Some(RequestSlot { request_id: mutation.request_id.clone(), replaces, stale_member }))
         };
-        let Some(entry) = self.store.get(&request_key(&mutation.request_id))? else {
+        let Some(entry) = self.store.get(&request_key(&mutation.request_id)).await? else {
             return Ok(slot(0, None));
         };
-        let first = StoredRequest::decode(entry.value.as_slice()).map_err(Error::internal)?;
+        let first = StoredRequest::decode(&entry.value[..]).map_err(Error::internal)?;
         let commit_time = first.commit_time.ok_or_else(|| Error::internal("a request entry without its time"))?;
         if seconds_since(&commit_time, SystemTime::now()).is_some_and(|age| age > self.request_retention) {
             return Ok(slot(entry.mod_revision, Some(expiry_member(&commit_time, &mutation.request_id))));
@@ -145,14 +145,14 @@ impl Registry {
     pub async fn expire_requests(&self) -> Result<u64> {
         let cutoff = SystemTime::now().checked_sub(self.request_retention).unwrap_or(SystemTime::UNIX_EPOCH);
         let cutoff_seconds = cutoff.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if self.expired_members(cutoff_seconds)?.is_empty() {
+        if self.expired_members(cutoff_seconds).await?.is_empty() {
             return Ok(0);
         }
         // One server among those sharing the store removes them.
         let Some(mut lease) = self.take_lease(EXPIRY_JOB).await? else { return Ok(0) };
         let mut removed = 0;
         loop {
-            let expired = self.expired_members(cutoff_seconds)?;
+            let expired = self.expired_members(cutoff_seconds).await?;
             if expired.is_empty() {
                 return Ok(removed);
             }
@@ -164,8 +164,8 @@ impl Registry {
                 txn.ops.push(Op::Remove { set: EXPIRY_SET.to_vec(), member: member.clone() });
                 // The entry goes only if it is still the one this member
                 // stands for (a request after expiry replaces it).
-                let Some(entry) = self.store.get(&key)? else { continue };
-                let first = StoredRequest::decode(entry.value.as_slice()).map_err(Error::internal)?;
+                let Some(entry) = self.store.get(&key).await? else { continue };
+                let first = StoredRequest::decode(&entry.value[..]).map_err(Error::internal)?;
                 if first.commit_time.is_some_and(|time| expiry_member(&time, request_id) == *member) {
                     txn.conditions.push(Condition::ModRevision { key: key.clone(), equals: entry.mod_revision });
                     txn.ops.push(Op::Delete { key });
@@ -184,9 +184,10 @@ impl Registry {
     /// Up to EXPIRY_BATCH members of the expiry set (without the set's name)
     /// from before `cutoff_seconds`, oldest first. Members of the cutoff's
     /// own second wait for the next sweep.
-    fn expired_members(&self, cutoff_seconds: u64) -> Result<Vec<Vec<u8>>> {
+    async fn expired_members(&self, cutoff_seconds: u64) -> Result<Vec<Vec<u8>>> {
         let mut expired = Vec::new();
-        for_each_member::<Error>(self.store.as_ref(), EXPIRY_SET, EXPIRY_SET, |member| {
+        let snapshot = self.store.snapshot().await?;
+        for_each_member::<Error>(&*snapshot, EXPIRY_SET, EXPIRY_SET, |member| {
             let member = &member[EXPIRY_SET.len()..];
             let Some((seconds, _)) = member.split_first_chunk::<8>() else {
                 return Err(Error::internal("an expiry member without its time"));
@@ -196,7 +197,8 @@ impl Registry {
             }
             expired.push(member.to_vec());
             Ok(expired.len() < EXPIRY_BATCH)
-        })?;
+        })
+        .await?;
         Ok(expired)
     }
 
@@ -211,16 +213,17 @@ impl Registry {
         let mut start = Vec::new();
         let mut kept = 0;
         loop {
-            let read = self.store.scan(b"q/", &start, EXPIRY_BATCH)?;
+            let read = self.store.snapshot().await?.scan(b"q/", &start, EXPIRY_BATCH).await?;
             let Some((last, _)) = read.last() else { break };
             start = crate::store::key_after(last);
             for (key, entry) in &read {
-                let mut request = StoredRequest::decode(entry.value.as_slice()).map_err(Error::internal)?;
+                let mut request = StoredRequest::decode(&entry.value[..]).map_err(Error::internal)?;
                 if request.commit_time.is_some() {
                     continue;
                 }
                 request.answer = self
-                    .change_of(&request.name, entry.mod_revision)?
+                    .change_of(&request.name, entry.mod_revision)
+                    .await?
                     .map(|(_, event)| event.record)
                     .unwrap_or_default();
                 request.revision = entry.mod_revision;
@@ -300,8 +303,8 @@ mod tests {
         }
     }
 
-    fn expiry_members(store: &MemoryStore) -> usize {
-        store.members(EXPIRY_SET, b"", 100).unwrap().len()
+    async fn expiry_members(store: &MemoryStore) -> usize {
+        store.snapshot().await.unwrap().members(EXPIRY_SET, b"", 100).await.unwrap().len()
     }
 
     #[tokio::test]
@@ -310,7 +313,7 @@ mod tests {
         let registry = registry(store.clone(), super::DEFAULT_REQUEST_RETENTION).await;
         let first = registry.create("", agreement(), &create(REQUEST_ID)).await.unwrap();
         registry.create("", agreement(), &create("")).await.unwrap();
-        let compacted = registry.compact(Some(1), None).unwrap();
+        let compacted = registry.compact(Some(1), None).await.unwrap();
         assert!(compacted > 0, "the change log lost the first create");
 
         let retried = registry.create("", agreement(), &create(REQUEST_ID)).await.unwrap();
@@ -329,15 +332,15 @@ mod tests {
         let first = registry.create("", agreement(), &create(REQUEST_ID)).await.unwrap();
         let second = registry.create("", agreement(), &create(REQUEST_ID)).await.unwrap();
         assert_ne!(second.name, first.name, "an expired request_id is a new request");
-        assert_eq!(expiry_members(&store), 1, "the new answer replaced the expired one");
-        let kept = StoredRequest::decode(store.get(&request_key(REQUEST_ID)).unwrap().unwrap().value.as_slice());
+        assert_eq!(expiry_members(&store).await, 1, "the new answer replaced the expired one");
+        let kept = StoredRequest::decode(store.get(&request_key(REQUEST_ID)).await.unwrap().unwrap().value);
         assert_eq!(kept.unwrap().name, second.name);
 
         // Answers of the sweep's own second wait for the next one.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(registry.expire_requests().await.unwrap(), 1);
-        assert!(store.get(&request_key(REQUEST_ID)).unwrap().is_none());
-        assert_eq!(expiry_members(&store), 0);
+        assert!(store.get(&request_key(REQUEST_ID)).await.unwrap().is_none());
+        assert_eq!(expiry_members(&store).await, 0);
         assert_eq!(registry.expire_requests().await.unwrap(), 0, "nothing left to expire");
     }
 
@@ -352,7 +355,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(registry.expire_requests().await.unwrap(), 0);
-        assert_eq!(expiry_members(&store), 3);
+        assert_eq!(expiry_members(&store).await, 3);
     }
 
     #[tokio::test]
@@ -363,14 +366,14 @@ mod tests {
             registry.create("", agreement(), &create("")).await.unwrap()
         };
         // The entry as schema 3 wrote it, in the create's own revision.
-        let revision = store.revision();
+        let revision = store.current_revision().await.unwrap();
         let legacy = StoredRequest {
             method: "CreateAgreement".into(),
             fingerprint: 7,
             name: first.name.clone(),
             ..Default::default()
         };
-        let changes = store.changes(revision, 1).unwrap();
+        let changes = store.changes(revision, 1).await.unwrap();
         store
             .commit(Txn {
                 ops: vec![
@@ -384,8 +387,8 @@ mod tests {
             .unwrap();
 
         let registry = registry(store.clone(), super::DEFAULT_REQUEST_RETENTION).await;
-        assert_eq!(expiry_members(&store), 1, "the upgraded entry expires like a new one");
-        registry.compact(Some(1), None).unwrap();
+        assert_eq!(expiry_members(&store).await, 1, "the upgraded entry expires like a new one");
+        registry.compact(Some(1), None).await.unwrap();
         let retried = registry.create("", agreement(), &create(REQUEST_ID)).await.unwrap();
         assert_eq!(retried.name, first.name);
         assert_eq!(retried.etag, super::super::etag_of(revision + 1));

@@ -19,7 +19,7 @@ use crate::pb::google::r#type::Date;
 use crate::registry::filter::{self, Filter, Op, Typed};
 use crate::registry::resource::{self, Kind};
 use crate::registry::{dates, wire};
-use crate::store::{Store, StoreResult};
+use crate::store::{Members, Snapshot, StoreResult};
 
 /// Most index entries counted to judge an index's selectivity.
 const COUNT_LIMIT: usize = 100_000;
@@ -243,15 +243,15 @@ fn lookup_for(kind: &Kind, condition: &Filter) -> Option<Lookup> {
 
 /// Ids found by a lookup (only those `among` a set, if given), reading up to
 /// `limit` of its keys; `None` when it has more.
-fn run(
-    store: &dyn Store,
+async fn run(
+    snapshot: &dyn Snapshot,
     lookup: &Lookup,
     limit: usize,
     among: Option<&BTreeSet<String>>,
 ) -> StoreResult<Option<BTreeSet<String>>> {
     let mut ids = BTreeSet::new();
     let mut seen = 0;
-    let complete = walk(store, lookup, &lookup.start, &mut |id| {
+    let complete = walk(snapshot, lookup, &lookup.start, |id| {
         seen += 1;
         if seen > limit {
             return false;
@@ -265,30 +265,46 @@ fn run(
             }
         }
         true
-    })?;
+    })
+    .await?;
     Ok(complete.then_some(ids))
 }
 
 /// Calls `visit` with the id of every key of a lookup from `start`, in key
 /// order, until it returns false. Returns whether every key was visited.
-fn walk(store: &dyn Store, lookup: &Lookup, start: &[u8], visit: &mut dyn FnMut(&[u8]) -> bool) -> StoreResult<bool> {
+async fn walk(
+    snapshot: &dyn Snapshot,
+    lookup: &Lookup,
+    start: &[u8],
+    mut visit: impl FnMut(&[u8]) -> bool,
+) -> StoreResult<bool> {
     let mut past_end = false;
-    let complete = crate::store::for_each_member(store, &lookup.prefix, start, |key| {
-        let rest = &key[lookup.prefix.len()..];
-        if let (Some(end), Some(len)) = (lookup.end, lookup.value_len)
+    let complete = crate::store::for_each_member(snapshot, &lookup.prefix, start, |key| match lookup.id_of(key) {
+        Some([]) => Ok::<_, crate::store::StoreError>(true),
+        Some(id) => Ok(visit(id)),
+        None => {
+            past_end = true;
+            Ok(false)
+        }
+    })
+    .await?;
+    Ok(complete || past_end)
+}
+
+impl Lookup {
+    /// The id in an index key of this lookup (it follows the key's last 0
+    /// byte: ids never hold one; empty for a key without one); `None` past
+    /// the lookup's end.
+    fn id_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
+        let rest = &key[self.prefix.len()..];
+        if let (Some(end), Some(len)) = (self.end, self.value_len)
             && rest.len() >= len
             && rest[..len] > end[..]
         {
-            past_end = true;
-            return Ok::<_, crate::store::StoreError>(false);
+            return None;
         }
-        // The id follows the last 0 byte of the key (ids never hold one).
-        match key.iter().rposition(|b| *b == 0) {
-            Some(at) => Ok(visit(&key[at + 1..])),
-            None => Ok(true),
-        }
-    })?;
-    Ok(complete || past_end)
+        Some(key.iter().rposition(|b| *b == 0).map_or(&[][..], |at| &key[at + 1..]))
+    }
 }
 
 /// Where the records that may match a filter are.
@@ -302,40 +318,36 @@ pub enum Candidates {
 }
 
 impl Candidates {
-    /// Calls `visit` with each candidate id after `after` in id order, until it
-    /// returns false. Ids come as the index holds them: bytes, for the caller
-    /// to put into a key without checking each one's UTF-8.
-    pub fn for_each(
-        &self,
-        store: &dyn Store,
-        after: Option<&str>,
-        visit: &mut dyn FnMut(&[u8]) -> bool,
-    ) -> StoreResult<()> {
+    /// Up to `limit` candidate ids after `after` (an id), in id order, as the
+    /// index holds them (bytes, for the caller to put into keys without
+    /// checking each one's UTF-8); fewer only when there are no more.
+    pub async fn next_ids(&self, snapshot: &dyn Snapshot, after: Option<&[u8]>, limit: usize) -> StoreResult<Members> {
+        let mut ids = Members::with_capacity(limit);
         match self {
             Candidates::Exact(lookup) => {
                 let start = match after {
-                    Some(id) => {
-                        let mut key = lookup.prefix.clone();
-                        key.extend_from_slice(id.as_bytes());
-                        crate::store::key_after(&key)
-                    }
+                    Some(id) => crate::store::key_after(&[lookup.prefix.as_slice(), id].concat()),
                     None => lookup.start.clone(),
                 };
-                walk(store, lookup, &start, visit).map(|_| ())
-            }
-            Candidates::Ids(ids) => {
-                let range = match after {
-                    Some(id) => ids.range::<str, _>((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
-                    None => ids.range::<str, _>(..),
-                };
-                for id in range {
-                    if !visit(id.as_bytes()) {
-                        break;
+                for key in snapshot.members(&lookup.prefix, &start, limit).await?.iter() {
+                    match lookup.id_of(key) {
+                        Some(id) if !id.is_empty() => ids.push(id),
+                        Some(_) => {}
+                        None => break,
                     }
                 }
-                Ok(())
+            }
+            Candidates::Ids(all) => {
+                let range = match after.map(String::from_utf8_lossy) {
+                    Some(id) => all.range::<str, _>((std::ops::Bound::Excluded(&*id), std::ops::Bound::Unbounded)),
+                    None => all.range::<str, _>(..),
+                };
+                for id in range.take(limit) {
+                    ids.push(id.as_bytes());
+                }
             }
         }
+        Ok(ids)
     }
 }
 
@@ -357,7 +369,7 @@ pub fn answers_exactly(kind: &Kind, filter: &Filter) -> bool {
 /// is the few agreements both parties' sets hold, not all of India's). A
 /// condition with more than `COUNT_LIMIT` entries is left for the filter to
 /// test on the records.
-pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResult<Option<Candidates>> {
+pub async fn candidates(snapshot: &dyn Snapshot, kind: &Kind, filter: &Filter) -> StoreResult<Option<Candidates>> {
     let lookups = joined(filter.conjuncts().into_iter().filter_map(|c| lookup_for(kind, c)).collect());
     if let [only] = lookups.as_slice()
         && only.is_exact()
@@ -368,11 +380,11 @@ pub fn candidates(store: &dyn Store, kind: &Kind, filter: &Filter) -> StoreResul
     let mut found: Option<BTreeSet<String>> = None;
     for lookup in &lookups {
         match &mut found {
-            None => found = run(store, lookup, COUNT_LIMIT, None)?,
+            None => found = run(snapshot, lookup, COUNT_LIMIT, None).await?,
             Some(ids) if ids.is_empty() => break,
             Some(ids) => {
                 // (A lookup with more keys narrows nothing for its cost.)
-                if let Some(kept) = run(store, lookup, COUNT_LIMIT, Some(ids))? {
+                if let Some(kept) = run(snapshot, lookup, COUNT_LIMIT, Some(ids)).await? {
                     *ids = kept;
                 }
             }

@@ -59,7 +59,7 @@ impl Registry {
     pub(super) async fn take_lease(&self, job: &'static str) -> Result<Option<Lease>> {
         let key = lease_key(job);
         let now = SystemTime::now();
-        let read = self.store.get(&key)?;
+        let read = self.store.get(&key).await?;
         let equals = match &read {
             None => 0,
             Some(entry) if entry.value[8.min(entry.value.len())..] == *self.instance.as_bytes() => entry.mod_revision,
@@ -88,7 +88,7 @@ impl Registry {
         match outcome {
             Outcome::Committed { revision } => lease.revision = revision,
             Outcome::ConditionFailed => {
-                let held = self.store.get(&key)?.is_some_and(|entry| entry.mod_revision == lease.revision);
+                let held = self.store.get(&key).await?.is_some_and(|entry| entry.mod_revision == lease.revision);
                 if !held {
                     return Err(Error::Unavailable {
                         message: format!("another server took over the job {} from this one", lease.job),

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
-use crate::store::key_after;
+use crate::store::{MAX_CHUNK, Snapshot, key_after};
 
 /// The field number of the records in every `List…Response`.
 pub(super) const ITEMS_FIELD: u32 = 1;
@@ -157,9 +157,10 @@ impl Registry {
         if quick_reads.is_some() && (!as_stored || size > QUICK_PAGE_MAX) {
             return Ok(None);
         }
-        // Read before the scan: every change up to it is visible to the scan.
-        let read_at = self.store.revision();
-        let candidates = index::candidates(&*self.store, R::KIND, &filter)?;
+        // The page shows the store at one revision, which it answers with.
+        let snapshot = self.store.snapshot().await?;
+        let read_at = snapshot.revision();
+        let candidates = index::candidates(&*snapshot, R::KIND, &filter).await?;
         // Each candidate: derive as of the day, then the deleted check, then the
         // filter (skipped, with its transcoding, when it matches everything).
         let visible = |record: &mut R, revision: u64| {
@@ -179,8 +180,9 @@ impl Registry {
             let mut count = 0;
             let mut last = Vec::new();
             let mut reads = 0;
-            let newest =
-                self.scan_stored::<R>(candidates.as_ref(), after, query.deadline, |name, stored, revision| {
+            let scope = Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after, first_reads: size + 1 };
+            let newest = self
+                .scan_stored::<R>(scope, query.deadline, |name, stored, revision| {
                     reads += 1;
                     if most_reads.is_some_and(|most| reads > most) {
                         gave_up = true;
@@ -204,7 +206,8 @@ impl Registry {
                         last.extend_from_slice(name);
                     }
                     Ok(true)
-                })?;
+                })
+                .await?;
             let last = match count {
                 0 => None,
                 _ => Some((Vec::new(), String::from_utf8(last).map_err(Error::internal)?)),
@@ -213,7 +216,9 @@ impl Registry {
         } else {
             let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
             let newest = if order.is_by_name() {
-                self.scan::<R>(candidates.as_ref(), after, query.deadline, |mut record, revision| {
+                let scope =
+                    Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after, first_reads: size + 1 };
+                self.scan::<R>(scope, query.deadline, |mut record, revision| {
                     if visible(&mut record, revision)
                         && (!test_filter || filter.matches(&record.transcode_to_dynamic()))
                     {
@@ -224,28 +229,37 @@ impl Registry {
                         rows.push((Vec::new(), record));
                     }
                     true
-                })?
+                })
+                .await?
             } else {
                 // Every candidate is read; a page's worth (and one to tell
                 // whether there are more) after the cursor is kept.
                 let mut best = order::Best::new(size + 1, |a: &(Vec<order::SortValue>, R), b: &(_, R)| {
                     order.compare((&a.0, a.1.name()), (&b.0, b.1.name()))
                 });
-                let newest = self.scan::<R>(candidates.as_ref(), None, query.deadline, |mut record, revision| {
-                    if visible(&mut record, revision) {
-                        let dynamic = record.transcode_to_dynamic();
-                        if filter.matches(&dynamic) {
-                            let values = order.sort_key(&dynamic);
-                            let after_cursor = cursor.as_ref().is_none_or(|(at_values, at_name)| {
-                                order.compare((&values, record.name()), (at_values, at_name)).is_gt()
-                            });
-                            if after_cursor {
-                                best.offer((values, record));
+                let scope = Scope {
+                    snapshot: &*snapshot,
+                    candidates: candidates.as_ref(),
+                    after: None,
+                    first_reads: MAX_CHUNK,
+                };
+                let newest = self
+                    .scan::<R>(scope, query.deadline, |mut record, revision| {
+                        if visible(&mut record, revision) {
+                            let dynamic = record.transcode_to_dynamic();
+                            if filter.matches(&dynamic) {
+                                let values = order.sort_key(&dynamic);
+                                let after_cursor = cursor.as_ref().is_none_or(|(at_values, at_name)| {
+                                    order.compare((&values, record.name()), (at_values, at_name)).is_gt()
+                                });
+                                if after_cursor {
+                                    best.offer((values, record));
+                                }
                             }
                         }
-                    }
-                    true
-                })?;
+                        true
+                    })
+                    .await?;
                 rows = best.into_sorted();
                 more = rows.len() > size;
                 rows.truncate(size);
@@ -268,41 +282,42 @@ impl Registry {
     /// Every record of `R` that `filter` matches as of `as_of`, live ones only,
     /// in name order, answered from an index when the filter allows; stops
     /// with DEADLINE_EXCEEDED once `deadline` has passed.
-    pub fn query<R: Resource>(&self, filter: &Filter, as_of: &Date, deadline: Option<Instant>) -> Result<Vec<R>> {
-        let candidates = index::candidates(&*self.store, R::KIND, filter)?;
+    pub async fn query<R: Resource>(&self, filter: &Filter, as_of: &Date, deadline: Option<Instant>) -> Result<Vec<R>> {
+        let snapshot = self.store.snapshot().await?;
+        let candidates = index::candidates(&*snapshot, R::KIND, filter).await?;
         let mut found = Vec::new();
-        self.scan::<R>(candidates.as_ref(), None, deadline, |mut record, revision| {
+        let scope =
+            Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after: None, first_reads: MAX_CHUNK };
+        self.scan::<R>(scope, deadline, |mut record, revision| {
             self.present(&mut record, revision, as_of);
             if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
                 found.push(record);
             }
             true
-        })?;
+        })
+        .await?;
         Ok(found)
     }
 
-    /// Visits records of `R` in name order after `after` (a name): those with
-    /// the ids in `candidates`, or all of them. Stops when `visit` says false,
-    /// and with DEADLINE_EXCEEDED once `deadline` has passed (the caller has
-    /// stopped waiting: the rest of the scan would be wasted).
+    /// Visits the records of `scope` in name order. Stops when `visit` says
+    /// false, and with DEADLINE_EXCEEDED once `deadline` has passed (the
+    /// caller has stopped waiting: the rest of the scan would be wasted).
     /// Returns the highest revision visited.
-    pub(super) fn scan<R: Resource>(
+    pub(super) async fn scan<R: Resource>(
         &self,
-        candidates: Option<&index::Candidates>,
-        after: Option<&str>,
+        scope: Scope<'_>,
         deadline: Option<Instant>,
         mut visit: impl FnMut(R, u64) -> bool,
     ) -> Result<u64> {
-        self.scan_stored::<R>(candidates, after, deadline, |_, bytes, revision| Ok(visit(decode(bytes)?, revision)))
+        self.scan_stored::<R>(scope, deadline, |_, bytes, revision| Ok(visit(decode(bytes)?, revision))).await
     }
 
     /// [`Registry::scan`] with each record's name (its bytes, as the keys hold
     /// them: checking the UTF-8 of each cost a page about as much as reading
     /// its records from the read cache) and stored bytes, undecoded and lent.
-    pub(super) fn scan_stored<R: Resource>(
+    pub(super) async fn scan_stored<R: Resource>(
         &self,
-        candidates: Option<&index::Candidates>,
-        after: Option<&str>,
+        scope: Scope<'_>,
         deadline: Option<Instant>,
         mut visit: impl FnMut(&[u8], &[u8], u64) -> Result<bool>,
     ) -> Result<u64> {
@@ -320,7 +335,7 @@ impl Registry {
             newest = newest.max(revision);
             visit(name, bytes, revision)
         };
-        let after_id = match after {
+        let after_id = match scope.after {
             Some(name) => Some(
                 R::KIND
                     .parse_name(name)
@@ -329,35 +344,49 @@ impl Registry {
             None => None,
         };
         let prefix = collection_key(R::KIND);
-        if let Some(candidates) = candidates {
-            let mut failure = None;
-            // Each candidate's key, put together in one buffer rather than
-            // formatted anew for each record of a page.
-            let mut key = prefix;
-            let id_at = key.len();
-            candidates.for_each(&*self.store, after_id, &mut |id| {
-                key.truncate(id_at);
-                key.extend_from_slice(id);
-                let mut visited = Ok(true);
-                let read = self.store.read(&key, &mut |bytes, revision| {
-                    visited = visit(&key[RECORD_PREFIX.len()..], bytes, revision);
-                });
-                read.map_err(Error::from).and(visited).unwrap_or_else(|e| {
-                    failure = Some(e);
-                    false
-                })
-            })?;
-            return failure.map_or(Ok(newest), Err);
-        }
-        let start = match after_id {
-            Some(id) => key_after(&[prefix.as_slice(), id.as_bytes()].concat()),
-            None => Vec::new(),
+        let Some(candidates) = scope.candidates else {
+            let start = match after_id {
+                Some(id) => key_after(&[prefix.as_slice(), id.as_bytes()].concat()),
+                None => Vec::new(),
+            };
+            crate::store::for_each_entry(scope.snapshot, &prefix, &start, |key, entry| {
+                visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)
+            })
+            .await?;
+            return Ok(newest);
         };
-        crate::store::for_each_entry(&*self.store, &prefix, &start, |key, entry| {
-            visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)
-        })?;
-        Ok(newest)
+        // The candidates' records, a run of ids read in one call, each run
+        // twice the last.
+        let mut after = after_id.map(|id| id.as_bytes().to_vec());
+        let mut run = scope.first_reads.clamp(1, MAX_CHUNK);
+        loop {
+            let ids = candidates.next_ids(scope.snapshot, after.as_deref(), run).await?;
+            let keys: Vec<Vec<u8>> = ids.iter().map(|id| [prefix.as_slice(), id].concat()).collect();
+            let entries = scope.snapshot.get_many(&keys).await?;
+            for (key, entry) in keys.iter().zip(entries) {
+                // (An index entry names a record of the same revision.)
+                let Some(entry) = entry else { continue };
+                if !visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)? {
+                    return Ok(newest);
+                }
+            }
+            match ids.last() {
+                Some(last) if ids.len() == run => after = Some(last.to_vec()),
+                _ => return Ok(newest),
+            }
+            run = (run * 2).min(MAX_CHUNK);
+        }
     }
+}
+
+/// The records a scan visits: those of `candidates` (all of the kind
+/// without), after the name `after`, as `snapshot` shows them; it reads
+/// `first_reads` of them at first (a page and one more, say).
+pub(super) struct Scope<'a> {
+    pub snapshot: &'a dyn Snapshot,
+    pub candidates: Option<&'a index::Candidates>,
+    pub after: Option<&'a str>,
+    pub first_reads: usize,
 }
 
 #[cfg(test)]
@@ -371,6 +400,7 @@ mod tests {
     use super::super::testing::{anonymous, india_japan};
     use super::*;
     use crate::pb::cooperation::v1::Agreement;
+    use crate::store::Store;
     use crate::store::memory::MemoryStore;
 
     /// Several indexed conditions find only what every one of them finds:
@@ -400,7 +430,8 @@ mod tests {
         ] {
             let expected: BTreeSet<String> = expected.iter().map(|&i| ids[i].clone()).collect();
             let compiled = Filter::compile(filter, &descriptor).unwrap();
-            match index::candidates(&*store, &resource::AGREEMENT, &compiled).unwrap() {
+            let snapshot = store.snapshot().await.unwrap();
+            match index::candidates(&*snapshot, &resource::AGREEMENT, &compiled).await.unwrap() {
                 Some(index::Candidates::Ids(found)) => assert_eq!(found, expected, "{filter}"),
                 other => panic!("{filter}: {other:?}"),
             }

@@ -184,9 +184,9 @@ impl Registry {
         Ok(registry)
     }
 
-    /// The revision of the last applied write.
-    pub fn revision(&self) -> u64 {
-        self.store.revision()
+    /// The revision of the last committed write, whoever committed it.
+    pub async fn revision(&self) -> Result<u64> {
+        Ok(self.store.current_revision().await?)
     }
 
     /// Resolves, with the cause, if the store fails to write (see

@@ -53,15 +53,16 @@ pub(super) fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, wir
 
 impl Registry {
     /// The stored record and its revision.
-    pub(super) fn read<R: Resource>(&self, name: &str) -> Result<(R, u64)> {
-        let entry = self.read_entry::<R>(name)?;
+    pub(super) async fn read<R: Resource>(&self, name: &str) -> Result<(R, u64)> {
+        let entry = self.read_entry::<R>(name).await?;
         Ok((decode(&entry.value)?, entry.mod_revision))
     }
 
     /// The stored entry of `name`, its record still encoded.
-    pub(super) fn read_entry<R: Resource>(&self, name: &str) -> Result<crate::store::Entry> {
+    pub(super) async fn read_entry<R: Resource>(&self, name: &str) -> Result<crate::store::Entry> {
         self.store
-            .get(&record_key(name))?
+            .get(&record_key(name))
+            .await?
             .ok_or_else(|| Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() })
     }
 
@@ -85,22 +86,15 @@ impl Registry {
         // Written straight from the stored value, with what is appended to it
         // kept as a List page keeps it: no copy of the entry, no derivation
         // for a record read again at the same revision and day.
-        let mut answer = Ok(Vec::new());
-        let mut revision = 0;
-        let found = self.store.read(&record_key(name), &mut |stored, stored_revision| {
-            revision = stored_revision;
-            answer = self.shown::<R>(name.as_bytes(), stored, stored_revision, &as_of).map(|shown| {
-                let mut bytes = Vec::with_capacity(stored.len() + shown.appended.len());
-                bytes.extend_from_slice(stored);
-                bytes.extend_from_slice(&shown.appended);
-                bytes
-            });
-        })?;
-        if !found {
+        let Some(entry) = self.store.get(&record_key(name)).await? else {
             return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
-        }
-        self.store.wait_durable(revision).await?;
-        answer
+        };
+        let shown = self.shown::<R>(name.as_bytes(), &entry.value, entry.mod_revision, &as_of)?;
+        let mut bytes = Vec::with_capacity(entry.value.len() + shown.appended.len());
+        bytes.extend_from_slice(&entry.value);
+        bytes.extend_from_slice(&shown.appended);
+        self.store.wait_durable(entry.mod_revision).await?;
+        Ok(bytes)
     }
 
     /// A Get's checks: the name, and the day to derive fields for.
@@ -122,7 +116,7 @@ impl Registry {
         as_of: Option<&Date>,
     ) -> Result<(crate::store::Entry, Date)> {
         let as_of = Self::check_get::<R>(name, as_of)?;
-        let Some(entry) = self.store.get(&record_key(name))? else {
+        let Some(entry) = self.store.get(&record_key(name)).await? else {
             return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
         };
         self.store.wait_durable(entry.mod_revision).await?;

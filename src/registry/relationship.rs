@@ -75,11 +75,13 @@ impl Registry {
             |text: String, descriptor| Filter::compile(&text, &descriptor).map_err(|e| Error::internal(e.to_string()));
         use prost_reflect::ReflectMessage;
 
-        let mut agreements: Vec<Agreement> = self.query(
-            &compile(all_named("parties", &query.parties), Agreement::default().descriptor())?,
-            &as_of,
-            query.deadline,
-        )?;
+        let mut agreements: Vec<Agreement> = self
+            .query(
+                &compile(all_named("parties", &query.parties), Agreement::default().descriptor())?,
+                &as_of,
+                query.deadline,
+            )
+            .await?;
         agreements.sort_by_key(|a| {
             (date_key(a.signature_date.as_ref().or(a.entry_into_force_date.as_ref())), a.name.clone())
         });
@@ -127,11 +129,13 @@ impl Registry {
         }
         events.sort_by_key(|e| (e.date.as_ref().map(dates::first_day), e.agreement.clone()));
 
-        let domains: Vec<PartnershipDomain> = self.query(
-            &compile(all_named("parties", &query.parties), PartnershipDomain::default().descriptor())?,
-            &as_of,
-            query.deadline,
-        )?;
+        let domains: Vec<PartnershipDomain> = self
+            .query(
+                &compile(all_named("parties", &query.parties), PartnershipDomain::default().descriptor())?,
+                &as_of,
+                query.deadline,
+            )
+            .await?;
         let domains: Vec<DomainSummary> = domains
             .into_iter()
             .map(|d| DomainSummary {
@@ -144,11 +148,13 @@ impl Registry {
             })
             .collect();
 
-        let mut engagements: Vec<Engagement> = self.query(
-            &compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?,
-            &as_of,
-            query.deadline,
-        )?;
+        let mut engagements: Vec<Engagement> = self
+            .query(
+                &compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?,
+                &as_of,
+                query.deadline,
+            )
+            .await?;
         engagements.sort_by_key(|e| (date_key(e.start_date.as_ref()), e.name.clone()));
         let engagements: Vec<EngagementSummary> = engagements
             .into_iter()

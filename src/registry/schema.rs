@@ -55,7 +55,7 @@ impl Registry {
     pub(super) async fn prepare_layout(&self) -> Result<()> {
         let mut waiting = false;
         loop {
-            let schema = self.schema()?;
+            let schema = self.schema().await?;
             if schema == Some(REGISTRY_SCHEMA) {
                 return Ok(());
             }
@@ -69,7 +69,7 @@ impl Registry {
             if schema.is_none() && self.seed_at_once().await? {
                 return Ok(());
             }
-            if schema.is_none() && self.schema()?.is_some() {
+            if schema.is_none() && self.schema().await?.is_some() {
                 continue; // Another server wrote the states meanwhile.
             }
             match self.take_lease(LAYOUT_JOB).await? {
@@ -88,8 +88,8 @@ impl Registry {
     /// The layout job, under its lease.
     async fn prepare_layout_leased(&self, mut lease: Lease) -> Result<()> {
         // Read again: another server may have finished before the lease was taken.
-        let schema = self.schema()?;
-        let fresh = schema.is_none() && self.store.scan(b"r/", b"", 1)?.is_empty();
+        let schema = self.schema().await?;
+        let fresh = schema.is_none() && self.store.snapshot().await?.scan(b"r/", b"", 1).await?.is_empty();
         match schema {
             Some(REGISTRY_SCHEMA) => {}
             _ if fresh || schema == Some(SEEDING) => self.seed(&mut lease).await?,
@@ -123,12 +123,12 @@ impl Registry {
     /// False when the store is not new (or another server got there first),
     /// or when it takes the states only in several transactions.
     async fn seed_at_once(&self) -> Result<bool> {
-        if !self.store.scan(b"r/", b"", 1)?.is_empty() || self.store.get(&super::jobs::lease_key(LAYOUT_JOB))?.is_some()
-        {
+        let holds_records = !self.store.snapshot().await?.scan(b"r/", b"", 1).await?.is_empty();
+        if holds_records || self.store.get(&super::jobs::lease_key(LAYOUT_JOB)).await?.is_some() {
             return Ok(false);
         }
         let time = now();
-        let states = self.seed_items(time)?;
+        let states = self.seed_items(time).await?;
         let mut txn = seed_txn(&states, time);
         txn.conditions.push(Condition::ModRevision { key: SCHEMA_KEY.to_vec(), equals: 0 });
         txn.conditions.push(Condition::ModRevision { key: super::jobs::lease_key(LAYOUT_JOB), equals: 0 });
@@ -147,11 +147,14 @@ impl Registry {
 
     /// The states not yet in the store, each as its writes and the event of
     /// its creation at `time`.
-    fn seed_items(&self, time: prost_types::Timestamp) -> Result<Vec<(Txn, StoredEvent)>> {
+    async fn seed_items(&self, time: prost_types::Timestamp) -> Result<Vec<(Txn, StoredEvent)>> {
         let mut items = Vec::new();
-        for (id, mut party) in party::iso_states() {
+        let states = party::iso_states();
+        let keys: Vec<Vec<u8>> = states.iter().map(|(id, _)| record_key(&resource::PARTY.name_of(id))).collect();
+        let stored = self.store.get_many(&keys).await?;
+        for ((id, mut party), stored) in states.into_iter().zip(stored) {
             party.name = resource::PARTY.name_of(&id);
-            if self.store.get(&record_key(&party.name))?.is_some() {
+            if stored.is_some() {
                 continue;
             }
             party.create_time = Some(time);
@@ -170,11 +173,15 @@ impl Registry {
 
     /// The schema version the store holds; `None` for a store without one
     /// (empty, or of schema 1).
-    fn schema(&self) -> Result<Option<u32>> {
+    async fn schema(&self) -> Result<Option<u32>> {
         self.store
-            .get(SCHEMA_KEY)?
+            .get(SCHEMA_KEY)
+            .await?
             .map(|entry| {
-                entry.value.try_into().map(u32::from_be_bytes).map_err(|_| Error::internal("corrupt registry schema"))
+                entry.value[..]
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| Error::internal("corrupt registry schema"))
             })
             .transpose()
     }
@@ -216,7 +223,7 @@ impl Registry {
             // time made the upgrade quadratic.
             let mut start = Vec::new();
             loop {
-                let read = self.store.scan(old, &start, 10_000)?;
+                let read = self.store.snapshot().await?.scan(old, &start, 10_000).await?;
                 let Some((last, _)) = read.last() else { break };
                 start = key_after(last);
                 removed += read.len();
@@ -238,9 +245,9 @@ impl Registry {
                 DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
             let mut start = Vec::new();
             loop {
-                let read = self.store.scan(&prefix, &start, 500)?;
+                let read = self.store.snapshot().await?.scan(&prefix, &start, 500).await?;
                 for (key, entry) in &read {
-                    let record = entry.value.as_slice();
+                    let record = &entry.value[..];
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
                     let entries = index::entries(kind, record).map_err(Error::internal)?;
                     let mut item =
@@ -284,7 +291,7 @@ impl Registry {
         let limits = self.store.limits();
         let mut batch: Vec<(Txn, StoredEvent)> = Vec::new();
         let mut created = 0;
-        for state in self.seed_items(time)? {
+        for state in self.seed_items(time).await? {
             batch.push(state);
             // The change-log entry grows with each state, so a batch is
             // measured whole: without the last state when that one is too many.
@@ -367,14 +374,20 @@ mod tests {
         ops.push(key_of(&referrers_set("parties/jpn"), "agreements/a1"));
         ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: 2u32.to_be_bytes().to_vec() });
         store.commit(Txn { ops, ..Default::default() }).await.unwrap();
-        assert!(!store.scan(b"i/", b"", 10).unwrap().is_empty());
+        assert!(!store.snapshot().await.unwrap().scan(b"i/", b"", 10).await.unwrap().is_empty());
 
         let registry = Registry::open(store.clone()).await.unwrap();
-        assert!(store.scan(b"i/", b"", 10).unwrap().is_empty(), "old index keys removed");
-        assert!(store.scan(b"x/", b"", 10).unwrap().is_empty(), "old reference keys removed");
-        assert_eq!(store.get(SCHEMA_KEY).unwrap().unwrap().value, REGISTRY_SCHEMA.to_be_bytes());
+        assert!(
+            store.snapshot().await.unwrap().scan(b"i/", b"", 10).await.unwrap().is_empty(),
+            "old index keys removed"
+        );
+        assert!(
+            store.snapshot().await.unwrap().scan(b"x/", b"", 10).await.unwrap().is_empty(),
+            "old reference keys removed"
+        );
+        assert_eq!(store.get(SCHEMA_KEY).await.unwrap().unwrap().value, &REGISTRY_SCHEMA.to_be_bytes()[..]);
         assert_eq!(
-            store.members(b"x/parties/jpn\0", b"", 10).unwrap().to_vec(),
+            store.snapshot().await.unwrap().members(b"x/parties/jpn\0", b"", 10).await.unwrap().to_vec(),
             [b"x/parties/jpn\0agreements/a1".to_vec()]
         );
         let query = ListQuery { filter: "parties:\"parties/ind\"".into(), ..Default::default() };
@@ -394,9 +407,9 @@ mod tests {
     const ETCD_DEFAULT_LIMITS: TxnLimits = TxnLimits { max_ops: 128, max_bytes: 1536 * 1024 };
 
     /// The states the change log says were created at the first start.
-    fn seeded(store: &MemoryStore) -> Vec<String> {
+    async fn seeded(store: &MemoryStore) -> Vec<String> {
         let mut names = Vec::new();
-        for (_, bytes) in store.changes(1, 10_000).unwrap() {
+        for (_, bytes) in store.changes(1, 10_000).await.unwrap() {
             let change = StoredChange::decode(bytes.as_slice()).unwrap();
             if change.actor == SEED_ACTOR {
                 names.extend(change.events.into_iter().map(|e| e.name));
@@ -417,11 +430,11 @@ mod tests {
         let store = Arc::new(MemoryStore::with_limits(ETCD_DEFAULT_LIMITS));
         let registry = Registry::open(store.clone()).await.unwrap();
         assert_eq!(parties(&registry).await, 249);
-        let seeded = seeded(&store);
+        let seeded = seeded(&store).await;
         assert_eq!(seeded.len(), 249);
-        let transactions = store.changes(1, 10_000).unwrap().len();
+        let transactions = store.changes(1, 10_000).await.unwrap().len();
         assert!(transactions > 10, "{transactions} transactions");
-        assert_eq!(registry.schema().unwrap(), Some(REGISTRY_SCHEMA));
+        assert_eq!(registry.schema().await.unwrap(), Some(REGISTRY_SCHEMA));
     }
 
     /// Servers that open one new store at once: one writes the states, the
@@ -432,14 +445,18 @@ mod tests {
             let store = Arc::new(MemoryStore::with_limits(limits));
             let opening = (0..3).map(|_| tokio::spawn(Registry::open(store.clone() as Arc<dyn crate::store::Store>)));
             let registries: Vec<Registry> = futures_join(opening).await;
-            let seeded = seeded(&store);
+            let seeded = seeded(&store).await;
             assert_eq!(seeded.len(), 249, "each state created once ({limits:?})");
             assert_eq!(seeded.iter().collect::<BTreeSet<_>>().len(), 249);
             for registry in &registries {
                 assert_eq!(parties(registry).await, 249);
             }
             if limits == TxnLimits::UNBOUNDED {
-                assert_eq!(store.revision(), 1, "a store that takes them at once has them at revision 1");
+                assert_eq!(
+                    store.current_revision().await.unwrap(),
+                    1,
+                    "a store that takes them at once has them at revision 1"
+                );
             }
         }
     }
@@ -498,8 +515,8 @@ mod tests {
 
         let registry = Registry::open(store.clone()).await.unwrap();
         assert_eq!(parties(&registry).await, 249);
-        let seeded = seeded(&store);
+        let seeded = seeded(&store).await;
         assert_eq!(seeded.len(), 249, "the ten written before are not written again");
-        assert!(store.get(b"meta/jobs/layout").unwrap().is_none(), "the job's lease ends with it");
+        assert!(store.get(b"meta/jobs/layout").await.unwrap().is_none(), "the job's lease ends with it");
     }
 }

@@ -16,7 +16,7 @@ use super::validate::{self, Reference};
 use super::{Mutation, Registry, check_deadline, dates, decode, etag_of, index, now, targets, undecodable};
 use super::{idempotency, mask};
 use crate::error::{Error, PreconditionViolation, Result, Violations};
-use crate::store::{Applied, Condition, Op, Outcome, Txn, move_member};
+use crate::store::{Applied, BoxFuture, Condition, Op, Outcome, Txn, move_member};
 
 /// Fresh reads and retries of one write before giving up with ABORTED.
 pub(super) const MAX_ATTEMPTS: usize = 16;
@@ -86,24 +86,28 @@ impl Registry {
         // it back from its validated encoding.
         let mut first = Some(record);
 
-        self.mutate(&name, turn, mutation, || {
-            let mut violations = violations.clone();
-            let mut conditions = vec![Condition::ModRevision { key: record_key(&name), equals: 0 }];
-            self.check_targets(&checked.references, &mut violations, &mut conditions)?;
-            violations.clone().into_result()?;
-            if self.store.get(&record_key(&name))?.is_some() {
-                return Err(Error::AlreadyExists { resource_type: kind.resource_type.into(), name: name.clone() });
-            }
-            let mut record = match first.take() {
-                Some(record) => record,
-                None => decode(&checked.encoded)?,
-            };
-            let time = now();
-            record.set_create_time(Some(time));
-            record.set_update_time(Some(time));
-            let mut ops = reference_ops(&name, &BTreeSet::new(), &targets(&checked.references));
-            ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &index));
-            Ok(Planned { record, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
+        let (name, id, violations, checked, index) = (&name, &id, &violations, &checked, &index);
+        self.mutate(name, turn, mutation, || {
+            let first = first.take();
+            Box::pin(async move {
+                let mut violations = violations.clone();
+                let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: 0 }];
+                self.check_targets(&checked.references, &mut violations, &mut conditions).await?;
+                violations.clone().into_result()?;
+                if self.store.get(&record_key(name)).await?.is_some() {
+                    return Err(Error::AlreadyExists { resource_type: kind.resource_type.into(), name: name.clone() });
+                }
+                let mut record = match first {
+                    Some(record) => record,
+                    None => decode(&checked.encoded)?,
+                };
+                let time = now();
+                record.set_create_time(Some(time));
+                record.set_update_time(Some(time));
+                let mut ops = reference_ops(name, &BTreeSet::new(), &targets(&checked.references));
+                ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), index));
+                Ok(Planned { record, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
+            })
         })
         .await
     }
@@ -120,30 +124,33 @@ impl Registry {
         Self::check_name::<R>(&name, &format!("{}.name", kind.singular))?;
         let patch = without_output_only(resource)?;
 
-        self.mutate(&name, Turn::Take, mutation, || {
-            let entry = self.read_entry::<R>(&name)?;
-            let (stored, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
-            if stored.delete_time().is_some() {
-                return Err(deleted_error(&name, "update"));
-            }
-            if !etag.is_empty() && etag != etag_of(revision) {
-                return Err(Error::EtagMismatch { name: name.clone() });
-            }
-            let mut record = mask::apply(&entry.value, &patch, mask_paths, "update_mask").map_err(into_invalid)?;
-            record.set_name(name.clone());
-            record.normalize();
-            let mut violations = Violations::new();
-            let checked = self.validate(&record, &mut violations)?;
-            let mut conditions = vec![Condition::ModRevision { key: record_key(&name), equals: revision }];
-            self.check_targets(&checked.references, &mut violations, &mut conditions)?;
-            violations.into_result()?;
-            record.set_create_time(stored.create_time().cloned());
-            record.set_update_time(Some(now()));
-            let before = self.validate_encoded(&stored, entry.value, &mut Violations::new())?;
-            let mut ops = reference_ops(&name, &targets(&before.references), &targets(&checked.references));
-            let id = kind.parse_name(&name).map_err(Error::internal)?;
-            ops.extend(move_member(id.as_bytes(), &before.index(kind)?, &checked.index(kind)?));
-            Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
+        let (name, patch) = (&name, &patch);
+        self.mutate(name, Turn::Take, mutation, || {
+            Box::pin(async move {
+                let entry = self.read_entry::<R>(name).await?;
+                let (stored, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
+                if stored.delete_time().is_some() {
+                    return Err(deleted_error(name, "update"));
+                }
+                if !etag.is_empty() && etag != etag_of(revision) {
+                    return Err(Error::EtagMismatch { name: name.clone() });
+                }
+                let mut record = mask::apply(&entry.value, patch, mask_paths, "update_mask").map_err(into_invalid)?;
+                record.set_name(name.clone());
+                record.normalize();
+                let mut violations = Violations::new();
+                let checked = self.validate(&record, &mut violations)?;
+                let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
+                self.check_targets(&checked.references, &mut violations, &mut conditions).await?;
+                violations.into_result()?;
+                record.set_create_time(stored.create_time().cloned());
+                record.set_update_time(Some(now()));
+                let before = self.validate_encoded(&stored, entry.value.to_vec(), &mut Violations::new())?;
+                let mut ops = reference_ops(name, &targets(&before.references), &targets(&checked.references));
+                let id = kind.parse_name(name).map_err(Error::internal)?;
+                ops.extend(move_member(id.as_bytes(), &before.index(kind)?, &checked.index(kind)?));
+                Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
+            })
         })
         .await
     }
@@ -151,47 +158,51 @@ impl Registry {
     pub async fn delete<R: Resource>(&self, name: &str, etag: &str, mutation: &Mutation) -> Result<R> {
         Self::check_name::<R>(name, "name")?;
         self.mutate(name, Turn::Take, mutation, || {
-            let (mut record, revision) = self.read::<R>(name)?;
-            if record.delete_time().is_some() {
-                return Err(deleted_error(name, "delete"));
-            }
-            if !etag.is_empty() && etag != etag_of(revision) {
-                return Err(Error::EtagMismatch { name: name.into() });
-            }
-            // Read the revision before the referrers: any referrer added after it
-            // fails the condition below.
-            let seen = self.store.revision();
-            let prefix = referrers_set(name);
-            let referrers = self.store.members(&prefix, &[], 11)?;
-            if !referrers.is_empty() {
-                let names: Vec<String> =
-                    referrers.iter().map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect();
-                let shown = names.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
-                let more = if names.len() > 10 { " and more" } else { "" };
-                return Err(Error::FailedPrecondition {
-                    reason: "RESOURCE_REFERENCED".into(),
-                    message: format!("{name} cannot be deleted while live records refer to it: {shown}{more}"),
-                    violations: names
-                        .into_iter()
-                        .take(10)
-                        .map(|n| PreconditionViolation {
-                            kind: "REFERENCED_BY".into(),
-                            subject: n.clone(),
-                            description: format!("{n} refers to {name}; change or delete it first"),
-                        })
-                        .collect(),
-                });
-            }
-            let conditions = vec![
-                Condition::ModRevision { key: record_key(name), equals: revision },
-                Condition::NoneWrittenAfter { prefix, revision: seen },
-            ];
-            let outgoing = targets(&self.validate(&record, &mut Violations::new())?.references);
-            let ops = reference_ops(name, &outgoing, &BTreeSet::new());
-            let time = now();
-            record.set_delete_time(Some(time));
-            record.set_update_time(Some(time));
-            Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Deleted, ops, conditions })
+            Box::pin(async move {
+                let (mut record, revision) = self.read::<R>(name).await?;
+                if record.delete_time().is_some() {
+                    return Err(deleted_error(name, "delete"));
+                }
+                if !etag.is_empty() && etag != etag_of(revision) {
+                    return Err(Error::EtagMismatch { name: name.into() });
+                }
+                // The referrers as of one revision: any referrer added after it
+                // fails the condition below.
+                let snapshot = self.store.snapshot().await?;
+                let seen = snapshot.revision();
+                let prefix = referrers_set(name);
+                let referrers = snapshot.members(&prefix, &[], 11).await?;
+                drop(snapshot);
+                if !referrers.is_empty() {
+                    let names: Vec<String> =
+                        referrers.iter().map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect();
+                    let shown = names.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+                    let more = if names.len() > 10 { " and more" } else { "" };
+                    return Err(Error::FailedPrecondition {
+                        reason: "RESOURCE_REFERENCED".into(),
+                        message: format!("{name} cannot be deleted while live records refer to it: {shown}{more}"),
+                        violations: names
+                            .into_iter()
+                            .take(10)
+                            .map(|n| PreconditionViolation {
+                                kind: "REFERENCED_BY".into(),
+                                subject: n.clone(),
+                                description: format!("{n} refers to {name}; change or delete it first"),
+                            })
+                            .collect(),
+                    });
+                }
+                let conditions = vec![
+                    Condition::ModRevision { key: record_key(name), equals: revision },
+                    Condition::NoneWrittenAfter { prefix, revision: seen },
+                ];
+                let outgoing = targets(&self.validate(&record, &mut Violations::new())?.references);
+                let ops = reference_ops(name, &outgoing, &BTreeSet::new());
+                let time = now();
+                record.set_delete_time(Some(time));
+                record.set_update_time(Some(time));
+                Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Deleted, ops, conditions })
+            })
         })
         .await
     }
@@ -199,40 +210,42 @@ impl Registry {
     pub async fn undelete<R: Resource>(&self, name: &str, etag: &str, mutation: &Mutation) -> Result<R> {
         Self::check_name::<R>(name, "name")?;
         self.mutate(name, Turn::Take, mutation, || {
-            let (mut record, revision) = self.read::<R>(name)?;
-            if record.delete_time().is_none() {
-                return Err(Error::FailedPrecondition {
-                    reason: "RESOURCE_NOT_DELETED".into(),
-                    message: format!("{name} is not deleted"),
-                    violations: Vec::new(),
-                });
-            }
-            if !etag.is_empty() && etag != etag_of(revision) {
-                return Err(Error::EtagMismatch { name: name.into() });
-            }
-            let references = self.validate(&record, &mut Violations::new())?.references;
-            let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
-            let mut missing = Violations::new();
-            self.check_targets(&references, &mut missing, &mut conditions)?;
-            if let Err(Error::InvalidArgument { violations }) = missing.into_result() {
-                let listed = violations.iter().map(|v| v.description.clone()).collect::<Vec<_>>().join("; ");
-                return Err(Error::FailedPrecondition {
-                    reason: "REFERENCE_MISSING".into(),
-                    message: format!("{name} cannot be restored while records it refers to are missing: {listed}"),
-                    violations: violations
-                        .into_iter()
-                        .map(|v| PreconditionViolation {
-                            kind: "REFERENCE_MISSING".into(),
-                            subject: v.field,
-                            description: v.description,
-                        })
-                        .collect(),
-                });
-            }
-            let ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
-            record.set_delete_time(None);
-            record.set_update_time(Some(now()));
-            Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Undeleted, ops, conditions })
+            Box::pin(async move {
+                let (mut record, revision) = self.read::<R>(name).await?;
+                if record.delete_time().is_none() {
+                    return Err(Error::FailedPrecondition {
+                        reason: "RESOURCE_NOT_DELETED".into(),
+                        message: format!("{name} is not deleted"),
+                        violations: Vec::new(),
+                    });
+                }
+                if !etag.is_empty() && etag != etag_of(revision) {
+                    return Err(Error::EtagMismatch { name: name.into() });
+                }
+                let references = self.validate(&record, &mut Violations::new())?.references;
+                let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
+                let mut missing = Violations::new();
+                self.check_targets(&references, &mut missing, &mut conditions).await?;
+                if let Err(Error::InvalidArgument { violations }) = missing.into_result() {
+                    let listed = violations.iter().map(|v| v.description.clone()).collect::<Vec<_>>().join("; ");
+                    return Err(Error::FailedPrecondition {
+                        reason: "REFERENCE_MISSING".into(),
+                        message: format!("{name} cannot be restored while records it refers to are missing: {listed}"),
+                        violations: violations
+                            .into_iter()
+                            .map(|v| PreconditionViolation {
+                                kind: "REFERENCE_MISSING".into(),
+                                subject: v.field,
+                                description: v.description,
+                            })
+                            .collect(),
+                    });
+                }
+                let ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
+                record.set_delete_time(None);
+                record.set_update_time(Some(now()));
+                Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Undeleted, ops, conditions })
+            })
         })
         .await
     }
@@ -256,12 +269,12 @@ impl Registry {
     /// Runs `plan` against a fresh read and commits its writes, the record, the
     /// change-log entry and the request entry as one transaction, until it
     /// commits or `plan` fails. Writes to `name` take turns unless `turn` says none is needed.
-    pub(super) async fn mutate<R: Resource>(
+    pub(super) async fn mutate<'p, R: Resource>(
         &self,
         name: &str,
         turn: Turn,
         mutation: &Mutation,
-        mut plan: impl FnMut() -> Result<Planned<R>>,
+        mut plan: impl FnMut() -> BoxFuture<'p, Result<Planned<R>>>,
     ) -> Result<R> {
         if !mutation.request_id.is_empty() && uuid::Uuid::try_parse(&mutation.request_id).is_err() {
             return Err(Error::invalid(
@@ -278,7 +291,7 @@ impl Registry {
                 idempotency::Earlier::Answered(answer) => return Ok(answer),
                 idempotency::Earlier::New(slot) => slot,
             };
-            let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = plan()?;
+            let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = plan().await?;
             let name = record.name().to_string();
             let bytes = record.encode_to_vec();
             let commit_time = now();
@@ -346,44 +359,36 @@ impl Registry {
     }
 
     /// Adds a violation for every reference to a missing or deleted record, and
-    /// a condition that each live one is unchanged at commit.
-    pub(super) fn check_targets(
+    /// a condition that each live one is unchanged at commit. The targets are
+    /// read in one call, each once (an agreement names its parties again as
+    /// its signatories' parties).
+    pub(super) async fn check_targets(
         &self,
         references: &[Reference],
         violations: &mut Violations,
         conditions: &mut Vec<Condition>,
     ) -> Result<()> {
-        // Each distinct target is read once (an agreement names its parties
-        // again as its signatories' parties).
-        let mut problems: std::collections::BTreeMap<&str, Option<&'static str>> = Default::default();
-        for reference in references {
-            let problem = match problems.get(reference.name.as_str()) {
-                Some(problem) => *problem,
-                None => {
-                    let problem = self.target_problem(&reference.name, conditions)?;
-                    problems.insert(&reference.name, problem);
-                    problem
+        let names: BTreeSet<&str> = references.iter().map(|reference| reference.name.as_str()).collect();
+        let keys: Vec<Vec<u8>> = names.iter().map(|name| record_key(name)).collect();
+        let entries = self.store.get_many(&keys).await?;
+        let mut problems = std::collections::BTreeMap::new();
+        for ((name, key), entry) in names.into_iter().zip(keys).zip(entries) {
+            let problem = match entry {
+                None => Some("does not exist"),
+                Some(entry) if is_deleted(name, &entry.value)? => Some("is deleted"),
+                Some(entry) => {
+                    conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
+                    None
                 }
             };
-            if let Some(problem) = problem {
+            problems.insert(name, problem);
+        }
+        for reference in references {
+            if let Some(Some(problem)) = problems.get(reference.name.as_str()) {
                 violations.add(&reference.field, format!("{} {problem}", reference.name));
             }
         }
         Ok(())
-    }
-
-    /// What is wrong with `name` as the target of a reference (None when it is
-    /// live, and then a condition that it is unchanged at commit is added).
-    pub(super) fn target_problem(&self, name: &str, conditions: &mut Vec<Condition>) -> Result<Option<&'static str>> {
-        let key = record_key(name);
-        Ok(match self.store.get(&key)? {
-            None => Some("does not exist"),
-            Some(entry) if is_deleted(name, &entry.value)? => Some("is deleted"),
-            Some(entry) => {
-                conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
-                None
-            }
-        })
     }
 }
 
@@ -455,27 +460,17 @@ mod tests {
     }
 
     impl Store for Contended {
-        fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> crate::store::StoreResult<bool> {
-            self.inner.read(key, visit)
+        fn snapshot(&self) -> BoxFuture<'_, crate::store::StoreResult<Box<dyn crate::store::Snapshot>>> {
+            self.inner.snapshot()
         }
-        fn scan(
-            &self,
-            prefix: &[u8],
-            start: &[u8],
-            limit: usize,
-        ) -> crate::store::StoreResult<Vec<(Vec<u8>, crate::store::Entry)>> {
-            self.inner.scan(prefix, start, limit)
+        fn get_many<'a>(
+            &'a self,
+            keys: &'a [Vec<u8>],
+        ) -> BoxFuture<'a, crate::store::StoreResult<Vec<Option<crate::store::Entry>>>> {
+            self.inner.get_many(keys)
         }
-        fn members(
-            &self,
-            prefix: &[u8],
-            start: &[u8],
-            limit: usize,
-        ) -> crate::store::StoreResult<crate::store::Members> {
-            self.inner.members(prefix, start, limit)
-        }
-        fn revision(&self) -> u64 {
-            self.inner.revision()
+        fn current_revision(&self) -> BoxFuture<'_, crate::store::StoreResult<u64>> {
+            self.inner.current_revision()
         }
         fn wait_durable(&self, revision: u64) -> crate::store::BoxFuture<'static, crate::store::StoreResult<()>> {
             self.inner.wait_durable(revision)
@@ -498,13 +493,17 @@ mod tests {
                 Ok(Applied { outcome, durable: Box::pin(durable) })
             })
         }
-        fn changes(&self, from_revision: u64, limit: usize) -> crate::store::StoreResult<Vec<(u64, Vec<u8>)>> {
+        fn changes(
+            &self,
+            from_revision: u64,
+            limit: usize,
+        ) -> BoxFuture<'_, crate::store::StoreResult<crate::store::Changes>> {
             self.inner.changes(from_revision, limit)
         }
-        fn first_change(&self) -> crate::store::StoreResult<u64> {
+        fn first_change(&self) -> BoxFuture<'_, crate::store::StoreResult<u64>> {
             self.inner.first_change()
         }
-        fn compact(&self, revision: u64) -> crate::store::StoreResult<u64> {
+        fn compact(&self, revision: u64) -> BoxFuture<'_, crate::store::StoreResult<u64>> {
             self.inner.compact(revision)
         }
         fn engine(&self) -> &dyn crate::store::Engine {
@@ -558,7 +557,7 @@ mod tests {
         let mutation = anonymous("UpdateAgreement");
         let sent = india_japan();
         let created = registry.create("a1", sent, &mutation).await.unwrap();
-        let before = store.revision();
+        let before = store.current_revision().await.unwrap();
         store.durable_gate.send_replace(false);
         let update = |title: &str| {
             let registry = registry.clone();
@@ -569,7 +568,7 @@ mod tests {
         let first = update("First title");
         let second = update("Second title");
         let both_applied = async {
-            while store.revision() < before + 2 {
+            while store.current_revision().await.unwrap() < before + 2 {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         };
@@ -583,7 +582,7 @@ mod tests {
         assert_eq!(titles.iter().filter(|t| *t == "First title").count(), 1, "{titles:?}");
         assert_eq!(titles.iter().filter(|t| *t == "Second title").count(), 1, "{titles:?}");
         let stored: Agreement = registry.get("agreements/a1", None).await.unwrap();
-        assert_eq!(store.revision(), before + 2);
+        assert_eq!(store.current_revision().await.unwrap(), before + 2);
         assert!(["First title", "Second title"].contains(&stored.title.as_str()), "{}", stored.title);
     }
 
@@ -624,13 +623,13 @@ mod tests {
         let limits = crate::store::TxnLimits { max_ops: 128, max_bytes: 24 * 1024 };
         let store = Arc::new(MemoryStore::with_limits(limits));
         let registry = Registry::open(store.clone()).await.unwrap();
-        let revision = store.revision();
+        let revision = store.current_revision().await.unwrap();
         let agreement = Agreement { title: "t".repeat(15_000), ..india_japan() };
         let refused = registry.create("large", agreement, &anonymous("CreateAgreement")).await.unwrap_err();
         let Error::InvalidArgument { violations } = &refused else { panic!("{refused:?}") };
         assert_eq!(violations[0].field, "agreement");
         assert!(violations[0].description.contains("24576"), "{}", violations[0].description);
-        assert_eq!(store.revision(), revision, "nothing was written");
+        assert_eq!(store.current_revision().await.unwrap(), revision, "nothing was written");
         registry.create("small", india_japan(), &anonymous("CreateAgreement")).await.unwrap();
     }
 }

@@ -170,7 +170,8 @@ pub async fn serve(
             stop_accepting,
         );
     let transport = if options.tls.is_some() { "tls" } else { "plaintext" };
-    tracing::info!(address = %local, transport, revision = registry.revision(), "serving cooperation.v1");
+    let revision = registry.revision().await?;
+    tracing::info!(address = %local, transport, revision, "serving cooperation.v1");
 
     tokio::pin!(server);
     let drain_limit = async move {

@@ -130,8 +130,8 @@ async fn accept_scrapes(listener: TcpListener, registry: Arc<Registry>, handle: 
         let registry = registry.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                let response = scrape(&registry, handle, &request);
-                async move { Ok::<_, Infallible>(response) }
+                let registry = registry.clone();
+                async move { Ok::<_, Infallible>(scrape(&registry, handle, &request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -142,7 +142,7 @@ async fn accept_scrapes(listener: TcpListener, registry: Arc<Registry>, handle: 
     }
 }
 
-fn scrape<B>(
+async fn scrape<B>(
     registry: &Registry,
     handle: &PrometheusHandle,
     request: &http::Request<B>,
@@ -160,7 +160,10 @@ fn scrape<B>(
     if request.method() != http::Method::GET && request.method() != http::Method::HEAD {
         return reply(405, "text/plain", "use GET\n".into());
     }
-    metrics::gauge!(REVISION).set(registry.revision() as f64);
+    match registry.revision().await {
+        Ok(revision) => metrics::gauge!(REVISION).set(revision as f64),
+        Err(e) => tracing::warn!(error = %e, "cannot read the store's revision"),
+    }
     metrics::gauge!(WATCHERS).set(registry.watchers() as f64);
     for metric in registry.engine_metrics() {
         let name = format!("cooperation_registry_{}", metric.name);

@@ -5,16 +5,23 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Applied, BoxFuture, ChangeStream, Condition, Engine, EngineMetric, Entry, Members, MetricKind, Op, Outcome, Store,
-    StoreError, StoreResult, Txn, TxnLimits,
+    Applied, BoxFuture, ChangeStream, Changes, Condition, Engine, EngineMetric, Entries, Entry, Members, MetricKind,
+    Op, Outcome, Snapshot, Store, StoreError, StoreResult, Txn, TxnLimits,
 };
 
-#[derive(Default)]
-struct State {
+/// The keys and set members at one revision. A snapshot shares it; the
+/// next write copies it first if one does.
+#[derive(Clone, Default)]
+struct Data {
     keys: BTreeMap<Vec<u8>, Entry>,
     /// Set members by set name followed by member: the length of the set's
     /// name and the revision that added the member.
     members: BTreeMap<Vec<u8>, (usize, u64)>,
+}
+
+#[derive(Default)]
+struct State {
+    data: Arc<Data>,
     changes: BTreeMap<u64, Vec<u8>>,
     revision: u64,
     first_change: u64,
@@ -62,7 +69,7 @@ fn under<'a, V>(
     map.range(from.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
 }
 
-impl State {
+impl Data {
     fn holds(&self, condition: &Condition) -> bool {
         match condition {
             Condition::ModRevision { key, equals } => {
@@ -77,34 +84,63 @@ impl State {
     }
 }
 
-impl Store for MemoryStore {
-    fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
-        let state = self.state.lock().expect("state lock");
-        let Some(entry) = state.keys.get(key) else { return Ok(false) };
-        visit(&entry.value, entry.mod_revision);
-        Ok(true)
+/// A view of the memory store: the data of its revision, shared.
+struct MemorySnapshot {
+    data: Arc<Data>,
+    revision: u64,
+}
+
+impl Snapshot for MemorySnapshot {
+    fn revision(&self) -> u64 {
+        self.revision
     }
 
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
-        let state = self.state.lock().expect("state lock");
-        Ok(under(&state.keys, prefix, start).take(limit).map(|(k, e)| (k.clone(), e.clone())).collect())
+    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        let found = keys.iter().map(|key| self.data.keys.get(key).cloned()).collect();
+        Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members> {
-        let state = self.state.lock().expect("state lock");
+    fn scan<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Entries>> {
+        let found = under(&self.data.keys, prefix, start).take(limit).map(|(k, e)| (k.clone(), e.clone())).collect();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>> {
         let mut members = Members::default();
-        for (member, _) in under(&state.members, prefix, start).take(limit) {
+        for (member, _) in under(&self.data.members, prefix, start).take(limit) {
             members.push(member);
         }
-        Ok(members)
+        Box::pin(std::future::ready(Ok(members)))
+    }
+}
+
+impl MemoryStore {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("state lock")
+    }
+}
+
+impl Store for MemoryStore {
+    fn snapshot(&self) -> BoxFuture<'_, StoreResult<Box<dyn Snapshot>>> {
+        let state = self.state();
+        let snapshot: Box<dyn Snapshot> =
+            Box::new(MemorySnapshot { data: state.data.clone(), revision: state.revision });
+        Box::pin(std::future::ready(Ok(snapshot)))
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        let state = self.state();
+        let found = keys.iter().map(|key| state.data.keys.get(key).cloned()).collect();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn current_revision(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        let revision = self.state().revision;
+        Box::pin(std::future::ready(Ok(revision)))
     }
 
     fn limits(&self) -> TxnLimits {
         self.limits
-    }
-
-    fn revision(&self) -> u64 {
-        self.state.lock().expect("state lock").revision
     }
 
     fn wait_durable(&self, _revision: u64) -> BoxFuture<'static, StoreResult<()>> {
@@ -117,25 +153,26 @@ impl Store for MemoryStore {
             Err(StoreError::Closed)
         } else if let Err(too_large) = self.limits.check(&txn) {
             Err(too_large)
-        } else if !txn.conditions.iter().all(|c| state.holds(c)) {
+        } else if !txn.conditions.iter().all(|c| state.data.holds(c)) {
             Ok(Outcome::ConditionFailed)
         } else {
             state.revision += 1;
             let revision = state.revision;
+            let data = Arc::make_mut(&mut state.data);
             for op in txn.ops {
                 match op {
                     Op::Put { key, value } => {
-                        state.keys.insert(key, Entry { mod_revision: revision, value });
+                        data.keys.insert(key, Entry { mod_revision: revision, value: value.into() });
                     }
                     Op::Delete { key } => {
-                        state.keys.remove(&key);
+                        data.keys.remove(&key);
                     }
                     Op::Add { set, member } => {
                         let set_len = set.len();
-                        state.members.entry([set, member].concat()).or_insert((set_len, revision));
+                        data.members.entry([set, member].concat()).or_insert((set_len, revision));
                     }
                     Op::Remove { set, member } => {
-                        state.members.remove(&[set, member].concat());
+                        data.members.remove(&[set, member].concat());
                     }
                 }
             }
@@ -160,26 +197,28 @@ impl Store for MemoryStore {
         )
     }
 
-    fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        let state = self.state.lock().expect("state lock");
-        Ok(state.changes.range(from_revision..).take(limit).map(|(r, c)| (*r, c.clone())).collect())
+    fn changes(&self, from_revision: u64, limit: usize) -> BoxFuture<'_, StoreResult<Changes>> {
+        let state = self.state();
+        let found = state.changes.range(from_revision..).take(limit).map(|(r, c)| (*r, c.clone())).collect();
+        Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn first_change(&self) -> StoreResult<u64> {
-        Ok(self.state.lock().expect("state lock").first_change.max(1))
+    fn first_change(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        let first = self.state().first_change.max(1);
+        Box::pin(std::future::ready(Ok(first)))
     }
 
-    fn compact(&self, revision: u64) -> StoreResult<u64> {
-        let mut state = self.state.lock().expect("state lock");
+    fn compact(&self, revision: u64) -> BoxFuture<'_, StoreResult<u64>> {
+        let mut state = self.state();
         let revision = revision.min(state.revision + 1);
-        if revision <= state.first_change.max(1) {
-            return Ok(0);
+        let mut removed = 0;
+        if revision > state.first_change.max(1) {
+            state.first_change = revision;
+            let kept = state.changes.split_off(&revision);
+            removed = state.changes.len() as u64;
+            state.changes = kept;
         }
-        state.first_change = revision;
-        let kept = state.changes.split_off(&revision);
-        let removed = state.changes.len() as u64;
-        state.changes = kept;
-        Ok(removed)
+        Box::pin(std::future::ready(Ok(removed)))
     }
 
     fn engine(&self) -> &dyn Engine {
@@ -189,10 +228,10 @@ impl Store for MemoryStore {
 
 impl Engine for MemoryStore {
     fn metrics(&self) -> Vec<EngineMetric> {
-        let state = self.state.lock().expect("state lock");
-        let keys: usize = state.keys.iter().map(|(k, e)| k.len() + e.value.len() + 16).sum();
+        let state = self.state();
+        let keys: usize = state.data.keys.iter().map(|(k, e)| k.len() + e.value.len() + 16).sum();
         let changes: usize = state.changes.values().map(|c| c.len() + 8).sum();
-        let members: usize = state.members.keys().map(|k| k.len() + 16).sum();
+        let members: usize = state.data.members.keys().map(|k| k.len() + 16).sum();
         vec![EngineMetric {
             name: "store_bytes",
             help: "Memory the store's keys, members and changes take, in bytes.",
@@ -204,10 +243,10 @@ impl Engine for MemoryStore {
     fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
         let state = self.state.lock().expect("state lock");
         let mut writer = super::backup::BackupWriter::new(out, state.revision, state.first_change.max(1));
-        for (key, entry) in &state.keys {
+        for (key, entry) in &state.data.keys {
             writer.key(key, entry.mod_revision, &entry.value)?;
         }
-        for (key, (set_len, revision)) in &state.members {
+        for (key, (set_len, revision)) in &state.data.members {
             let (set, member) = key.split_at(*set_len);
             writer.member(set, member, *revision)?;
         }

@@ -29,11 +29,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`Store::watch`]).
 pub type ChangeStream = Pin<Box<dyn tokio_stream::Stream<Item = StoreResult<(u64, Vec<u8>)>> + Send>>;
 
+/// Change-log entries, each with its revision, oldest first.
+pub type Changes = Vec<(u64, Vec<u8>)>;
+
+/// Keys and their entries, in key order.
+pub type Entries = Vec<(Vec<u8>, Entry)>;
+
 /// A stored value and the revision of the transaction that last wrote it.
+/// The value is shared, not copied, where the engine holds it in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub mod_revision: u64,
-    pub value: Vec<u8>,
+    pub value: bytes::Bytes,
 }
 
 /// Set members read in one call (each its set's name followed by the member),
@@ -320,40 +327,46 @@ impl std::error::Error for StoreError {}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// An ordered key-value store with one global revision.
+/// An ordered key-value store with one global revision, read through
+/// [`Snapshot`]s.
+///
+/// Revisions are assigned by the engine, in commit order, and are not dense:
+/// an engine may skip numbers (etcd counts a transaction that failed its
+/// conditions, or another client's writes to keys outside ours). Callers
+/// take the revision a commit answers with and the next change as it comes,
+/// and never compute one revision from another.
 ///
 /// Reads may observe a transaction shortly before it is durable; callers that
 /// must not show such data wait with [`Store::wait_durable`] for the highest
 /// `mod_revision` they read.
 pub trait Store: Send + Sync + 'static {
-    /// The entry under `key`.
-    fn get(&self, key: &[u8]) -> StoreResult<Option<Entry>> {
-        let mut entry = None;
-        self.read(key, &mut |value, mod_revision| entry = Some(Entry { mod_revision, value: value.to_vec() }))?;
-        Ok(entry)
+    /// A consistent view of the store at its latest revision, whoever wrote
+    /// it; it keeps showing that revision, however the store changes, until
+    /// it is dropped. A view is meant to be held for one request: an engine
+    /// keeps what it needs for a view alive for as long as the view is.
+    fn snapshot(&self) -> BoxFuture<'_, StoreResult<Box<dyn Snapshot>>>;
+
+    /// The entries under `keys` at the latest revision, in their order, each
+    /// `None` where absent: each read consistent on its own (not with the
+    /// others), without the cost of a view. For reads each checked again at
+    /// commit (a write's conditions), one round trip for all.
+    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        Box::pin(async move { self.snapshot().await?.get_many(keys).await })
     }
 
-    /// The value under `key` and its mod revision, lent to `visit` without a
-    /// copy (a List appends each record straight into its response); false
-    /// when the key is absent. `visit` must not call the store.
-    fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool>;
+    /// The entry under `key` at the latest revision (see [`Store::get_many`]).
+    fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, StoreResult<Option<Entry>>> {
+        Box::pin(async move { Ok(self.get_many(&[key.to_vec()]).await?.pop().flatten()) })
+    }
 
-    /// Up to `limit` entries with keys under `prefix`, from `start` (inclusive, and
-    /// itself under `prefix` or empty for the first) in ascending key order.
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>>;
-
-    /// Up to `limit` set members under `prefix`, each as its set's name followed
-    /// by the member, from `start` (inclusive, and itself under `prefix` or empty
-    /// for the first) in ascending order of those bytes.
-    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members>;
+    /// The revision of the last committed transaction, whoever committed it
+    /// (0 for an empty store).
+    fn current_revision(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// The largest transaction it takes.
     fn limits(&self) -> TxnLimits {
         TxnLimits::UNBOUNDED
     }
-
-    /// The revision of the last applied transaction (0 for an empty store).
-    fn revision(&self) -> u64;
 
     /// Resolves once every transaction up to `revision` is durable.
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>>;
@@ -387,19 +400,46 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, from_revision: u64) -> ChangeStream;
 
     /// Up to `limit` change-log entries from `from_revision` (inclusive), oldest first.
-    fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+    fn changes(&self, from_revision: u64, limit: usize) -> BoxFuture<'_, StoreResult<Changes>>;
 
     /// The oldest revision whose change-log entry may still be read: 1 until
     /// the log is compacted, then the revision it was compacted to.
-    fn first_change(&self) -> StoreResult<u64>;
+    fn first_change(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// Removes the change-log entries before `revision` (at most up to the
     /// current revision + 1), recording the new first revision first so no
     /// reader mistakes a removed entry for a gap. Returns how many were removed.
-    fn compact(&self, revision: u64) -> StoreResult<u64>;
+    fn compact(&self, revision: u64) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// What is particular to this engine: its figures and its lifecycle.
     fn engine(&self) -> &dyn Engine;
+}
+
+/// The store as it was at one revision (see [`Store::snapshot`]): every read
+/// through it shows that revision and nothing later.
+pub trait Snapshot: Send + Sync {
+    /// The revision it shows.
+    fn revision(&self) -> u64;
+
+    /// The entries under `keys`, in their order, each `None` where absent: a
+    /// List page reads its records in one call (over a network, one round
+    /// trip rather than one for each).
+    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>>;
+
+    /// The entry under `key`.
+    fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, StoreResult<Option<Entry>>> {
+        Box::pin(async move { Ok(self.get_many(&[key.to_vec()]).await?.pop().flatten()) })
+    }
+
+    /// Up to `limit` entries with keys under `prefix`, from `start`
+    /// (inclusive, and itself under `prefix` or empty for the first) in
+    /// ascending key order.
+    fn scan<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Entries>>;
+
+    /// Up to `limit` set members under `prefix`, each as its set's name
+    /// followed by the member, from `start` (inclusive, and itself under
+    /// `prefix` or empty for the first) in ascending order of those bytes.
+    fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>>;
 }
 
 /// What an engine has beyond the core of [`Store`], for the operator: the
@@ -518,78 +558,30 @@ pub fn key_after(key: &[u8]) -> Vec<u8> {
 
 /// Entries read by the first chunk of [`for_each_entry`]: a page of a List
 /// is often all that is wanted, so the first read is about that size.
-const FIRST_CHUNK: usize = 64;
+pub const FIRST_CHUNK: usize = 64;
 /// The most entries [`for_each_entry`] reads at once (and the most a scan
 /// allocates room for in advance).
-const MAX_CHUNK: usize = 1024;
+pub const MAX_CHUNK: usize = 1024;
 
 /// Calls `visit` with every entry under `prefix` from `start` (as in
-/// [`Store::scan`]) in key order until it returns false, reading in chunks that
-/// start small and double, so a caller that stops early reads little and a long
-/// walk makes few calls. Returns whether every entry was visited.
-pub fn for_each_entry<E: From<StoreError>>(
-    store: &dyn Store,
+/// [`Snapshot::scan`]) in key order until it returns false, reading in chunks
+/// that start small and double, so a caller that stops early reads little and
+/// a long walk makes few calls. Returns whether every entry was visited.
+pub async fn for_each_entry<E: From<StoreError>>(
+    snapshot: &dyn Snapshot,
     prefix: &[u8],
     start: &[u8],
     mut visit: impl FnMut(&[u8], Entry) -> Result<bool, E>,
 ) -> Result<bool, E> {
-    in_chunks(
-        start,
-        |from, chunk| store.scan(prefix, from, chunk),
-        |batch| (batch.len(), batch.last().map(|(key, _)| key_after(key))),
-        |batch| {
-            for (key, entry) in batch {
-                if !visit(&key, entry)? {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        },
-    )
-}
-
-/// Calls `visit` with every set member under `prefix` from `start` (as in
-/// [`Store::members`], set name and member together) in order until it
-/// returns false, reading as [`for_each_entry`] does. Returns whether every
-/// member was visited.
-pub fn for_each_member<E: From<StoreError>>(
-    store: &dyn Store,
-    prefix: &[u8],
-    start: &[u8],
-    mut visit: impl FnMut(&[u8]) -> Result<bool, E>,
-) -> Result<bool, E> {
-    in_chunks(
-        start,
-        |from, chunk| store.members(prefix, from, chunk),
-        |batch| (batch.len(), batch.last().map(key_after)),
-        |batch| {
-            for member in batch.iter() {
-                if !visit(member)? {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        },
-    )
-}
-
-/// The chunked walk behind [`for_each_entry`] and [`for_each_member`]: `read`
-/// gives a batch of up to `chunk` items from a start key, `size` its length
-/// and the key after its last item, and `visit` goes through a batch,
-/// saying whether to go on.
-fn in_chunks<B, E: From<StoreError>>(
-    start: &[u8],
-    mut read: impl FnMut(&[u8], usize) -> StoreResult<B>,
-    size: impl Fn(&B) -> (usize, Option<Vec<u8>>),
-    mut visit: impl FnMut(B) -> Result<bool, E>,
-) -> Result<bool, E> {
     let mut start = start.to_vec();
     let mut chunk = FIRST_CHUNK;
     loop {
-        let batch = read(&start, chunk)?;
-        let (len, resume) = size(&batch);
-        if !visit(batch)? {
-            return Ok(false);
+        let batch = snapshot.scan(prefix, &start, chunk).await?;
+        let (len, resume) = (batch.len(), batch.last().map(|(key, _)| key_after(key)));
+        for (key, entry) in batch {
+            if !visit(&key, entry)? {
+                return Ok(false);
+            }
         }
         match resume {
             Some(key) if len == chunk => start = key,
@@ -599,10 +591,37 @@ fn in_chunks<B, E: From<StoreError>>(
     }
 }
 
+/// Calls `visit` with every set member under `prefix` from `start` (as in
+/// [`Snapshot::members`], set name and member together) in order until it
+/// returns false, reading as [`for_each_entry`] does. Returns whether every
+/// member was visited.
+pub async fn for_each_member<E: From<StoreError>>(
+    snapshot: &dyn Snapshot,
+    prefix: &[u8],
+    start: &[u8],
+    mut visit: impl FnMut(&[u8]) -> Result<bool, E>,
+) -> Result<bool, E> {
+    let mut start = start.to_vec();
+    let mut chunk = FIRST_CHUNK;
+    loop {
+        let batch = snapshot.members(prefix, &start, chunk).await?;
+        for member in batch.iter() {
+            if !visit(member)? {
+                return Ok(false);
+            }
+        }
+        match batch.last() {
+            Some(last) if batch.len() == chunk => start = key_after(last),
+            _ => return Ok(true),
+        }
+        chunk = (chunk * 2).min(MAX_CHUNK);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::testkit::{commit, put, txn};
-    use super::{Batches, Op, StoreError, Txn, TxnLimits, TxnSize};
+    use super::{Batches, Op, Store, StoreError, Txn, TxnLimits, TxnSize};
 
     fn one_put(key: &str) -> Txn {
         Txn { ops: vec![Op::Put { key: key.into(), value: vec![0; 10] }], ..Default::default() }
@@ -643,28 +662,31 @@ mod tests {
         commit(&store, txn(ops, vec![])).await;
 
         let mut seen = Vec::new();
-        let complete = super::for_each_entry(&store, b"k/", b"", |key, entry| {
-            assert_eq!(entry.value, b"v");
+        let snapshot = store.snapshot().await.unwrap();
+        let complete = super::for_each_entry(&*snapshot, b"k/", b"", |key, entry| {
+            assert_eq!(entry.value, &b"v"[..]);
             seen.push(String::from_utf8(key.to_vec()).unwrap());
             Ok::<_, StoreError>(true)
         })
+        .await
         .unwrap();
         assert!(complete);
         assert_eq!(seen, keys);
 
         // From a start key, stopping after 100: the visit stops there.
         let mut count = 0;
-        let complete = super::for_each_entry(&store, b"k/", b"k/00100", |key, _| {
+        let complete = super::for_each_entry(&*snapshot, b"k/", b"k/00100", |key, _| {
             count += 1;
             assert!(key >= &b"k/00100"[..]);
             Ok::<_, StoreError>(count < 100)
         })
+        .await
         .unwrap();
         assert!(!complete);
         assert_eq!(count, 100);
 
         // An error from the visit ends the walk with it.
-        let failed = super::for_each_entry(&store, b"k/", b"", |_, _| Err::<bool, _>(StoreError::Closed));
+        let failed = super::for_each_entry(&*snapshot, b"k/", b"", |_, _| Err::<bool, _>(StoreError::Closed)).await;
         assert_eq!(failed, Err(StoreError::Closed));
     }
 }

@@ -366,22 +366,19 @@ impl Staging<'_> {
 
 /// Up to `limit` members under `prefix` from `start` (set name and member
 /// together), in order, read from the tree.
-pub(super) fn scan(tree: &sled::Tree, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members> {
+pub(super) fn scan(tree: &super::views::TreeAt<'_>, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Members> {
     let from = if start.is_empty() { prefix } else { start };
     let from_key = chunk_key(from, b"");
     // The chunk at or before `from` may hold members at or after it.
-    let begin = match tree.range(..=from_key.as_slice()).next_back() {
-        Some(item) => {
-            let (key, _) = item.map_err(storage)?;
-            if key.first() == Some(&SET) { key.to_vec() } else { from_key }
-        }
-        None => from_key,
+    let begin = match tree.last_key_at_or_before(&from_key)? {
+        Some(key) if key.first() == Some(&SET) => key.to_vec(),
+        _ => from_key,
     };
     let mut out = Members::with_capacity(limit.min(crate::store::MAX_CHUNK));
     // Set name and member, put together here to be compared.
     let mut full = Vec::new();
-    for item in tree.range(begin..) {
-        let (key, raw) = item.map_err(storage)?;
+    for item in tree.range_from(&begin) {
+        let (key, raw) = item?;
         if key.first() != Some(&SET) {
             break;
         }
@@ -491,18 +488,21 @@ mod tests {
             }
         }
         let all: Vec<Vec<u8>> = model.iter().cloned().collect();
-        assert_eq!(scan(&tree, b"i/", b"", usize::MAX).unwrap().to_vec(), all);
+        fn latest(tree: &sled::Tree) -> super::super::views::TreeAt<'_> {
+            super::super::views::TreeAt { tree, at: None }
+        }
+        assert_eq!(scan(&latest(&tree), b"i/", b"", usize::MAX).unwrap().to_vec(), all);
         for chunk in tree.scan_prefix([SET]) {
             let chunk = Chunk::decode(&chunk.unwrap().1).unwrap();
             assert!((1..=MAX_MEMBERS).contains(&chunk.members.len()));
         }
         // From any start, within any prefix, up to a limit.
         for (at, start) in all.iter().enumerate().step_by(17) {
-            assert_eq!(scan(&tree, b"i/", start, 5).unwrap().to_vec(), all[at..(at + 5).min(all.len())]);
+            assert_eq!(scan(&latest(&tree), b"i/", start, 5).unwrap().to_vec(), all[at..(at + 5).min(all.len())]);
         }
         let only_y: Vec<Vec<u8>> = all.iter().filter(|m| m.starts_with(sets[1])).cloned().collect();
-        assert_eq!(scan(&tree, sets[1], b"", usize::MAX).unwrap().to_vec(), only_y);
-        assert_eq!(scan(&tree, b"i/c", b"", 10).unwrap().to_vec(), Vec::<Vec<u8>>::new());
+        assert_eq!(scan(&latest(&tree), sets[1], b"", usize::MAX).unwrap().to_vec(), only_y);
+        assert_eq!(scan(&latest(&tree), b"i/c", b"", 10).unwrap().to_vec(), Vec::<Vec<u8>>::new());
         // A restore packs the same members into full chunks.
         let sets_of = |m: &Vec<u8>| *sets.iter().find(|s| m.starts_with(s)).unwrap();
         let packed = pack(all.iter().map(|m| (sets_of(m).to_vec(), m[sets_of(m).len()..].to_vec(), 1)));
@@ -510,7 +510,7 @@ mod tests {
         for (key, chunk) in packed {
             restored.insert(key, chunk.encode()).unwrap();
         }
-        assert_eq!(scan(&restored, b"i/", b"", usize::MAX).unwrap().to_vec(), all);
+        assert_eq!(scan(&latest(&restored), b"i/", b"", usize::MAX).unwrap().to_vec(), all);
         assert!(restored.len() <= all.len() / MAX_MEMBERS + 3);
     }
 

@@ -29,14 +29,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 use super::{
-    Applied, BoxFuture, ChangeStream, Condition, Engine, EngineMetric, Entry, MetricKind, Op, Outcome, Store,
-    StoreError, StoreResult, Txn,
+    Applied, BoxFuture, ChangeStream, Changes, Condition, Engine, EngineMetric, Entries, Entry, Members, MetricKind,
+    Op, Outcome, Snapshot, Store, StoreError, StoreResult, Txn,
 };
 
 mod cache;
 mod chunks;
 #[cfg(test)]
 mod tests;
+mod views;
 
 /// Written in the meta keys; a data dir without them, or with other values, is refused.
 const FORMAT: &[u8] = b"cooperation-registry/sled";
@@ -212,19 +213,28 @@ impl Failure {
 }
 
 pub struct SledStore {
-    db: Shared,
-    /// Shared with the writer, which forgets what it writes.
-    cache: Arc<cache::ReadCache>,
+    /// Shared with the store's views.
+    reads: Arc<Reads>,
     /// Written by the writer at each checkpoint.
     checkpoints: Arc<Mutex<Checkpoints>>,
     /// Counted by the writer.
     flushes: Arc<AtomicU64>,
-    applied: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
-    /// Shared with the writer: a read that finds the disk full reports it too.
-    failure: Failure,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What reads need, shared by the store, its views and (in part) the writer.
+struct Reads {
+    db: Shared,
+    /// Shared with the writer, which forgets what it writes.
+    cache: Arc<cache::ReadCache>,
+    /// The revision of the last group the writer applied.
+    applied: Arc<AtomicU64>,
+    /// Shared with the writer: a read that finds the disk full reports it too.
+    failure: Failure,
+    /// Shared with the writer, which keeps what it overwrites for them.
+    views: Arc<views::Views>,
 }
 
 impl SledStore {
@@ -269,9 +279,11 @@ impl SledStore {
         let checkpoints = Arc::new(Mutex::new(Checkpoints::default()));
         let flushes = Arc::new(AtomicU64::new(0));
         let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
+        let views = Arc::new(views::Views::default());
         let writer = Writer {
             db: db.clone(),
             cache: cache.clone(),
+            views: views.clone(),
             checkpoints: checkpoints.clone(),
             flushes: flushes.clone(),
             cache_capacity: options.cache_capacity,
@@ -296,13 +308,10 @@ impl SledStore {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SledStore {
-            db,
-            cache,
+            reads: Arc::new(Reads { db, cache, applied, failure, views }),
             checkpoints,
             flushes,
-            applied,
             durable,
-            failure,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
         })
@@ -376,7 +385,7 @@ impl SledStore {
         batch.insert(META_REVISION, &revision.to_be_bytes()[..]);
         batch.insert(META_FIRST_CHANGE, &first_change.to_be_bytes()[..]);
         {
-            let tree = store.db.tree()?;
+            let tree = store.reads.db.tree()?;
             tree.apply_batch(batch).map_err(storage)?;
             tree.flush().map_err(storage)?;
         }
@@ -535,9 +544,10 @@ fn change_key(revision: u64) -> [u8; 9] {
     k
 }
 
-fn decode_entry(raw: &[u8]) -> StoreResult<Entry> {
-    let (mod_revision, value) = split_entry(raw)?;
-    Ok(Entry { mod_revision, value: value.to_vec() })
+/// The entry a stored value holds, sharing its bytes.
+fn entry_of(raw: sled::IVec) -> StoreResult<Entry> {
+    let (mod_revision, _) = split_entry(&raw)?;
+    Ok(Entry { mod_revision, value: bytes::Bytes::from_owner(raw).slice(8..) })
 }
 
 /// A stored value's revision header and the value after it.
@@ -558,19 +568,128 @@ async fn wait_for_durable(mut durable: watch::Receiver<u64>, failure: Failure, r
     }
 }
 
-impl SledStore {
+impl Reads {
     /// A read error, reported as the store's failure when it says the disk is
     /// full: sled's reads fail once its log could not be written.
-    fn read_error(&self, e: sled::Error) -> StoreError {
-        self.read_failure(storage(e))
-    }
-
-    /// A read's error, reported as the store's failure when the disk is full.
-    fn read_failure(&self, e: StoreError) -> StoreError {
+    fn failed(&self, e: StoreError) -> StoreError {
         if matches!(e, StoreError::Full(_)) {
             self.failure.report(&e);
         }
         e
+    }
+
+    /// Runs `read` on the tree as it is (`at` None) or as it was at a view's
+    /// revision. The bool tells `read` the tree is as it is, so that caches of
+    /// the latest values serve.
+    fn on_tree<T>(
+        &self,
+        at: Option<u64>,
+        read: impl FnOnce(&views::TreeAt<'_>, bool) -> StoreResult<T>,
+    ) -> StoreResult<T> {
+        let tree = self.db.tree()?;
+        let result = match at {
+            None => read(&views::TreeAt { tree: &tree, at: None }, true),
+            Some(revision) => {
+                let state = self.views.read();
+                match self.applied.load(Ordering::Acquire) == revision {
+                    // Nothing written since the view opened, nor while the lock is held.
+                    true => read(&views::TreeAt { tree: &tree, at: None }, true),
+                    false => read(&views::TreeAt { tree: &tree, at: Some((&state, revision)) }, false),
+                }
+            }
+        };
+        result.map_err(|e| self.failed(e))
+    }
+
+    fn get_many(&self, keys: &[Vec<u8>], at: Option<u64>) -> StoreResult<Vec<Option<Entry>>> {
+        self.on_tree(at, |tree, _| {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                let raw_key = user_key(key);
+                let raw = match tree.before(&raw_key) {
+                    Some(before) => before,
+                    None => match self.cache.get(key) {
+                        Ok(raw) => Some(raw),
+                        Err(miss) => {
+                            let raw = tree.tree.get(&raw_key).map_err(storage)?;
+                            if let Some(raw) = &raw {
+                                self.cache.keep(key, miss, raw);
+                            }
+                            raw
+                        }
+                    },
+                };
+                found.push(raw.map(entry_of).transpose()?);
+            }
+            Ok(found)
+        })
+    }
+
+    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize, at: Option<u64>) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
+        self.on_tree(at, |tree, _| {
+            let full_prefix = user_key(prefix);
+            let from = if start.is_empty() { full_prefix.clone() } else { user_key(start) };
+            let mut out = Vec::with_capacity(limit.min(super::MAX_CHUNK));
+            for item in tree.range_from(&from) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = item?;
+                if !k.starts_with(&full_prefix) {
+                    break;
+                }
+                out.push((k[1..].to_vec(), entry_of(v)?));
+            }
+            Ok(out)
+        })
+    }
+
+    fn members(&self, prefix: &[u8], start: &[u8], limit: usize, at: Option<u64>) -> StoreResult<Members> {
+        self.on_tree(at, |tree, latest| {
+            // Only the first read of a walk at the latest revision is kept:
+            // it is all a List page needs, and the longer reads that follow
+            // would push the pages' out.
+            if !latest || limit > super::FIRST_CHUNK {
+                return chunks::scan(tree, prefix, start, limit);
+            }
+            let miss = match self.cache.members(prefix, start, limit) {
+                Ok(members) => return Ok(members),
+                Err(miss) => miss,
+            };
+            let members = chunks::scan(tree, prefix, start, limit)?;
+            self.cache.keep_members(prefix, start, limit, miss, &members);
+            Ok(members)
+        })
+    }
+}
+
+/// A view of the sled store at one revision (see `views`).
+struct SledSnapshot {
+    reads: Arc<Reads>,
+    revision: u64,
+}
+
+impl Drop for SledSnapshot {
+    fn drop(&mut self) {
+        self.reads.views.close(self.revision);
+    }
+}
+
+impl Snapshot for SledSnapshot {
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        Box::pin(std::future::ready(self.reads.get_many(keys, Some(self.revision))))
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Entries>> {
+        Box::pin(std::future::ready(self.reads.scan(prefix, start, limit, Some(self.revision))))
+    }
+
+    fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>> {
+        Box::pin(std::future::ready(self.reads.members(prefix, start, limit, Some(self.revision))))
     }
 }
 
@@ -611,77 +730,39 @@ impl SledStore {
 
     /// How the read cache does.
     pub fn read_cache(&self) -> ReadCacheStats {
-        self.cache.stats()
+        self.reads.cache.stats()
     }
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> StoreResult<u64> {
-        self.db.tree()?.size_on_disk().map_err(storage)
+        self.reads.db.tree()?.size_on_disk().map_err(storage)
     }
 }
 
 impl Store for SledStore {
-    fn read(&self, key: &[u8], visit: &mut dyn FnMut(&[u8], u64)) -> StoreResult<bool> {
-        let raw = match self.cache.get(key) {
-            Ok(raw) => raw,
-            Err(miss) => {
-                let tree = self.db.tree()?;
-                let Some(raw) = tree.get(user_key(key)).map_err(|e| self.read_error(e))? else { return Ok(false) };
-                self.cache.keep(key, miss, &raw);
-                raw
-            }
-        };
-        let (mod_revision, value) = split_entry(&raw)?;
-        visit(value, mod_revision);
-        Ok(true)
+    fn snapshot(&self) -> BoxFuture<'_, StoreResult<Box<dyn Snapshot>>> {
+        let revision = self.reads.views.open(|| self.reads.applied.load(Ordering::Acquire));
+        let snapshot: Box<dyn Snapshot> = Box::new(SledSnapshot { reads: self.reads.clone(), revision });
+        Box::pin(std::future::ready(Ok(snapshot)))
     }
 
-    fn scan(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<Vec<(Vec<u8>, Entry)>> {
-        let full_prefix = user_key(prefix);
-        let from = if start.is_empty() { full_prefix.clone() } else { user_key(start) };
-        let mut out = Vec::with_capacity(limit.min(super::MAX_CHUNK));
-        for item in self.db.tree()?.range(from..) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(|e| self.read_error(e))?;
-            if !k.starts_with(&full_prefix) {
-                break;
-            }
-            out.push((k[1..].to_vec(), decode_entry(&v)?));
-        }
-        Ok(out)
+    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        Box::pin(std::future::ready(self.reads.get_many(keys, None)))
     }
 
-    fn members(&self, prefix: &[u8], start: &[u8], limit: usize) -> StoreResult<crate::store::Members> {
-        let scan = || chunks::scan(&*self.db.tree()?, prefix, start, limit).map_err(|e| self.read_failure(e));
-        // Only the first read of a walk is kept: it is all a List page needs,
-        // and the longer reads that follow would push the pages' out.
-        if limit > super::FIRST_CHUNK {
-            return scan();
-        }
-        let miss = match self.cache.members(prefix, start, limit) {
-            Ok(members) => return Ok(members),
-            Err(miss) => miss,
-        };
-        let members = scan()?;
-        self.cache.keep_members(prefix, start, limit, miss, &members);
-        Ok(members)
-    }
-
-    fn revision(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+    fn current_revision(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(std::future::ready(Ok(self.reads.applied.load(Ordering::Acquire))))
     }
 
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
-        Box::pin(wait_for_durable(self.durable.clone(), self.failure.clone(), revision))
+        Box::pin(wait_for_durable(self.durable.clone(), self.reads.failure.clone(), revision))
     }
 
     fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.send(Message::Write(Pending { txn, reply }));
         let durable = self.durable.clone();
-        let failure = self.failure.clone();
+        let failure = self.reads.failure.clone();
         Box::pin(async move {
             sent?;
             let outcome = answer.await.map_err(|_| StoreError::Closed)??;
@@ -695,8 +776,8 @@ impl Store for SledStore {
     }
 
     fn watch(&self, from_revision: u64) -> ChangeStream {
-        let db = self.db.clone();
-        let failure = self.failure.clone();
+        let db = self.reads.db.clone();
+        let failure = self.reads.failure.clone();
         crate::store::watch_log(
             from_revision,
             self.durable.clone(),
@@ -708,45 +789,23 @@ impl Store for SledStore {
         )
     }
 
-    fn changes(&self, from_revision: u64, limit: usize) -> StoreResult<Vec<(u64, Vec<u8>)>> {
-        changes_in(&*self.db.tree()?, from_revision, limit)
+    fn changes(&self, from_revision: u64, limit: usize) -> BoxFuture<'_, StoreResult<Changes>> {
+        Box::pin(async move { changes_in(&*self.reads.db.tree()?, from_revision, limit) })
     }
 
-    fn first_change(&self) -> StoreResult<u64> {
-        first_change_in(&*self.db.tree()?)
+    fn first_change(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move { first_change_in(&*self.reads.db.tree()?) })
     }
 
-    fn compact(&self, revision: u64) -> StoreResult<u64> {
-        let revision = revision.min(self.revision() + 1);
-        let first = self.first_change()?;
-        if revision <= first {
-            return Ok(0);
-        }
-        // The floor goes to disk before any entry is removed. (Each step holds
-        // the database for itself, so a checkpoint can come between them.)
-        {
-            let tree = self.db.tree()?;
-            tree.insert(META_FIRST_CHANGE, &revision.to_be_bytes()).map_err(storage)?;
-            tree.flush().map_err(storage)?;
-        }
-        let mut removed = 0;
-        loop {
-            let tree = self.db.tree()?;
-            let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
-            for item in tree.range(change_key(first)..change_key(revision)).take(4096) {
-                let (key, _) = item.map_err(storage)?;
-                batch.remove(key);
-                in_batch += 1;
-            }
-            if in_batch == 0 {
-                break;
-            }
-            tree.apply_batch(batch).map_err(storage)?;
-            removed += in_batch;
-        }
-        self.db.tree()?.flush().map_err(storage)?;
-        Ok(removed)
+    fn compact(&self, revision: u64) -> BoxFuture<'_, StoreResult<u64>> {
+        let db = self.reads.db.clone();
+        let revision = revision.min(self.reads.applied.load(Ordering::Acquire) + 1);
+        // It flushes, twice: off the async workers.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || compact_log(&db, revision))
+                .await
+                .map_err(|e| StoreError::Storage(format!("the compaction task failed: {e}")))?
+        })
     }
 
     fn engine(&self) -> &dyn Engine {
@@ -818,7 +877,7 @@ impl Engine for SledStore {
     }
 
     fn failed(&self) -> BoxFuture<'static, StoreError> {
-        let mut failure = self.failure.0.subscribe();
+        let mut failure = self.reads.failure.0.subscribe();
         Box::pin(async move {
             let failed = failure.wait_for(Option::is_some).await.map(|failed| failed.clone());
             // (The store holds the sender: Err cannot happen while it lives.)
@@ -846,15 +905,48 @@ impl Drop for SledStore {
         if self.writer.lock().map(|w| w.is_some()).unwrap_or(false) {
             let _ = self.close();
         }
-        if self.failure.get().is_some() {
+        if self.reads.failure.get().is_some() {
             // sled flushes when its last handle goes, and on a failed log that
             // flush can wait forever: keep one handle alive instead (the
             // process is stopping; nothing more can be made durable).
-            if let Ok(tree) = self.db.tree() {
+            if let Ok(tree) = self.reads.db.tree() {
                 std::mem::forget(tree.clone());
             }
         }
     }
+}
+
+/// Removes the change-log entries before `revision` (see [`Store::compact`]).
+fn compact_log(db: &Shared, revision: u64) -> StoreResult<u64> {
+    let first = first_change_in(&*db.tree()?)?;
+    if revision <= first {
+        return Ok(0);
+    }
+    // The floor goes to disk before any entry is removed. (Each step holds
+    // the database for itself, so a checkpoint can come between them.)
+    {
+        let tree = db.tree()?;
+        tree.insert(META_FIRST_CHANGE, &revision.to_be_bytes()).map_err(storage)?;
+        tree.flush().map_err(storage)?;
+    }
+    let mut removed = 0;
+    loop {
+        let tree = db.tree()?;
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        for item in tree.range(change_key(first)..change_key(revision)).take(4096) {
+            let (key, _) = item.map_err(storage)?;
+            batch.remove(key);
+            in_batch += 1;
+        }
+        if in_batch == 0 {
+            break;
+        }
+        tree.apply_batch(batch).map_err(storage)?;
+        removed += in_batch;
+    }
+    db.tree()?.flush().map_err(storage)?;
+    Ok(removed)
 }
 
 /// The writes of one group, not yet in the tree.
@@ -877,6 +969,8 @@ struct Group {
 struct Writer {
     db: Shared,
     cache: Arc<cache::ReadCache>,
+    /// Open views, for which it keeps what it overwrites.
+    views: Arc<views::Views>,
     checkpoints: Arc<Mutex<Checkpoints>>,
     flushes: Arc<AtomicU64>,
     cache_capacity: u64,
@@ -1084,6 +1178,17 @@ impl Writer {
                 }
             }
             self.written_since_open += group.bytes;
+            // Readers wait from here until the group's revision is published.
+            let written = group.written.keys().map(|key| user_key(key));
+            let raw_keys: Vec<Vec<u8>> = written.chain(group.chunks.keys().cloned()).collect();
+            let recorded = self.views.record(tree, group.revision, raw_keys.iter().map(Vec::as_slice));
+            let views = match recorded {
+                Ok(views) => views,
+                Err(e) => {
+                    self.failure.report(&e);
+                    return self.answer(answers);
+                }
+            };
             let applied = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage);
             // Before anything is acknowledged, and even after a failure (sled
             // may have applied part of the batch).
@@ -1099,9 +1204,15 @@ impl Writer {
                 }
                 Err(e) => self.failure.report(&e),
             }
+            drop(views);
         }
-        // Nothing of a group is applied once the store has failed; what was
-        // applied waits for `make_durable`'s flush to be durable.
+        self.answer(answers);
+    }
+
+    /// Answers a group's transactions. Nothing of a group is applied once
+    /// the store has failed; what was applied waits for `make_durable`'s
+    /// flush to be durable.
+    fn answer(&self, mut answers: Vec<(oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>)>) {
         if let Some(e) = self.failure.get() {
             for (_, result) in answers.iter_mut() {
                 if matches!(result, Ok(Outcome::Committed { .. })) {
@@ -1179,7 +1290,7 @@ impl Writer {
                 let current = match group.written.get(key) {
                     Some(written) => written.unwrap_or(0),
                     None => match tree.get(user_key(key)).map_err(storage)? {
-                        Some(raw) => decode_entry(&raw)?.mod_revision,
+                        Some(raw) => split_entry(&raw)?.0,
                         None => 0,
                     },
                 };
@@ -1200,7 +1311,7 @@ impl Writer {
                     if group.written.contains_key(&key[1..]) {
                         continue;
                     }
-                    if decode_entry(&raw)?.mod_revision > *revision {
+                    if split_entry(&raw)?.0 > *revision {
                         return Ok(false);
                     }
                 }
@@ -1235,8 +1346,8 @@ impl Writer {
             let (key, value) = item.map_err(storage)?;
             match key.first() {
                 Some(&USER) => {
-                    let entry = decode_entry(&value)?;
-                    writer.key(&key[1..], entry.mod_revision, &entry.value)?;
+                    let (mod_revision, value) = split_entry(&value)?;
+                    writer.key(&key[1..], mod_revision, value)?;
                 }
                 Some(&CHANGE) => writer.change(decode_u64(&key[1..]).unwrap_or_default(), &value)?,
                 Some(&chunks::SET) => {

@@ -79,15 +79,15 @@ async fn sled_store_keeps_data_and_revision_across_reopen() {
     for durability in [Durability::Fsync, Durability::Flush] {
         let options = SledOptions { durability, ..SledOptions::default() };
         let store = SledStore::open(dir.path(), options.clone()).unwrap();
-        let before = store.revision();
+        let before = store.current_revision().await.unwrap();
         let out = store.commit(txn(vec![put("k", "v")], vec![])).await.unwrap();
         assert_eq!(out, Outcome::Committed { revision: before + 1 });
         store.close().unwrap();
         drop(store);
         let reopened = SledStore::open(dir.path(), options).unwrap();
-        assert_eq!(reopened.revision(), before + 1);
-        assert_eq!(reopened.get(b"k").unwrap().unwrap().mod_revision, before + 1);
-        assert_eq!(reopened.changes(before + 1, 5).unwrap().len(), 1);
+        assert_eq!(reopened.current_revision().await.unwrap(), before + 1);
+        assert_eq!(reopened.get(b"k").await.unwrap().unwrap().mod_revision, before + 1);
+        assert_eq!(reopened.changes(before + 1, 5).await.unwrap().len(), 1);
         reopened.close().unwrap();
     }
 }
@@ -103,7 +103,7 @@ async fn sled_store_counts_the_flushes_writes_wait_for() {
         commit(&*store, txn(vec![put(&format!("one/{i}"), "v")], vec![])).await;
     }
     assert_eq!(store.flushes() - opened, 10, "one flush for each write waited for in turn");
-    let before = (store.flushes(), store.revision());
+    let before = (store.flushes(), store.current_revision().await.unwrap());
     let writers: Vec<_> = (0..64)
         .map(|i| {
             let store = store.clone();
@@ -114,7 +114,7 @@ async fn sled_store_counts_the_flushes_writes_wait_for() {
         writer.await.unwrap().unwrap();
     }
     let flushed = store.flushes() - before.0;
-    assert_eq!(store.revision() - before.1, 64);
+    assert_eq!(store.current_revision().await.unwrap() - before.1, 64);
     assert!((1..=64).contains(&flushed), "{flushed} flushes for 64 writes");
     store.close().unwrap();
     drop(store);
@@ -201,7 +201,7 @@ async fn backups_restore_everything() {
         source.commit(txn(vec![Op::Delete { key: b"r/07".to_vec() }], vec![])).await.unwrap();
         let ops = (0..40).map(|i| add(&format!("x/{}\0", i % 2), &format!("m{i:02}"))).collect();
         source.commit(txn(ops, vec![])).await.unwrap();
-        source.compact(10).unwrap();
+        source.compact(10).await.unwrap();
         let (sender, receiver) = std::sync::mpsc::sync_channel(4);
         let copy = std::thread::spawn(move || receiver.into_iter().flatten().collect::<Vec<u8>>());
         let revision = source.engine().backup(sender).unwrap();
@@ -211,15 +211,18 @@ async fn backups_restore_everything() {
         let target = tempfile::tempdir().unwrap();
         assert_eq!(SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap(), 52);
         let restored = SledStore::open(target.path(), SledOptions::default()).unwrap();
-        assert_eq!(restored.revision(), 52);
-        assert_eq!(restored.scan(b"r/", b"", 100).unwrap(), source.scan(b"r/", b"", 100).unwrap());
+        assert_eq!(restored.current_revision().await.unwrap(), 52);
         assert_eq!(
-            restored.members(b"x/", b"", 100).unwrap().to_vec(),
-            source.members(b"x/", b"", 100).unwrap().to_vec()
+            restored.snapshot().await.unwrap().scan(b"r/", b"", 100).await.unwrap(),
+            source.snapshot().await.unwrap().scan(b"r/", b"", 100).await.unwrap()
         );
-        assert_eq!(restored.members(b"x/", b"", 100).unwrap().len(), 40);
-        assert_eq!(restored.first_change().unwrap(), 10);
-        assert_eq!(restored.changes(0, 100).unwrap(), source.changes(0, 100).unwrap());
+        assert_eq!(
+            restored.snapshot().await.unwrap().members(b"x/", b"", 100).await.unwrap().to_vec(),
+            source.snapshot().await.unwrap().members(b"x/", b"", 100).await.unwrap().to_vec()
+        );
+        assert_eq!(restored.snapshot().await.unwrap().members(b"x/", b"", 100).await.unwrap().len(), 40);
+        assert_eq!(restored.first_change().await.unwrap(), 10);
+        assert_eq!(restored.changes(0, 100).await.unwrap(), source.changes(0, 100).await.unwrap());
         let next = restored.commit(txn(vec![put("r/new", "after")], vec![])).await.unwrap();
         assert_eq!(next, Outcome::Committed { revision: 53 }, "the revision continues");
         restored.close().unwrap();
@@ -244,8 +247,8 @@ async fn sled_store_refuses_an_oversized_member_alone() {
     let oversized = Op::Add { set: b"x/\0".to_vec(), member: vec![b'm'; 70_000] };
     let refused = store.commit(txn(vec![put("a", "1"), oversized], vec![])).await;
     assert!(matches!(refused, Err(StoreError::Storage(ref m)) if m.contains("65535")), "{refused:?}");
-    assert_eq!(store.get(b"a").unwrap(), None);
-    assert_eq!(store.revision(), 0);
+    assert_eq!(store.get(b"a").await.unwrap(), None);
+    assert_eq!(store.current_revision().await.unwrap(), 0);
     assert_eq!(
         commit(&store, txn(vec![put("a", "2"), add("x/\0", "m")], vec![])).await,
         Outcome::Committed { revision: 1 }
@@ -300,11 +303,12 @@ async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
     let snapshots_at_open = sled_snapshots(dir.path());
 
     let shared: Arc<dyn Store> = store.clone();
-    let readers = RacingReaders::start(&shared, |store, _| {
-        let seen = store.revision();
-        assert_eq!(store.get(b"fixed").unwrap().unwrap().value, b"v");
-        let members = store.members(b"s/\0", b"", 10_000).unwrap();
-        assert!(members.len() as u64 + 1 >= seen, "{} members at revision {seen}", members.len());
+    let readers = RacingReaders::start(&shared, async |store, _| {
+        assert_eq!(store.get(b"fixed").await.unwrap().unwrap().value, &b"v"[..]);
+        // A view's members are exactly those of its revision, across checkpoints.
+        let view = store.snapshot().await.unwrap();
+        let members = view.members(b"s/\0", b"", 10_000).await.unwrap();
+        assert_eq!(members.len() as u64 + 1, view.revision(), "members at revision {}", view.revision());
     });
     let mut revision = 1;
     for i in 0..300 {
@@ -313,7 +317,7 @@ async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
         let out = commit(&*store, txn(vec![put(&key, &value), add("s/\0", &key)], vec![])).await;
         revision += 1;
         assert_eq!(out, Outcome::Committed { revision });
-        assert_eq!(store.get(key.as_bytes()).unwrap().unwrap().mod_revision, revision, "read after write");
+        assert_eq!(store.get(key.as_bytes()).await.unwrap().unwrap().mod_revision, revision, "read after write");
     }
     readers.finish("no reader failed");
     assert_ne!(sled_snapshots(dir.path()), snapshots_at_open, "sled wrote a snapshot while the store was open");
@@ -323,9 +327,41 @@ async fn sled_store_checkpoints_without_losing_or_hiding_a_write() {
     store.close().unwrap();
     drop((store, shared));
     let reopened = SledStore::open(dir.path(), options).unwrap();
-    assert_eq!(reopened.revision(), 301);
-    assert_eq!(reopened.members(b"s/\0", b"", 10_000).unwrap().len(), 300);
-    assert_eq!(reopened.scan(b"k/", b"", 1000).unwrap().len(), 300);
-    assert_eq!(reopened.changes(1, 1000).unwrap().len(), 301);
+    assert_eq!(reopened.current_revision().await.unwrap(), 301);
+    assert_eq!(reopened.snapshot().await.unwrap().members(b"s/\0", b"", 10_000).await.unwrap().len(), 300);
+    assert_eq!(reopened.snapshot().await.unwrap().scan(b"k/", b"", 1000).await.unwrap().len(), 300);
+    assert_eq!(reopened.changes(1, 1000).await.unwrap().len(), 301);
     reopened.close().unwrap();
+}
+
+/// The writer keeps what it overwrites only while a view needs it: nothing
+/// with no view open, the values of each write after the oldest open view,
+/// and nothing again once the views close, whatever order they close in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwritten_values_are_kept_only_while_a_view_needs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+    let store = SledStore::open(dir.path(), options).unwrap();
+    let kept = || store.reads.views.kept();
+    commit(&store, txn(vec![put("a", "1"), add("s\0", "m1")], vec![])).await;
+    commit(&store, txn(vec![put("a", "2")], vec![])).await;
+    assert_eq!(kept(), 0, "no view, nothing kept");
+
+    let older = store.snapshot().await.unwrap();
+    commit(&store, txn(vec![put("a", "3"), add("s\0", "m2")], vec![])).await;
+    assert_eq!(kept(), 2, "the key and the set's chunk");
+    let newer = store.snapshot().await.unwrap();
+    commit(&store, txn(vec![put("a", "4")], vec![])).await;
+    assert_eq!(kept(), 3);
+    assert_eq!(&older.get(b"a").await.unwrap().unwrap().value[..], b"2");
+    assert_eq!(&newer.get(b"a").await.unwrap().unwrap().value[..], b"3");
+
+    // The older closes first: what only it needed goes.
+    drop(older);
+    assert_eq!(kept(), 1, "the last write, for the newer view");
+    assert_eq!(&newer.get(b"a").await.unwrap().unwrap().value[..], b"3");
+    assert_eq!(newer.members(b"s\0", b"", 10).await.unwrap().len(), 2);
+    drop(newer);
+    assert_eq!(kept(), 0);
+    store.close().unwrap();
 }
