@@ -391,7 +391,7 @@ pub(super) struct Scope<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Arc;
 
     use prost_reflect::ReflectMessage;
@@ -400,6 +400,7 @@ mod tests {
     use super::super::testing::{anonymous, india_japan};
     use super::*;
     use crate::pb::cooperation::v1::Agreement;
+    use crate::registry::changes::WatchQuery;
     use crate::store::Store;
     use crate::store::memory::MemoryStore;
 
@@ -441,5 +442,106 @@ mod tests {
                 listed.iter().map(|a| a.name.trim_start_matches("agreements/").to_string()).collect();
             assert_eq!(listed, expected, "{filter}: the page");
         }
+    }
+
+    /// A List page shows exactly the store at the revision it answers with,
+    /// while another registry on the same store writes: each record as its
+    /// history has it at that revision, none created after it; and the
+    /// changes a watch brings from the next revision on turn the first page
+    /// into the last.
+    async fn pages_agree_with_their_revision(store: Arc<dyn Store>) {
+        let reader = Arc::new(Registry::open(store.clone()).await.unwrap());
+        let writer = Arc::new(Registry::open(store.clone()).await.unwrap());
+        let mutation = anonymous("CreateAgreement");
+        let titled = |title: String| Agreement { title, ..india_japan() };
+        for i in 0..20 {
+            writer.create(&format!("a{i:02}"), titled(format!("a{i:02}, first")), &mutation).await.unwrap();
+        }
+        let writing = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                let update = anonymous("UpdateAgreement");
+                for round in 0..8 {
+                    for i in 0..20 {
+                        let changed = Agreement {
+                            name: format!("agreements/a{i:02}"),
+                            title: format!("a{i:02}, round {round}"),
+                            ..Default::default()
+                        };
+                        writer.update(changed, &["title".to_string()], "", &update).await.unwrap();
+                    }
+                    let created = titled(format!("b{round}"));
+                    writer.create(&format!("b{round}"), created, &anonymous("CreateAgreement")).await.unwrap();
+                }
+            })
+        };
+        let everything = ListQuery { page_size: 1000, ..Default::default() };
+        let first = reader.list::<Agreement>(&everything).await.unwrap();
+        let watch = WatchQuery {
+            start_revision: first.revision as i64 + 1,
+            resource_types: vec!["agreements".into()],
+            names: Vec::new(),
+            progress_interval: Some(std::time::Duration::from_secs(3600)),
+        };
+        let mut changes = reader.watch(watch).await.unwrap();
+        let mut pages = vec![first.clone()];
+        while !writing.is_finished() {
+            pages.push(reader.list::<Agreement>(&everything).await.unwrap());
+            tokio::task::yield_now().await;
+        }
+        writing.await.unwrap();
+        let last = reader.list::<Agreement>(&everything).await.unwrap();
+        pages.push(last.clone());
+        assert!(pages.len() > 2, "pages were read while the writes went on");
+
+        // Each name's revisions, oldest first.
+        let mut history: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        for record in &last.items {
+            let (revisions, _, _) = reader.list_revisions(&record.name, 1000, "").await.unwrap();
+            history.insert(record.name.clone(), revisions.iter().rev().map(|c| c.revision as u64).collect());
+        }
+        for page in &pages {
+            let shown: BTreeMap<&str, u64> =
+                page.items.iter().map(|r| (r.name.as_str(), r.etag.parse().unwrap())).collect();
+            let expected: BTreeMap<&str, u64> = history
+                .iter()
+                .filter_map(|(name, revisions)| {
+                    revisions.iter().rev().find(|r| **r <= page.revision).map(|r| (name.as_str(), *r))
+                })
+                .collect();
+            assert_eq!(shown, expected, "the page at revision {}", page.revision);
+        }
+
+        // The first page and the changes after it make the last page.
+        let mut state: BTreeMap<String, (u64, String)> =
+            first.items.iter().map(|r| (r.name.clone(), (r.etag.parse().unwrap(), r.title.clone()))).collect();
+        let mut at = first.revision;
+        while at < last.revision {
+            let response = tokio::time::timeout(std::time::Duration::from_secs(5), changes.recv());
+            let response = response.await.unwrap().unwrap().unwrap();
+            for change in response.changes {
+                let Some(crate::pb::cooperation::v1::change::Record::Agreement(record)) = change.record else {
+                    panic!("{change:?}")
+                };
+                state.insert(change.name, (change.revision as u64, record.title));
+            }
+            at = response.revision as u64;
+        }
+        let expected: BTreeMap<String, (u64, String)> =
+            last.items.iter().map(|r| (r.name.clone(), (r.etag.parse().unwrap(), r.title.clone()))).collect();
+        assert_eq!(state, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_agree_with_their_revision_on_the_memory_engine() {
+        pages_agree_with_their_revision(Arc::new(MemoryStore::new())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pages_agree_with_their_revision_on_the_sled_engine() {
+        use crate::store::sled::{Durability, SledOptions, SledStore};
+        let dir = tempfile::tempdir().unwrap();
+        let options = SledOptions { durability: Durability::None, ..SledOptions::default() };
+        pages_agree_with_their_revision(Arc::new(SledStore::open(dir.path(), options).unwrap())).await;
     }
 }
