@@ -18,7 +18,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 
 use crate::api::Api;
-use crate::api::encoded::EncodedReads;
+use crate::api::encoded::{EncodedReads, Wire};
 use crate::pb;
 use crate::pb::cooperation::v1::admin_service_server::AdminServiceServer;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
@@ -68,24 +68,34 @@ impl Default for ServerOptions {
     }
 }
 
+/// The compression every service accepts in requests and offers for responses.
+const COMPRESSION: &[CompressionEncoding] = &[CompressionEncoding::Gzip, CompressionEncoding::Zstd];
+
 /// Applies the limits and compression every service gets.
 macro_rules! configured {
     ($server:ident, $api:expr, $options:expr) => {
-        $server::new($api.clone())
-            .max_decoding_message_size($options.max_request_bytes)
-            .max_encoding_message_size($options.max_response_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .send_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Zstd)
+        COMPRESSION.iter().fold(
+            $server::new($api.clone())
+                .max_decoding_message_size($options.max_request_bytes)
+                .max_encoding_message_size($options.max_response_bytes),
+            |server, &encoding| server.accept_compressed(encoding).send_compressed(encoding),
+        )
     };
 }
 
 /// A record service with its Get and List answered from the stored bytes
-/// (see api/encoded.rs).
+/// (see api/encoded.rs), under the same limits and compression.
 macro_rules! with_encoded_reads {
     ($server:ident, $api:expr, $options:expr) => {
-        EncodedReads::new(configured!($server, $api, $options), $api.clone(), $options.max_response_bytes)
+        EncodedReads::new(
+            configured!($server, $api, $options),
+            $api.clone(),
+            Wire {
+                compression: COMPRESSION,
+                max_request_bytes: $options.max_request_bytes,
+                max_response_bytes: $options.max_response_bytes,
+            },
+        )
     };
 }
 
