@@ -2,6 +2,7 @@
 //! name order or kept a page's worth at a time in another order, and
 //! answered as records or as the encoded response.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::filter::Filter;
@@ -9,22 +10,19 @@ use super::keys::{RECORD_PREFIX, collection_key};
 use super::order::{self, OrderBy};
 use super::resource::Resource;
 use super::{
-    DEFAULT_PAGE_SIZE, EncodedPage, ListQuery, MAX_PAGE_SIZE, Page, Registry, as_of_day, check_deadline, dates, decode,
-    index, paging,
+    DEFAULT_PAGE_SIZE, EncodedPage, EncodedRecord, ListQuery, MAX_PAGE_SIZE, Page, Registry, as_of_day, check_deadline,
+    dates, decode, index, paging,
 };
 use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
-use crate::store::{MAX_CHUNK, Snapshot, key_after};
-
-/// The field number of the records in every `List…Response`.
-pub(super) const ITEMS_FIELD: u32 = 1;
+use crate::store::{Entry, MAX_CHUNK, Snapshot, key_after};
 
 /// A page's records as a List found them.
 pub(super) enum Rows<R> {
     /// Decoded, each with its sort key.
     Records(Vec<(Vec<order::SortValue>, R)>),
-    /// Already encoded as the response's repeated field (see `list_encoded`).
-    Encoded(Vec<u8>),
+    /// Still encoded (see `list_encoded`).
+    Encoded(Vec<EncodedRecord>),
 }
 
 /// A page as a List found it, before it is answered.
@@ -32,16 +30,6 @@ pub(super) struct Found<R> {
     rows: Rows<R>,
     next_page_token: String,
     revision: u64,
-}
-
-/// Appends a record to a `List…Response`'s repeated field: its stored bytes,
-/// then `derived` (see [`Registry::encode_derived`]).
-pub(super) fn append_item(items: &mut Vec<u8>, stored: &[u8], derived: &[u8]) {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    encode_key(ITEMS_FIELD, WireType::LengthDelimited, items);
-    encode_varint((stored.len() + derived.len()) as u64, items);
-    items.extend_from_slice(stored);
-    items.extend_from_slice(derived);
 }
 
 /// How many records a scan visits between looks at the caller's deadline.
@@ -72,10 +60,10 @@ impl Registry {
         Ok(Page { items, next_page_token: found.next_page_token, revision: found.revision })
     }
 
-    /// What [`Registry::list`] answers, its records already encoded as the
-    /// response's repeated field. A page in name order that the indexes
-    /// answer exactly (or with no filter) is made of the stored bytes with
-    /// the etag and derived fields appended, without decoding a record.
+    /// What [`Registry::list`] answers, its records still encoded. A page in
+    /// name order that the indexes answer exactly (or with no filter) is
+    /// made of the stored bytes with the etag and derived fields appended,
+    /// without decoding a record.
     pub async fn list_encoded<R: Resource>(&self, query: &ListQuery) -> Result<EncodedPage> {
         let found = self.list_items::<R>(query, true, None).await?.ok_or_else(gave_up)?;
         Ok(Self::encoded_page(found))
@@ -93,14 +81,11 @@ impl Registry {
 
     pub(super) fn encoded_page<R: Resource>(found: Found<R>) -> EncodedPage {
         let items = match found.rows {
-            Rows::Encoded(bytes) => bytes,
-            Rows::Records(rows) => {
-                let mut bytes = Vec::new();
-                for (_, record) in &rows {
-                    prost::encoding::message::encode(ITEMS_FIELD, record, &mut bytes);
-                }
-                bytes
-            }
+            Rows::Encoded(records) => records,
+            Rows::Records(rows) => rows
+                .into_iter()
+                .map(|(_, record)| EncodedRecord { stored: record.encode_to_vec().into(), appended: Arc::from([]) })
+                .collect(),
         };
         Page { items, next_page_token: found.next_page_token, revision: found.revision }
     }
@@ -177,38 +162,30 @@ impl Registry {
             // Nothing to test but deletion: the stored bytes as they are,
             // each appended to the response with its derived fields.
             let mut items = Vec::new();
-            let mut count = 0;
             let mut last = Vec::new();
             let mut reads = 0;
             let scope = Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after, first_reads: size + 1 };
             let newest = self
-                .scan_stored::<R>(scope, query.deadline, |name, stored, revision| {
+                .scan_stored::<R>(scope, query.deadline, |name, entry| {
                     reads += 1;
                     if most_reads.is_some_and(|most| reads > most) {
                         gave_up = true;
                         return Ok(false);
                     }
-                    let shown = self.shown::<R>(name, stored, revision, &as_of)?;
+                    let shown = self.shown::<R>(name, &entry.value, entry.mod_revision, &as_of)?;
                     if query.show_deleted || !shown.deleted {
-                        if count == size {
+                        if items.len() == size {
                             more = true;
                             return Ok(false);
                         }
-                        if count == 0 {
-                            // Records of a kind are alike in size: room for the
-                            // page at once, each a quarter larger than the first
-                            // (growing the buffer copies all of it).
-                            items.reserve((stored.len() + stored.len() / 4 + 32) * size);
-                        }
-                        append_item(&mut items, stored, &shown.appended);
-                        count += 1;
+                        items.push(EncodedRecord { stored: entry.value, appended: shown.appended });
                         last.clear();
                         last.extend_from_slice(name);
                     }
                     Ok(true)
                 })
                 .await?;
-            let last = match count {
+            let last = match items.len() {
                 0 => None,
                 _ => Some((Vec::new(), String::from_utf8(last).map_err(Error::internal)?)),
             };
@@ -309,21 +286,21 @@ impl Registry {
         deadline: Option<Instant>,
         mut visit: impl FnMut(R, u64) -> bool,
     ) -> Result<u64> {
-        self.scan_stored::<R>(scope, deadline, |_, bytes, revision| Ok(visit(decode(bytes)?, revision))).await
+        self.scan_stored::<R>(scope, deadline, |_, entry| Ok(visit(decode(&entry.value)?, entry.mod_revision))).await
     }
 
     /// [`Registry::scan`] with each record's name (its bytes, as the keys hold
     /// them: checking the UTF-8 of each cost a page about as much as reading
-    /// its records from the read cache) and stored bytes, undecoded and lent.
+    /// its records from the read cache) and stored entry, undecoded.
     pub(super) async fn scan_stored<R: Resource>(
         &self,
         scope: Scope<'_>,
         deadline: Option<Instant>,
-        mut visit: impl FnMut(&[u8], &[u8], u64) -> Result<bool>,
+        mut visit: impl FnMut(&[u8], Entry) -> Result<bool>,
     ) -> Result<u64> {
         let mut newest = 0;
         let mut visited = 0u64;
-        let mut visit = |name: &[u8], bytes: &[u8], revision: u64| -> Result<bool> {
+        let mut visit = |name: &[u8], entry: Entry| -> Result<bool> {
             visited += 1;
             if visited % DEADLINE_CHECK_INTERVAL == 0 {
                 check_deadline(deadline, || {
@@ -332,8 +309,8 @@ impl Registry {
                     )
                 })?;
             }
-            newest = newest.max(revision);
-            visit(name, bytes, revision)
+            newest = newest.max(entry.mod_revision);
+            visit(name, entry)
         };
         let after_id = match scope.after {
             Some(name) => Some(
@@ -350,7 +327,7 @@ impl Registry {
                 None => Vec::new(),
             };
             crate::store::for_each_entry(scope.snapshot, &prefix, &start, |key, entry| {
-                visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)
+                visit(&key[RECORD_PREFIX.len()..], entry)
             })
             .await?;
             return Ok(newest);
@@ -366,7 +343,7 @@ impl Registry {
             for (key, entry) in keys.iter().zip(entries) {
                 // (An index entry names a record of the same revision.)
                 let Some(entry) = entry else { continue };
-                if !visit(&key[RECORD_PREFIX.len()..], &entry.value, entry.mod_revision)? {
+                if !visit(&key[RECORD_PREFIX.len()..], entry)? {
                     return Ok(newest);
                 }
             }

@@ -97,8 +97,29 @@ pub struct Page<R> {
     pub revision: u64,
 }
 
-/// A page whose `items` are the bytes of the response's repeated field.
-pub type EncodedPage = Page<u8>;
+/// A record as a response shows it, still encoded: its stored bytes, then
+/// what is appended to them (the fields derived on read and the etag; a
+/// later occurrence of a field wins). Together they are the record's message;
+/// the API layer writes them into its response without decoding them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedRecord {
+    pub stored: bytes::Bytes,
+    pub appended: Arc<[u8]>,
+}
+
+impl EncodedRecord {
+    /// The bytes of the record's message.
+    pub fn len(&self) -> usize {
+        self.stored.len() + self.appended.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A page of records still encoded.
+pub type EncodedPage = Page<EncodedRecord>;
 
 pub struct Registry {
     store: Arc<dyn Store>,

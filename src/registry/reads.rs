@@ -3,7 +3,7 @@
 
 use super::keys::record_key;
 use super::resource::Resource;
-use super::{Registry, as_of_day, decode, etag_of, presented, undecodable, wire};
+use super::{EncodedRecord, Registry, as_of_day, decode, etag_of, presented, undecodable, wire};
 use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
 
@@ -81,20 +81,16 @@ impl Registry {
     /// What [`Registry::get`] answers, as the encoded message: the stored
     /// bytes with the etag and the derived fields appended, so that serving a
     /// record does not decode and re-encode it.
-    pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<Vec<u8>> {
+    pub async fn get_encoded<R: Resource>(&self, name: &str, as_of: Option<&Date>) -> Result<EncodedRecord> {
         let as_of = Self::check_get::<R>(name, as_of)?;
-        // Written straight from the stored value, with what is appended to it
-        // kept as a List page keeps it: no copy of the entry, no derivation
+        // What is appended is kept as a List page keeps it: no derivation
         // for a record read again at the same revision and day.
         let Some(entry) = self.store.get(&record_key(name)).await? else {
             return Err(Error::NotFound { resource_type: R::KIND.resource_type.into(), name: name.into() });
         };
         let shown = self.shown::<R>(name.as_bytes(), &entry.value, entry.mod_revision, &as_of)?;
-        let mut bytes = Vec::with_capacity(entry.value.len() + shown.appended.len());
-        bytes.extend_from_slice(&entry.value);
-        bytes.extend_from_slice(&shown.appended);
         self.store.wait_durable(entry.mod_revision).await?;
-        Ok(bytes)
+        Ok(EncodedRecord { stored: entry.value, appended: shown.appended })
     }
 
     /// A Get's checks: the name, and the day to derive fields for.
