@@ -216,8 +216,8 @@ async fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
 /// one at a time, many at once, by scan and by members.
 async fn assert_view_agrees(model: &Model, view: &dyn Snapshot, which: &str) {
     assert_eq!(view.revision(), model.revision, "{which}: view revision");
-    let keys: Vec<Vec<u8>> = KEYS.iter().map(|key| key.as_bytes().to_vec()).collect();
-    let expected: Vec<Option<Entry>> = keys.iter().map(|key| model.keys.get(key).cloned()).collect();
+    let keys: Vec<&[u8]> = KEYS.iter().map(|key| key.as_bytes()).collect();
+    let expected: Vec<Option<Entry>> = keys.iter().map(|key| model.keys.get(*key).cloned()).collect();
     assert_eq!(view.get_many(&keys).await.unwrap(), expected, "{which}: keys");
     for prefix in PREFIXES {
         let expected: Vec<(Vec<u8>, Entry)> = model

@@ -114,7 +114,9 @@ impl Api {
 
     /// Runs a scan-heavy read (List, GetRelationship) on the blocking pool, one
     /// per core at a time, so the async workers stay free to take (and shed)
-    /// calls. A scan waits for a slot unless `max_queued` already wait, or
+    /// calls while it spends its CPU on thousands of records. It runs there
+    /// under the runtime's handle, so the store's async reads (over a network,
+    /// for a networked engine) are driven by the runtime as anywhere else. A scan waits for a slot unless `max_queued` already wait, or
     /// those ahead would keep it waiting longer than `max_wait` or past the
     /// caller's `deadline`: then it is refused at once with RESOURCE_EXHAUSTED,
     /// which keeps an admitted scan's latency bounded under overload.

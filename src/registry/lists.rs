@@ -338,7 +338,16 @@ impl Registry {
         let mut run = scope.first_reads.clamp(1, MAX_CHUNK);
         loop {
             let ids = candidates.next_ids(scope.snapshot, after.as_deref(), run).await?;
-            let keys: Vec<Vec<u8>> = ids.iter().map(|id| [prefix.as_slice(), id].concat()).collect();
+            // The run's keys end to end in one buffer.
+            let mut joined = Vec::with_capacity(ids.len() * (prefix.len() + 24));
+            let mut ends = Vec::with_capacity(ids.len());
+            for id in ids.iter() {
+                joined.extend_from_slice(&prefix);
+                joined.extend_from_slice(id);
+                ends.push(joined.len());
+            }
+            let keys: Vec<&[u8]> =
+                ends.iter().scan(0, |start, &end| Some(&joined[std::mem::replace(start, end)..end])).collect();
             let entries = scope.snapshot.get_many(&keys).await?;
             for (key, entry) in keys.iter().zip(entries) {
                 // (An index entry names a record of the same revision.)

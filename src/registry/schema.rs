@@ -151,6 +151,7 @@ impl Registry {
         let mut items = Vec::new();
         let states = party::iso_states();
         let keys: Vec<Vec<u8>> = states.iter().map(|(id, _)| record_key(&resource::PARTY.name_of(id))).collect();
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let stored = self.store.get_many(&keys).await?;
         for ((id, mut party), stored) in states.into_iter().zip(stored) {
             party.name = resource::PARTY.name_of(&id);

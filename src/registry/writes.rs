@@ -370,7 +370,7 @@ impl Registry {
     ) -> Result<()> {
         let names: BTreeSet<&str> = references.iter().map(|reference| reference.name.as_str()).collect();
         let keys: Vec<Vec<u8>> = names.iter().map(|name| record_key(name)).collect();
-        let entries = self.store.get_many(&keys).await?;
+        let entries = self.store.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
         let mut problems = std::collections::BTreeMap::new();
         for ((name, key), entry) in names.into_iter().zip(keys).zip(entries) {
             let problem = match entry {
@@ -465,7 +465,7 @@ mod tests {
         }
         fn get_many<'a>(
             &'a self,
-            keys: &'a [Vec<u8>],
+            keys: &'a [&'a [u8]],
         ) -> BoxFuture<'a, crate::store::StoreResult<Vec<Option<crate::store::Entry>>>> {
             self.inner.get_many(keys)
         }

@@ -95,8 +95,8 @@ impl Snapshot for MemorySnapshot {
         self.revision
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
-        let found = keys.iter().map(|key| self.data.keys.get(key).cloned()).collect();
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        let found = keys.iter().map(|key| self.data.keys.get(*key).cloned()).collect();
         Box::pin(std::future::ready(Ok(found)))
     }
 
@@ -128,9 +128,9 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(snapshot)))
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
         let state = self.state();
-        let found = keys.iter().map(|key| state.data.keys.get(key).cloned()).collect();
+        let found = keys.iter().map(|key| state.data.keys.get(*key).cloned()).collect();
         Box::pin(std::future::ready(Ok(found)))
     }
 

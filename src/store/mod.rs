@@ -350,13 +350,13 @@ pub trait Store: Send + Sync + 'static {
     /// `None` where absent: each read consistent on its own (not with the
     /// others), without the cost of a view. For reads each checked again at
     /// commit (a write's conditions), one round trip for all.
-    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
         Box::pin(async move { self.snapshot().await?.get_many(keys).await })
     }
 
     /// The entry under `key` at the latest revision (see [`Store::get_many`]).
     fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, StoreResult<Option<Entry>>> {
-        Box::pin(async move { Ok(self.get_many(&[key.to_vec()]).await?.pop().flatten()) })
+        Box::pin(async move { Ok(self.get_many(&[key]).await?.pop().flatten()) })
     }
 
     /// The revision of the last committed transaction, whoever committed it
@@ -424,11 +424,11 @@ pub trait Snapshot: Send + Sync {
     /// The entries under `keys`, in their order, each `None` where absent: a
     /// List page reads its records in one call (over a network, one round
     /// trip rather than one for each).
-    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>>;
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>>;
 
     /// The entry under `key`.
     fn get<'a>(&'a self, key: &'a [u8]) -> BoxFuture<'a, StoreResult<Option<Entry>>> {
-        Box::pin(async move { Ok(self.get_many(&[key.to_vec()]).await?.pop().flatten()) })
+        Box::pin(async move { Ok(self.get_many(&[key]).await?.pop().flatten()) })
     }
 
     /// Up to `limit` entries with keys under `prefix`, from `start`

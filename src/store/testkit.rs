@@ -100,6 +100,7 @@ pub async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(store.changes(first, 10).await.unwrap(), vec![(first, b"change".to_vec())]);
     // Many keys in one call, in the order asked, absent ones as None.
     let keys: Vec<Vec<u8>> = ["a/2", "a/9", "a/1"].iter().map(|k| k.as_bytes().to_vec()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     let many = store.get_many(&keys).await.unwrap();
     let values: Vec<Option<&[u8]>> = many.iter().map(|e| e.as_ref().map(|e| &e.value[..])).collect();
     assert_eq!(values, [Some(&b"two"[..]), None, Some(&b"one"[..])]);
@@ -355,6 +356,7 @@ async fn views(store: &dyn Store) {
     assert_eq!(pieced, keys_before);
     assert_eq!(members_in(&*before, "v/s1\0", "v/s1\0m100", 3).await, ["v/s1\0m101", "v/s1\0m103", "v/s1\0m105"]);
     let keys: Vec<Vec<u8>> = ["v/k000", "v/k003", "v/k004", "v/k004a"].iter().map(|k| k.as_bytes().to_vec()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
     let read = before.get_many(&keys).await.unwrap();
     let values: Vec<Option<&[u8]>> = read.iter().map(|e| e.as_ref().map(|e| &e.value[..])).collect();
     assert_eq!(values, [Some(&b"0"[..]), Some(&b"3"[..]), Some(&b"4"[..]), None]);

@@ -23,8 +23,8 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::ReadCacheStats;
-use crate::store::Members;
 use crate::store::generations::Generations;
+use crate::store::{Entry, Members};
 
 /// Shards, each with its own lock: readers on different keys rarely wait.
 const SHARDS: usize = 16;
@@ -50,7 +50,8 @@ struct Runs {
 }
 
 struct Shard {
-    values: Generations<sled::IVec>,
+    /// Entries, their values shared with those that read them.
+    values: Generations<Entry>,
     /// Writes the writer has applied to keys of this shard.
     writes: u64,
     hits: u64,
@@ -136,7 +137,7 @@ impl ReadCache {
 
     /// The stored value of `key` if it is kept here, or what to pass to
     /// [`ReadCache::keep`] after reading it from sled.
-    pub fn get(&self, key: &[u8]) -> Result<sled::IVec, Miss> {
+    pub fn get(&self, key: &[u8]) -> Result<Entry, Miss> {
         let Some((shard, mut guard)) = self.shard(key) else {
             return Err(Miss { shard: usize::MAX, writes: 0 });
         };
@@ -171,11 +172,11 @@ impl ReadCache {
 
     /// Keeps `value`, read from sled after `miss`, unless a write to its shard
     /// was applied since.
-    pub fn keep(&self, key: &[u8], miss: Miss, value: &sled::IVec) {
+    pub fn keep(&self, key: &[u8], miss: Miss, entry: &Entry) {
         let Some(shard) = self.shards.get(miss.shard) else { return };
         let mut guard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.writes == miss.writes {
-            guard.values.insert(key.into(), value.clone(), value.len());
+            guard.values.insert(key.into(), entry.clone(), entry.value.len() + 8);
         }
     }
 
@@ -204,8 +205,8 @@ fn run_key(prefix: &[u8], start: &[u8], limit: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn value(text: &str) -> sled::IVec {
-        sled::IVec::from(text.as_bytes())
+    fn value(text: &str) -> Entry {
+        Entry { mod_revision: 1, value: bytes::Bytes::copy_from_slice(text.as_bytes()) }
     }
 
     #[test]

@@ -601,25 +601,28 @@ impl Reads {
         result.map_err(|e| self.failed(e))
     }
 
-    fn get_many(&self, keys: &[Vec<u8>], at: Option<u64>) -> StoreResult<Vec<Option<Entry>>> {
+    fn get_many(&self, keys: &[&[u8]], at: Option<u64>) -> StoreResult<Vec<Option<Entry>>> {
         self.on_tree(at, |tree, _| {
             let mut found = Vec::with_capacity(keys.len());
+            let mut raw_key = Vec::new();
             for key in keys {
-                let raw_key = user_key(key);
-                let raw = match tree.before(&raw_key) {
-                    Some(before) => before,
+                raw_key.clear();
+                raw_key.push(USER);
+                raw_key.extend_from_slice(key);
+                let entry = match tree.before(&raw_key) {
+                    Some(before) => before.map(entry_of).transpose()?,
                     None => match self.cache.get(key) {
-                        Ok(raw) => Some(raw),
+                        Ok(entry) => Some(entry),
                         Err(miss) => {
-                            let raw = tree.tree.get(&raw_key).map_err(storage)?;
-                            if let Some(raw) = &raw {
-                                self.cache.keep(key, miss, raw);
+                            let entry = tree.tree.get(&raw_key).map_err(storage)?.map(entry_of).transpose()?;
+                            if let Some(entry) = &entry {
+                                self.cache.keep(key, miss, entry);
                             }
-                            raw
+                            entry
                         }
                     },
                 };
-                found.push(raw.map(entry_of).transpose()?);
+                found.push(entry);
             }
             Ok(found)
         })
@@ -680,7 +683,7 @@ impl Snapshot for SledSnapshot {
         self.revision
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
         Box::pin(std::future::ready(self.reads.get_many(keys, Some(self.revision))))
     }
 
@@ -746,7 +749,7 @@ impl Store for SledStore {
         Box::pin(std::future::ready(Ok(snapshot)))
     }
 
-    fn get_many<'a>(&'a self, keys: &'a [Vec<u8>]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
         Box::pin(std::future::ready(self.reads.get_many(keys, None)))
     }
 
