@@ -331,10 +331,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// [`Snapshot`]s.
 ///
 /// Revisions are assigned by the engine, in commit order, and are not dense:
-/// an engine may skip numbers (etcd counts a transaction that failed its
-/// conditions, or another client's writes to keys outside ours). Callers
-/// take the revision a commit answers with and the next change as it comes,
-/// and never compute one revision from another.
+/// an engine may skip numbers (etcd's revision counts every write to the
+/// cluster, other clients' included). Callers take the revision a commit
+/// answers with and the next change as it comes, and never compute one
+/// revision from another.
 ///
 /// Reads may observe a transaction shortly before it is durable; callers that
 /// must not show such data wait with [`Store::wait_durable`] for the highest
