@@ -219,9 +219,10 @@ impl Registry {
         };
         tracing::info!("upgrading the data dir: rebuilding the index and reference sets");
         for old in [&b"i/"[..], b"x/"] {
-            // Each read starts after the last key read: sled keeps emptied
-            // leaves for a while, and walking them again from the prefix each
-            // time made the upgrade quadratic.
+            // Each read starts after the last key read, not at the prefix: an
+            // engine may keep emptied ranges for a while (sled keeps emptied
+            // leaves), and walking them again each time makes the upgrade
+            // quadratic.
             let mut start = Vec::new();
             loop {
                 let read = self.store.snapshot().await?.scan(old, &start, 10_000).await?;
