@@ -1,6 +1,8 @@
 //! Compiles `proto/` with the pure-Rust compiler protox (no system protoc), writes
 //! the descriptor set that reflection and prost-reflect read, and generates the
 //! prost messages and tonic services with a `ReflectMessage` derive on every message.
+//! Compiles etcd's client protos (`vendor/etcd/`) the same way, client side only,
+//! for the etcd engine.
 
 use std::path::PathBuf;
 
@@ -51,6 +53,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true);
     config.compile_fds(compiler.file_descriptor_set())?;
+    compile_etcd(&out_dir)
+}
+
+const ETCD_ROOT: &str = "vendor/etcd/proto";
+
+/// etcd's KV, Watch, Lease and Maintenance clients, into `OUT_DIR/etcd` (apart
+/// from ours: both import google.api).
+fn compile_etcd(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed={ETCD_ROOT}");
+    let mut compiler = protox::Compiler::new([ETCD_ROOT])?;
+    compiler.include_imports(true);
+    compiler.open_files(["etcd/api/etcdserverpb/rpc.proto"])?;
+    let etcd_out = out_dir.join("etcd");
+    std::fs::create_dir_all(&etcd_out)?;
+    tonic_prost_build::configure()
+        .out_dir(&etcd_out)
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }
 

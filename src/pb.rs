@@ -14,3 +14,17 @@ pub static DESCRIPTOR_POOL: LazyLock<DescriptorPool> =
 
 include!(concat!(env!("OUT_DIR"), "/generated.rs"));
 include!(concat!(env!("OUT_DIR"), "/reflect_impls.rs"));
+
+/// etcd's client API (`vendor/etcd/`, Apache-2.0), for the etcd engine.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod etcd {
+    pub mod etcdserverpb {
+        include!(concat!(env!("OUT_DIR"), "/etcd/etcdserverpb.rs"));
+    }
+    pub mod mvccpb {
+        include!(concat!(env!("OUT_DIR"), "/etcd/mvccpb.rs"));
+    }
+    pub mod authpb {
+        include!(concat!(env!("OUT_DIR"), "/etcd/authpb.rs"));
+    }
+}

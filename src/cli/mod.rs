@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve cooperation.v1 over gRPC (the default when no command is given).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load a dataset (proto3 JSON of cooperation.v1.Dataset) into a running server.
     Import(ImportArgs),
     /// Print the SHA-256 of a token read from standard input, for the access file.
@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     };
     match command {
         Command::Import(args) => import::run(&args).await,
-        Command::Serve(args) => serve::serve(args).await,
+        Command::Serve(args) => serve::serve(*args).await,
         Command::Backup(args) => backup::backup(&args).await,
         Command::Restore(args) => backup::restore(&args),
         Command::HashToken => {

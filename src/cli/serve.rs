@@ -10,6 +10,8 @@ use tower::BoxError;
 
 use crate::registry::{Registry, RegistryOptions};
 use crate::server::{self, ServerOptions};
+use crate::store::Store;
+use crate::store::etcd::{EtcdOptions, EtcdStore};
 use crate::store::sled::Durability;
 use crate::store::sled::{SledOptions, SledStore};
 
@@ -18,9 +20,31 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "COOPERATION_REGISTRY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Where the registry keeps its data: `sled`, an embedded database in
+    /// --data-dir (one server), or `etcd`, a cluster at --etcd-endpoints that
+    /// several servers share.
+    #[arg(long, env = "COOPERATION_REGISTRY_STORE", value_enum, default_value = "sled")]
+    pub store: StoreArg,
     /// Directory of the embedded sled database; created on first start.
     #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// With --store etcd: the client URLs of the cluster's members, comma
+    /// separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`; a bare
+    /// host:port is taken as http).
+    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_ENDPOINTS", value_delimiter = ',', required_if_eq("store", "etcd"))]
+    pub etcd_endpoints: Vec<String>,
+    /// With --store etcd: the part of the cluster's keyspace the registry
+    /// keeps its data under (servers of one registry share it).
+    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_PREFIX", default_value = "cooperation-registry/")]
+    pub etcd_prefix: String,
+    /// With --store etcd: the cluster's --max-txn-ops (etcd's default 128);
+    /// a write is split or refused to fit.
+    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_MAX_TXN_OPS", default_value_t = crate::store::etcd::DEFAULT_LIMITS.max_ops)]
+    pub etcd_max_txn_ops: usize,
+    /// With --store etcd: the cluster's --max-request-bytes (etcd's default
+    /// 1.5 MiB).
+    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_MAX_REQUEST_BYTES", default_value_t = crate::store::etcd::DEFAULT_LIMITS.max_bytes)]
+    pub etcd_max_request_bytes: usize,
     /// What a write has survived when it is acknowledged: `fsync` (a power loss),
     /// `flush` (a crash of this process, not of the machine), or `none` (nothing:
     /// writes reach disk within about 500 ms).
@@ -118,6 +142,12 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreArg {
+    Sled,
+    Etcd,
+}
+
 #[derive(ValueEnum, Debug, Clone, Copy)]
 pub enum DurabilityArg {
     Fsync,
@@ -144,12 +174,31 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         read_cache_bytes: args.read_cache_mib * 1024 * 1024,
         release_free_memory: server::allocator::release_free_memory,
     };
-    let store = SledStore::open(&args.data_dir, options)
-        .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
-    tracing::info!(data_dir = %args.data_dir.display(), durability = ?args.durability, "store open");
+    let store: Arc<dyn Store> = match args.store {
+        StoreArg::Sled => {
+            let store = SledStore::open(&args.data_dir, options)
+                .map_err(|e| format!("cannot open the data dir {}: {e}", args.data_dir.display()))?;
+            tracing::info!(data_dir = %args.data_dir.display(), durability = ?args.durability, "store open");
+            Arc::new(store)
+        }
+        StoreArg::Etcd => {
+            let endpoints: Vec<String> = args
+                .etcd_endpoints
+                .iter()
+                .map(|e| if e.contains("://") { e.clone() } else { format!("http://{e}") })
+                .collect();
+            let limits =
+                crate::store::TxnLimits { max_ops: args.etcd_max_txn_ops, max_bytes: args.etcd_max_request_bytes };
+            let options =
+                EtcdOptions { endpoints: endpoints.clone(), prefix: args.etcd_prefix.clone().into_bytes(), limits };
+            let store = EtcdStore::connect(options).map_err(|e| format!("cannot use etcd at {endpoints:?}: {e}"))?;
+            tracing::info!(endpoints = ?endpoints, prefix = %args.etcd_prefix, "store: etcd");
+            Arc::new(store)
+        }
+    };
     let registry_options =
         RegistryOptions { request_retention: Duration::from_secs(args.request_id_retention_hours * 3600) };
-    let registry = Arc::new(Registry::open_with(Arc::new(store), registry_options).await?);
+    let registry = Arc::new(Registry::open_with(store, registry_options).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

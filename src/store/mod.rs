@@ -13,6 +13,7 @@
 //! hold does it), so each set's members stay together in that order.
 
 pub mod backup;
+pub mod etcd;
 pub mod generations;
 pub mod memory;
 pub mod sled;

@@ -18,7 +18,13 @@ use super::{Applied, ChangeStream, Condition, Op, Outcome, Snapshot, Store, Stor
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($open:expr) => {
+        $crate::store_conformance_tests!($open, #[cfg(all())]);
+    };
+    // Each test with `$attribute` too, say `#[ignore = "needs etcd"]` for an
+    // engine whose server a machine may lack.
+    ($open:expr, #[$attribute:meta]) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$attribute]
         async fn conforms() {
             let open = $open;
             let (store, _kept) = open().await;
@@ -26,6 +32,7 @@ macro_rules! store_conformance_tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$attribute]
         async fn watches() {
             let open = $open;
             let (store, _kept) = open().await;
@@ -33,6 +40,7 @@ macro_rules! store_conformance_tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$attribute]
         async fn a_read_never_returns_a_value_older_than_an_acknowledged_write() {
             let open = $open;
             let (store, _kept) = open().await;
@@ -40,6 +48,7 @@ macro_rules! store_conformance_tests {
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[$attribute]
         async fn a_run_of_members_never_lacks_an_acknowledged_member() {
             let open = $open;
             let (store, _kept) = open().await;
@@ -199,7 +208,9 @@ pub async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(kept, [third, fourth]);
     assert_eq!(store.compact(second).await.unwrap(), 0, "compaction never goes back");
     assert_eq!(store.compact(u64::MAX - 1).await.unwrap(), 2 + 400 + 1);
-    assert_eq!(store.first_change().await.unwrap(), winners[0] + 1);
+    // (After the last commit: an engine's own writes, such as where its log
+    // starts, may take revisions too.)
+    assert!(store.first_change().await.unwrap() > winners[0]);
     assert!(store.changes(0, 10).await.unwrap().is_empty());
     assert_eq!(get(&*store, "a/1").await.unwrap().1, b"one", "records stay");
 
@@ -306,12 +317,15 @@ async fn sets(store: &dyn Store) {
 /// other views open and close; a view opened later shows the later state.
 async fn views(store: &dyn Store) {
     let set = |i: usize| format!("v/s{}\0", i % 2);
-    let mut ops = Vec::new();
-    for i in 0..200 {
-        ops.push(put(&format!("v/k{i:03}"), &format!("{i}")));
-        ops.push(add(&set(i), &format!("m{i:03}")));
+    // In transactions within the engine's limits (etcd's default is 128 ops).
+    let per_txn = (store.limits().max_ops / 2).clamp(1, 200);
+    for chunk in (0..200).collect::<Vec<_>>().chunks(per_txn) {
+        let ops = chunk
+            .iter()
+            .flat_map(|i| [put(&format!("v/k{i:03}"), &format!("{i}")), add(&set(*i), &format!("m{i:03}"))])
+            .collect();
+        commit(store, txn(ops, vec![])).await;
     }
-    commit(store, txn(ops, vec![])).await;
     let before = store.snapshot().await.unwrap();
     let at = before.revision();
     let keys_before = scan(&*before, "v/", b"", 1000).await;
@@ -452,7 +466,8 @@ impl RacingReaders {
                 let (store, acknowledged, writing, check, done) =
                     (store.clone(), acknowledged.clone(), writing.clone(), check.clone(), done.clone());
                 std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+                    let runtime =
+                        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
                     while writing.load(Ordering::Acquire) {
                         runtime.block_on(check(store.clone(), acknowledged.load(Ordering::Acquire)));
                         done.fetch_add(1, Ordering::Release);

@@ -51,7 +51,17 @@ impl TestServer {
     /// (e.g. `SledOptions::default()` for durable writes).
     pub async fn start_with(dir: TempDir, options: ServerOptions, store: SledOptions) -> TestServer {
         let store = SledStore::open(dir.path(), store).expect("store opens");
-        let registry = Arc::new(Registry::open(Arc::new(store)).await.expect("registry opens"));
+        TestServer::start_on(Arc::new(store), dir, options).await
+    }
+
+    /// A server with `options` on `store` (`dir` is kept with it).
+    #[allow(dead_code)]
+    pub async fn start_on(
+        store: Arc<dyn cooperation_registry::store::Store>,
+        dir: TempDir,
+        options: ServerOptions,
+    ) -> TestServer {
+        let registry = Arc::new(Registry::open(store).await.expect("registry opens"));
         let served = registry.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -1,0 +1,568 @@
+//! The etcd v3 engine behind [`Store`]: several registry servers on one
+//! replicated cluster.
+//!
+//! Layout under a prefix of the cluster's keyspace (`p`):
+//! - `p k {key}`: a key and its value; its revision is etcd's `mod_revision`.
+//! - `p s {set}{member}`: a set member, an empty value, one etcd key each.
+//! - `p log`: the change log. Every transaction puts its change-log entry
+//!   there, so the key's history is the log: an entry's revision is the
+//!   transaction's, and reading the log is watching the key from a revision.
+//! - `p m first`: where the log starts (see [`Store::compact`]).
+//!
+//! One [`Txn`] is one etcd transaction: its conditions are etcd compares, its
+//! writes and its change-log entry the success branch, so it commits whole
+//! at one revision or not at all. etcd acknowledges once a quorum has made it
+//! durable. A view is a revision: reads through it ask etcd for that
+//! revision, which it serves until its history is compacted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use super::{
+    Applied, BoxFuture, ChangeStream, Changes, Condition, Engine, Entries, Entry, Members, Op, Outcome, Snapshot,
+    Store, StoreError, StoreResult, Txn, TxnLimits,
+};
+use crate::pb::etcd::etcdserverpb::{
+    self as pb, CompactionRequest, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest, compare, kv_client::KvClient, request_op, response_op, watch_client::WatchClient, watch_request,
+};
+use crate::pb::etcd::mvccpb::event::EventType;
+
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+/// etcd's defaults for `--max-txn-ops` and `--max-request-bytes`: what a
+/// cluster takes unless its operator raised them (the API cannot tell).
+pub const DEFAULT_LIMITS: TxnLimits = TxnLimits { max_ops: 128, max_bytes: 1536 * 1024 };
+
+/// Space kept in each request for what a transaction adds to the writes it
+/// is given (its change-log entry's key, the keys' prefixes, the framing).
+const REQUEST_OVERHEAD: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs of the cluster's members (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// The part of the cluster's keyspace the registry keeps its data under.
+    pub prefix: Vec<u8>,
+    /// The cluster's `--max-txn-ops` and `--max-request-bytes`.
+    pub limits: TxnLimits,
+}
+
+pub struct EtcdStore(Arc<Inner>);
+
+/// The store's clients and settings, shared with its views and watches.
+struct Inner {
+    kv: KvClient<Channel>,
+    watch: WatchClient<Channel>,
+    keys: Keys,
+    limits: TxnLimits,
+    closed: AtomicBool,
+}
+
+/// Where the registry's keys sit in the cluster's keyspace.
+struct Keys {
+    prefix: Vec<u8>,
+}
+
+impl Keys {
+    fn with(&self, kind: u8, rest: &[u8]) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + 1 + rest.len());
+        key.extend_from_slice(&self.prefix);
+        key.push(kind);
+        key.extend_from_slice(rest);
+        key
+    }
+
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        self.with(b'k', key)
+    }
+
+    fn member(&self, set_and_member: &[u8]) -> Vec<u8> {
+        self.with(b's', set_and_member)
+    }
+
+    fn log(&self) -> Vec<u8> {
+        self.with(b'l', b"og")
+    }
+
+    fn first(&self) -> Vec<u8> {
+        self.with(b'm', b"first")
+    }
+}
+
+/// The smallest key after every key that starts with `prefix` (etcd's
+/// `range_end` for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+/// A call's failure: etcd unreachable or without a quorum is "retry"; a
+/// request etcd refused is a storage error.
+fn failed(status: tonic::Status) -> StoreError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
+            StoreError::Unavailable(format!("etcd: {}", status.message()))
+        }
+        Code::OutOfRange if status.message().contains("compacted") => StoreError::Compacted { first: 0 },
+        _ => StoreError::Storage(format!("etcd: {}: {}", status.code(), status.message())),
+    }
+}
+
+fn revision_of(header: Option<&pb::ResponseHeader>) -> StoreResult<u64> {
+    header.map(|h| h.revision as u64).ok_or_else(|| StoreError::Storage("etcd answered without a header".into()))
+}
+
+impl EtcdStore {
+    /// Connects to the cluster (lazily: the first call finds out whether it
+    /// is reachable).
+    pub fn connect(options: EtcdOptions) -> StoreResult<EtcdStore> {
+        let endpoints = options
+            .endpoints
+            .iter()
+            .map(|url| Channel::from_shared(url.clone()).map_err(|e| StoreError::Storage(format!("{url}: {e}"))))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if endpoints.is_empty() {
+            return Err(StoreError::Storage("no etcd endpoint given".into()));
+        }
+        let channel = Channel::balance_list(endpoints.into_iter());
+        Ok(EtcdStore(Arc::new(Inner {
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
+            watch: WatchClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
+            keys: Keys { prefix: options.prefix },
+            limits: options.limits,
+            closed: AtomicBool::new(false),
+        })))
+    }
+}
+
+impl Inner {
+    /// What a caller may put in one transaction: the cluster's limits less
+    /// what every transaction adds (the change-log entry's write, the keys'
+    /// prefix, the request's framing).
+    fn usable_limits(&self) -> TxnLimits {
+        TxnLimits {
+            max_ops: self.limits.max_ops.saturating_sub(1),
+            max_bytes: self.limits.max_bytes.saturating_sub(REQUEST_OVERHEAD),
+        }
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        match self.closed.load(Ordering::Acquire) {
+            true => Err(StoreError::Closed),
+            false => Ok(()),
+        }
+    }
+
+    async fn range(&self, request: RangeRequest) -> StoreResult<pb::RangeResponse> {
+        self.check_open()?;
+        let response = self.kv.clone().range(request).await.map_err(failed)?;
+        Ok(response.into_inner())
+    }
+
+    /// The entries under `keys` at `revision` (0: the latest), in one
+    /// transaction of ranges a batch of the cluster's op limit at a time.
+    async fn get_at(&self, keys: &[&[u8]], revision: u64) -> StoreResult<Vec<Option<Entry>>> {
+        self.check_open()?;
+        let mut found = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(self.limits.max_ops.max(1)) {
+            let success = batch
+                .iter()
+                .map(|key| RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: self.keys.key(key),
+                        revision: revision as i64,
+                        ..Default::default()
+                    })),
+                })
+                .collect();
+            let response = self.kv.clone().txn(TxnRequest { success, ..Default::default() }).await.map_err(failed)?;
+            for op in response.into_inner().responses {
+                let Some(response_op::Response::ResponseRange(range)) = op.response else {
+                    return Err(StoreError::Storage("etcd answered a range with something else".into()));
+                };
+                found.push(
+                    range
+                        .kvs
+                        .into_iter()
+                        .next()
+                        .map(|kv| Entry { mod_revision: kv.mod_revision as u64, value: kv.value.into() }),
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` etcd keys of `kind` under `prefix` from `start` (as
+    /// `Snapshot::scan` takes them) at `revision`, and how many bytes of each
+    /// key come before the store's own key.
+    async fn range_under(
+        &self,
+        kind: u8,
+        (prefix, start, limit): (&[u8], &[u8], usize),
+        revision: u64,
+        keys_only: bool,
+    ) -> StoreResult<(Vec<crate::pb::etcd::mvccpb::KeyValue>, usize)> {
+        let from = if start.is_empty() { prefix } else { start };
+        let range = self.range(RangeRequest {
+            key: self.keys.with(kind, from),
+            range_end: prefix_end(&self.keys.with(kind, prefix)),
+            limit: limit.min(i64::MAX as usize) as i64,
+            revision: revision as i64,
+            keys_only,
+            ..Default::default()
+        });
+        Ok((range.await?.kvs, self.keys.prefix.len() + 1))
+    }
+
+    async fn scan_at(&self, prefix: &[u8], start: &[u8], limit: usize, revision: u64) -> StoreResult<Entries> {
+        let (kvs, skip) = self.range_under(b'k', (prefix, start, limit), revision, false).await?;
+        Ok(kvs
+            .into_iter()
+            .map(|kv| (kv.key[skip..].to_vec(), Entry { mod_revision: kv.mod_revision as u64, value: kv.value.into() }))
+            .collect())
+    }
+
+    async fn members_at(&self, prefix: &[u8], start: &[u8], limit: usize, revision: u64) -> StoreResult<Members> {
+        let (kvs, skip) = self.range_under(b's', (prefix, start, limit), revision, true).await?;
+        let mut members = Members::with_capacity(kvs.len());
+        for kv in &kvs {
+            members.push(&kv.key[skip..]);
+        }
+        Ok(members)
+    }
+
+    /// The log's entries from `from` on, up to `limit`, as a watch of the
+    /// log key delivers them up to the log's latest entry.
+    async fn read_log(&self, from: u64, limit: usize) -> StoreResult<Changes> {
+        let latest = self.range(RangeRequest { key: self.keys.log(), keys_only: true, ..Default::default() }).await?;
+        let Some(last) = latest.kvs.first().map(|kv| kv.mod_revision as u64) else { return Ok(Vec::new()) };
+        if from > last || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut entries = Vec::new();
+        let mut stream = open_watch(&self.watch, self.keys.log(), from).await?;
+        while let Some(response) = stream.next().await {
+            let response = response.map_err(failed)?;
+            if response.compact_revision > 0 {
+                return Err(StoreError::Compacted { first: response.compact_revision as u64 });
+            }
+            for event in response.events {
+                let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else { continue };
+                let revision = kv.mod_revision as u64;
+                entries.push((revision, kv.value));
+                if revision >= last || entries.len() >= limit {
+                    return Ok(entries);
+                }
+            }
+        }
+        Err(StoreError::Unavailable("etcd ended a watch of the change log".into()))
+    }
+
+    async fn first(&self) -> StoreResult<u64> {
+        let range = self.range(RangeRequest { key: self.keys.first(), ..Default::default() }).await?;
+        Ok(range.kvs.first().and_then(|kv| Some(u64::from_be_bytes(kv.value.as_slice().try_into().ok()?))).unwrap_or(1))
+    }
+
+    /// `txn` as one etcd transaction.
+    fn request(&self, txn: &Txn) -> TxnRequest {
+        let compare = txn
+            .conditions
+            .iter()
+            .flat_map(|condition| match condition {
+                Condition::ModRevision { key, equals } => vec![Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: self.keys.key(key),
+                    range_end: Vec::new(),
+                    target_union: Some(compare::TargetUnion::ModRevision(*equals as i64)),
+                }],
+                Condition::NoneWrittenAfter { prefix, revision } => [self.keys.key(prefix), self.keys.member(prefix)]
+                    .into_iter()
+                    .map(|key| Compare {
+                        result: compare::CompareResult::Less as i32,
+                        target: compare::CompareTarget::Mod as i32,
+                        range_end: prefix_end(&key),
+                        key,
+                        target_union: Some(compare::TargetUnion::ModRevision(*revision as i64 + 1)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        // etcd refuses a key twice in one transaction: the last write to a
+        // key is the one that counts, as when the writes run in order.
+        let mut writes: std::collections::BTreeMap<Vec<u8>, Option<&[u8]>> = Default::default();
+        let mut set_lengths = Vec::new();
+        for op in &txn.ops {
+            match op {
+                Op::Put { key, value } => _ = writes.insert(self.keys.key(key), Some(value)),
+                Op::Delete { key } => _ = writes.insert(self.keys.key(key), None),
+                // A member's value is its set name's length, for a backup to
+                // tell set from member.
+                Op::Add { set, member } => {
+                    let key = self.keys.member(&[set.as_slice(), member].concat());
+                    set_lengths.push((key.clone(), (set.len() as u32).to_be_bytes()));
+                    _ = writes.insert(key, Some(&[]))
+                }
+                Op::Remove { set, member } => {
+                    _ = writes.insert(self.keys.member(&[set.as_slice(), member].concat()), None)
+                }
+            }
+        }
+        let set_lengths: std::collections::BTreeMap<Vec<u8>, [u8; 4]> = set_lengths.into_iter().collect();
+        let mut success: Vec<RequestOp> = writes
+            .into_iter()
+            .map(|(key, value)| RequestOp {
+                request: Some(match value {
+                    Some(value) => {
+                        let value = set_lengths.get(&key).map_or_else(|| value.to_vec(), |length| length.to_vec());
+                        request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() })
+                    }
+                    None => {
+                        request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest { key, ..Default::default() })
+                    }
+                }),
+            })
+            .collect();
+        success.push(RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: self.keys.log(),
+                value: txn.change.clone(),
+                ..Default::default()
+            })),
+        });
+        TxnRequest { compare, success, failure: Vec::new() }
+    }
+}
+
+/// A watch of `key` from `from`, once etcd has created it.
+async fn open_watch(
+    client: &WatchClient<Channel>,
+    key: Vec<u8>,
+    from: u64,
+) -> StoreResult<tonic::Streaming<pb::WatchResponse>> {
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key,
+            start_revision: from as i64,
+            ..Default::default()
+        })),
+    };
+    // The request stream stays open for as long as the watch lives.
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    sender.send(create).await.map_err(|_| StoreError::Closed)?;
+    let requests = tokio_stream::wrappers::ReceiverStream::new(receiver);
+    let stream = client.clone().watch(requests).await.map_err(failed)?.into_inner();
+    // The sender lives until etcd's end of the watch is dropped: dropping it
+    // sooner would end the watch.
+    tokio::spawn(async move { sender.closed().await });
+    Ok(stream)
+}
+
+/// A view of the cluster at one revision.
+struct EtcdSnapshot {
+    store: Arc<Inner>,
+    revision: u64,
+}
+
+impl Snapshot for EtcdSnapshot {
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        Box::pin(self.store.get_at(keys, self.revision))
+    }
+
+    fn scan<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Entries>> {
+        Box::pin(self.store.scan_at(prefix, start, limit, self.revision))
+    }
+
+    fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>> {
+        Box::pin(self.store.members_at(prefix, start, limit, self.revision))
+    }
+}
+
+impl Store for EtcdStore {
+    fn snapshot(&self) -> BoxFuture<'_, StoreResult<Box<dyn Snapshot>>> {
+        Box::pin(async move {
+            let revision = self.current_revision().await?;
+            let snapshot: Box<dyn Snapshot> = Box::new(EtcdSnapshot { store: self.0.clone(), revision });
+            Ok(snapshot)
+        })
+    }
+
+    fn get_many<'a>(&'a self, keys: &'a [&'a [u8]]) -> BoxFuture<'a, StoreResult<Vec<Option<Entry>>>> {
+        Box::pin(self.0.get_at(keys, 0))
+    }
+
+    fn current_revision(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            // A linearizable read of one key: its header is the cluster's revision.
+            let range = self.0.range(RangeRequest { key: self.0.keys.log(), count_only: true, ..Default::default() });
+            revision_of(range.await?.header.as_ref())
+        })
+    }
+
+    fn limits(&self) -> TxnLimits {
+        self.0.usable_limits()
+    }
+
+    fn wait_durable(&self, _revision: u64) -> BoxFuture<'static, StoreResult<()>> {
+        // etcd answers a write once a quorum has made it durable.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>> {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            inner.check_open()?;
+            inner.usable_limits().check(&txn)?;
+            let request = inner.request(&txn);
+            if request.compare.len() > inner.limits.max_ops {
+                let size = txn.size();
+                return Err(StoreError::TooLarge { size, limits: inner.usable_limits() });
+            }
+            let response = inner.kv.clone().txn(request).await.map_err(failed)?.into_inner();
+            let outcome = match response.succeeded {
+                true => Outcome::Committed { revision: revision_of(response.header.as_ref())? },
+                false => Outcome::ConditionFailed,
+            };
+            Ok(Applied::at_once(outcome))
+        })
+    }
+
+    fn watch(&self, from_revision: u64) -> ChangeStream {
+        let inner = self.0.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let failure = async {
+                let first = inner.first().await?;
+                let from = from_revision.max(1);
+                if from < first {
+                    return Err(StoreError::Compacted { first });
+                }
+                let mut stream = open_watch(&inner.watch, inner.keys.log(), from).await?;
+                while let Some(response) = stream.next().await {
+                    let response = response.map_err(failed)?;
+                    if response.compact_revision > 0 {
+                        return Err(StoreError::Compacted { first: (response.compact_revision as u64).max(first) });
+                    }
+                    for event in response.events {
+                        let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else { continue };
+                        if sender.send(Ok((kv.mod_revision as u64, kv.value))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(StoreError::Unavailable("etcd ended the watch of the change log".into()))
+            };
+            if let Err(e) = failure.await {
+                let _ = sender.send(Err(e)).await;
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+    }
+
+    fn changes(&self, from_revision: u64, limit: usize) -> BoxFuture<'_, StoreResult<Changes>> {
+        Box::pin(async move {
+            let from = from_revision.max(self.0.first().await?);
+            self.0.read_log(from, limit).await
+        })
+    }
+
+    fn first_change(&self) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(self.0.first())
+    }
+
+    fn compact(&self, revision: u64) -> BoxFuture<'_, StoreResult<u64>> {
+        Box::pin(async move {
+            let revision = revision.min(self.current_revision().await? + 1);
+            let first = self.0.first().await?;
+            if revision <= first {
+                return Ok(0);
+            }
+            let removed = self.0.read_log(first, usize::MAX).await?.iter().filter(|(r, _)| *r < revision).count();
+            // The floor first, so no reader takes a compacted entry for a gap;
+            // then etcd's own history up to it (the floor's own write is at or
+            // below the revision compacted to, or the newest).
+            let floor =
+                PutRequest { key: self.0.keys.first(), value: revision.to_be_bytes().to_vec(), ..Default::default() };
+            let put = self.0.kv.clone().put(floor).await.map_err(failed)?.into_inner();
+            let newest = revision_of(put.header.as_ref())?;
+            let to = (revision - 1).min(newest);
+            if to > 0 {
+                self.0
+                    .kv
+                    .clone()
+                    .compact(CompactionRequest { revision: to as i64, physical: false })
+                    .await
+                    .map_err(failed)?;
+            }
+            Ok(removed as u64)
+        })
+    }
+
+    fn engine(&self) -> &dyn Engine {
+        self
+    }
+}
+
+impl Engine for EtcdStore {
+    fn backup(&self, out: std::sync::mpsc::SyncSender<Vec<u8>>) -> StoreResult<u64> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Storage("an etcd backup runs within the server's runtime".into()))?;
+        handle.block_on(async {
+            let view = EtcdSnapshot { store: self.0.clone(), revision: self.current_revision().await? };
+            let first = self.0.first().await?;
+            let mut writer = super::backup::BackupWriter::new(out, view.revision, first);
+            for (key, entry) in view.scan(b"", b"", usize::MAX).await? {
+                writer.key(&key, entry.mod_revision, &entry.value)?;
+            }
+            let members = self.0.range(RangeRequest {
+                key: self.0.keys.member(b""),
+                range_end: prefix_end(&self.0.keys.member(b"")),
+                revision: view.revision as i64,
+                ..Default::default()
+            });
+            let skip = self.0.keys.prefix.len() + 1;
+            for kv in members.await?.kvs {
+                let full = &kv.key[skip..];
+                let set_len = kv
+                    .value
+                    .as_slice()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Storage("a set member without its set name's length".into()))?
+                    as usize;
+                let (set, member) = full.split_at(set_len.min(full.len()));
+                writer.member(set, member, kv.mod_revision as u64)?;
+            }
+            for (revision, bytes) in self.0.read_log(first, usize::MAX).await? {
+                if revision <= view.revision {
+                    writer.change(revision, &bytes)?;
+                }
+            }
+            writer.finish()?;
+            Ok(view.revision)
+        })
+    }
+
+    fn close(&self) -> StoreResult<()> {
+        self.0.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! Two registry servers on one etcd cluster are one registry: what one
+//! writes the other reads at once, conflicting writes through both give one
+//! success, a request id retried on the other answers with the first answer,
+//! and a watch on one delivers the other's writes in revision order. Needs
+//! etcd (Debian's `etcd-server`): `.ci/run` installs it and runs these.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::records::{agreement, create_agreement, update_request};
+use common::server::TestServer;
+use cooperation_registry::pb::cooperation::v1::{self, change_service_client::ChangeServiceClient};
+use cooperation_registry::server::ServerOptions;
+use cooperation_registry::store::etcd::testing::{open, start_member};
+use tokio_stream::StreamExt;
+
+async fn two_servers(member: &cooperation_registry::store::etcd::testing::Member) -> (TestServer, TestServer) {
+    let on = || Arc::new(open(member, b"registry/"));
+    let a = TestServer::start_on(on(), tempfile::tempdir().unwrap(), ServerOptions::default()).await;
+    let b = TestServer::start_on(on(), tempfile::tempdir().unwrap(), ServerOptions::default()).await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
+async fn two_servers_on_one_cluster_are_one_registry() {
+    let member = start_member().await;
+    let (a, b) = two_servers(&member).await;
+
+    // Seeded once: the states, whichever server started first.
+    let all = v1::ListPartiesRequest { page_size: 1000, ..Default::default() };
+    let parties = b.parties().list_parties(all).await.unwrap().into_inner().parties;
+    assert_eq!(parties.len(), 249);
+
+    // A write on A is read on B at once.
+    let created = a.agreements().create_agreement(create_agreement("rpss", agreement("RPSS"))).await.unwrap();
+    let created = created.into_inner();
+    let name = created.name.clone();
+    let get = v1::GetAgreementRequest { name: name.clone(), ..Default::default() };
+    let read = b.agreements().get_agreement(get).await.unwrap().into_inner();
+    assert_eq!(read.etag, created.etag);
+
+    // A watch on A from the next revision sees B's writes in order.
+    let start = created.etag.parse::<i64>().unwrap() + 1;
+    let watch = v1::WatchChangesRequest { start_revision: start, ..Default::default() };
+    let mut changes = ChangeServiceClient::new(a.channel.clone()).watch_changes(watch).await.unwrap().into_inner();
+
+    // The same etag through both: one success, one ABORTED.
+    let titled = |title: &str| v1::Agreement { title: title.into(), ..created.clone() };
+    let mask = Some(prost_types::FieldMask { paths: vec!["title".into()] });
+    let (on_a, on_b) = tokio::join!(
+        async { a.agreements().update_agreement(update_request(titled("by A"), mask.clone())).await },
+        async { b.agreements().update_agreement(update_request(titled("by B"), mask.clone())).await },
+    );
+    let outcomes = [on_a.map(|r| r.into_inner().title), on_b.map(|r| r.into_inner().title)];
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    let refused = outcomes.iter().find_map(|o| o.as_ref().err()).unwrap();
+    assert_eq!(refused.code(), tonic::Code::Aborted, "{refused:?}");
+
+    // A request id retried on B answers with A's first answer.
+    let request_id = "5d1f2a3b-1c2d-4e5f-8a9b-0c1d2e3f4a5b".to_string();
+    let with_id =
+        v1::CreateAgreementRequest { request_id: request_id.clone(), ..create_agreement("once", agreement("Once")) };
+    let first = a.agreements().create_agreement(with_id.clone()).await.unwrap().into_inner();
+    let retried = b.agreements().create_agreement(with_id).await.unwrap().into_inner();
+    assert_eq!((retried.name, retried.etag), (first.name.clone(), first.etag.clone()));
+
+    // B's writes, once each and in order, on A's watch.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let next = tokio::time::timeout(Duration::from_secs(10), changes.next()).await.unwrap().unwrap().unwrap();
+        seen.extend(next.changes.into_iter().map(|c| (c.revision, c.name)));
+    }
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert_eq!(seen.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), [name.as_str(), first.name.as_str()]);
+    a.stop().await;
+    b.stop().await;
+}
