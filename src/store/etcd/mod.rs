@@ -16,7 +16,8 @@
 //! revision, which it serves until its history is compacted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -38,6 +39,10 @@ mod tests;
 /// etcd's defaults for `--max-txn-ops` and `--max-request-bytes`: what a
 /// cluster takes unless its operator raised them (the API cannot tell).
 pub const DEFAULT_LIMITS: TxnLimits = TxnLimits { max_ops: 128, max_bytes: 1536 * 1024 };
+
+/// How long a write whose answer was lost waits for the cluster to tell
+/// whether it committed (see `Inner::resolve`).
+const RESOLVE_FOR: Duration = Duration::from_secs(30);
 
 /// Space kept in each request for what a transaction adds to the writes it
 /// is given (its change-log entry's key, the keys' prefixes, the framing).
@@ -62,6 +67,13 @@ struct Inner {
     keys: Keys,
     limits: TxnLimits,
     closed: AtomicBool,
+    /// The highest revision an answer of the cluster named: a transaction
+    /// sent after it commits, if at all, after it.
+    seen: AtomicU64,
+    /// Answers to transactions to drop as if the connection failed, for the
+    /// tests of an unknown outcome.
+    #[cfg(test)]
+    lose_answers: std::sync::atomic::AtomicUsize,
 }
 
 /// Where the registry's keys sit in the cluster's keyspace.
@@ -145,6 +157,9 @@ impl EtcdStore {
             keys: Keys { prefix: options.prefix },
             limits: options.limits,
             closed: AtomicBool::new(false),
+            seen: AtomicU64::new(0),
+            #[cfg(test)]
+            lose_answers: Default::default(),
         })))
     }
 }
@@ -169,8 +184,49 @@ impl Inner {
 
     async fn range(&self, request: RangeRequest) -> StoreResult<pb::RangeResponse> {
         self.check_open()?;
-        let response = self.kv.clone().range(request).await.map_err(failed)?;
-        Ok(response.into_inner())
+        let response = self.kv.clone().range(request).await.map_err(failed)?.into_inner();
+        self.saw(response.header.as_ref());
+        Ok(response)
+    }
+
+    fn saw(&self, header: Option<&pb::ResponseHeader>) {
+        if let Some(header) = header {
+            self.seen.fetch_max(header.revision as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// The outcome of a transaction whose answer was lost (`error`): once
+    /// the cluster answers a linearizable read again, a transaction sent
+    /// before it has committed or never will, and it has committed if the
+    /// change log after `before` holds its change (the registry's change
+    /// entries name their commit time to the nanosecond, the caller and what
+    /// was written, so no two writes' are alike). Committed if so, `error`
+    /// if not; UNAVAILABLE naming the uncertainty if the cluster does not
+    /// answer within RESOLVE_FOR.
+    async fn resolve(&self, change: &[u8], before: u64, error: StoreError) -> StoreResult<Outcome> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.read_log(before + 1, usize::MAX).await {
+                Ok(entries) => {
+                    return match entries.into_iter().find(|(_, entry)| entry.as_slice() == change) {
+                        Some((revision, _)) => Ok(Outcome::Committed { revision }),
+                        None => Err(error),
+                    };
+                }
+                Err(StoreError::Unavailable(_)) if started.elapsed() < RESOLVE_FOR => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(StoreError::Unavailable(cause)) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "a write's answer was lost ({error}) and etcd has not answered since ({cause}): whether it \
+                         committed is unknown; retry it with its request_id"
+                    )));
+                }
+                Err(other) => return Err(other),
+            }
+        }
     }
 
     /// The entries under `keys` at `revision` (0: the latest), in one
@@ -436,7 +492,23 @@ impl Store for EtcdStore {
                 let size = txn.size();
                 return Err(StoreError::TooLarge { size, limits: inner.usable_limits() });
             }
-            let response = inner.kv.clone().txn(request).await.map_err(failed)?.into_inner();
+            let before = inner.seen.load(Ordering::Acquire);
+            let answer = inner.kv.clone().txn(request).await;
+            #[cfg(test)]
+            let answer =
+                match inner.lose_answers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)) {
+                    Ok(_) => Err(tonic::Status::unavailable("the answer was lost (a test)")),
+                    Err(_) => answer,
+                };
+            let response = match answer.map_err(failed) {
+                Ok(response) => response.into_inner(),
+                // Not answered: it may have committed all the same.
+                Err(error @ StoreError::Unavailable(_)) => {
+                    return inner.resolve(&txn.change, before, error).await.map(Applied::at_once);
+                }
+                Err(refused) => return Err(refused),
+            };
+            inner.saw(response.header.as_ref());
             let outcome = match response.succeeded {
                 true => Outcome::Committed { revision: revision_of(response.header.as_ref())? },
                 false => Outcome::ConditionFailed,
