@@ -200,7 +200,8 @@ impl Inner {
     /// before it has committed or never will, and it has committed if the
     /// change log after `before` holds its change (the registry's change
     /// entries name their commit time to the nanosecond, the caller and what
-    /// was written, so no two writes' are alike). Committed if so, `error`
+    /// was written, so no two writes in flight at once are alike; a job's
+    /// batches share one, but go one after another). Committed if so, `error`
     /// if not; UNAVAILABLE naming the uncertainty if the cluster does not
     /// answer within RESOLVE_FOR.
     async fn resolve(&self, change: &[u8], before: u64, error: StoreError) -> StoreResult<Outcome> {
