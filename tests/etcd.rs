@@ -75,6 +75,17 @@ async fn two_servers_on_one_cluster_are_one_registry() {
     }
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
     assert_eq!(seen.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>(), [name.as_str(), first.name.as_str()]);
+
+    // A backup through B, of everything at one revision.
+    let mut admin = v1::admin_service_client::AdminServiceClient::new(b.channel.clone());
+    let mut chunks = admin.backup(v1::BackupRequest {}).await.unwrap().into_inner();
+    let (mut bytes, mut revision) = (0, 0);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.unwrap();
+        bytes += chunk.data.len();
+        revision = chunk.revision;
+    }
+    assert!(bytes > 0 && revision >= seen.last().unwrap().0, "{bytes} bytes at revision {revision}");
     a.stop().await;
     b.stop().await;
 }

@@ -21,8 +21,13 @@ impl AdminService for super::Api {
         let (chunks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
         let registry = self.registry.clone();
+        // The engine may need the runtime for its reads (a networked one does).
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            let producer = std::thread::spawn(move || registry.backup(chunks));
+            let producer = std::thread::spawn(move || {
+                let _in_runtime = runtime.enter();
+                registry.backup(chunks)
+            });
             for data in received {
                 if sender.blocking_send(Ok(BackupResponse { data, revision: 0 })).is_err() {
                     break; // the client left; the producer stops when its channel closes
