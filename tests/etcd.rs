@@ -13,7 +13,7 @@ use common::records::{agreement, create_agreement, update_request};
 use common::server::TestServer;
 use cooperation_registry::pb::cooperation::v1::{self, change_service_client::ChangeServiceClient};
 use cooperation_registry::server::ServerOptions;
-use cooperation_registry::store::etcd::testing::{open, start_member};
+use cooperation_registry::store::etcd::testing::{open, open_cluster, start_cluster, start_member};
 use tokio_stream::StreamExt;
 
 async fn two_servers(member: &cooperation_registry::store::etcd::testing::Member) -> (TestServer, TestServer) {
@@ -88,4 +88,84 @@ async fn two_servers_on_one_cluster_are_one_registry() {
     assert!(bytes > 0 && revision >= seen.last().unwrap().0, "{bytes} bytes at revision {revision}");
     a.stop().await;
     b.stop().await;
+}
+
+/// Creates through `server`, each with a request id of its own, retried with
+/// that id while the answer is UNAVAILABLE (or the call times out): the
+/// names it acknowledged.
+async fn write_through(server: &TestServer, writer: usize, count: usize) -> Vec<String> {
+    let mut client = server.agreements();
+    let mut acknowledged = Vec::new();
+    for i in 0..count {
+        let request = v1::CreateAgreementRequest {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            ..create_agreement(&format!("w{writer}-{i:03}"), agreement(&format!("writer {writer}, {i}")))
+        };
+        for _attempt in 0..100 {
+            let call = tokio::time::timeout(Duration::from_secs(5), client.create_agreement(request.clone()));
+            match call.await {
+                Ok(Ok(created)) => {
+                    acknowledged.push(created.into_inner().name);
+                    break;
+                }
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
+                Ok(Err(status)) => panic!("writer {writer}, write {i}: {status:?}"),
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    acknowledged
+}
+
+/// With one of three members killed under writes (the leader), the
+/// registry goes on after a short pause, and every acknowledged write is
+/// readable afterwards from both servers, once in the change log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
+async fn the_leader_lost_under_writes_loses_no_acknowledged_write() {
+    let mut members = start_cluster(3).await;
+    let on = || Arc::new(open_cluster(&members, b"registry/"));
+    let a = Arc::new(TestServer::start_on(on(), tempfile::tempdir().unwrap(), ServerOptions::default()).await);
+    let b = Arc::new(TestServer::start_on(on(), tempfile::tempdir().unwrap(), ServerOptions::default()).await);
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let server = if writer % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move { write_through(&server, writer, 40).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut leader = None;
+    for (i, member) in members.iter().enumerate() {
+        if member.leads().await {
+            leader = Some(i);
+        }
+    }
+    let leader = leader.expect("a member leads");
+    members[leader].kill();
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        let written = tokio::time::timeout(Duration::from_secs(120), writer).await.expect("writers finish").unwrap();
+        acknowledged.extend(written);
+    }
+    assert_eq!(acknowledged.len(), 160, "every write acknowledged in the end");
+
+    // Every acknowledged write on both servers, and once in the change log.
+    for server in [&a, &b] {
+        let listed = count(server).await;
+        assert_eq!(listed, 160, "agreements listed");
+    }
+    let mut history = ChangeServiceClient::new(b.channel.clone());
+    for name in &acknowledged {
+        let revisions = v1::ListRevisionsRequest { name: name.clone(), page_size: 10, ..Default::default() };
+        let changes = history.list_revisions(revisions).await.unwrap().into_inner().revisions;
+        assert_eq!(changes.len(), 1, "{name}: {changes:?}");
+    }
+    members[leader].restart();
+}
+
+/// The agreements `server` lists.
+async fn count(server: &TestServer) -> usize {
+    let all = v1::ListAgreementsRequest { page_size: 1000, ..Default::default() };
+    server.agreements().list_agreements(all).await.unwrap().into_inner().agreements.len()
 }

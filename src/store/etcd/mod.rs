@@ -44,6 +44,31 @@ pub const DEFAULT_LIMITS: TxnLimits = TxnLimits { max_ops: 128, max_bytes: 1536 
 /// whether it committed (see `Inner::resolve`).
 const RESOLVE_FOR: Duration = Duration::from_secs(30);
 
+/// How long a read (idempotent: it may go to another member) is retried
+/// while the cluster is unavailable, before UNAVAILABLE.
+const READ_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Runs a read again while it finds the cluster unavailable, for up to
+/// READ_RETRY_FOR: a member that went away fails the calls sent to it until
+/// the client turns to the others.
+async fn retrying<T, F, Fut>(mut read: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match read().await {
+            Err(StoreError::Unavailable(_)) if started.elapsed() < READ_RETRY_FOR => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Space kept in each request for what a transaction adds to the writes it
 /// is given (its change-log entry's key, the keys' prefixes, the framing).
 const REQUEST_OVERHEAD: usize = 4096;
@@ -125,10 +150,16 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// request etcd refused is a storage error.
 fn failed(status: tonic::Status) -> StoreError {
     use tonic::Code;
+    // A connection to a member that went away fails with Unknown (or
+    // Internal, naming HTTP/2) rather than a status of etcd's own.
+    let transport = matches!(status.code(), Code::Unknown)
+        || (status.code() == Code::Internal
+            && ["h2", "transport", "connection"].iter().any(|w| status.message().contains(w)));
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
             StoreError::Unavailable(format!("etcd: {}", status.message()))
         }
+        _ if transport => StoreError::Unavailable(format!("etcd: {}: {}", status.code(), status.message())),
         Code::OutOfRange if status.message().contains("compacted") => StoreError::Compacted { first: 0 },
         _ => StoreError::Storage(format!("etcd: {}: {}", status.code(), status.message())),
     }
@@ -184,7 +215,8 @@ impl Inner {
 
     async fn range(&self, request: RangeRequest) -> StoreResult<pb::RangeResponse> {
         self.check_open()?;
-        let response = self.kv.clone().range(request).await.map_err(failed)?.into_inner();
+        let response = retrying(|| async { self.kv.clone().range(request.clone()).await.map_err(failed) }).await?;
+        let response = response.into_inner();
         self.saw(response.header.as_ref());
         Ok(response)
     }
@@ -246,7 +278,8 @@ impl Inner {
                     })),
                 })
                 .collect();
-            let response = self.kv.clone().txn(TxnRequest { success, ..Default::default() }).await.map_err(failed)?;
+            let request = TxnRequest { success, ..Default::default() };
+            let response = retrying(|| async { self.kv.clone().txn(request.clone()).await.map_err(failed) }).await?;
             for op in response.into_inner().responses {
                 let Some(response_op::Response::ResponseRange(range)) = op.response else {
                     return Err(StoreError::Storage("etcd answered a range with something else".into()));
@@ -305,6 +338,10 @@ impl Inner {
     /// The log's entries from `from` on, up to `limit`, as a watch of the
     /// log key delivers them up to the log's latest entry.
     async fn read_log(&self, from: u64, limit: usize) -> StoreResult<Changes> {
+        retrying(|| self.read_log_once(from, limit)).await
+    }
+
+    async fn read_log_once(&self, from: u64, limit: usize) -> StoreResult<Changes> {
         let latest = self.range(RangeRequest { key: self.keys.log(), keys_only: true, ..Default::default() }).await?;
         let Some(last) = latest.kvs.first().map(|kv| kv.mod_revision as u64) else { return Ok(Vec::new()) };
         if from > last || limit == 0 {
@@ -528,7 +565,7 @@ impl Store for EtcdStore {
                 if from < first {
                     return Err(StoreError::Compacted { first });
                 }
-                let mut stream = open_watch(&inner.watch, inner.keys.log(), from).await?;
+                let mut stream = retrying(|| open_watch(&inner.watch, inner.keys.log(), from)).await?;
                 while let Some(response) = stream.next().await {
                     let response = response.map_err(failed)?;
                     if response.compact_revision > 0 {
