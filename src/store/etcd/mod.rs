@@ -342,12 +342,29 @@ impl Inner {
     }
 
     async fn read_log_once(&self, from: u64, limit: usize) -> StoreResult<Changes> {
-        let latest = self.range(RangeRequest { key: self.keys.log(), keys_only: true, ..Default::default() }).await?;
-        let Some(last) = latest.kvs.first().map(|kv| kv.mod_revision as u64) else { return Ok(Vec::new()) };
-        if from > last || limit == 0 {
-            return Ok(Vec::new());
-        }
         let mut entries = Vec::new();
+        self.walk_log(from, u64::MAX, &mut |revision, entry| {
+            entries.push((revision, entry));
+            Ok(entries.len() < limit)
+        })
+        .await?;
+        Ok(entries)
+    }
+
+    /// Calls `visit` with each change-log entry from `from` up to `until`
+    /// (inclusive) and the log's latest entry, in order, until it returns
+    /// false: a watch of the log key, ended once it has delivered them.
+    async fn walk_log(
+        &self,
+        from: u64,
+        until: u64,
+        visit: &mut (dyn FnMut(u64, Vec<u8>) -> StoreResult<bool> + Send),
+    ) -> StoreResult<()> {
+        let latest = self.range(RangeRequest { key: self.keys.log(), keys_only: true, ..Default::default() }).await?;
+        let Some(last) = latest.kvs.first().map(|kv| (kv.mod_revision as u64).min(until)) else { return Ok(()) };
+        if from > last {
+            return Ok(());
+        }
         let mut stream = open_watch(&self.watch, self.keys.log(), from).await?;
         while let Some(response) = stream.next().await {
             let response = response.map_err(failed)?;
@@ -357,9 +374,8 @@ impl Inner {
             for event in response.events {
                 let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else { continue };
                 let revision = kv.mod_revision as u64;
-                entries.push((revision, kv.value));
-                if revision >= last || entries.len() >= limit {
-                    return Ok(entries);
+                if revision > last || !visit(revision, kv.value)? || revision == last {
+                    return Ok(());
                 }
             }
         }
@@ -605,7 +621,13 @@ impl Store for EtcdStore {
             if revision <= first {
                 return Ok(0);
             }
-            let removed = self.0.read_log(first, usize::MAX).await?.iter().filter(|(r, _)| *r < revision).count();
+            let mut removed = 0u64;
+            self.0
+                .walk_log(first, revision - 1, &mut |_, _| {
+                    removed += 1;
+                    Ok(true)
+                })
+                .await?;
             // The floor first, so no reader takes a compacted entry for a gap;
             // then etcd's own history up to it (the floor's own write is at or
             // below the revision compacted to, or the newest).
@@ -622,7 +644,7 @@ impl Store for EtcdStore {
                     .await
                     .map_err(failed)?;
             }
-            Ok(removed as u64)
+            Ok(removed)
         })
     }
 
@@ -639,33 +661,41 @@ impl Engine for EtcdStore {
             let view = EtcdSnapshot { store: self.0.clone(), revision: self.current_revision().await? };
             let first = self.0.first().await?;
             let mut writer = super::backup::BackupWriter::new(out, view.revision, first);
-            for (key, entry) in view.scan(b"", b"", usize::MAX).await? {
-                writer.key(&key, entry.mod_revision, &entry.value)?;
-            }
-            let members = self.0.range(RangeRequest {
-                key: self.0.keys.member(b""),
-                range_end: prefix_end(&self.0.keys.member(b"")),
-                revision: view.revision as i64,
-                ..Default::default()
-            });
-            let skip = self.0.keys.prefix.len() + 1;
-            for kv in members.await?.kvs {
-                let full = &kv.key[skip..];
-                let set_len = kv
-                    .value
-                    .as_slice()
-                    .try_into()
-                    .map(u32::from_be_bytes)
-                    .map_err(|_| StoreError::Storage("a set member without its set name's length".into()))?
-                    as usize;
-                let (set, member) = full.split_at(set_len.min(full.len()));
-                writer.member(set, member, kv.mod_revision as u64)?;
-            }
-            for (revision, bytes) in self.0.read_log(first, usize::MAX).await? {
-                if revision <= view.revision {
-                    writer.change(revision, &bytes)?;
+            // Read a page at a time, all at the view's revision.
+            crate::store::for_each_entry(&view, b"", b"", |key, entry| {
+                writer.key(key, entry.mod_revision, &entry.value)?;
+                Ok::<_, StoreError>(true)
+            })
+            .await?;
+            let mut start = Vec::new();
+            loop {
+                let page = (&b""[..], start.as_slice(), crate::store::MAX_CHUNK);
+                let (kvs, skip) = self.0.range_under(b's', page, view.revision, false).await?;
+                for kv in &kvs {
+                    let full = &kv.key[skip..];
+                    let set_len = kv
+                        .value
+                        .as_slice()
+                        .try_into()
+                        .map(u32::from_be_bytes)
+                        .map_err(|_| StoreError::Storage("a set member without its set name's length".into()))?
+                        as usize;
+                    let (set, member) = full.split_at(set_len.min(full.len()));
+                    writer.member(set, member, kv.mod_revision as u64)?;
+                }
+                match kvs.last() {
+                    Some(last) if kvs.len() == crate::store::MAX_CHUNK => {
+                        start = crate::store::key_after(&last.key[skip..])
+                    }
+                    _ => break,
                 }
             }
+            self.0
+                .walk_log(first, view.revision, &mut |revision, bytes| {
+                    writer.change(revision, &bytes)?;
+                    Ok(true)
+                })
+                .await?;
             writer.finish()?;
             Ok(view.revision)
         })
