@@ -169,3 +169,41 @@ async fn count(server: &TestServer) -> usize {
     let all = v1::ListAgreementsRequest { page_size: 1000, ..Default::default() };
     server.agreements().list_agreements(all).await.unwrap().into_inner().agreements.len()
 }
+
+/// With two of three members gone the cluster has no quorum: calls fail with
+/// UNAVAILABLE (not INTERNAL), the server keeps running, and it serves again
+/// once the members are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
+async fn without_a_quorum_calls_are_unavailable_and_the_server_recovers() {
+    let mut members = start_cluster(3).await;
+    let store = Arc::new(open_cluster(&members, b"registry/"));
+    let server = TestServer::start_on(store, tempfile::tempdir().unwrap(), ServerOptions::default()).await;
+    let created = server.agreements().create_agreement(create_agreement("before", agreement("Before"))).await;
+    let name = created.unwrap().into_inner().name;
+    members[0].kill();
+    members[1].kill();
+    let get = v1::GetAgreementRequest { name: name.clone(), ..Default::default() };
+    let refused = server.agreements().get_agreement(get.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let all = v1::ListAgreementsRequest { page_size: 10, ..Default::default() };
+    let refused = server.agreements().list_agreements(all.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    members[0].restart();
+    members[1].restart();
+    let mut served = None;
+    for _ in 0..100 {
+        if let Ok(found) = server.agreements().get_agreement(get.clone()).await {
+            served = Some(found.into_inner());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(served.expect("served again once the members are back").name, name);
+    // A write may still find the cluster settling: retried with its request id, it lands once.
+    let after = write_through(&server, 9, 1).await;
+    assert_eq!(after, ["agreements/w9-000"]);
+    assert_eq!(server.agreements().list_agreements(all).await.unwrap().into_inner().agreements.len(), 2);
+    server.stop().await;
+}
