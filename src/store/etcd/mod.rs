@@ -3,7 +3,8 @@
 //!
 //! Layout under a prefix of the cluster's keyspace (`p`):
 //! - `p k {key}`: a key and its value; its revision is etcd's `mod_revision`.
-//! - `p s {set}{member}`: a set member, an empty value, one etcd key each.
+//! - `p s {set}{member}`: a set member, one etcd key each; its value is the
+//!   set name's length, for a backup to tell set from member.
 //! - `p log`: the change log. Every transaction puts its change-log entry
 //!   there, so the key's history is the log: an entry's revision is the
 //!   transaction's, and reading the log is watching the key from a revision.
@@ -414,33 +415,24 @@ impl Inner {
             .collect();
         // etcd refuses a key twice in one transaction: the last write to a
         // key is the one that counts, as when the writes run in order.
-        let mut writes: std::collections::BTreeMap<Vec<u8>, Option<&[u8]>> = Default::default();
-        let mut set_lengths = Vec::new();
+        let mut writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
         for op in &txn.ops {
-            match op {
-                Op::Put { key, value } => _ = writes.insert(self.keys.key(key), Some(value)),
-                Op::Delete { key } => _ = writes.insert(self.keys.key(key), None),
-                // A member's value is its set name's length, for a backup to
-                // tell set from member.
+            let (key, value) = match op {
+                Op::Put { key, value } => (self.keys.key(key), Some(value.clone())),
+                Op::Delete { key } => (self.keys.key(key), None),
                 Op::Add { set, member } => {
-                    let key = self.keys.member(&[set.as_slice(), member].concat());
-                    set_lengths.push((key.clone(), (set.len() as u32).to_be_bytes()));
-                    _ = writes.insert(key, Some(&[]))
+                    let length = (set.len() as u32).to_be_bytes().to_vec();
+                    (self.keys.member(&[set.as_slice(), member].concat()), Some(length))
                 }
-                Op::Remove { set, member } => {
-                    _ = writes.insert(self.keys.member(&[set.as_slice(), member].concat()), None)
-                }
-            }
+                Op::Remove { set, member } => (self.keys.member(&[set.as_slice(), member].concat()), None),
+            };
+            writes.insert(key, value);
         }
-        let set_lengths: std::collections::BTreeMap<Vec<u8>, [u8; 4]> = set_lengths.into_iter().collect();
         let mut success: Vec<RequestOp> = writes
             .into_iter()
             .map(|(key, value)| RequestOp {
                 request: Some(match value {
-                    Some(value) => {
-                        let value = set_lengths.get(&key).map_or_else(|| value.to_vec(), |length| length.to_vec());
-                        request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() })
-                    }
+                    Some(value) => request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() }),
                     None => {
                         request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest { key, ..Default::default() })
                     }

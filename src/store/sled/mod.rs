@@ -1182,9 +1182,8 @@ impl Writer {
             }
             self.written_since_open += group.bytes;
             // Readers wait from here until the group's revision is published.
-            let written = group.written.keys().map(|key| user_key(key));
-            let raw_keys: Vec<Vec<u8>> = written.chain(group.chunks.keys().cloned()).collect();
-            let recorded = self.views.record(tree, group.revision, raw_keys.iter().map(Vec::as_slice));
+            let raw_keys = group.written.keys().map(|key| user_key(key)).chain(group.chunks.keys().cloned());
+            let recorded = self.views.record(tree, group.revision, raw_keys);
             let views = match recorded {
                 Ok(views) => views,
                 Err(e) => {

@@ -70,14 +70,15 @@ impl Views {
     }
 
     /// For the writer, before it applies a group at `revision` that writes
-    /// `keys` (raw keys of the tree): keeps their values if a view is open.
+    /// `keys` (raw keys of the tree, made only if a view is open): keeps
+    /// their values if one is.
     /// Holds off readers until the returned guard is dropped, which the
     /// writer does once the group is applied and its revision published.
-    pub(super) fn record<'a>(
+    pub(super) fn record(
         &self,
         tree: &sled::Tree,
         revision: u64,
-        keys: impl Iterator<Item = &'a [u8]>,
+        keys: impl Iterator<Item = Vec<u8>>,
     ) -> StoreResult<RwLockWriteGuard<'_, State>> {
         let mut state = self.write();
         if state.open.is_empty() {
@@ -85,9 +86,9 @@ impl Views {
         }
         let mut recorded = Vec::new();
         for key in keys {
-            let value = tree.get(key).map_err(storage)?;
-            state.before.entry(key.to_vec()).or_default().push((revision, value));
-            recorded.push(key.to_vec());
+            let value = tree.get(&key).map_err(storage)?;
+            state.before.entry(key.clone()).or_default().push((revision, value));
+            recorded.push(key);
         }
         state.groups.push_back((revision, recorded));
         Ok(state)
