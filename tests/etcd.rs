@@ -1,8 +1,9 @@
 //! Two registry servers on one etcd cluster are one registry: what one
 //! writes the other reads at once, conflicting writes through both give one
 //! success, a request id retried on the other answers with the first answer,
-//! and a watch on one delivers the other's writes in revision order. Needs
-//! etcd (Debian's `etcd-server`): `.ci/run` installs it and runs these.
+//! and a watch on one delivers the other's writes in revision order; and a
+//! cluster that loses members. The etcd they run is found or fetched by
+//! `cooperation_registry::store::etcd::testing`.
 
 mod common;
 
@@ -24,7 +25,6 @@ async fn two_servers(member: &cooperation_registry::store::etcd::testing::Member
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
 async fn two_servers_on_one_cluster_are_one_registry() {
     let member = start_member().await;
     let (a, b) = two_servers(&member).await;
@@ -122,7 +122,6 @@ async fn write_through(server: &TestServer, writer: usize, count: usize) -> Vec<
 /// registry goes on after a short pause, and every acknowledged write is
 /// readable afterwards from both servers, once in the change log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
 async fn the_leader_lost_under_writes_loses_no_acknowledged_write() {
     let mut members = start_cluster(3).await;
     let on = || Arc::new(open_cluster(&members, b"registry/"));
@@ -174,7 +173,6 @@ async fn count(server: &TestServer) -> usize {
 /// UNAVAILABLE (not INTERNAL), the server keeps running, and it serves again
 /// once the members are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
 async fn without_a_quorum_calls_are_unavailable_and_the_server_recovers() {
     let mut members = start_cluster(3).await;
     let store = Arc::new(open_cluster(&members, b"registry/"));

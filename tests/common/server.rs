@@ -26,6 +26,25 @@ pub fn fast_store() -> SledOptions {
     SledOptions { durability: Durability::None, ..SledOptions::default() }
 }
 
+/// The switch that runs the tests of servers started with
+/// `TestServer::start` or `start_in` on another engine:
+/// `COOPERATION_REGISTRY_TEST_STORE=etcd` (`sled`, the default, otherwise).
+pub const STORE_SWITCH: &str = "COOPERATION_REGISTRY_TEST_STORE";
+
+/// The store of a test server over `dir`: a `fast_store` in it, or, with
+/// the switch at `etcd`, an etcd member kept for `dir` while it exists, so
+/// a server started again over the same dir finds its data.
+pub async fn test_store(dir: &std::path::Path) -> Arc<dyn cooperation_registry::store::Store> {
+    match std::env::var(STORE_SWITCH).as_deref() {
+        Ok("etcd") => {
+            use cooperation_registry::store::etcd::testing;
+            Arc::new(testing::open_urls(vec![testing::member_for(dir).await], b"registry/"))
+        }
+        Ok("sled") | Err(_) => Arc::new(SledStore::open(dir, fast_store()).expect("store opens")),
+        Ok(other) => panic!("{STORE_SWITCH}={other}: use sled or etcd"),
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     /// The registry behind the server, for operations without an RPC (compaction).
@@ -42,9 +61,10 @@ impl TestServer {
         TestServer::start_in(tempfile::tempdir().unwrap(), ServerOptions::default()).await
     }
 
-    /// A server with `options` over `dir` and a `fast_store`.
+    /// A server with `options` over `dir` on the engine of [`test_store`].
     pub async fn start_in(dir: TempDir, options: ServerOptions) -> TestServer {
-        TestServer::start_with(dir, options, fast_store()).await
+        let store = test_store(dir.path()).await;
+        TestServer::start_on(store, dir, options).await
     }
 
     /// A server with `options` over `dir` and a store opened with `store`
@@ -55,7 +75,6 @@ impl TestServer {
     }
 
     /// A server with `options` on `store` (`dir` is kept with it).
-    #[allow(dead_code)]
     pub async fn start_on(
         store: Arc<dyn cooperation_registry::store::Store>,
         dir: TempDir,

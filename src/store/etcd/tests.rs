@@ -13,14 +13,13 @@ async fn open_store() -> (Arc<dyn Store>, Member) {
 }
 
 mod conforms {
-    crate::store_conformance_tests!(super::open_store, #[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]);
+    crate::store_conformance_tests!(super::open_store);
 }
 
 /// A transaction whose answer is lost is resolved from the change log: one
 /// that committed is reported committed, at its revision, and one whose
 /// condition failed is reported unavailable (retry), never committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
 async fn a_write_whose_answer_is_lost_is_resolved_from_the_change_log() {
     use crate::store::testkit::{commit, put, txn};
     use crate::store::{Condition, Outcome, StoreError};
@@ -46,7 +45,6 @@ async fn a_write_whose_answer_is_lost_is_resolved_from_the_change_log() {
 /// A backup of the etcd engine restores into a sled data dir with the same
 /// keys, members, change log and revision: the format is the engines'.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs etcd (Debian's etcd-server): .ci/run installs it"]
 async fn a_backup_of_etcd_restores_into_sled() {
     use crate::store::sled::{SledOptions, SledStore};
     use crate::store::testkit::{add, commit, put, txn};
