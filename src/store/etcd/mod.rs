@@ -9,6 +9,10 @@
 //!   there, so the key's history is the log: an entry's revision is the
 //!   transaction's, and reading the log is watching the key from a revision.
 //! - `p m first`: where the log starts (see [`Store::compact`]).
+//! - `p m base`: under a prefix a backup was restored into, the cluster's
+//!   revision before the restore. The store's revisions are etcd's less it,
+//!   so the restored registry keeps its backup's revisions (its etags, its
+//!   history, its watchers' resume points); 0 (absent) elsewhere.
 //!
 //! One [`Txn`] is one etcd transaction: its conditions are etcd compares, its
 //! writes and its change-log entry the success branch, so it commits whole
@@ -33,6 +37,7 @@ use crate::pb::etcd::etcdserverpb::{
 };
 use crate::pb::etcd::mvccpb::event::EventType;
 
+mod restore;
 pub mod testing;
 #[cfg(test)]
 mod tests;
@@ -93,7 +98,9 @@ struct Inner {
     keys: Keys,
     limits: TxnLimits,
     closed: AtomicBool,
-    /// The highest revision an answer of the cluster named: a transaction
+    /// `p m base` (see the module's documentation), read once.
+    base: tokio::sync::OnceCell<u64>,
+    /// The highest revision (etcd's) an answer of the cluster named: a transaction
     /// sent after it commits, if at all, after it.
     seen: AtomicU64,
     /// Answers to transactions to drop as if the connection failed, for the
@@ -131,6 +138,10 @@ impl Keys {
     fn first(&self) -> Vec<u8> {
         self.with(b'm', b"first")
     }
+
+    fn base(&self) -> Vec<u8> {
+        self.with(b'm', b"base")
+    }
 }
 
 /// The smallest key after every key that starts with `prefix` (etcd's
@@ -166,6 +177,11 @@ fn failed(status: tonic::Status) -> StoreError {
     }
 }
 
+/// A revision as the store's meta keys hold it.
+fn decode_revision(value: &[u8]) -> StoreResult<u64> {
+    value.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Storage("etcd holds a malformed revision".into()))
+}
+
 fn revision_of(header: Option<&pb::ResponseHeader>) -> StoreResult<u64> {
     header.map(|h| h.revision as u64).ok_or_else(|| StoreError::Storage("etcd answered without a header".into()))
 }
@@ -189,6 +205,7 @@ impl EtcdStore {
             keys: Keys { prefix: options.prefix },
             limits: options.limits,
             closed: AtomicBool::new(false),
+            base: tokio::sync::OnceCell::new(),
             seen: AtomicU64::new(0),
             #[cfg(test)]
             lose_answers: Default::default(),
@@ -228,6 +245,29 @@ impl Inner {
         }
     }
 
+    /// What the store's revisions lack of etcd's (see `p m base`).
+    async fn base(&self) -> StoreResult<u64> {
+        let base = self.base.get_or_try_init(|| async {
+            let range = self.range(RangeRequest { key: self.keys.base(), ..Default::default() }).await?;
+            Ok::<_, StoreError>(range.kvs.first().map(|kv| decode_revision(&kv.value)).transpose()?.unwrap_or(0))
+        });
+        Ok(*base.await?)
+    }
+
+    /// etcd's revision for the store's `revision` (0, "the latest", stays 0).
+    async fn etcd_revision(&self, revision: u64) -> StoreResult<i64> {
+        Ok(match revision {
+            0 => 0,
+            revision => (revision + self.base().await?) as i64,
+        })
+    }
+
+    /// The store's revision for the header of an answer.
+    async fn revision_of(&self, header: Option<&pb::ResponseHeader>) -> StoreResult<u64> {
+        let revision = revision_of(header)?;
+        Ok(revision.saturating_sub(self.base().await?))
+    }
+
     /// The outcome of a transaction whose answer was lost (`error`): once
     /// the cluster answers a linearizable read again, a transaction sent
     /// before it has committed or never will, and it has committed if the
@@ -240,8 +280,10 @@ impl Inner {
     async fn resolve(&self, change: &[u8], before: u64, error: StoreError) -> StoreResult<Outcome> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(50);
+        // The base is known: the transaction was made with it.
+        let after = before.saturating_sub(self.base().await?) + 1;
         loop {
-            match self.read_log(before + 1, usize::MAX).await {
+            match self.read_log(after, usize::MAX).await {
                 Ok(entries) => {
                     return match entries.into_iter().find(|(_, entry)| entry.as_slice() == change) {
                         Some((revision, _)) => Ok(Outcome::Committed { revision }),
@@ -267,6 +309,7 @@ impl Inner {
     /// transaction of ranges a batch of the cluster's op limit at a time.
     async fn get_at(&self, keys: &[&[u8]], revision: u64) -> StoreResult<Vec<Option<Entry>>> {
         self.check_open()?;
+        let (base, revision) = (self.base().await?, self.etcd_revision(revision).await?);
         let mut found = Vec::with_capacity(keys.len());
         for batch in keys.chunks(self.limits.max_ops.max(1)) {
             let success = batch
@@ -274,7 +317,7 @@ impl Inner {
                 .map(|key| RequestOp {
                     request: Some(request_op::Request::RequestRange(RangeRequest {
                         key: self.keys.key(key),
-                        revision: revision as i64,
+                        revision,
                         ..Default::default()
                     })),
                 })
@@ -290,7 +333,7 @@ impl Inner {
                         .kvs
                         .into_iter()
                         .next()
-                        .map(|kv| Entry { mod_revision: kv.mod_revision as u64, value: kv.value.into() }),
+                        .map(|kv| Entry { mod_revision: kv.mod_revision as u64 - base, value: kv.value.into() }),
                 );
             }
         }
@@ -312,7 +355,7 @@ impl Inner {
             key: self.keys.with(kind, from),
             range_end: prefix_end(&self.keys.with(kind, prefix)),
             limit: limit.min(i64::MAX as usize) as i64,
-            revision: revision as i64,
+            revision: self.etcd_revision(revision).await?,
             keys_only,
             ..Default::default()
         });
@@ -321,9 +364,12 @@ impl Inner {
 
     async fn scan_at(&self, prefix: &[u8], start: &[u8], limit: usize, revision: u64) -> StoreResult<Entries> {
         let (kvs, skip) = self.range_under(b'k', (prefix, start, limit), revision, false).await?;
+        let base = self.base().await?;
         Ok(kvs
             .into_iter()
-            .map(|kv| (kv.key[skip..].to_vec(), Entry { mod_revision: kv.mod_revision as u64, value: kv.value.into() }))
+            .map(|kv| {
+                (kv.key[skip..].to_vec(), Entry { mod_revision: kv.mod_revision as u64 - base, value: kv.value.into() })
+            })
             .collect())
     }
 
@@ -361,6 +407,8 @@ impl Inner {
         until: u64,
         visit: &mut (dyn FnMut(u64, Vec<u8>) -> StoreResult<bool> + Send),
     ) -> StoreResult<()> {
+        let base = self.base().await?;
+        let (from, until) = (from + base, until.saturating_add(base));
         let latest = self.range(RangeRequest { key: self.keys.log(), keys_only: true, ..Default::default() }).await?;
         let Some(last) = latest.kvs.first().map(|kv| (kv.mod_revision as u64).min(until)) else { return Ok(()) };
         if from > last {
@@ -370,12 +418,12 @@ impl Inner {
         while let Some(response) = stream.next().await {
             let response = response.map_err(failed)?;
             if response.compact_revision > 0 {
-                return Err(StoreError::Compacted { first: response.compact_revision as u64 });
+                return Err(StoreError::Compacted { first: (response.compact_revision as u64).saturating_sub(base) });
             }
             for event in response.events {
                 let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else { continue };
                 let revision = kv.mod_revision as u64;
-                if revision > last || !visit(revision, kv.value)? || revision == last {
+                if revision > last || !visit(revision - base, kv.value)? || revision == last {
                     return Ok(());
                 }
             }
@@ -385,11 +433,12 @@ impl Inner {
 
     async fn first(&self) -> StoreResult<u64> {
         let range = self.range(RangeRequest { key: self.keys.first(), ..Default::default() }).await?;
-        Ok(range.kvs.first().and_then(|kv| Some(u64::from_be_bytes(kv.value.as_slice().try_into().ok()?))).unwrap_or(1))
+        Ok(range.kvs.first().map(|kv| decode_revision(&kv.value)).transpose()?.unwrap_or(1))
     }
 
-    /// `txn` as one etcd transaction.
-    fn request(&self, txn: &Txn) -> TxnRequest {
+    /// `txn` as one etcd transaction, on a cluster whose revisions are the
+    /// store's + `base`.
+    fn request(&self, txn: &Txn, base: u64) -> TxnRequest {
         let compare = txn
             .conditions
             .iter()
@@ -399,7 +448,11 @@ impl Inner {
                     target: compare::CompareTarget::Mod as i32,
                     key: self.keys.key(key),
                     range_end: Vec::new(),
-                    target_union: Some(compare::TargetUnion::ModRevision(*equals as i64)),
+                    // 0, "absent", is etcd's too.
+                    target_union: Some(compare::TargetUnion::ModRevision(match *equals {
+                        0 => 0,
+                        equals => (equals + base) as i64,
+                    })),
                 }],
                 Condition::NoneWrittenAfter { prefix, revision } => [self.keys.key(prefix), self.keys.member(prefix)]
                     .into_iter()
@@ -408,7 +461,7 @@ impl Inner {
                         target: compare::CompareTarget::Mod as i32,
                         range_end: prefix_end(&key),
                         key,
-                        target_union: Some(compare::TargetUnion::ModRevision(*revision as i64 + 1)),
+                        target_union: Some(compare::TargetUnion::ModRevision((*revision + base) as i64 + 1)),
                     })
                     .collect(),
             })
@@ -515,7 +568,7 @@ impl Store for EtcdStore {
         Box::pin(async move {
             // A linearizable read of one key: its header is the cluster's revision.
             let range = self.0.range(RangeRequest { key: self.0.keys.log(), count_only: true, ..Default::default() });
-            revision_of(range.await?.header.as_ref())
+            self.0.revision_of(range.await?.header.as_ref()).await
         })
     }
 
@@ -533,7 +586,7 @@ impl Store for EtcdStore {
         Box::pin(async move {
             inner.check_open()?;
             inner.usable_limits().check(&txn)?;
-            let request = inner.request(&txn);
+            let request = inner.request(&txn, inner.base().await?);
             if request.compare.len() > inner.limits.max_ops {
                 let size = txn.size();
                 return Err(StoreError::TooLarge { size, limits: inner.usable_limits() });
@@ -556,7 +609,7 @@ impl Store for EtcdStore {
             };
             inner.saw(response.header.as_ref());
             let outcome = match response.succeeded {
-                true => Outcome::Committed { revision: revision_of(response.header.as_ref())? },
+                true => Outcome::Committed { revision: inner.revision_of(response.header.as_ref()).await? },
                 false => Outcome::ConditionFailed,
             };
             Ok(Applied::at_once(outcome))
@@ -568,20 +621,21 @@ impl Store for EtcdStore {
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             let failure = async {
-                let first = inner.first().await?;
+                let (first, base) = (inner.first().await?, inner.base().await?);
                 let from = from_revision.max(1);
                 if from < first {
                     return Err(StoreError::Compacted { first });
                 }
-                let mut stream = retrying(|| open_watch(&inner.watch, inner.keys.log(), from)).await?;
+                let mut stream = retrying(|| open_watch(&inner.watch, inner.keys.log(), from + base)).await?;
                 while let Some(response) = stream.next().await {
                     let response = response.map_err(failed)?;
                     if response.compact_revision > 0 {
-                        return Err(StoreError::Compacted { first: (response.compact_revision as u64).max(first) });
+                        let compacted = (response.compact_revision as u64).saturating_sub(base);
+                        return Err(StoreError::Compacted { first: compacted.max(first) });
                     }
                     for event in response.events {
                         let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else { continue };
-                        if sender.send(Ok((kv.mod_revision as u64, kv.value))).await.is_err() {
+                        if sender.send(Ok((kv.mod_revision as u64 - base, kv.value))).await.is_err() {
                             return Ok(());
                         }
                     }
@@ -626,15 +680,11 @@ impl Store for EtcdStore {
             let floor =
                 PutRequest { key: self.0.keys.first(), value: revision.to_be_bytes().to_vec(), ..Default::default() };
             let put = self.0.kv.clone().put(floor).await.map_err(failed)?.into_inner();
-            let newest = revision_of(put.header.as_ref())?;
+            let newest = self.0.revision_of(put.header.as_ref()).await?;
             let to = (revision - 1).min(newest);
             if to > 0 {
-                self.0
-                    .kv
-                    .clone()
-                    .compact(CompactionRequest { revision: to as i64, physical: false })
-                    .await
-                    .map_err(failed)?;
+                let to = self.0.etcd_revision(to).await?;
+                self.0.kv.clone().compact(CompactionRequest { revision: to, physical: false }).await.map_err(failed)?;
             }
             Ok(removed)
         })
@@ -651,7 +701,7 @@ impl Engine for EtcdStore {
             .map_err(|_| StoreError::Storage("an etcd backup runs within the server's runtime".into()))?;
         handle.block_on(async {
             let view = EtcdSnapshot { store: self.0.clone(), revision: self.current_revision().await? };
-            let first = self.0.first().await?;
+            let (first, base) = (self.0.first().await?, self.0.base().await?);
             let mut writer = super::backup::BackupWriter::new(out, view.revision, first);
             // Read a page at a time, all at the view's revision.
             crate::store::for_each_entry(&view, b"", b"", |key, entry| {
@@ -673,7 +723,7 @@ impl Engine for EtcdStore {
                         .map_err(|_| StoreError::Storage("a set member without its set name's length".into()))?
                         as usize;
                     let (set, member) = full.split_at(set_len.min(full.len()));
-                    writer.member(set, member, kv.mod_revision as u64)?;
+                    writer.member(set, member, kv.mod_revision as u64 - base)?;
                 }
                 match kvs.last() {
                     Some(last) if kvs.len() == crate::store::MAX_CHUNK => {
