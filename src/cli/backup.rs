@@ -7,6 +7,9 @@ use clap::Args;
 use tower::BoxError;
 
 use crate::cli::client::{BearerToken, ClientArgs};
+use crate::cli::etcd::EtcdArgs;
+use crate::cli::serve::StoreArg;
+use crate::store::etcd::EtcdStore;
 use crate::store::sled::SledStore;
 
 #[derive(Args, Debug, Clone)]
@@ -19,11 +22,18 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
-    /// The backup file (from `cooperation-registry backup`).
+    /// The backup file (from `cooperation-registry backup`, of either engine).
     pub file: PathBuf,
+    /// What to restore into: `sled`, a new --data-dir, or `etcd`, an empty
+    /// --etcd-prefix of the cluster at --etcd-endpoints, which nothing else
+    /// writes to while the restore runs.
+    #[arg(long, env = "COOPERATION_REGISTRY_STORE", value_enum, default_value = "sled")]
+    pub store: StoreArg,
     /// The new data dir to build; it must not exist or be empty.
-    #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR")]
-    pub data_dir: PathBuf,
+    #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR", required_if_eq("store", "sled"))]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 }
 
 pub async fn backup(args: &BackupArgs) -> Result<(), BoxError> {
@@ -54,11 +64,18 @@ pub async fn backup(args: &BackupArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
-pub fn restore(args: &RestoreArgs) -> Result<(), BoxError> {
+pub async fn restore(args: &RestoreArgs) -> Result<(), BoxError> {
     let mut file = std::fs::File::open(&args.file).map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
-    let revision = SledStore::restore(&args.data_dir, &mut file)
-        .map_err(|e| format!("cannot restore {}: {e}", args.file.display()))?;
-    println!("restored {} into {} at revision {revision}", args.file.display(), args.data_dir.display());
+    let cannot = |e| format!("cannot restore {}: {e}", args.file.display());
+    let (revision, into) = match (args.store, &args.data_dir) {
+        (StoreArg::Etcd, _) => {
+            let mut file = std::io::BufReader::new(file);
+            (EtcdStore::restore(args.etcd.options()?, &mut file).await.map_err(cannot)?, args.etcd.describe())
+        }
+        (StoreArg::Sled, Some(dir)) => (SledStore::restore(dir, &mut file).map_err(cannot)?, dir.display().to_string()),
+        (StoreArg::Sled, None) => return Err("restore --store sled needs --data-dir".into()),
+    };
+    println!("restored {} into {into} at revision {revision}", args.file.display());
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod backup;
 mod client;
+mod etcd;
 pub mod import;
 mod serve;
 
@@ -33,7 +34,7 @@ pub enum Command {
     HashToken,
     /// Write a consistent online backup of a running server to a file (admin role).
     Backup(BackupArgs),
-    /// Build a new data dir from a backup file.
+    /// Build a new data dir, or fill an empty etcd prefix, from a backup file.
     Restore(RestoreArgs),
 }
 
@@ -62,7 +63,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Import(args) => import::run(&args).await,
         Command::Serve(args) => serve::serve(*args).await,
         Command::Backup(args) => backup::backup(&args).await,
-        Command::Restore(args) => backup::restore(&args),
+        Command::Restore(args) => backup::restore(&args).await,
         Command::HashToken => {
             let mut token = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)?;

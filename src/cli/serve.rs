@@ -11,7 +11,7 @@ use tower::BoxError;
 use crate::registry::{Registry, RegistryOptions};
 use crate::server::{self, ServerOptions};
 use crate::store::Store;
-use crate::store::etcd::{EtcdOptions, EtcdStore};
+use crate::store::etcd::EtcdStore;
 use crate::store::sled::Durability;
 use crate::store::sled::{SledOptions, SledStore};
 
@@ -28,23 +28,8 @@ pub struct ServeArgs {
     /// Directory of the embedded sled database; created on first start.
     #[arg(long, env = "COOPERATION_REGISTRY_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// With --store etcd: the client URLs of the cluster's members, comma
-    /// separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`; a bare
-    /// host:port is taken as http).
-    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_ENDPOINTS", value_delimiter = ',', required_if_eq("store", "etcd"))]
-    pub etcd_endpoints: Vec<String>,
-    /// With --store etcd: the part of the cluster's keyspace the registry
-    /// keeps its data under (servers of one registry share it).
-    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_PREFIX", default_value = "cooperation-registry/")]
-    pub etcd_prefix: String,
-    /// With --store etcd: the cluster's --max-txn-ops (etcd's default 128);
-    /// a write is split or refused to fit.
-    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_MAX_TXN_OPS", default_value_t = crate::store::etcd::DEFAULT_LIMITS.max_ops)]
-    pub etcd_max_txn_ops: usize,
-    /// With --store etcd: the cluster's --max-request-bytes (etcd's default
-    /// 1.5 MiB).
-    #[arg(long, env = "COOPERATION_REGISTRY_ETCD_MAX_REQUEST_BYTES", default_value_t = crate::store::etcd::DEFAULT_LIMITS.max_bytes)]
-    pub etcd_max_request_bytes: usize,
+    #[command(flatten)]
+    pub etcd: crate::cli::etcd::EtcdArgs,
     /// What a write has survived when it is acknowledged: `fsync` (a power loss),
     /// `flush` (a crash of this process, not of the machine), or `none` (nothing:
     /// writes reach disk within about 500 ms).
@@ -182,17 +167,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
             Arc::new(store)
         }
         StoreArg::Etcd => {
-            let endpoints: Vec<String> = args
-                .etcd_endpoints
-                .iter()
-                .map(|e| if e.contains("://") { e.clone() } else { format!("http://{e}") })
-                .collect();
-            let limits =
-                crate::store::TxnLimits { max_ops: args.etcd_max_txn_ops, max_bytes: args.etcd_max_request_bytes };
-            let options =
-                EtcdOptions { endpoints: endpoints.clone(), prefix: args.etcd_prefix.clone().into_bytes(), limits };
-            let store = EtcdStore::connect(options).map_err(|e| format!("cannot use etcd at {endpoints:?}: {e}"))?;
-            tracing::info!(endpoints = ?endpoints, prefix = %args.etcd_prefix, "store: etcd");
+            let store = EtcdStore::connect(args.etcd.options()?)
+                .map_err(|e| format!("cannot use {}: {e}", args.etcd.describe()))?;
+            tracing::info!(store = %args.etcd.describe(), "store: etcd");
             Arc::new(store)
         }
     };

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use super::{
     Applied, BoxFuture, ChangeStream, Changes, Condition, Engine, Entries, Entry, Members, Op, Outcome, Snapshot,
@@ -37,8 +36,12 @@ use crate::pb::etcd::etcdserverpb::{
 };
 use crate::pb::etcd::mvccpb::event::EventType;
 
+mod connection;
 mod restore;
 pub mod testing;
+
+use connection::{Connection, token_unknown};
+pub use connection::{EtcdCredentials, EtcdTls};
 #[cfg(test)]
 mod tests;
 
@@ -87,14 +90,26 @@ pub struct EtcdOptions {
     pub prefix: Vec<u8>,
     /// The cluster's `--max-txn-ops` and `--max-request-bytes`.
     pub limits: TxnLimits,
+    /// TLS to `https` endpoints.
+    pub tls: Option<EtcdTls>,
+    /// A user of etcd's authentication, for a cluster that has it on.
+    pub credentials: Option<EtcdCredentials>,
+}
+
+impl EtcdOptions {
+    /// A cluster at `endpoints` with etcd's default limits, over plain
+    /// HTTP/2 and without authentication, under `prefix`.
+    pub fn new(endpoints: Vec<String>, prefix: &[u8]) -> EtcdOptions {
+        EtcdOptions { endpoints, prefix: prefix.to_vec(), limits: DEFAULT_LIMITS, tls: None, credentials: None }
+    }
 }
 
 pub struct EtcdStore(Arc<Inner>);
 
 /// The store's clients and settings, shared with its views and watches.
 struct Inner {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
+    kv: KvClient<Connection>,
+    watch: WatchClient<Connection>,
     keys: Keys,
     limits: TxnLimits,
     closed: AtomicBool,
@@ -168,6 +183,11 @@ fn failed(status: tonic::Status) -> StoreError {
         || (status.code() == Code::Internal
             && ["h2", "transport", "connection"].iter().any(|w| status.message().contains(w)));
     match status.code() {
+        // A token etcd no longer knows is forgotten (see `connection`): the
+        // call goes again with a new one.
+        code if token_unknown(code, status.message()) => {
+            StoreError::Unavailable(format!("etcd: {} (authenticating again)", status.message()))
+        }
         Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
             StoreError::Unavailable(format!("etcd: {}", status.message()))
         }
@@ -190,15 +210,7 @@ impl EtcdStore {
     /// Connects to the cluster (lazily: the first call finds out whether it
     /// is reachable).
     pub fn connect(options: EtcdOptions) -> StoreResult<EtcdStore> {
-        let endpoints = options
-            .endpoints
-            .iter()
-            .map(|url| Channel::from_shared(url.clone()).map_err(|e| StoreError::Storage(format!("{url}: {e}"))))
-            .collect::<StoreResult<Vec<_>>>()?;
-        if endpoints.is_empty() {
-            return Err(StoreError::Storage("no etcd endpoint given".into()));
-        }
-        let channel = Channel::balance_list(endpoints.into_iter());
+        let channel = Connection::open(&options)?;
         Ok(EtcdStore(Arc::new(Inner {
             kv: KvClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024),
             watch: WatchClient::new(channel).max_decoding_message_size(64 * 1024 * 1024),
@@ -505,7 +517,7 @@ impl Inner {
 
 /// A watch of `key` from `from`, once etcd has created it.
 async fn open_watch(
-    client: &WatchClient<Channel>,
+    client: &WatchClient<Connection>,
     key: Vec<u8>,
     from: u64,
 ) -> StoreResult<tonic::Streaming<pb::WatchResponse>> {
@@ -592,7 +604,13 @@ impl Store for EtcdStore {
                 return Err(StoreError::TooLarge { size, limits: inner.usable_limits() });
             }
             let before = inner.seen.load(Ordering::Acquire);
-            let answer = inner.kv.clone().txn(request).await;
+            let mut answer = inner.kv.clone().txn(request.clone()).await;
+            // Refused for its token, it was not applied: once more with a new one.
+            if let Err(status) = &answer
+                && token_unknown(status.code(), status.message())
+            {
+                answer = inner.kv.clone().txn(request).await;
+            }
             #[cfg(test)]
             let answer =
                 match inner.lose_answers.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)) {

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::{DEFAULT_LIMITS, EtcdOptions, EtcdStore};
+use super::{EtcdOptions, EtcdStore};
 use crate::store::Store;
 
 /// An etcd member on loopback, killed when dropped.
@@ -26,6 +26,8 @@ pub struct Member {
     pub url: String,
     peer_url: String,
     initial_cluster: String,
+    /// More flags for etcd (TLS, a token TTL).
+    flags: Vec<String>,
 }
 
 impl Drop for Member {
@@ -37,16 +39,17 @@ impl Drop for Member {
 
 impl Member {
     /// A member of the cluster `initial_cluster` (`name=peer_url,…`), not started.
-    fn new(name: &str, client: u16, peer: u16, initial_cluster: &str) -> Member {
+    fn new(name: &str, (client, peer): (u16, u16), initial_cluster: &str, scheme: &str, flags: &[&str]) -> Member {
         let shm = std::path::Path::new("/dev/shm");
         let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
         Member {
             child: None,
             name: name.into(),
             dir: base.join(format!("cooperation-registry-etcd-{}-{client}", std::process::id())),
-            url: format!("http://127.0.0.1:{client}"),
+            url: format!("{scheme}://127.0.0.1:{client}"),
             peer_url: format!("http://127.0.0.1:{peer}"),
             initial_cluster: initial_cluster.into(),
+            flags: flags.iter().map(|flag| flag.to_string()).collect(),
         }
     }
 
@@ -60,6 +63,7 @@ impl Member {
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", state])
             .args(["--initial-cluster-token", "cooperation-registry-tests"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500", "--log-level", "error"])
+            .args(&self.flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -201,6 +205,21 @@ pub async fn start_member() -> Member {
 
 /// Starts a cluster of `size` members and waits until it answers.
 pub async fn start_cluster(size: usize) -> Vec<Member> {
+    start_cluster_with(size, "http", &[], |urls| EtcdOptions::new(urls, b"ready/")).await
+}
+
+/// Starts a one-member cluster with more `flags` for etcd, its client URL
+/// of `scheme`, and waits until a store opened with `ready(its URL)` answers.
+pub async fn start_member_with(scheme: &str, flags: &[&str], ready: impl Fn(Vec<String>) -> EtcdOptions) -> Member {
+    start_cluster_with(1, scheme, flags, ready).await.pop().expect("one member")
+}
+
+async fn start_cluster_with(
+    size: usize,
+    scheme: &str,
+    flags: &[&str],
+    ready: impl Fn(Vec<String>) -> EtcdOptions,
+) -> Vec<Member> {
     let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
     let initial_cluster = ports
         .iter()
@@ -211,12 +230,12 @@ pub async fn start_cluster(size: usize) -> Vec<Member> {
     let mut members: Vec<Member> = ports
         .iter()
         .enumerate()
-        .map(|(i, (client, peer))| Member::new(&format!("n{i}"), *client, *peer, &initial_cluster))
+        .map(|(i, ports)| Member::new(&format!("n{i}"), *ports, &initial_cluster, scheme, flags))
         .collect();
     for member in &mut members {
         member.spawn("new");
     }
-    let store = open_cluster(&members, b"ready/");
+    let store = EtcdStore::connect(ready(members.iter().map(|member| member.url.clone()).collect())).unwrap();
     let started = Instant::now();
     while store.current_revision().await.is_err() {
         assert!(started.elapsed() < Duration::from_secs(30), "etcd answered within 30 s");
@@ -232,7 +251,7 @@ pub fn open_cluster(members: &[Member], prefix: &[u8]) -> EtcdStore {
 
 /// A store on the members at `endpoints` under `prefix`.
 pub fn open_urls(endpoints: Vec<String>, prefix: &[u8]) -> EtcdStore {
-    EtcdStore::connect(EtcdOptions { endpoints, prefix: prefix.to_vec(), limits: DEFAULT_LIMITS }).unwrap()
+    EtcdStore::connect(EtcdOptions::new(endpoints, prefix)).unwrap()
 }
 
 /// A store on `member` under `prefix`.

@@ -19,11 +19,7 @@ async fn open_restored_store() -> (Arc<dyn Store>, Member) {
     let member = start_member().await;
     commit(&open(&member, b"elsewhere/"), txn(vec![put("x", "1")], vec![])).await;
     let (_, bytes) = backup_of(Arc::new(crate::store::memory::MemoryStore::new())).await;
-    let options = super::EtcdOptions {
-        endpoints: vec![member.url.clone()],
-        prefix: b"registry/".to_vec(),
-        limits: super::DEFAULT_LIMITS,
-    };
+    let options = super::EtcdOptions::new(vec![member.url.clone()], b"registry/");
     super::EtcdStore::restore(options, &mut bytes.as_slice()).await.unwrap();
     (Arc::new(open(&member, b"registry/")), member)
 }
@@ -144,11 +140,7 @@ async fn a_backup_of_sled_restores_onto_etcd_and_back() {
     for i in 0..7 {
         commit(&elsewhere, txn(vec![put("x", &i.to_string())], vec![])).await;
     }
-    let options = |prefix: &[u8]| super::EtcdOptions {
-        endpoints: vec![member.url.clone()],
-        prefix: prefix.to_vec(),
-        limits: super::DEFAULT_LIMITS,
-    };
+    let options = |prefix: &[u8]| super::EtcdOptions::new(vec![member.url.clone()], prefix);
     assert_eq!(super::EtcdStore::restore(options(b"restored/"), &mut bytes.as_slice()).await.unwrap(), revision);
     let restored: Arc<dyn Store> = Arc::new(open(&member, b"restored/"));
     assert_same(source.as_ref(), restored.as_ref()).await;
@@ -192,9 +184,8 @@ async fn a_restore_that_cannot_be_whole_writes_nothing() {
     let (_, bytes) = backup_of(source.clone()).await;
 
     let options = |prefix: &[u8], max_ops| super::EtcdOptions {
-        endpoints: vec![member.url.clone()],
-        prefix: prefix.to_vec(),
         limits: TxnLimits { max_ops, ..super::DEFAULT_LIMITS },
+        ..super::EtcdOptions::new(vec![member.url.clone()], prefix)
     };
     let refused = super::EtcdStore::restore(options(b"small/", 64), &mut bytes.as_slice()).await;
     let Err(StoreError::Incompatible(message)) = refused else { panic!("{refused:?}") };
@@ -206,4 +197,103 @@ async fn a_restore_that_cannot_be_whole_writes_nothing() {
     let refused = super::EtcdStore::restore(options(b"taken/", 128), &mut bytes.as_slice()).await;
     let Err(StoreError::Incompatible(message)) = refused else { panic!("{refused:?}") };
     assert!(message.contains("holds 2 keys"), "{message}");
+}
+
+/// PEM files for a member's TLS: a CA, the member's certificate for
+/// 127.0.0.1 and a client's, all in `dir`.
+fn tls_files(dir: &std::path::Path) -> (super::EtcdTls, Vec<String>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "etcd test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let signed = |name: &str, sans: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        (params.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    };
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).unwrap();
+        dir.join(name).display().to_string()
+    };
+    let (member_cert, member_key) = signed("member", vec!["127.0.0.1".into()]);
+    let flags = vec![
+        "--cert-file".into(),
+        write("member.pem", &member_cert),
+        "--key-file".into(),
+        write("member-key.pem", &member_key),
+        "--trusted-ca-file".into(),
+        write("ca.pem", &ca_pem),
+        "--client-cert-auth".into(),
+    ];
+    let (client_cert, client_key) = signed("registry", vec![]);
+    let tls =
+        super::EtcdTls { ca_pem: ca_pem.into_bytes(), identity_pem: Some((client_cert.into(), client_key.into())) };
+    (tls, flags)
+}
+
+/// Over TLS to a member that asks for client certificates: the store works
+/// with the CA and a client certificate, and fails without the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_reaches_a_member_over_tls_with_a_client_certificate() {
+    use crate::store::testkit::{commit, get, put, txn};
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, flags) = tls_files(dir.path());
+    let with_tls = |tls: Option<super::EtcdTls>| {
+        move |urls: Vec<String>| super::EtcdOptions { tls: tls.clone(), ..super::EtcdOptions::new(urls, b"tls/") }
+    };
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let member = super::testing::start_member_with("https", &flags, with_tls(Some(tls.clone()))).await;
+    assert!(member.url.starts_with("https://"));
+
+    let store = super::EtcdStore::connect(with_tls(Some(tls.clone()))(vec![member.url.clone()])).unwrap();
+    commit(&store, txn(vec![put("k", "over tls")], vec![])).await;
+    assert_eq!(get(&store, "k").await.unwrap().1, b"over tls");
+
+    let without_certificate = super::EtcdTls { identity_pem: None, ..tls };
+    let store = super::EtcdStore::connect(with_tls(Some(without_certificate))(vec![member.url.clone()])).unwrap();
+    assert!(store.current_revision().await.is_err(), "a member with --client-cert-auth refuses it");
+    let refused = super::EtcdStore::connect(with_tls(None)(vec![member.url.clone()]));
+    assert!(refused.is_err_and(|e| e.to_string().contains("--etcd-ca-cert")));
+}
+
+/// With etcd's authentication on: the store works as a user, renews its
+/// token when etcd has forgotten it (a TTL of one second), and a wrong
+/// password fails, naming the authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_authenticates_and_renews_its_token() {
+    use crate::pb::etcd::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, auth_client::AuthClient,
+    };
+    use crate::store::testkit::{commit, get, put, txn};
+    let plain = |urls: Vec<String>| super::EtcdOptions::new(urls, b"ready/");
+    let member = super::testing::start_member_with("http", &["--auth-token-ttl", "1"], plain).await;
+    let channel = tonic::transport::Channel::from_shared(member.url.clone()).unwrap().connect().await.unwrap();
+    let mut admin = AuthClient::new(channel);
+    admin.role_add(AuthRoleAddRequest { name: "root".into() }).await.unwrap();
+    let root = AuthUserAddRequest { name: "root".into(), password: "s3cret".into(), ..Default::default() };
+    admin.user_add(root).await.unwrap();
+    admin.user_grant_role(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.unwrap();
+    admin.auth_enable(AuthEnableRequest {}).await.unwrap();
+
+    let as_user = |password: &str| {
+        let credentials = super::EtcdCredentials { user: "root".into(), password: password.into() };
+        let options = super::EtcdOptions::new(vec![member.url.clone()], b"auth/");
+        super::EtcdStore::connect(super::EtcdOptions { credentials: Some(credentials), ..options }).unwrap()
+    };
+    let store = as_user("s3cret");
+    commit(&store, txn(vec![put("k", "1")], vec![])).await;
+    // Idle past the token's TTL: etcd forgets it, and the store authenticates again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    commit(&store, txn(vec![put("k", "2")], vec![])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(get(&store, "k").await.unwrap().1, b"2");
+
+    let refused = as_user("wrong").current_revision().await.unwrap_err().to_string();
+    assert!(refused.contains("authentication as \"root\""), "{refused}");
+    let anonymous = open(&member, b"auth/").current_revision().await.unwrap_err().to_string();
+    assert!(anonymous.contains("user name is empty") || anonymous.contains("permission"), "{anonymous}");
 }
