@@ -233,13 +233,44 @@ fn json_logs_are_one_object_a_line() {
     assert_eq!(serving["level"], "INFO");
 }
 
+type Snapshot = (i64, Vec<v1::Agreement>, Vec<v1::Party>, Vec<(i64, String)>);
+
+/// What a restore must keep: the revision, every agreement (deleted too)
+/// and party, and a record's history.
+async fn snapshot(addr: SocketAddr) -> Snapshot {
+    use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
+    use cooperation_registry::pb::cooperation::v1::party_service_client::PartyServiceClient;
+    let channel = connect(addr).await;
+    let listed = AgreementServiceClient::new(channel.clone())
+        .list_agreements(v1::ListAgreementsRequest { page_size: 1000, show_deleted: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let parties = PartyServiceClient::new(channel.clone())
+        .list_parties(v1::ListPartiesRequest { page_size: 1000, show_deleted: true, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .parties;
+    let history = ChangeServiceClient::new(channel)
+        .list_revisions(v1::ListRevisionsRequest {
+            name: "partnershipDomains/india-japan-defence".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revisions
+        .into_iter()
+        .map(|c| (c.revision, c.actor))
+        .collect();
+    (listed.revision, listed.agreements, parties, history)
+}
+
 /// `backup --server` of a live server and `restore --data-dir` give a server
 /// with every record, field, etag and revision, and the same change log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_restore_keep_every_record_revision_and_change() {
-    use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
-    use cooperation_registry::pb::cooperation::v1::party_service_client::PartyServiceClient;
-
     let dir = tempfile::tempdir().unwrap();
     let mut server = Serve::new(&dir.path().join("original")).start();
     let address = server.addr.to_string();
@@ -253,33 +284,6 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
         .await
         .unwrap();
 
-    async fn snapshot(addr: SocketAddr) -> (i64, Vec<v1::Agreement>, Vec<v1::Party>, Vec<(i64, String)>) {
-        let channel = connect(addr).await;
-        let listed = AgreementServiceClient::new(channel.clone())
-            .list_agreements(v1::ListAgreementsRequest { page_size: 1000, show_deleted: true, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner();
-        let parties = PartyServiceClient::new(channel.clone())
-            .list_parties(v1::ListPartiesRequest { page_size: 1000, show_deleted: true, ..Default::default() })
-            .await
-            .unwrap()
-            .into_inner()
-            .parties;
-        let history = ChangeServiceClient::new(channel)
-            .list_revisions(v1::ListRevisionsRequest {
-                name: "partnershipDomains/india-japan-defence".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .revisions
-            .into_iter()
-            .map(|c| (c.revision, c.actor))
-            .collect();
-        (listed.revision, listed.agreements, parties, history)
-    }
     let before = snapshot(server.addr).await;
 
     let file = dir.path().join("registry.backup");
@@ -310,5 +314,60 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
         .unwrap()
         .into_inner();
     assert_eq!(created.etag, (before.0 + 1).to_string());
+    server.kill();
+}
+
+/// The same backup restores onto etcd (`restore --store etcd`), and a server
+/// on it answers as the original did, at the same revisions; a backup of
+/// that server restores into sled again, the same once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_moves_a_registry_from_sled_to_etcd_and_back() {
+    use cooperation_registry::store::etcd::{EtcdOptions, testing};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Serve::new(&dir.path().join("original")).start();
+    let address = server.addr.to_string();
+    let out =
+        Command::new(BINARY).args(["import", "examples/india-japan-2020.json", "--server", &address]).output().unwrap();
+    assert!(out.status.success());
+    let before = snapshot(server.addr).await;
+    let file = dir.path().join("sled.backup");
+    let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", &address]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    server.kill();
+
+    // sled's first revision holds every ISO state: more writes than etcd's
+    // default 128 a transaction.
+    let ready = |urls| EtcdOptions::new(urls, b"ready/");
+    let member = testing::start_member_with("http", &["--max-txn-ops", "4096"], ready).await;
+    let etcd = ["--store", "etcd", "--etcd-endpoints", &member.url, "--etcd-max-txn-ops", "4096"];
+    let restore = |prefix: &str| {
+        Command::new(BINARY)
+            .args(["restore", file.to_str().unwrap()])
+            .args(etcd)
+            .args(["--etcd-prefix", prefix])
+            .output()
+    };
+    let out = restore("registry/").unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!restore("registry/").unwrap().status.success(), "restore refuses a prefix that holds keys");
+    let mut on_etcd = Serve::new(&dir.path().join("unused")).flags(etcd).flags(["--etcd-prefix", "registry/"]).start();
+    assert_eq!(snapshot(on_etcd.addr).await, before);
+    let mut agreements = AgreementServiceClient::new(connect(on_etcd.addr).await);
+    let created =
+        agreements.create_agreement(create_agreement("on-etcd", agreement("On etcd"))).await.unwrap().into_inner();
+    assert!(created.etag.parse::<i64>().unwrap() > before.0);
+    let after = snapshot(on_etcd.addr).await;
+
+    let file = dir.path().join("etcd.backup");
+    let address = on_etcd.addr.to_string();
+    let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", &address]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    on_etcd.kill();
+    let back = dir.path().join("back");
+    let out =
+        Command::new(BINARY).args(["restore", file.to_str().unwrap(), "--data-dir", back.to_str().unwrap()]).output();
+    assert!(out.as_ref().unwrap().status.success(), "{}", String::from_utf8_lossy(&out.unwrap().stderr));
+    let mut server = Serve::new(&back).start();
+    assert_eq!(snapshot(server.addr).await, after);
     server.kill();
 }
