@@ -229,6 +229,12 @@ async fn without_a_quorum_calls_are_unavailable_and_the_server_recovers() {
     let all = v1::ListAgreementsRequest { page_size: 10, ..Default::default() };
     let refused = server.agreements().list_agreements(all.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let request_id = "0e3c5b1a-6f7d-4c2b-9a8e-1d2c3b4a5f6e".to_string();
+    let during = v1::CreateAgreementRequest { request_id, ..create_agreement("during", agreement("During")) };
+    let started = std::time::Instant::now();
+    let refused = server.agreements().create_agreement(during.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    eprintln!("a write without a quorum: {refused:?} after {:?}", started.elapsed());
 
     members[0].restart();
     members[1].restart();
@@ -244,6 +250,9 @@ async fn without_a_quorum_calls_are_unavailable_and_the_server_recovers() {
     // A write may still find the cluster settling: retried with its request id, it lands once.
     let after = write_through(&server, 9, 1).await;
     assert_eq!(after, ["agreements/w9-000"]);
-    assert_eq!(server.agreements().list_agreements(all).await.unwrap().into_inner().agreements.len(), 2);
+    // The write refused without a quorum, retried with its request id, lands once.
+    let retried = server.agreements().create_agreement(during).await.unwrap().into_inner();
+    assert_eq!(retried.name, "agreements/during");
+    assert_eq!(server.agreements().list_agreements(all).await.unwrap().into_inner().agreements.len(), 3);
     server.stop().await;
 }
