@@ -256,3 +256,31 @@ async fn without_a_quorum_calls_are_unavailable_and_the_server_recovers() {
     assert_eq!(server.agreements().list_agreements(all).await.unwrap().into_inner().agreements.len(), 3);
     server.stop().await;
 }
+
+/// A record whose write cannot fit one of the cluster's transactions (an
+/// agreement of 200 parties: an index entry and a reference each) is refused
+/// with INVALID_ARGUMENT naming the sizes, and nothing is written; a smaller
+/// one is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_a_transaction_is_refused_whole() {
+    let member = start_member().await;
+    let server =
+        TestServer::start_on(Arc::new(open(&member, b"registry/")), tempfile::tempdir().unwrap(), Default::default())
+            .await;
+    let all = v1::ListPartiesRequest { page_size: 1000, ..Default::default() };
+    let parties: Vec<String> =
+        server.parties().list_parties(all).await.unwrap().into_inner().parties.into_iter().map(|p| p.name).collect();
+    let revision = server.registry.revision().await.unwrap();
+    let many = v1::Agreement { parties: parties[..200].to_vec(), ..agreement("Many parties") };
+    let refused = server.agreements().create_agreement(create_agreement("many", many)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(common::client::violated_fields(&refused), ["agreement"]);
+    assert!(refused.message().contains("too large for one write to this store"), "{}", refused.message());
+    assert_eq!(server.registry.revision().await.unwrap(), revision, "nothing written");
+    let get = v1::GetAgreementRequest { name: "agreements/many".into(), ..Default::default() };
+    assert_eq!(server.agreements().get_agreement(get).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    let fewer = v1::Agreement { parties: parties[..20].to_vec(), ..agreement("Fewer parties") };
+    server.agreements().create_agreement(create_agreement("fewer", fewer)).await.unwrap();
+    server.stop().await;
+}
