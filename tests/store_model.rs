@@ -1,20 +1,30 @@
 //! Property test of the storage contract: random sequences of transactions
 //! (several submitted at once, so they share a write group), compactions and
-//! reopenings run against the sled store, the memory store and a plain model
-//! of the contract written here; after every step all three must agree on
-//! every key, set member, scans, the revision and the change log, and a view
-//! of each store opened before the step must still show the state before it.
+//! reopenings run against the stores and a plain model of the contract
+//! written here: the sled and memory stores together, and the etcd store
+//! (on a member of `store::etcd::testing`). After every step each store must agree
+//! with the model on every key, set member, scans, the revision and the
+//! change log, and a view of each store opened before the step must still
+//! show the state before it.
+//!
+//! The model numbers its commits 1, 2, 3 …; a store's revisions need only
+//! increase (etcd's count every write to the cluster), so the model names
+//! its own and each store's are the ones its commits answered with (see
+//! [`Revisions`]).
 //!
 //! `PROPTEST_CASES=2000 cargo test --release --test store_model` runs longer.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cooperation_registry::store::etcd::testing::{open, start_member};
 use cooperation_registry::store::memory::MemoryStore;
 use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
 use cooperation_registry::store::{Condition, Entry, Op, Outcome, Snapshot, Store, Txn};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
 const KEYS: [&str; 7] = ["a", "ab", "b", "c/1", "c/2", "c/3", "c/33"];
 const PREFIXES: [&str; 7] = ["", "a", "c/", "c/3", "x/", "x/a\0", "y"];
@@ -26,11 +36,14 @@ const MEMBERS: usize = 48;
 /// holding and failing conditions occur.
 #[derive(Clone, Debug)]
 enum ConditionSpec {
-    /// The key's current revision (holds), or that plus `off` (fails unless 0).
+    /// The key's current revision (holds), or that plus `off` (fails unless
+    /// 0); a revision no answer has told yet is taken as it was before the
+    /// group (fails: the group wrote the key since).
     KeyAt { key: usize, off: u64 },
     /// The key is absent.
     Absent { key: usize },
-    /// Nothing under the prefix written after the current revision minus `back`.
+    /// Nothing under the prefix written after the current revision minus
+    /// `back`, or after the latest one answered, whichever is older.
     NoneWrittenAfter { prefix: usize, back: u64 },
 }
 
@@ -86,7 +99,32 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// The contract, as plainly as it can be written.
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step(), 1..40)
+}
+
+/// A condition in the model's revisions, which each store gets in its own
+/// (see [`Revisions::txn`]).
+#[derive(Clone, Debug)]
+enum ModelCondition {
+    /// The key was last written by the model's commit `revision` (0: it is
+    /// absent); with an `off`, at a revision `off` past that commit's, which
+    /// names no write of the key.
+    KeyAt { key: Vec<u8>, revision: u64, off: u64 },
+    /// Nothing under the prefix was written after the model's commit `revision`.
+    NoneWrittenAfter { prefix: Vec<u8>, revision: u64 },
+}
+
+/// A transaction in the model's revisions.
+#[derive(Clone, Debug)]
+struct ModelTxn {
+    conditions: Vec<ModelCondition>,
+    ops: Vec<Op>,
+    change: Vec<u8>,
+}
+
+/// The contract, as plainly as it can be written, in revisions of its own:
+/// its commits numbered 1, 2, 3 … (0 before the first).
 #[derive(Clone, Default)]
 struct Model {
     keys: BTreeMap<Vec<u8>, Entry>,
@@ -96,7 +134,6 @@ struct Model {
     removals: Vec<(&'static str, u64)>,
     changes: BTreeMap<u64, Vec<u8>>,
     revision: u64,
-    first_change: u64,
 }
 
 fn member_of(set: usize, member: usize) -> (Vec<u8>, Vec<u8>) {
@@ -104,23 +141,37 @@ fn member_of(set: usize, member: usize) -> (Vec<u8>, Vec<u8>) {
 }
 
 impl Model {
-    fn concrete(&self, spec: &TxnSpec, serial: usize) -> Txn {
+    fn mod_revision(&self, key: &[u8]) -> u64 {
+        self.keys.get(key).map_or(0, |e| e.mod_revision)
+    }
+
+    /// `spec` against the model, naming only revisions `answered` (the model
+    /// before the group) knows: a caller cannot know a revision before its
+    /// commit answers, so the group's own are not named.
+    fn concrete(&self, spec: &TxnSpec, answered: &Model, serial: usize) -> ModelTxn {
         let conditions = spec
             .conditions
             .iter()
             .filter_map(|c| match c {
                 ConditionSpec::KeyAt { key, off } => {
                     let key = KEYS[*key].as_bytes().to_vec();
-                    let current = self.keys.get(&key).map_or(0, |e| e.mod_revision);
-                    Some(Condition::ModRevision { key, equals: current + off })
+                    let current = self.mod_revision(&key);
+                    Some(match current <= answered.revision {
+                        true => ModelCondition::KeyAt { key, revision: current, off: *off },
+                        // Written earlier in the group: as read before it.
+                        false => ModelCondition::KeyAt { revision: answered.mod_revision(&key), key, off: 0 },
+                    })
                 }
-                ConditionSpec::Absent { key } => Some(Condition::ModRevision { key: KEYS[*key].into(), equals: 0 }),
+                ConditionSpec::Absent { key } => {
+                    Some(ModelCondition::KeyAt { key: KEYS[*key].into(), revision: 0, off: 0 })
+                }
                 ConditionSpec::NoneWrittenAfter { prefix, back } => {
-                    let (prefix, revision) = (PREFIXES[*prefix], self.revision.saturating_sub(*back));
+                    let prefix = PREFIXES[*prefix];
+                    let revision = self.revision.saturating_sub(*back).min(answered.revision);
                     // Whether a removal counts as a write is the engine's
                     // choice: a condition it would decide is left out.
                     let removed = self.removals.iter().any(|(set, r)| set.starts_with(prefix) && *r > revision);
-                    (!removed).then(|| Condition::NoneWrittenAfter { prefix: prefix.into(), revision })
+                    (!removed).then(|| ModelCondition::NoneWrittenAfter { prefix: prefix.into(), revision })
                 }
             })
             .collect();
@@ -142,13 +193,13 @@ impl Model {
                 }
             })
             .collect();
-        Txn { conditions, ops, change: format!("change {serial}").into_bytes() }
+        ModelTxn { conditions, ops, change: format!("change {serial}").into_bytes() }
     }
 
-    fn holds(&self, condition: &Condition) -> bool {
+    fn holds(&self, condition: &ModelCondition) -> bool {
         match condition {
-            Condition::ModRevision { key, equals } => self.keys.get(key).map_or(0, |e| e.mod_revision) == *equals,
-            Condition::NoneWrittenAfter { prefix, revision } => {
+            ModelCondition::KeyAt { key, revision, off } => *off == 0 && self.mod_revision(key) == *revision,
+            ModelCondition::NoneWrittenAfter { prefix, revision } => {
                 let set_of = |key: &[u8]| SETS.iter().find(|s| key.starts_with(s.as_bytes())).copied().unwrap();
                 self.keys.iter().filter(|(k, _)| k.starts_with(prefix)).all(|(_, e)| e.mod_revision <= *revision)
                     && self
@@ -160,7 +211,7 @@ impl Model {
         }
     }
 
-    fn commit(&mut self, txn: &Txn) -> Outcome {
+    fn commit(&mut self, txn: &ModelTxn) -> Outcome {
         if !txn.conditions.iter().all(|c| self.holds(c)) {
             return Outcome::ConditionFailed;
         }
@@ -188,43 +239,116 @@ impl Model {
         Outcome::Committed { revision: self.revision }
     }
 
+    /// Drops the changes before the model's revision `to`.
     fn compact(&mut self, to: u64) {
-        let to = to.min(self.revision + 1);
-        if to > self.first_change.max(1) {
-            self.first_change = to;
-            self.changes = self.changes.split_off(&to);
+        self.changes = self.changes.split_off(&to);
+    }
+}
+
+/// One store's revisions against the model's: the revision each of the
+/// model's commits answered with on the store. Each answer must be past
+/// every revision the store named before, and is then the one its keys,
+/// change-log entry and views must show: a wrong revision, a missing change
+/// or one out of order fails as it did when the model assumed its own.
+#[derive(Debug)]
+struct Revisions {
+    /// The store's revision at each of the model's: where it started, then
+    /// each commit's answer.
+    of_commit: Vec<u64>,
+    /// The store's latest revision: its last commit's, or later where the
+    /// engine wrote beside the commits (an etcd compaction puts its floor).
+    latest: u64,
+    /// Where the store's change log starts.
+    first_change: u64,
+}
+
+impl Revisions {
+    fn starting_at(revision: u64) -> Revisions {
+        Revisions { of_commit: vec![revision], latest: revision, first_change: 1 }
+    }
+
+    /// The store's revision of the model's commit `revision` (0: before any).
+    fn of(&self, revision: u64) -> u64 {
+        self.of_commit[revision as usize]
+    }
+
+    /// A key's last write on the store: 0 (absent) stays 0.
+    fn mod_revision(&self, revision: u64) -> u64 {
+        if revision == 0 { 0 } else { self.of(revision) }
+    }
+
+    fn entry(&self, entry: &Entry) -> Entry {
+        Entry { mod_revision: self.of(entry.mod_revision), value: entry.value.clone() }
+    }
+
+    fn txn(&self, txn: &ModelTxn) -> Txn {
+        let conditions = txn
+            .conditions
+            .iter()
+            .map(|c| match c {
+                ModelCondition::KeyAt { key, revision, off } => {
+                    Condition::ModRevision { key: key.clone(), equals: self.mod_revision(*revision) + off }
+                }
+                ModelCondition::NoneWrittenAfter { prefix, revision } => {
+                    Condition::NoneWrittenAfter { prefix: prefix.clone(), revision: self.of(*revision) }
+                }
+            })
+            .collect();
+        Txn { conditions, ops: txn.ops.clone(), change: txn.change.clone() }
+    }
+
+    /// Checks the store's outcome against the model's, and keeps the
+    /// revision a commit answered with.
+    fn answered(&mut self, expected: Outcome, outcome: Outcome, which: &str) {
+        match (expected, outcome) {
+            (Outcome::Committed { revision }, Outcome::Committed { revision: on_store }) => {
+                assert_eq!(revision as usize, self.of_commit.len(), "the model's commits are numbered in order");
+                assert!(on_store > self.latest, "{which}: committed at {on_store}, not past {}", self.latest);
+                self.of_commit.push(on_store);
+                self.latest = on_store;
+            }
+            _ => assert_eq!(outcome, expected, "{which}: outcome"),
         }
+    }
+
+    /// Compacted to the store's revision `to`.
+    fn compacted(&mut self, to: u64) {
+        let to = to.min(self.latest + 1);
+        self.first_change = self.first_change.max(to);
     }
 }
 
 /// The store agrees with the model: its revision, its keys, what a view
 /// at its latest revision shows, and its change log.
-async fn assert_agrees(model: &Model, store: &dyn Store, which: &str) {
-    assert_eq!(store.current_revision().await.unwrap(), model.revision, "{which}: revision");
+async fn assert_agrees(model: &Model, revisions: &Revisions, store: &dyn Store, which: &str) {
+    assert_eq!(store.current_revision().await.unwrap(), revisions.latest, "{which}: revision");
     for key in KEYS {
         let found = store.get(key.as_bytes()).await.unwrap();
-        assert_eq!(found.as_ref(), model.keys.get(key.as_bytes()), "{which}: key {key}");
+        let expected = model.keys.get(key.as_bytes()).map(|e| revisions.entry(e));
+        assert_eq!(found, expected, "{which}: key {key}");
     }
-    assert_view_agrees(model, &*store.snapshot().await.unwrap(), which).await;
-    let first = model.first_change.max(1);
+    assert_view_agrees(model, revisions, revisions.latest, &*store.snapshot().await.unwrap(), which).await;
+    let first = revisions.first_change;
     assert_eq!(store.first_change().await.unwrap(), first, "{which}: first change");
-    let expected: Vec<(u64, Vec<u8>)> = model.changes.iter().map(|(r, c)| (*r, c.clone())).collect();
+    let expected: Vec<(u64, Vec<u8>)> = model.changes.iter().map(|(r, c)| (revisions.of(*r), c.clone())).collect();
     assert_eq!(store.changes(first, 10_000).await.unwrap(), expected, "{which}: change log");
 }
 
-/// A view shows the model's keys and members at the model's revision: read
-/// one at a time, many at once, by scan and by members.
-async fn assert_view_agrees(model: &Model, view: &dyn Snapshot, which: &str) {
-    assert_eq!(view.revision(), model.revision, "{which}: view revision");
+/// A view shows the model's keys and members, and the store's revision
+/// `revision` (the store's latest when it was opened): read one at a time,
+/// many at once, by scan and by members.
+async fn assert_view_agrees(model: &Model, revisions: &Revisions, revision: u64, view: &dyn Snapshot, which: &str) {
+    assert_eq!(view.revision(), revision, "{which}: view revision");
     let keys: Vec<&[u8]> = KEYS.iter().map(|key| key.as_bytes()).collect();
-    let expected: Vec<Option<Entry>> = keys.iter().map(|key| model.keys.get(*key).cloned()).collect();
+    let expected: Vec<Option<Entry>> =
+        keys.iter().map(|key| model.keys.get(*key).map(|e| revisions.entry(e))).collect();
     assert_eq!(view.get_many(&keys).await.unwrap(), expected, "{which}: keys");
     for prefix in PREFIXES {
         let expected: Vec<(Vec<u8>, Entry)> = model
             .keys
             .iter()
             .filter(|(k, _)| k.starts_with(prefix.as_bytes()))
-            .map(|(k, e)| (k.clone(), e.clone()))
+            .map(|(k, e)| (k.clone(), revisions.entry(e)))
             .collect();
         assert_eq!(view.scan(prefix.as_bytes(), b"", 100).await.unwrap(), expected, "{which}: scan {prefix:?}");
         // Paged by two from each key on.
@@ -252,7 +376,7 @@ async fn assert_view_agrees(model: &Model, view: &dyn Snapshot, which: &str) {
     }
 }
 
-fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
+fn open_sled(dir: &std::path::Path) -> Arc<dyn Store> {
     // A checkpoint every few groups, so the model also checks that closing and
     // reopening the database under the writer loses and changes nothing; a
     // read cache of a few entries, so that reads also come from it, and it
@@ -267,20 +391,67 @@ fn open_sled(dir: &std::path::Path) -> Arc<SledStore> {
     Arc::new(SledStore::open(dir, options).expect("sled store opens"))
 }
 
-fn run(steps: Vec<Step>) {
+/// Opens a store again on the data of the one closed.
+type Reopen<'a> = Box<dyn Fn() -> Arc<dyn Store> + 'a>;
+
+/// A store under test.
+struct Tested<'a> {
+    which: &'static str,
+    store: Arc<dyn Store>,
+    /// `None` for the memory store, which a reopening keeps.
+    reopen: Option<Reopen<'a>>,
+    /// On a cluster others write to (etcd): its revisions start where the
+    /// cluster's are, not at 0, and its compaction's own write takes one.
+    shared: bool,
+}
+
+impl Tested<'_> {
+    /// Closed and opened again (the memory store is kept).
+    fn reopened(self) -> Self {
+        let Tested { which, store, reopen, shared } = self;
+        let store = match &reopen {
+            Some(reopen) => {
+                store.engine().close().unwrap();
+                // The sled store lets its data dir go when dropped.
+                drop(store);
+                reopen()
+            }
+            None => store,
+        };
+        Tested { which, store, reopen, shared }
+    }
+}
+
+/// Runs `steps` against the stores `open` gives (within the runtime, so a
+/// networked engine can start its connections there).
+fn run<'a>(steps: Vec<Step>, open: impl FnOnce() -> Vec<Tested<'a>>) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut sled = open_sled(dir.path());
-    let memory = MemoryStore::new();
+    let _in_runtime = runtime.enter();
+    let mut stores = open();
+    let mut revisions: Vec<Revisions> = stores
+        .iter()
+        .map(|tested| {
+            let start = runtime.block_on(tested.store.current_revision()).unwrap();
+            if !tested.shared {
+                assert_eq!(start, 0, "{}: an empty store's revision", tested.which);
+            }
+            Revisions::starting_at(start)
+        })
+        .collect();
     let mut model = Model::default();
     let mut serial = 0;
     for step in steps {
-        // Views opened before the step, to be read after it (a reopening
-        // ends the sled store's).
-        let before = match step {
-            Step::Reopen => None,
+        let answered = model.clone();
+        // Views opened before the step, to be read after it, each with the
+        // revision it must show (a reopening ends the sled store's).
+        let views = match step {
+            Step::Reopen => Vec::new(),
             _ => runtime.block_on(async {
-                Some((model.clone(), sled.snapshot().await.unwrap(), memory.snapshot().await.unwrap()))
+                let mut views = Vec::new();
+                for (tested, revisions) in stores.iter().zip(&revisions) {
+                    views.push((tested.store.snapshot().await.unwrap(), revisions.latest));
+                }
+                views
             }),
         };
         match step {
@@ -291,49 +462,97 @@ fn run(steps: Vec<Step>) {
                 let mut pending = Vec::new();
                 for spec in &specs {
                     serial += 1;
-                    let txn = model.concrete(spec, serial);
+                    let txn = model.concrete(spec, &answered, serial);
                     expected.push(model.commit(&txn));
-                    pending.push((sled.commit(txn.clone()), memory.commit(txn)));
+                    let commits: Vec<_> =
+                        stores.iter().zip(&revisions).map(|(tested, r)| tested.store.commit(r.txn(&txn))).collect();
+                    pending.push(commits);
                 }
-                for ((on_sled, in_memory), expected) in pending.into_iter().zip(expected) {
-                    assert_eq!(runtime.block_on(on_sled).unwrap(), expected, "sled outcome");
-                    assert_eq!(runtime.block_on(in_memory).unwrap(), expected, "memory outcome");
+                for (commits, expected) in pending.into_iter().zip(expected) {
+                    for ((tested, revisions), commit) in stores.iter().zip(&mut revisions).zip(commits) {
+                        revisions.answered(expected, runtime.block_on(commit).unwrap(), tested.which);
+                    }
                 }
             }
             Step::Compact { back } => {
                 let to = model.revision.saturating_sub(back);
                 model.compact(to);
-                runtime.block_on(sled.compact(to)).unwrap();
-                runtime.block_on(memory.compact(to)).unwrap();
+                for (tested, revisions) in stores.iter().zip(&mut revisions) {
+                    let to = revisions.of(to);
+                    runtime.block_on(tested.store.compact(to)).unwrap();
+                    revisions.compacted(to);
+                    if tested.shared {
+                        let now = runtime.block_on(tested.store.current_revision()).unwrap();
+                        assert!(now >= revisions.latest, "{}: revision {now} after {}", tested.which, revisions.latest);
+                        revisions.latest = now;
+                    }
+                }
             }
-            Step::Reopen => {
-                sled.engine().close().unwrap();
-                drop(sled);
-                sled = open_sled(dir.path());
-            }
+            Step::Reopen => stores = stores.into_iter().map(Tested::reopened).collect(),
         }
         runtime.block_on(async {
-            assert_agrees(&model, &*sled, "sled").await;
-            assert_agrees(&model, &memory, "memory").await;
-            if let Some((earlier, on_sled, in_memory)) = before {
-                assert_view_agrees(&earlier, &*on_sled, "sled view").await;
-                assert_view_agrees(&earlier, &*in_memory, "memory view").await;
+            for (tested, revisions) in stores.iter().zip(&revisions) {
+                assert_agrees(&model, revisions, &*tested.store, tested.which).await;
+            }
+            for ((tested, revisions), (view, revision)) in stores.iter().zip(&revisions).zip(views) {
+                let which = format!("{} view", tested.which);
+                assert_view_agrees(&answered, revisions, revision, &*view, &which).await;
             }
         });
     }
-    sled.engine().close().unwrap();
+    for tested in stores {
+        tested.store.engine().close().unwrap();
+    }
+}
+
+/// `default` cases unless PROPTEST_CASES asks for others (a case count set
+/// here would override the variable).
+fn config(default: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(default);
+    ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() }
 }
 
 proptest! {
-    // 64 cases unless PROPTEST_CASES asks for more (a case count set here
-    // would override the variable).
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(64),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(64))]
 
     #[test]
-    fn sled_and_memory_stores_agree_with_the_model(steps in prop::collection::vec(step(), 1..40)) {
-        run(steps);
+    fn sled_and_memory_stores_agree_with_the_model(steps in steps()) {
+        let dir = tempfile::tempdir().unwrap();
+        run(steps, || {
+            vec![
+                Tested {
+                    which: "sled",
+                    store: open_sled(dir.path()),
+                    reopen: Some(Box::new(|| open_sled(dir.path()))),
+                    shared: false,
+                },
+                Tested { which: "memory", store: Arc::new(MemoryStore::new()), reopen: None, shared: false },
+            ]
+        });
+    }
+}
+
+/// The same model against the etcd store: one member for every case, each
+/// case under a prefix of its own, so each case's store shares the cluster
+/// (its revisions and its compactions) with the cases before it, as stores
+/// of several registries on one cluster would. 12 cases by default: reading
+/// the change log takes etcd some 100 ms, once a step.
+#[test]
+fn the_etcd_store_agrees_with_the_model() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let member = runtime.block_on(start_member());
+    let cases = Cell::new(0);
+    let mut runner = TestRunner::new(config(12));
+    let result = runner.run(&steps(), |steps| {
+        cases.set(cases.get() + 1);
+        let prefix = format!("model/{}/", cases.get()).into_bytes();
+        run(steps, || {
+            let store = || -> Arc<dyn Store> { Arc::new(open(&member, &prefix)) };
+            vec![Tested { which: "etcd", store: store(), reopen: Some(Box::new(store)), shared: true }]
+        });
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}\n{runner}");
     }
 }

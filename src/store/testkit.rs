@@ -308,6 +308,14 @@ async fn sets(store: &dyn Store) {
         commit(store, txn(vec![put("z/1", "z")], vec![quiet("x/1\0", seen)])).await,
         Outcome::Committed { .. }
     ));
+    // Adding a member that is there, or removing one that is not, changes
+    // nothing: it is no write under the prefix.
+    let seen = current(store).await;
+    commit(store, txn(vec![add("x/2\0", "m500"), remove("x/2\0", "m999"), put("z/2", "z")], vec![])).await;
+    assert!(matches!(
+        commit(store, txn(vec![put("z/3", "z")], vec![quiet("x/2\0", seen)])).await,
+        Outcome::Committed { .. }
+    ));
     assert!(current(store).await > start);
 }
 

@@ -422,7 +422,11 @@ impl Inner {
         let base = self.base().await?;
         let (from, until) = (from + base, until.saturating_add(base));
         let latest = self.range(RangeRequest { key: self.keys.log(), keys_only: true, ..Default::default() }).await?;
-        let Some(last) = latest.kvs.first().map(|kv| (kv.mod_revision as u64).min(until)) else { return Ok(()) };
+        let Some(log) = latest.kvs.first() else { return Ok(()) };
+        let last = (log.mod_revision as u64).min(until);
+        // Nothing of the log is before its key was created, whatever etcd
+        // compacted before then (another prefix's compaction, say).
+        let from = from.max(log.create_revision as u64);
         if from > last {
             return Ok(());
         }
@@ -480,27 +484,48 @@ impl Inner {
             .collect();
         // etcd refuses a key twice in one transaction: the last write to a
         // key is the one that counts, as when the writes run in order.
-        let mut writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+        enum Write {
+            Put(Vec<u8>),
+            Delete,
+            /// A member added only if absent: adding one that is there
+            /// changes nothing, so must not move its revision.
+            Add(Vec<u8>),
+        }
+        let mut writes: std::collections::BTreeMap<Vec<u8>, Write> = Default::default();
         for op in &txn.ops {
-            let (key, value) = match op {
-                Op::Put { key, value } => (self.keys.key(key), Some(value.clone())),
-                Op::Delete { key } => (self.keys.key(key), None),
+            let (key, write) = match op {
+                Op::Put { key, value } => (self.keys.key(key), Write::Put(value.clone())),
+                Op::Delete { key } => (self.keys.key(key), Write::Delete),
                 Op::Add { set, member } => {
                     let length = (set.len() as u32).to_be_bytes().to_vec();
-                    (self.keys.member(&[set.as_slice(), member].concat()), Some(length))
+                    (self.keys.member(&[set.as_slice(), member].concat()), Write::Add(length))
                 }
-                Op::Remove { set, member } => (self.keys.member(&[set.as_slice(), member].concat()), None),
+                Op::Remove { set, member } => (self.keys.member(&[set.as_slice(), member].concat()), Write::Delete),
             };
-            writes.insert(key, value);
+            writes.insert(key, write);
         }
+        let put = |key, value| request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() });
         let mut success: Vec<RequestOp> = writes
             .into_iter()
-            .map(|(key, value)| RequestOp {
-                request: Some(match value {
-                    Some(value) => request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() }),
-                    None => {
+            .map(|(key, write)| RequestOp {
+                request: Some(match write {
+                    Write::Put(value) => put(key, value),
+                    Write::Delete => {
                         request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest { key, ..Default::default() })
                     }
+                    // A transaction within: etcd compares its version (0:
+                    // absent) as the whole transaction starts.
+                    Write::Add(value) => request_op::Request::RequestTxn(TxnRequest {
+                        compare: vec![Compare {
+                            result: compare::CompareResult::Equal as i32,
+                            target: compare::CompareTarget::Version as i32,
+                            key: key.clone(),
+                            range_end: Vec::new(),
+                            target_union: Some(compare::TargetUnion::Version(0)),
+                        }],
+                        success: vec![RequestOp { request: Some(put(key, value)) }],
+                        failure: Vec::new(),
+                    }),
                 }),
             })
             .collect();
@@ -644,7 +669,11 @@ impl Store for EtcdStore {
                 if from < first {
                     return Err(StoreError::Compacted { first });
                 }
-                let mut stream = retrying(|| open_watch(&inner.watch, inner.keys.log(), from + base)).await?;
+                // From no earlier than the log's key was created (see `walk_log`).
+                let log = RangeRequest { key: inner.keys.log(), keys_only: true, ..Default::default() };
+                let created = inner.range(log).await?.kvs.first().map_or(0, |kv| kv.create_revision as u64);
+                let from = (from + base).max(created);
+                let mut stream = retrying(|| open_watch(&inner.watch, inner.keys.log(), from)).await?;
                 while let Some(response) = stream.next().await {
                     let response = response.map_err(failed)?;
                     if response.compact_revision > 0 {
@@ -670,6 +699,22 @@ impl Store for EtcdStore {
     fn changes(&self, from_revision: u64, limit: usize) -> BoxFuture<'_, StoreResult<Changes>> {
         Box::pin(async move {
             let from = from_revision.max(self.0.first().await?);
+            // The entry at a revision, as a record's history asks for one:
+            // the log key read at it, when it was written there (a watch
+            // from the past waits for etcd to catch it up, every 100 ms).
+            if limit == 1 {
+                let at = RangeRequest {
+                    key: self.0.keys.log(),
+                    revision: self.0.etcd_revision(from).await?,
+                    ..Default::default()
+                };
+                if let Ok(read) = self.0.range(at).await
+                    && let Some(kv) = read.kvs.into_iter().next()
+                    && kv.mod_revision as u64 == from + self.0.base().await?
+                {
+                    return Ok(vec![(from, kv.value)]);
+                }
+            }
             self.0.read_log(from, limit).await
         })
     }

@@ -96,7 +96,7 @@ async fn fill_source(store: &dyn Store) {
     commit(store, txn(vec![put("r/03", "again"), Op::Delete { key: b"r/04".to_vec() }], vec![])).await;
     let compacted_to = store.current_revision().await.unwrap() - 5;
     store.compact(compacted_to).await.unwrap();
-    commit(store, txn(vec![remove("i/x\01\0", "m01"), put("r/05", "later")], vec![])).await;
+    commit(store, txn(vec![remove("i/x\u{0}1\u{0}", "m01"), put("r/05", "later")], vec![])).await;
 }
 
 /// A backup of the etcd engine restores into a sled data dir with the same
@@ -296,4 +296,23 @@ async fn the_engine_authenticates_and_renews_its_token() {
     assert!(refused.contains("authentication as \"root\""), "{refused}");
     let anonymous = open(&member, b"auth/").current_revision().await.unwrap_err().to_string();
     assert!(anonymous.contains("user name is empty") || anonymous.contains("permission"), "{anonymous}");
+}
+
+/// Another store's compaction of the cluster's history takes nothing from a
+/// store whose log began after it: its change log reads and watches from 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_prefix_compacting_the_cluster_leaves_a_later_log_whole() {
+    use crate::store::testkit::{commit, next, put, revision_of, txn};
+    let member = start_member().await;
+    let one = open(&member, b"one/");
+    commit(&one, txn(vec![put("k", "1")], vec![])).await;
+    let last = revision_of(commit(&one, txn(vec![put("k", "2")], vec![])).await);
+    one.compact(last).await.unwrap();
+
+    let two = open(&member, b"two/");
+    let written = revision_of(commit(&two, txn(vec![put("k", "1")], vec![])).await);
+    assert_eq!(two.first_change().await.unwrap(), 1);
+    assert_eq!(two.changes(1, 10).await.unwrap(), vec![(written, b"change".to_vec())]);
+    let mut watch = two.watch(1);
+    assert_eq!(next(&mut watch).await.unwrap().unwrap(), (written, b"change".to_vec()));
 }
