@@ -284,3 +284,57 @@ async fn a_record_too_large_for_a_transaction_is_refused_whole() {
     server.agreements().create_agreement(create_agreement("fewer", fewer)).await.unwrap();
     server.stop().await;
 }
+
+/// A write states the revisions of the records it refers to as found by an
+/// earlier write on its server, without reading them: when another server
+/// has changed one since, the write still lands (planned again from a fresh
+/// read), and when another server has deleted one, it is refused as if it
+/// had read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_refer_to_records_as_they_are_whoever_changed_them() {
+    use cooperation_registry::pb::cooperation::v1::party;
+    let member = start_member().await;
+    let (a, b) = two_servers(&member).await;
+    let group = |id: &str| v1::CreatePartyRequest {
+        party_id: id.into(),
+        party: Some(v1::Party {
+            display_name: format!("Group {id}"),
+            kind: party::Kind::RegionalGrouping as i32,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    };
+    let naming = |id: &str, party: &str| {
+        let parties = vec!["parties/ind".into(), format!("parties/{party}")];
+        create_agreement(id, v1::Agreement { parties, ..agreement(id) })
+    };
+    b.parties().create_party(group("g1")).await.unwrap();
+    a.agreements().create_agreement(naming("first", "g1")).await.unwrap();
+
+    // Changed on B: A's next write naming it still lands.
+    let relabelled =
+        v1::Party { name: "parties/g1".into(), labels: [("k".into(), "v".into())].into(), ..Default::default() };
+    let mask = prost_types::FieldMask { paths: vec!["labels".into()] };
+    let update = v1::UpdatePartyRequest { party: Some(relabelled), update_mask: Some(mask), ..Default::default() };
+    b.parties().update_party(update).await.unwrap();
+    a.agreements().create_agreement(naming("second", "g1")).await.unwrap();
+
+    // Deleted on B (nothing refers to it any more): A refuses to name it.
+    b.parties().create_party(group("g2")).await.unwrap();
+    a.agreements().create_agreement(naming("third", "g2")).await.unwrap();
+    let delete = v1::DeleteAgreementRequest { name: "agreements/third".into(), ..Default::default() };
+    a.agreements().delete_agreement(delete).await.unwrap();
+    let delete = v1::DeletePartyRequest { name: "parties/g2".into(), ..Default::default() };
+    b.parties().delete_party(delete).await.unwrap();
+    let refused = a.agreements().create_agreement(naming("fourth", "g2")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("parties/g2 is deleted"), "{}", refused.message());
+    let get = v1::GetAgreementRequest { name: "agreements/fourth".into(), ..Default::default() };
+    assert_eq!(b.agreements().get_agreement(get).await.unwrap_err().code(), tonic::Code::NotFound);
+
+    // Created twice: ALREADY_EXISTS, once its condition has failed.
+    let again = a.agreements().create_agreement(naming("first", "g1")).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+    a.stop().await;
+    b.stop().await;
+}

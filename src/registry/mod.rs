@@ -136,6 +136,9 @@ pub struct Registry {
     record_locks: Box<[tokio::sync::Mutex<()>]>,
     /// What List pages appended to the records they read lately.
     presented: presented::PresentedMemo,
+    /// Records that writes referred to lately, live, at their revision then
+    /// (see `check_targets`).
+    targets: writes::KnownTargets,
 }
 
 /// DEADLINE_EXCEEDED, with `message`, once `deadline` has passed.
@@ -200,6 +203,7 @@ impl Registry {
             watchers: Default::default(),
             record_locks: (0..writes::RECORD_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
             presented: presented::PresentedMemo::new(),
+            targets: writes::KnownTargets::default(),
         };
         registry.prepare_layout().await?;
         Ok(registry)

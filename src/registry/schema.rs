@@ -485,6 +485,7 @@ mod tests {
             watchers: Default::default(),
             record_locks: Box::new([]),
             presented: super::super::presented::PresentedMemo::new(),
+            targets: Default::default(),
         };
         let mut lease = first.take_lease(LAYOUT_JOB).await.unwrap().unwrap();
         let marker = Txn {

@@ -16,6 +16,7 @@ use super::validate::{self, Reference};
 use super::{Mutation, Registry, check_deadline, dates, decode, etag_of, index, now, targets, undecodable};
 use super::{idempotency, mask};
 use crate::error::{Error, PreconditionViolation, Result, Violations};
+use crate::store::generations::Generations;
 use crate::store::{Applied, BoxFuture, Condition, Op, Outcome, Txn, move_member};
 
 /// Fresh reads and retries of one write before giving up with ABORTED.
@@ -90,11 +91,15 @@ impl Registry {
         self.mutate(name, turn, mutation, || {
             let first = first.take();
             Box::pin(async move {
+                // The first attempt reads nothing it can state as a condition
+                // instead: the record's absence, and targets known live. Its
+                // conditions failing, the next attempt reads them to say why.
+                let again = first.is_none();
                 let mut violations = violations.clone();
                 let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: 0 }];
-                self.check_targets(&checked.references, &mut violations, &mut conditions).await?;
+                self.check_targets(&checked.references, &mut violations, &mut conditions, again).await?;
                 violations.clone().into_result()?;
-                if self.store.get(&record_key(name)).await?.is_some() {
+                if again && self.store.get(&record_key(name)).await?.is_some() {
                     return Err(Error::AlreadyExists { resource_type: kind.resource_type.into(), name: name.clone() });
                 }
                 let mut record = match first {
@@ -125,7 +130,10 @@ impl Registry {
         let patch = without_output_only(resource)?;
 
         let (name, patch) = (&name, &patch);
+        let mut attempts = 0;
         self.mutate(name, Turn::Take, mutation, || {
+            attempts += 1;
+            let again = attempts > 1;
             Box::pin(async move {
                 let entry = self.read_entry::<R>(name).await?;
                 let (stored, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
@@ -141,7 +149,7 @@ impl Registry {
                 let mut violations = Violations::new();
                 let checked = self.validate(&record, &mut violations)?;
                 let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
-                self.check_targets(&checked.references, &mut violations, &mut conditions).await?;
+                self.check_targets(&checked.references, &mut violations, &mut conditions, again).await?;
                 violations.into_result()?;
                 record.set_create_time(stored.create_time().cloned());
                 record.set_update_time(Some(now()));
@@ -225,7 +233,7 @@ impl Registry {
                 let references = self.validate(&record, &mut Violations::new())?.references;
                 let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
                 let mut missing = Violations::new();
-                self.check_targets(&references, &mut missing, &mut conditions).await?;
+                self.check_targets(&references, &mut missing, &mut conditions, true).await?;
                 if let Err(Error::InvalidArgument { violations }) = missing.into_result() {
                     let listed = violations.iter().map(|v| v.description.clone()).collect::<Vec<_>>().join("; ");
                     return Err(Error::FailedPrecondition {
@@ -324,6 +332,7 @@ impl Registry {
             let Applied { outcome, durable } = self.store.apply(txn).await?;
             match outcome {
                 Outcome::Committed { revision } => {
+                    self.targets.forget(&record_key(record.name()));
                     drop(turn);
                     durable.await?;
                     self.present(&mut record, revision, &dates::today());
@@ -362,14 +371,24 @@ impl Registry {
     /// a condition that each live one is unchanged at commit. The targets are
     /// read in one call, each once (an agreement names its parties again as
     /// its signatories' parties).
+    /// Checks that the records `references` name exist and are live, and
+    /// adds a condition that each is still at the revision found. With
+    /// `read` false, targets known live (from an earlier write's check, in
+    /// `KnownTargets`) are not read again: if one has changed since, the
+    /// write's condition fails and its next attempt reads them all.
     pub(super) async fn check_targets(
         &self,
         references: &[Reference],
         violations: &mut Violations,
         conditions: &mut Vec<Condition>,
+        read: bool,
     ) -> Result<()> {
         let names: BTreeSet<&str> = references.iter().map(|reference| reference.name.as_str()).collect();
         let keys: Vec<Vec<u8>> = names.iter().map(|name| record_key(name)).collect();
+        if !read && let Some(known) = self.targets.revisions(&keys) {
+            conditions.extend(keys.into_iter().zip(known).map(|(key, equals)| Condition::ModRevision { key, equals }));
+            return Ok(());
+        }
         let entries = self.store.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
         let mut problems = std::collections::BTreeMap::new();
         for ((name, key), entry) in names.into_iter().zip(keys).zip(entries) {
@@ -377,10 +396,14 @@ impl Registry {
                 None => Some("does not exist"),
                 Some(entry) if is_deleted(name, &entry.value)? => Some("is deleted"),
                 Some(entry) => {
-                    conditions.push(Condition::ModRevision { key, equals: entry.mod_revision });
+                    self.targets.found_live(&key, entry.mod_revision);
+                    conditions.push(Condition::ModRevision { key: key.clone(), equals: entry.mod_revision });
                     None
                 }
             };
+            if problem.is_some() {
+                self.targets.forget(&key);
+            }
             problems.insert(name, problem);
         }
         for reference in references {
@@ -389,6 +412,37 @@ impl Registry {
             }
         }
         Ok(())
+    }
+}
+
+/// The revisions at which records that writes refer to were last found
+/// live, by record key: a write that refers to them states them as its
+/// conditions without reading them again (a read is a round trip to etcd).
+/// Bounded; an entry goes when this registry writes its record.
+pub(super) struct KnownTargets(std::sync::Mutex<Generations<u64>>);
+
+/// Memory for `KnownTargets`: some ten thousand records.
+const KNOWN_TARGETS_BYTES: usize = 1 << 20;
+
+impl Default for KnownTargets {
+    fn default() -> KnownTargets {
+        KnownTargets(std::sync::Mutex::new(Generations::new(KNOWN_TARGETS_BYTES)))
+    }
+}
+
+impl KnownTargets {
+    /// The revision of each of `keys`, if every one is known.
+    fn revisions(&self, keys: &[Vec<u8>]) -> Option<Vec<u64>> {
+        let mut known = self.0.lock().expect("known targets lock");
+        keys.iter().map(|key| known.get(key)).collect()
+    }
+
+    fn found_live(&self, key: &[u8], revision: u64) {
+        self.0.lock().expect("known targets lock").insert(key.into(), revision, 8);
+    }
+
+    pub(super) fn forget(&self, key: &[u8]) {
+        self.0.lock().expect("known targets lock").remove(key);
     }
 }
 
