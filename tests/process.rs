@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -267,16 +268,29 @@ async fn snapshot(addr: SocketAddr) -> Snapshot {
     (listed.revision, listed.agreements, parties, history)
 }
 
+/// A server over `dir` with the example dataset imported, and its address.
+fn serve_example(dir: &Path) -> (Served, String) {
+    let server = Serve::new(dir).start();
+    let address = server.addr.to_string();
+    let out =
+        Command::new(BINARY).args(["import", "examples/india-japan-2020.json", "--server", &address]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (server, address)
+}
+
+/// `backup FILE --server ADDRESS`, which must succeed; what it printed.
+fn backup(file: &Path, address: &str) -> String {
+    let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", address]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `backup --server` of a live server and `restore --data-dir` give a server
 /// with every record, field, etag and revision, and the same change log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_and_restore_keep_every_record_revision_and_change() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Serve::new(&dir.path().join("original")).start();
-    let address = server.addr.to_string();
-    let out =
-        Command::new(BINARY).args(["import", "examples/india-japan-2020.json", "--server", &address]).output().unwrap();
-    assert!(out.status.success());
+    let (mut server, address) = serve_example(&dir.path().join("original"));
     let mut agreements = AgreementServiceClient::new(connect(server.addr).await);
     agreements.create_agreement(create_agreement("soft-deleted", agreement("Soft-deleted"))).await.unwrap();
     agreements
@@ -287,9 +301,7 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
     let before = snapshot(server.addr).await;
 
     let file = dir.path().join("registry.backup");
-    let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", &address]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("backed up revision {}", before.0)));
+    assert!(backup(&file, &address).contains(&format!("backed up revision {}", before.0)));
     server.kill();
 
     let restored_dir = dir.path().join("restored");
@@ -324,15 +336,10 @@ async fn backup_and_restore_keep_every_record_revision_and_change() {
 async fn a_backup_moves_a_registry_from_sled_to_etcd_and_back() {
     use cooperation_registry::store::etcd::{EtcdOptions, testing};
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Serve::new(&dir.path().join("original")).start();
-    let address = server.addr.to_string();
-    let out =
-        Command::new(BINARY).args(["import", "examples/india-japan-2020.json", "--server", &address]).output().unwrap();
-    assert!(out.status.success());
+    let (mut server, address) = serve_example(&dir.path().join("original"));
     let before = snapshot(server.addr).await;
     let file = dir.path().join("sled.backup");
-    let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", &address]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    backup(&file, &address);
     server.kill();
 
     // sled's first revision holds every ISO state: more writes than etcd's
@@ -359,9 +366,7 @@ async fn a_backup_moves_a_registry_from_sled_to_etcd_and_back() {
     let after = snapshot(on_etcd.addr).await;
 
     let file = dir.path().join("etcd.backup");
-    let address = on_etcd.addr.to_string();
-    let out = Command::new(BINARY).args(["backup", file.to_str().unwrap(), "--server", &address]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    backup(&file, &on_etcd.addr.to_string());
     on_etcd.kill();
     let back = dir.path().join("back");
     let out =
