@@ -162,13 +162,21 @@ async fn write_through(server: &TestServer, writer: usize, count: usize) -> Vec<
 
 /// With one of three members killed under writes (the leader), the
 /// registry goes on after a short pause, and every acknowledged write is
-/// readable afterwards from both servers, once in the change log.
+/// readable afterwards from both servers, once in the change log, and was
+/// delivered once to a watcher whose stream never broke.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_lost_under_writes_loses_no_acknowledged_write() {
     let mut members = start_cluster(3).await;
     let on = || Arc::new(open_cluster(&members, b"registry/"));
     let a = Arc::new(TestServer::start_on(on(), tempfile::tempdir().unwrap(), ServerOptions::default()).await);
     let b = Arc::new(TestServer::start_on(on(), tempfile::tempdir().unwrap(), ServerOptions::default()).await);
+    // A watcher of every agreement through A, from before the writes.
+    let agreements_only = v1::WatchChangesRequest {
+        resource_types: vec!["cooperationregistry.io/Agreement".into()],
+        ..Default::default()
+    };
+    let mut watch =
+        ChangeServiceClient::new(a.channel.clone()).watch_changes(agreements_only).await.unwrap().into_inner();
     let writers: Vec<_> = (0..4)
         .map(|writer| {
             let server = if writer % 2 == 0 { a.clone() } else { b.clone() };
@@ -202,6 +210,19 @@ async fn the_leader_lost_under_writes_loses_no_acknowledged_write() {
         let changes = history.list_revisions(revisions).await.unwrap().into_inner().revisions;
         assert_eq!(changes.len(), 1, "{name}: {changes:?}");
     }
+    // The watcher saw each once, in revision order, its stream unbroken.
+    let mut watched = Vec::new();
+    while watched.len() < acknowledged.len() {
+        let next = tokio::time::timeout(Duration::from_secs(30), watch.next()).await.expect("a change within 30 s");
+        let response = next.expect("the watch is open").expect("the watch goes on");
+        watched.extend(response.changes.into_iter().map(|c| (c.revision, c.name)));
+    }
+    assert!(watched.windows(2).all(|w| w[0].0 < w[1].0), "in revision order");
+    let mut names: Vec<String> = watched.into_iter().map(|(_, name)| name).collect();
+    names.sort();
+    let mut expected = acknowledged.clone();
+    expected.sort();
+    assert_eq!(names, expected);
     members[leader].restart();
 }
 

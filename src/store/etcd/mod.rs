@@ -672,22 +672,46 @@ impl Store for EtcdStore {
                 // From no earlier than the log's key was created (see `walk_log`).
                 let log = RangeRequest { key: inner.keys.log(), keys_only: true, ..Default::default() };
                 let created = inner.range(log).await?.kvs.first().map_or(0, |kv| kv.create_revision as u64);
-                let from = (from + base).max(created);
-                let mut stream = retrying(|| open_watch(&inner.watch, inner.keys.log(), from)).await?;
-                while let Some(response) = stream.next().await {
-                    let response = response.map_err(failed)?;
-                    if response.compact_revision > 0 {
-                        let compacted = (response.compact_revision as u64).saturating_sub(base);
-                        return Err(StoreError::Compacted { first: compacted.max(first) });
+                let mut next = (from + base).max(created);
+                // A watch that a member's loss ends is opened again from the
+                // next entry (on another member), for as long as a lost
+                // answer is waited for: the consumer sees a pause, not an end.
+                let mut lost: Option<(Instant, StoreError)> = None;
+                loop {
+                    let opened = retrying(|| open_watch(&inner.watch, inner.keys.log(), next)).await;
+                    let ended = match opened {
+                        Ok(mut stream) => loop {
+                            let response = match stream.next().await {
+                                Some(Ok(response)) => response,
+                                Some(Err(status)) => break failed(status),
+                                None => break StoreError::Unavailable("etcd ended the watch of the change log".into()),
+                            };
+                            if response.compact_revision > 0 {
+                                let compacted = (response.compact_revision as u64).saturating_sub(base);
+                                return Err(StoreError::Compacted { first: compacted.max(first) });
+                            }
+                            for event in response.events {
+                                let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else {
+                                    continue;
+                                };
+                                next = kv.mod_revision as u64 + 1;
+                                lost = None;
+                                if sender.send(Ok((kv.mod_revision as u64 - base, kv.value))).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
+                        },
+                        Err(error) => error,
+                    };
+                    if !matches!(ended, StoreError::Unavailable(_)) || sender.is_closed() {
+                        return Err(ended);
                     }
-                    for event in response.events {
-                        let Some(kv) = event.kv.filter(|_| event.r#type == EventType::Put as i32) else { continue };
-                        if sender.send(Ok((kv.mod_revision as u64 - base, kv.value))).await.is_err() {
-                            return Ok(());
-                        }
+                    let (since, _) = lost.get_or_insert_with(|| (Instant::now(), ended));
+                    if since.elapsed() > RESOLVE_FOR {
+                        return Err(lost.map(|(_, error)| error).expect("a loss"));
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(StoreError::Unavailable("etcd ended the watch of the change log".into()))
             };
             if let Err(e) = failure.await {
                 let _ = sender.send(Err(e)).await;

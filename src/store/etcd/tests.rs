@@ -316,3 +316,25 @@ async fn another_prefix_compacting_the_cluster_leaves_a_later_log_whole() {
     let mut watch = two.watch(1);
     assert_eq!(next(&mut watch).await.unwrap().unwrap(), (written, b"change".to_vec()));
 }
+
+/// A watch whose member goes away and comes back goes on where it was: no
+/// error, no entry lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_outlives_its_member_going_away() {
+    use crate::store::testkit::{commit, next, put, revision_of, txn};
+    let mut member = start_member().await;
+    let store = open(&member, b"watched/");
+    let before = revision_of(commit(&store, txn(vec![put("k", "1")], vec![])).await);
+    let mut watch = store.watch(before);
+    assert_eq!(next(&mut watch).await.unwrap().unwrap().0, before);
+    member.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    member.restart();
+    let after = loop {
+        match store.commit(txn(vec![put("k", "2")], vec![])).await {
+            Ok(outcome) => break revision_of(outcome),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    };
+    assert_eq!(next(&mut watch).await.unwrap().unwrap(), (after, b"change".to_vec()));
+}
