@@ -88,8 +88,10 @@ impl Member {
     /// member that may not be dropped.
     fn stop_with_this_process(&self) {
         let Some(child) = &self.child else { return };
+        // Only the same process: its pid may have gone to another since.
         let watcher = format!(
-            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {etcd} 2>/dev/null; rm -rf '{dir}'",
+            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
+             grep -qF '{dir}' /proc/{etcd}/cmdline 2>/dev/null && kill -9 {etcd}; rm -rf '{dir}'",
             parent = std::process::id(),
             etcd = child.id(),
             dir = self.dir.display()
