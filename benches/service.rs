@@ -28,6 +28,17 @@
 //!   request: decoding it only, with two sled inserts, and with two inserts
 //!   made durable as the registry makes them. Writes `target/bench-floor.md`.
 //!
+//! - `BENCH=etcd`: the registry on the etcd engine. A 3-member etcd 3.4
+//!   cluster on loopback (members on core 1, with h2load), registry servers
+//!   with `--store etcd` on core 0: GetAgreement, the party page, durable
+//!   CreateAgreement and UpdateAgreement through one server and through two
+//!   sharing the prefix (one h2load each, at the shape), and etcd's own
+//!   Range (linearizable and serializable) and Put sent to the leader, with
+//!   the floor under a create: the transaction a create sends, replayed raw
+//!   (as sent, and with every key put); at the three shapes, interleaved,
+//!   REPS times; the registry's CPU per call and the members'
+//!   (`service/etcd.rs`). Writes `target/bench-etcd.md`.
+//!
 //! Every run is checked, because h2load counts a call that failed with a gRPC
 //! status as a success: reads must return exactly calls × response bytes of
 //! DATA, writes must move the revision by exactly the number of calls.
@@ -40,7 +51,8 @@
 //! registry, etcd and the floor server, `load` runs h2load and reads what it
 //! measured, `checks` verifies each run against the servers' own counts,
 //! `data` loads the agreements and writes the request bodies, `report` writes
-//! the table, and `compare`, `overload` and `floor` are the benchmarks.
+//! the table, and `compare`, `overload`, `floor` and `etcd` are the
+//! benchmarks.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -51,6 +63,8 @@ mod checks;
 mod compare;
 #[path = "service/data.rs"]
 mod data;
+#[path = "service/etcd.rs"]
+mod etcd;
 #[path = "service/floor.rs"]
 mod floor;
 #[path = "service/load.rs"]
@@ -88,8 +102,9 @@ async fn bench() {
         "overload" => overload::overload().await,
         "compare" => compare::compare(Comparison::Service).await,
         "floor" => compare::compare(Comparison::Floor).await,
+        "etcd" => etcd::etcd().await,
         other => {
-            eprintln!("BENCH={other}: use compare, floor or overload");
+            eprintln!("BENCH={other}: use compare, floor, etcd or overload");
             std::process::exit(1);
         }
     }

@@ -10,6 +10,7 @@ use crate::load::Run;
 
 /// How a run is checked beyond the server's own count of OK answers (which
 /// must cover every call h2load counted, with no other code).
+#[derive(Clone)]
 pub enum Check {
     /// Each answer carried at least this many bytes of DATA.
     ResponseBytes(u64),

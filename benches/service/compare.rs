@@ -150,7 +150,11 @@ pub async fn compare(comparison: Comparison) {
 /// The registry's targets, with their request bodies written to `dir` and the
 /// exact response sizes of the reads; and the create request, which the floor
 /// server answers too.
-async fn registry_targets(server: &Served, get_name: &str, dir: &Path) -> (Vec<Target>, v1::CreateAgreementRequest) {
+pub async fn registry_targets(
+    server: &Served,
+    get_name: &str,
+    dir: &Path,
+) -> (Vec<Target>, v1::CreateAgreementRequest) {
     let mut client = AgreementServiceClient::new(connect(server.addr).await);
     let get = v1::GetAgreementRequest { name: get_name.to_string(), ..Default::default() };
     let got = client.get_agreement(get.clone()).await.unwrap().into_inner();
@@ -163,14 +167,7 @@ async fn registry_targets(server: &Served, get_name: &str, dir: &Path) -> (Vec<T
         agreement: Some(agreement(7)),
         request_id: String::new(),
     };
-    let mut changed = got.clone();
-    changed.title = "Agreement retitled by the benchmark".into();
-    changed.etag = String::new();
-    let update = v1::UpdateAgreementRequest {
-        agreement: Some(changed),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["title".into()] }),
-        request_id: String::new(),
-    };
+    let update = retitle(&got);
     let health = tonic_health::pb::HealthCheckRequest { service: String::new() };
     let health_reply = tonic_health::pb::HealthCheckResponse { status: 1 };
     // The request written where h2load reads it, named after its method.
@@ -201,6 +198,19 @@ async fn registry_targets(server: &Served, get_name: &str, dir: &Path) -> (Vec<T
         registry("UpdateAgreement (fsync)", agreements("UpdateAgreement"), frame(&update), Check::RegistryWrite),
     ];
     (targets, create)
+}
+
+/// The update the benchmark sends again and again: `agreement` retitled,
+/// whatever its etag.
+pub fn retitle(agreement: &v1::Agreement) -> v1::UpdateAgreementRequest {
+    let mut changed = agreement.clone();
+    changed.title = "Agreement retitled by the benchmark".into();
+    changed.etag = String::new();
+    v1::UpdateAgreementRequest {
+        agreement: Some(changed),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["title".into()] }),
+        request_id: String::new(),
+    }
 }
 
 /// etcd's targets: a Range and a Put of one key the size of our encoded

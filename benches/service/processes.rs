@@ -1,6 +1,6 @@
 //! The processes under test, each pinned with `taskset` (h2load runs on core
-//! 1): the registry, etcd and the floor server, and what they use of the
-//! machine.
+//! 1): the registry, etcd (one member, or a cluster) and the floor server,
+//! and what they use of the machine.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -40,25 +40,47 @@ pub fn start_floor(data_dir: &Path) -> Served {
 /// Starts etcd on a fresh data dir, pinned to core 0; None if it is not
 /// installed or does not answer within 30 s.
 pub fn start_etcd(data_dir: &Path) -> Option<Served> {
-    let client = free_port();
-    let peer = free_port();
+    let (client, peer) = (free_port(), free_port());
+    let initial_cluster = format!("bench=http://127.0.0.1:{peer}");
+    start_etcd_member("bench", data_dir, (client, peer), &initial_cluster, "0")
+}
+
+/// Starts a cluster of `size` etcd members on loopback, each on a fresh data
+/// dir under `dir` and pinned to `cores`, with etcd's defaults otherwise
+/// (what an operator gets); None if etcd is not installed or a member does
+/// not answer within 30 s. The members answer once their ports are open,
+/// not once they have elected a leader.
+pub fn start_etcd_cluster(dir: &Path, size: usize, cores: &str) -> Option<Vec<Served>> {
+    let (ports, initial_cluster) = cooperation_registry::store::etcd::testing::loopback_cluster(size);
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, &ports)| {
+            start_etcd_member(&format!("n{i}"), &dir.join(format!("n{i}")), ports, &initial_cluster, cores)
+        })
+        .collect()
+}
+
+/// Starts etcd member `name` of `initial_cluster` on `data_dir`, serving
+/// clients and peers on the `(client, peer)` ports of 127.0.0.1, pinned to
+/// `cores`; None if it is not installed or its client port does not open
+/// within 30 s.
+fn start_etcd_member(
+    name: &str,
+    data_dir: &Path,
+    (client, peer): (u16, u16),
+    initial_cluster: &str,
+    cores: &str,
+) -> Option<Served> {
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
     let child = Command::new("taskset")
-        .args(["-c", "0", "etcd", "--name", "bench", "--data-dir"])
+        .args(["-c", cores, "etcd", "--name", name, "--data-dir"])
         .arg(data_dir)
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-            "--advertise-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-            "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-            "--initial-cluster",
-            &format!("bench=http://127.0.0.1:{peer}"),
-            "--log-level",
-            "error",
-        ])
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", initial_cluster, "--initial-cluster-state", "new"])
+        .args(["--log-level", "error"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -131,11 +131,16 @@ pub fn table(summary: &Summary) -> String {
 
 /// Prints the report and writes it under `target/`.
 pub fn write(comparison: Comparison, table: &str) {
-    println!("{table}");
     let file = match comparison {
         Comparison::Service => "bench-service.md",
         Comparison::Floor => "bench-floor.md",
     };
+    write_to(file, table);
+}
+
+/// Prints a report and writes it to `target/<file>`.
+pub fn write_to(file: &str, table: &str) {
+    println!("{table}");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join(file);
     std::fs::write(&out, table).unwrap();
     eprintln!("written to {}", out.display());

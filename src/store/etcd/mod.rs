@@ -161,7 +161,7 @@ impl Keys {
 
 /// The smallest key after every key that starts with `prefix` (etcd's
 /// `range_end` for a prefix).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -513,19 +513,7 @@ impl Inner {
                     Write::Delete => {
                         request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest { key, ..Default::default() })
                     }
-                    // A transaction within: etcd compares its version (0:
-                    // absent) as the whole transaction starts.
-                    Write::Add(value) => request_op::Request::RequestTxn(TxnRequest {
-                        compare: vec![Compare {
-                            result: compare::CompareResult::Equal as i32,
-                            target: compare::CompareTarget::Version as i32,
-                            key: key.clone(),
-                            range_end: Vec::new(),
-                            target_union: Some(compare::TargetUnion::Version(0)),
-                        }],
-                        success: vec![RequestOp { request: Some(put(key, value)) }],
-                        failure: Vec::new(),
-                    }),
+                    Write::Add(value) => put_if_absent(key, value),
                 }),
             })
             .collect();
@@ -538,6 +526,25 @@ impl Inner {
         });
         TxnRequest { compare, success, failure: Vec::new() }
     }
+}
+
+/// A put of `key` only if it is absent, as a set member is added: a
+/// transaction within, whose compare of the key's version (0: absent) etcd
+/// makes as the whole transaction starts.
+pub fn put_if_absent(key: Vec<u8>, value: Vec<u8>) -> request_op::Request {
+    let absent = Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Version as i32,
+        key: key.clone(),
+        range_end: Vec::new(),
+        target_union: Some(compare::TargetUnion::Version(0)),
+    };
+    let put = request_op::Request::RequestPut(PutRequest { key, value, ..Default::default() });
+    request_op::Request::RequestTxn(TxnRequest {
+        compare: vec![absent],
+        success: vec![RequestOp { request: Some(put) }],
+        failure: Vec::new(),
+    })
 }
 
 /// A watch of `key` from `from`, once etcd has created it.

@@ -200,6 +200,19 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Free loopback (client, peer) ports for the `size` members `n0`, `n1`…
+/// of a cluster, and its `--initial-cluster`.
+pub fn loopback_cluster(size: usize) -> (Vec<(u16, u16)>, String) {
+    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+    let initial_cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (ports, initial_cluster)
+}
+
 /// Starts a one-member cluster and waits until it answers.
 pub async fn start_member() -> Member {
     start_cluster(1).await.pop().expect("one member")
@@ -222,13 +235,7 @@ async fn start_cluster_with(
     flags: &[&str],
     ready: impl Fn(Vec<String>) -> EtcdOptions,
 ) -> Vec<Member> {
-    let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-    let initial_cluster = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, peer))| format!("n{i}=http://127.0.0.1:{peer}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (ports, initial_cluster) = loopback_cluster(size);
     let mut members: Vec<Member> = ports
         .iter()
         .enumerate()
