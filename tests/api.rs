@@ -358,6 +358,31 @@ async fn request_id_retries_get_the_first_answer() {
         .unwrap_err();
     assert_eq!(violated_fields(&err), ["request_id"]);
     assert_eq!(count_agreements(&server, true).await, 1);
+
+    // An update naming the etag it read, retried after it succeeded (its etag
+    // is gone by then), and a delete retried once the record is deleted:
+    // each retry answers with the first answer, not with ABORTED or
+    // "already deleted".
+    let current = client
+        .get_agreement(v1::GetAgreementRequest { name: first.name.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let patch =
+        v1::Agreement { name: first.name.clone(), title: "Once".into(), etag: current.etag, ..Default::default() };
+    let update = v1::UpdateAgreementRequest {
+        request_id: "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d".into(),
+        ..update_request(patch, mask(&["title"]))
+    };
+    let updated = client.update_agreement(update.clone()).await.unwrap().into_inner();
+    assert_eq!(client.update_agreement(update).await.unwrap().into_inner(), updated);
+    let delete = v1::DeleteAgreementRequest {
+        name: first.name.clone(),
+        request_id: "2e3d4c5b-6f7a-4b8c-9d0e-1f2a3b4c5d6e".into(),
+        ..Default::default()
+    };
+    let deleted = client.delete_agreement(delete.clone()).await.unwrap().into_inner();
+    assert_eq!(client.delete_agreement(delete).await.unwrap().into_inner(), deleted);
     server.stop().await;
 }
 

@@ -104,14 +104,19 @@ impl RequestSlot {
 
 impl Registry {
     /// The first answer to an earlier success of the same request, or where
-    /// to keep this one's.
-    pub(super) async fn earlier_request<R: Resource>(&self, mutation: &Mutation) -> Result<Earlier<R>> {
+    /// to keep this one's. Unless `read`, the request is taken as new without
+    /// a read: its entry's absence is then a condition of the write, and a
+    /// write whose condition failed reads on its next attempt.
+    pub(super) async fn earlier_request<R: Resource>(&self, mutation: &Mutation, read: bool) -> Result<Earlier<R>> {
         if mutation.request_id.is_empty() {
             return Ok(Earlier::New(None));
         }
         let slot = |replaces, stale_member| {
             Earlier::New(Some(RequestSlot { request_id: mutation.request_id.clone(), replaces, stale_member }))
         };
+        if !read {
+            return Ok(slot(0, None));
+        }
         let Some(entry) = self.store.get(&request_key(&mutation.request_id)).await? else {
             return Ok(slot(0, None));
         };

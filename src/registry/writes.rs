@@ -294,12 +294,25 @@ impl Registry {
             Turn::Take => Some(self.record_lock(name).lock().await),
             Turn::Unneeded => None,
         };
-        for _ in 0..MAX_ATTEMPTS {
-            let slot = match self.earlier_request::<R>(mutation).await? {
+        for attempt in 0..MAX_ATTEMPTS {
+            // The first attempt takes a request as new without reading its
+            // entry (see `earlier_request`); a retry of one that succeeded
+            // fails its condition, or its plan (the etag it names is gone,
+            // say), and then gets its first answer.
+            let read = attempt > 0;
+            let slot = match self.earlier_request::<R>(mutation, read).await? {
                 idempotency::Earlier::Answered(answer) => return Ok(answer),
                 idempotency::Earlier::New(slot) => slot,
             };
-            let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = plan().await?;
+            let planned = match plan().await {
+                Ok(planned) => planned,
+                Err(refused) if !read && slot.is_some() => match self.earlier_request::<R>(mutation, true).await? {
+                    idempotency::Earlier::Answered(answer) => return Ok(answer),
+                    idempotency::Earlier::New(_) => return Err(refused),
+                },
+                Err(refused) => return Err(refused),
+            };
+            let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = planned;
             let name = record.name().to_string();
             let bytes = record.encode_to_vec();
             let commit_time = now();
