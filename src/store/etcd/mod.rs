@@ -50,8 +50,13 @@ mod tests;
 pub const DEFAULT_LIMITS: TxnLimits = TxnLimits { max_ops: 128, max_bytes: 1536 * 1024 };
 
 /// How long a write whose answer was lost waits for the cluster to tell
-/// whether it committed (see `Inner::resolve`).
-const RESOLVE_FOR: Duration = Duration::from_secs(30);
+/// whether it committed (see `Inner::resolve`): long enough for a leader's
+/// election, short of a client's patience while the cluster has no quorum.
+const RESOLVE_FOR: Duration = Duration::from_secs(10);
+
+/// How long a watch that a member's loss ended is opened again without
+/// delivering anything, before it ends with the error.
+const WATCH_REOPEN_FOR: Duration = Duration::from_secs(30);
 
 /// How long a read (idempotent: it may go to another member) is retried
 /// while the cluster is unavailable, before UNAVAILABLE.
@@ -714,7 +719,7 @@ impl Store for EtcdStore {
                         return Err(ended);
                     }
                     let (since, _) = lost.get_or_insert_with(|| (Instant::now(), ended));
-                    if since.elapsed() > RESOLVE_FOR {
+                    if since.elapsed() > WATCH_REOPEN_FOR {
                         return Err(lost.map(|(_, error)| error).expect("a loss"));
                     }
                     tokio::time::sleep(Duration::from_millis(200)).await;
