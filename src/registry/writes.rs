@@ -383,12 +383,10 @@ impl Registry {
     /// Adds a violation for every reference to a missing or deleted record, and
     /// a condition that each live one is unchanged at commit. The targets are
     /// read in one call, each once (an agreement names its parties again as
-    /// its signatories' parties).
-    /// Checks that the records `references` name exist and are live, and
-    /// adds a condition that each is still at the revision found. With
-    /// `read` false, targets known live (from an earlier write's check, in
-    /// `KnownTargets`) are not read again: if one has changed since, the
-    /// write's condition fails and its next attempt reads them all.
+    /// its signatories' parties). With `read` false, targets known live (from
+    /// an earlier write's check, in `KnownTargets`) are not read again: if one
+    /// has changed since, the write's condition fails and its next attempt
+    /// reads them all.
     pub(super) async fn check_targets(
         &self,
         references: &[Reference],
@@ -454,7 +452,7 @@ impl KnownTargets {
         self.0.lock().expect("known targets lock").insert(key.into(), revision, 8);
     }
 
-    pub(super) fn forget(&self, key: &[u8]) {
+    fn forget(&self, key: &[u8]) {
         self.0.lock().expect("known targets lock").remove(key);
     }
 }
