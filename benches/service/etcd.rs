@@ -242,16 +242,9 @@ fn keys_written(scrape: &BTreeMap<String, f64>) -> f64 {
 
 /// The index of the member that leads, if one says it does.
 async fn leader_of(members: &[Served]) -> Option<usize> {
-    use etcdpb::maintenance_client::MaintenanceClient;
     for (i, member) in members.iter().enumerate() {
-        let Ok(channel) = Channel::from_shared(format!("http://{}", member.addr)).unwrap().connect().await else {
-            continue;
-        };
-        if let Ok(status) = MaintenanceClient::new(channel).status(etcdpb::StatusRequest {}).await {
-            let status = status.into_inner();
-            if status.leader != 0 && status.header.is_some_and(|header| header.member_id == status.leader) {
-                return Some(i);
-            }
+        if cooperation_registry::store::etcd::testing::leads(&format!("http://{}", member.addr)).await {
+            return Some(i);
         }
     }
     None
@@ -387,12 +380,8 @@ async fn a_create(server: &Served, cluster: &Cluster) -> (Vec<etcdpb::Compare>, 
     assert!(writes.iter().any(|(key, _)| *key == record), "the create's events hold its record");
 
     let floor = |key: &[u8]| [FLOOR_PREFIX.as_bytes(), &key[PREFIX.len()..]].concat();
-    let mod_revision = |key: Vec<u8>, revision: i64| etcdpb::Compare {
-        result: compare::CompareResult::Equal as i32,
-        target: compare::CompareTarget::Mod as i32,
-        key,
-        range_end: Vec::new(),
-        target_union: Some(compare::TargetUnion::ModRevision(revision)),
+    let mod_revision = |key: Vec<u8>, revision: i64| {
+        cooperation_registry::store::etcd::mod_revision_is(compare::CompareResult::Equal, key, Vec::new(), revision)
     };
     let mut compares = vec![mod_revision([FLOOR_PREFIX.as_bytes(), b"absent/", &record].concat(), 0)];
     let referrers = [PREFIX.as_bytes(), b"sx/"].concat();

@@ -55,7 +55,7 @@ impl tonic::service::Interceptor for BearerToken {
 impl ClientArgs {
     /// A channel to the server, and the bearer token to send, if any.
     pub async fn connect(&self) -> Result<(tonic::transport::Channel, Option<String>), BoxError> {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        let read = |path: &PathBuf| super::read_file(path);
         let scheme = if self.ca_cert.is_some() { "https" } else { "http" };
         let endpoint = format!("{scheme}://{}", self.server);
         let mut builder = tonic::transport::Channel::from_shared(endpoint.clone())?;

@@ -57,7 +57,7 @@ pub struct EtcdArgs {
 impl EtcdArgs {
     /// The engine's options, with the files and the password read.
     pub fn options(&self) -> Result<EtcdOptions, BoxError> {
-        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()));
+        let read = |path: &PathBuf| super::read_file(path);
         let endpoints =
             self.etcd_endpoints.iter().map(|e| if e.contains("://") { e.clone() } else { format!("http://{e}") });
         let mut options = EtcdOptions::new(endpoints.collect(), self.etcd_prefix.as_bytes());

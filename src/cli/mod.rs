@@ -52,6 +52,11 @@ impl Cli {
     }
 }
 
+/// The bytes of a file a flag names, or an error naming it.
+fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 /// Runs the command asked for.
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     let command = match cli.command {

@@ -181,7 +181,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
-            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+            let read = |path: &PathBuf| super::read_file(path);
             let mut tls = tonic::transport::ServerTlsConfig::new()
                 .identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
             if let Some(ca) = &args.tls_client_ca {

@@ -464,25 +464,19 @@ impl Inner {
             .conditions
             .iter()
             .flat_map(|condition| match condition {
-                Condition::ModRevision { key, equals } => vec![Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Mod as i32,
-                    key: self.keys.key(key),
-                    range_end: Vec::new(),
+                Condition::ModRevision { key, equals } => {
                     // 0, "absent", is etcd's too.
-                    target_union: Some(compare::TargetUnion::ModRevision(match *equals {
+                    let equals = match *equals {
                         0 => 0,
                         equals => (equals + base) as i64,
-                    })),
-                }],
+                    };
+                    vec![mod_revision_is(compare::CompareResult::Equal, self.keys.key(key), Vec::new(), equals)]
+                }
                 Condition::NoneWrittenAfter { prefix, revision } => [self.keys.key(prefix), self.keys.member(prefix)]
                     .into_iter()
-                    .map(|key| Compare {
-                        result: compare::CompareResult::Less as i32,
-                        target: compare::CompareTarget::Mod as i32,
-                        range_end: prefix_end(&key),
-                        key,
-                        target_union: Some(compare::TargetUnion::ModRevision((*revision + base) as i64 + 1)),
+                    .map(|key| {
+                        let end = prefix_end(&key);
+                        mod_revision_is(compare::CompareResult::Less, key, end, (*revision + base) as i64 + 1)
                     })
                     .collect(),
             })
@@ -530,6 +524,18 @@ impl Inner {
             })),
         });
         TxnRequest { compare, success, failure: Vec::new() }
+    }
+}
+
+/// A compare of the revision that last wrote `key` (or each key from it to
+/// `range_end`, when not empty) with `revision`.
+pub fn mod_revision_is(result: compare::CompareResult, key: Vec<u8>, range_end: Vec<u8>, revision: i64) -> Compare {
+    Compare {
+        result: result as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key,
+        range_end,
+        target_union: Some(compare::TargetUnion::ModRevision(revision)),
     }
 }
 

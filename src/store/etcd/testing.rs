@@ -101,17 +101,22 @@ impl Member {
 
     /// Whether it leads the cluster (false if it does not answer).
     pub async fn leads(&self) -> bool {
-        use crate::pb::etcd::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
-        let Ok(channel) = tonic::transport::Channel::from_shared(self.url.clone()).unwrap().connect().await else {
-            return false;
-        };
-        match MaintenanceClient::new(channel).status(StatusRequest {}).await {
-            Ok(status) => {
-                let status = status.into_inner();
-                status.header.is_some_and(|header| header.member_id == status.leader)
-            }
-            Err(_) => false,
+        leads(&self.url).await
+    }
+}
+
+/// Whether the member at client URL `url` leads its cluster (false if it
+/// does not answer).
+pub async fn leads(url: &str) -> bool {
+    use crate::pb::etcd::etcdserverpb::{StatusRequest, maintenance_client::MaintenanceClient};
+    let Ok(endpoint) = tonic::transport::Channel::from_shared(url.to_string()) else { return false };
+    let Ok(channel) = endpoint.connect().await else { return false };
+    match MaintenanceClient::new(channel).status(StatusRequest {}).await {
+        Ok(status) => {
+            let status = status.into_inner();
+            status.leader != 0 && status.header.is_some_and(|header| header.member_id == status.leader)
         }
+        Err(_) => false,
     }
 }
 
