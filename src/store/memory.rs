@@ -112,6 +112,28 @@ impl Snapshot for MemorySnapshot {
         }
         Box::pin(std::future::ready(Ok(members)))
     }
+
+    fn members_before<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        before: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Members>> {
+        let mut members = Members::default();
+        let end = match before {
+            [] => crate::store::prefix_end(prefix),
+            before => before.to_vec(),
+        };
+        let end = match end.is_empty() {
+            true => std::ops::Bound::Unbounded,
+            false => std::ops::Bound::Excluded(end),
+        };
+        let range = self.data.members.range((std::ops::Bound::Included(prefix.to_vec()), end));
+        for (member, _) in range.rev().take_while(|(m, _)| m.starts_with(prefix)).take(limit) {
+            members.push(member);
+        }
+        Box::pin(std::future::ready(Ok(members)))
+    }
 }
 
 impl MemoryStore {

@@ -441,6 +441,16 @@ pub trait Snapshot: Send + Sync {
     /// followed by the member, from `start` (inclusive, and itself under
     /// `prefix` or empty for the first) in ascending order of those bytes.
     fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>>;
+
+    /// Up to `limit` set members under `prefix` (as [`Snapshot::members`]
+    /// gives them) before `before` (exclusive; empty for the last under
+    /// `prefix`), in descending order: an index walked from its end.
+    fn members_before<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        before: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Members>>;
 }
 
 /// What an engine has beyond the core of [`Store`], for the operator: the
@@ -547,6 +557,19 @@ pub fn move_member(
     let removed = before.difference(after).map(|set| Op::Remove { set: set.clone(), member: member.to_vec() });
     let added = after.difference(before).map(|set| Op::Add { set: set.clone(), member: member.to_vec() });
     removed.chain(added).collect()
+}
+
+/// The smallest key greater than every key that starts with `prefix` (empty
+/// when there is none: every byte of `prefix` is 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    end
 }
 
 /// The smallest key greater than every key that starts with `key` followed by

@@ -258,6 +258,13 @@ pub async fn members(store: &dyn Store, prefix: &str, start: &str, limit: usize)
     members_in(&*store.snapshot().await.expect("snapshot"), prefix, start, limit).await
 }
 
+/// The members at the latest revision before `before`, descending, as strings.
+pub async fn members_before(store: &dyn Store, prefix: &str, before: &str, limit: usize) -> Vec<String> {
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let found = snapshot.members_before(prefix.as_bytes(), before.as_bytes(), limit).await.expect("members_before");
+    found.iter().map(|m| String::from_utf8(m.to_vec()).unwrap()).collect()
+}
+
 /// Sets: members read back in order from any start, whatever order and
 /// grouping they came in; adding twice or removing an absent member changes
 /// nothing; a failed condition adds nothing; `NoneWrittenAfter` sees added
@@ -279,6 +286,16 @@ async fn sets(store: &dyn Store) {
     assert_eq!(members(store, "x/1\0", "x/1\0m151", 3).await, ["x/1\0m151", "x/1\0m154", "x/1\0m157"]);
     assert_eq!(members(store, "x/1\0", "x/1\0m152", 1).await, ["x/1\0m154"]);
     assert!(members(store, "x/3\0", "", 10).await.is_empty());
+    // Backwards: from the end of a prefix, or before a member, across sets.
+    let backwards = |set: usize| expected(set).into_iter().rev().collect::<Vec<_>>();
+    assert_eq!(members_before(store, "x/1\0", "", 1000).await, backwards(1));
+    assert_eq!(members_before(store, "x/", "", 1000).await, [backwards(2), backwards(1), backwards(0)].concat());
+    assert_eq!(members_before(store, "x/1\0", "x/1\0m157", 3).await, ["x/1\0m154", "x/1\0m151", "x/1\0m148"]);
+    assert_eq!(members_before(store, "x/1\0", "x/1\0m156", 1).await, ["x/1\0m154"]);
+    assert_eq!(members_before(store, "x/", "x/1\0", 2).await, ["x/0\0m297", "x/0\0m294"]);
+    assert!(members_before(store, "x/1\0", "x/1\0m001", 10).await.is_empty());
+    assert!(members_before(store, "x/3\0", "", 10).await.is_empty());
+    assert!(members_before(store, "w/", "", 10).await.is_empty(), "nothing under a prefix before the sets'");
     let snapshot = store.snapshot().await.unwrap();
     assert!(scan(&*snapshot, "x/", b"", 10).await.is_empty(), "members are not keys");
     drop(snapshot);
@@ -366,6 +383,12 @@ async fn views(store: &dyn Store) {
     assert_eq!(before.revision(), at);
     assert_eq!(scan(&*before, "v/", b"", 1000).await, keys_before, "its keys");
     assert_eq!(members_in(&*before, "v/", "", 1000).await, members_before, "its members");
+    let backwards = before.members_before(b"v/", b"", 1000).await.unwrap();
+    let mut backwards: Vec<String> = backwards.iter().map(|m| String::from_utf8(m.to_vec()).unwrap()).collect();
+    backwards.reverse();
+    assert_eq!(backwards, members_before, "its members, backwards");
+    let backwards = before.members_before(b"v/s1\0", b"v/s1\0m100", 3).await.unwrap().to_vec();
+    assert_eq!(backwards, [b"v/s1\0m099".to_vec(), b"v/s1\0m097".to_vec(), b"v/s1\0m095".to_vec()]);
     // In pieces, from starts between keys, as a List pages through them.
     let mut pieced = Vec::new();
     let mut start = Vec::new();

@@ -167,15 +167,11 @@ impl Keys {
 /// The smallest key after every key that starts with `prefix` (etcd's
 /// `range_end` for a prefix).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
+    match crate::store::prefix_end(prefix) {
+        // Every byte 0xff: to the end of the keyspace.
+        end if end.is_empty() => vec![0],
+        end => end,
     }
-    // Every byte 0xff: to the end of the keyspace.
-    vec![0]
 }
 
 /// A call's failure: etcd unreachable or without a quorum is "retry"; a
@@ -399,6 +395,36 @@ impl Inner {
         Ok(members)
     }
 
+    async fn members_before_at(
+        &self,
+        prefix: &[u8],
+        before: &[u8],
+        limit: usize,
+        revision: u64,
+    ) -> StoreResult<Members> {
+        let range_end = match before {
+            [] => prefix_end(&self.keys.with(b's', prefix)),
+            before => self.keys.with(b's', before),
+        };
+        let range = self.range(RangeRequest {
+            key: self.keys.with(b's', prefix),
+            range_end,
+            limit: limit.min(i64::MAX as usize) as i64,
+            revision: self.etcd_revision(revision).await?,
+            keys_only: true,
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            sort_target: pb::range_request::SortTarget::Key as i32,
+            ..Default::default()
+        });
+        let kvs = range.await?.kvs;
+        let skip = self.keys.prefix.len() + 1;
+        let mut members = Members::with_capacity(kvs.len());
+        for kv in &kvs {
+            members.push(&kv.key[skip..]);
+        }
+        Ok(members)
+    }
+
     /// The log's entries from `from` on, up to `limit`, as a watch of the
     /// log key delivers them up to the log's latest entry.
     async fn read_log(&self, from: u64, limit: usize) -> StoreResult<Changes> {
@@ -603,6 +629,15 @@ impl Snapshot for EtcdSnapshot {
 
     fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>> {
         Box::pin(self.store.members_at(prefix, start, limit, self.revision))
+    }
+
+    fn members_before<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        before: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Members>> {
+        Box::pin(self.store.members_before_at(prefix, before, limit, self.revision))
     }
 }
 

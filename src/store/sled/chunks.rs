@@ -401,6 +401,53 @@ pub(super) fn scan(tree: &super::views::TreeAt<'_>, prefix: &[u8], start: &[u8],
     Ok(out)
 }
 
+/// Up to `limit` members under `prefix` before `before` (exclusive; empty for
+/// the last under `prefix`), set name and member together, in descending
+/// order: chunks read from the last that may hold one, each one's members
+/// backwards.
+pub(super) fn scan_before(
+    tree: &super::views::TreeAt<'_>,
+    prefix: &[u8],
+    before: &[u8],
+    limit: usize,
+) -> StoreResult<Members> {
+    let end = match before {
+        [] => crate::store::prefix_end(prefix),
+        before => before.to_vec(),
+    };
+    // A chunk's key is its lowest member, so no chunk from `end`'s on holds
+    // one before it; without an end (a prefix of 0xff bytes), all of them.
+    let bound = (!end.is_empty()).then(|| chunk_key(&end, b""));
+    let mut out = Members::with_capacity(limit.min(crate::store::MAX_CHUNK));
+    let mut full = Vec::new();
+    for item in tree.range_before(bound.as_deref()) {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, raw) = item?;
+        if key.first() != Some(&SET) {
+            break;
+        }
+        let chunk = ChunkView::parse(&raw)?;
+        let set =
+            key.get(1..1 + chunk.set_len).ok_or_else(|| StoreError::Storage("a set chunk key is short".into()))?;
+        let held = chunk.members().collect::<StoreResult<Vec<&[u8]>>>()?;
+        for member in held.iter().rev() {
+            full.clear();
+            full.extend_from_slice(set);
+            full.extend_from_slice(member);
+            if !end.is_empty() && full.as_slice() >= end.as_slice() {
+                continue;
+            }
+            if full.as_slice() < prefix || out.len() >= limit {
+                return Ok(out);
+            }
+            out.push(&full);
+        }
+    }
+    Ok(out)
+}
+
 /// The chunks that hold `members` (set, member, revision), given in order,
 /// as full as chunks get: for a restore.
 pub(super) fn pack(members: impl IntoIterator<Item = (Vec<u8>, Vec<u8>, u64)>) -> Vec<(Vec<u8>, Chunk)> {

@@ -664,6 +664,12 @@ impl Reads {
             Ok(members)
         })
     }
+
+    /// Members in descending order (see `Snapshot::members_before`); not
+    /// cached: only an index walked backwards reads them.
+    fn members_before(&self, prefix: &[u8], before: &[u8], limit: usize, at: Option<u64>) -> StoreResult<Members> {
+        self.on_tree(at, |tree, _| chunks::scan_before(tree, prefix, before, limit))
+    }
 }
 
 /// A view of the sled store at one revision (see `views`).
@@ -693,6 +699,15 @@ impl Snapshot for SledSnapshot {
 
     fn members<'a>(&'a self, prefix: &'a [u8], start: &'a [u8], limit: usize) -> BoxFuture<'a, StoreResult<Members>> {
         Box::pin(std::future::ready(self.reads.members(prefix, start, limit, Some(self.revision))))
+    }
+
+    fn members_before<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        before: &'a [u8],
+        limit: usize,
+    ) -> BoxFuture<'a, StoreResult<Members>> {
+        Box::pin(std::future::ready(self.reads.members_before(prefix, before, limit, Some(self.revision))))
     }
 }
 

@@ -141,6 +141,26 @@ impl<'a> TreeAt<'a> {
         }
     }
 
+    /// The entries before `before` (exclusive; the whole tree if `None`),
+    /// in descending key order.
+    pub(super) fn range_before(
+        &self,
+        before: Option<&[u8]>,
+    ) -> Box<dyn Iterator<Item = StoreResult<(IVec, IVec)>> + 'a> {
+        let bound = match before {
+            Some(key) => std::ops::Bound::Excluded(key.to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let tree = self.tree.range::<Vec<u8>, _>((std::ops::Bound::Unbounded, bound.clone())).rev();
+        match self.at {
+            None => Box::new(tree.map(|item| item.map_err(storage))),
+            Some((state, revision)) => {
+                let kept = state.before.range::<Vec<u8>, _>((std::ops::Bound::Unbounded, bound)).rev();
+                Box::new(Merged::new(tree, kept, revision, true))
+            }
+        }
+    }
+
     /// The last key at or before `key`.
     pub(super) fn last_key_at_or_before(&self, key: &[u8]) -> StoreResult<Option<IVec>> {
         let tree = self.tree.range(..=key).rev();
