@@ -599,7 +599,7 @@ fn compare(actual: Option<&Value>, op: Op, expected: &Typed) -> bool {
     let ordering = match (actual, expected) {
         (Value::String(a), Typed::Str(e)) => {
             if op == Op::Has {
-                return a.to_lowercase().contains(&e.to_lowercase()) || a == e;
+                return crate::registry::words::contains(a, e);
             }
             if op == Op::Eq {
                 return wildcard_equals(a, e);

@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::filter::Filter;
 use super::keys::{RECORD_PREFIX, collection_key};
 use super::order::{self, OrderBy};
+use super::ordered::Ordered;
 use super::resource::Resource;
 use super::{
     DEFAULT_PAGE_SIZE, EncodedPage, EncodedRecord, ListQuery, MAX_PAGE_SIZE, Page, Registry, as_of_day, check_deadline,
@@ -145,10 +146,13 @@ impl Registry {
         // The page shows the store at one revision, which it answers with.
         let snapshot = self.store.snapshot().await?;
         let read_at = snapshot.revision();
-        let candidates = index::candidates(&*snapshot, R::KIND, &filter).await?;
+        let candidates = match order.is_by_name() {
+            true => index::candidates(&*snapshot, R::KIND, &filter).await?,
+            false => None,
+        };
         // Each candidate: derive as of the day, then the deleted check, then the
         // filter (skipped, with its transcoding, when it matches everything).
-        let visible = |record: &mut R, revision: u64| {
+        let visible = |record: &mut R, revision: u64| -> bool {
             self.present(record, revision, &as_of);
             query.show_deleted || record.delete_time().is_none()
         };
@@ -164,7 +168,13 @@ impl Registry {
             let mut items = Vec::new();
             let mut last = Vec::new();
             let mut reads = 0;
-            let scope = Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after, first_reads: size + 1 };
+            let scope = Scope {
+                snapshot: &*snapshot,
+                candidates: candidates.as_ref(),
+                after,
+                first_reads: size + 1,
+                among: None,
+            };
             let newest = self
                 .scan_stored::<R>(scope, query.deadline, |name, entry| {
                     reads += 1;
@@ -193,8 +203,13 @@ impl Registry {
         } else {
             let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
             let newest = if order.is_by_name() {
-                let scope =
-                    Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after, first_reads: size + 1 };
+                let scope = Scope {
+                    snapshot: &*snapshot,
+                    candidates: candidates.as_ref(),
+                    after,
+                    first_reads: size + 1,
+                    among: None,
+                };
                 self.scan::<R>(scope, query.deadline, |mut record, revision| {
                     if visible(&mut record, revision)
                         && (!test_filter || filter.matches(&record.transcode_to_dynamic()))
@@ -209,35 +224,18 @@ impl Registry {
                 })
                 .await?
             } else {
-                // Every candidate is read; a page's worth (and one to tell
-                // whether there are more) after the cursor is kept.
-                let mut best = order::Best::new(size + 1, |a: &(Vec<order::SortValue>, R), b: &(_, R)| {
-                    order.compare((&a.0, a.1.name()), (&b.0, b.1.name()))
-                });
-                let scope = Scope {
-                    snapshot: &*snapshot,
-                    candidates: candidates.as_ref(),
-                    after: None,
-                    first_reads: MAX_CHUNK,
-                };
-                let newest = self
-                    .scan::<R>(scope, query.deadline, |mut record, revision| {
-                        if visible(&mut record, revision) {
-                            let dynamic = record.transcode_to_dynamic();
-                            if filter.matches(&dynamic) {
-                                let values = order.sort_key(&dynamic);
-                                let after_cursor = cursor.as_ref().is_none_or(|(at_values, at_name)| {
-                                    order.compare((&values, record.name()), (at_values, at_name)).is_gt()
-                                });
-                                if after_cursor {
-                                    best.offer((values, record));
-                                }
-                            }
-                        }
-                        true
+                let (found, newest) = self
+                    .ordered_rows::<R>(Ordered {
+                        snapshot: &*snapshot,
+                        filter: &filter,
+                        order: &order,
+                        cursor: cursor.as_ref(),
+                        size,
+                        deadline: query.deadline,
+                        visible: &visible,
                     })
                     .await?;
-                rows = best.into_sorted();
+                rows = found;
                 more = rows.len() > size;
                 rows.truncate(size);
                 newest
@@ -263,8 +261,13 @@ impl Registry {
         let snapshot = self.store.snapshot().await?;
         let candidates = index::candidates(&*snapshot, R::KIND, filter).await?;
         let mut found = Vec::new();
-        let scope =
-            Scope { snapshot: &*snapshot, candidates: candidates.as_ref(), after: None, first_reads: MAX_CHUNK };
+        let scope = Scope {
+            snapshot: &*snapshot,
+            candidates: candidates.as_ref(),
+            after: None,
+            first_reads: MAX_CHUNK,
+            among: None,
+        };
         self.scan::<R>(scope, deadline, |mut record, revision| {
             self.present(&mut record, revision, as_of);
             if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
@@ -342,6 +345,11 @@ impl Registry {
             let mut joined = Vec::with_capacity(ids.len() * (prefix.len() + 24));
             let mut ends = Vec::with_capacity(ids.len());
             for id in ids.iter() {
+                if let Some(among) = scope.among
+                    && !std::str::from_utf8(id).is_ok_and(|id| among.contains(id))
+                {
+                    continue;
+                }
                 joined.extend_from_slice(&prefix);
                 joined.extend_from_slice(id);
                 ends.push(joined.len());
@@ -373,6 +381,8 @@ pub(super) struct Scope<'a> {
     pub candidates: Option<&'a index::Candidates>,
     pub after: Option<&'a str>,
     pub first_reads: usize,
+    /// Only the candidates among these ids (tested before the record is read).
+    pub among: Option<&'a std::collections::BTreeSet<String>>,
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod keys;
 mod lists;
 pub mod mask;
 pub mod order;
+mod ordered;
 pub mod paging;
 pub mod partnership_domain;
 pub mod party;
@@ -38,6 +39,7 @@ pub mod resource;
 mod schema;
 pub mod validate;
 mod wire;
+pub mod words;
 mod writes;
 
 use std::collections::BTreeSet;

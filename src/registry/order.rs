@@ -76,6 +76,11 @@ impl OrderBy {
         self.keys.is_empty()
     }
 
+    /// The path of the first key and whether it is descending.
+    pub fn first_key(&self) -> Option<(&[Step], bool)> {
+        self.keys.first().map(|(steps, desc)| (steps.as_slice(), *desc))
+    }
+
     pub fn sort_key(&self, record: &DynamicMessage) -> Vec<SortValue> {
         self.keys.iter().map(|(steps, _)| value_at(record, steps)).collect()
     }

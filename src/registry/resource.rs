@@ -23,6 +23,11 @@ pub struct Kind {
     pub message: &'static str,
     /// Field paths with a secondary index (see `index`), for the planner.
     pub indexes: &'static [&'static str],
+    /// Singular field paths with an ordered index: a List ordered by one of
+    /// them walks its index (see `index`).
+    pub ordered: &'static [&'static str],
+    /// Text fields with an index of their words, for `:`.
+    pub words: &'static [&'static str],
 }
 
 pub const PARTY: Kind = Kind {
@@ -31,7 +36,9 @@ pub const PARTY: Kind = Kind {
     resource_type: "cooperationregistry.io/Party",
     id_prefix: 'p',
     message: "cooperation.v1.Party",
-    indexes: &["kind", "members.party", "parent", "iso_alpha3"],
+    indexes: &["kind", "members.party", "parent", "iso_alpha3", "labels"],
+    ordered: &["display_name"],
+    words: &["display_name"],
 };
 pub const AGREEMENT: Kind = Kind {
     collection: "agreements",
@@ -46,10 +53,11 @@ pub const AGREEMENT: Kind = Kind {
         "instrument_type",
         "signatories.party",
         "relations.agreement",
-        "signature_date",
-        "entry_into_force_date",
-        "end.date",
+        "identifiers.value",
+        "labels",
     ],
+    ordered: &["title", "signature_date", "entry_into_force_date", "end.date"],
+    words: &["title"],
 };
 pub const PARTNERSHIP_DOMAIN: Kind = Kind {
     collection: "partnershipDomains",
@@ -57,7 +65,9 @@ pub const PARTNERSHIP_DOMAIN: Kind = Kind {
     resource_type: "cooperationregistry.io/PartnershipDomain",
     id_prefix: 'd',
     message: "cooperation.v1.PartnershipDomain",
-    indexes: &["parties", "category", "status", "agreements", "since_date"],
+    indexes: &["parties", "category", "status", "agreements", "labels"],
+    ordered: &["title", "since_date"],
+    words: &["title"],
 };
 pub const ENGAGEMENT: Kind = Kind {
     collection: "engagements",
@@ -65,7 +75,9 @@ pub const ENGAGEMENT: Kind = Kind {
     resource_type: "cooperationregistry.io/Engagement",
     id_prefix: 'e',
     message: "cooperation.v1.Engagement",
-    indexes: &["participants.party", "kind", "agreements", "partnership_domains", "start_date", "parent_engagement"],
+    indexes: &["participants.party", "kind", "agreements", "partnership_domains", "parent_engagement", "labels"],
+    ordered: &["title", "start_date"],
+    words: &["title"],
 };
 
 pub const KINDS: [&Kind; 4] = [&PARTY, &AGREEMENT, &PARTNERSHIP_DOMAIN, &ENGAGEMENT];

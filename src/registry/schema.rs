@@ -27,9 +27,10 @@ pub const MIGRATION_ACTOR: &str = "system:migration";
 
 /// Version of the registry's key layout above the store: 2 added the
 /// secondary indexes, 3 made index and reference entries set members instead
-/// of keys, 4 keeps each request's answer with it. An older data dir is
-/// upgraded on open.
-pub(super) const REGISTRY_SCHEMA: u32 = 4;
+/// of keys, 4 keeps each request's answer with it, 5 added the ordered and
+/// word indexes (and changed how index values are encoded). An older data
+/// dir is upgraded on open.
+pub(super) const REGISTRY_SCHEMA: u32 = 5;
 
 pub(super) const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
 
@@ -95,7 +96,10 @@ impl Registry {
             _ if fresh || schema == Some(SEEDING) => self.seed(&mut lease).await?,
             _ => {
                 let from = schema.unwrap_or(1);
-                if from < 3 {
+                if from < 5 {
+                    if from >= 3 {
+                        self.remove_index_sets(&mut lease).await?;
+                    }
                     self.rebuild_indexes(&mut lease).await?;
                 }
                 if from < 4 {
@@ -201,6 +205,39 @@ impl Registry {
             Outcome::Committed { .. } => Ok(()),
             Outcome::ConditionFailed => Err(Error::internal("what a job read changed before it wrote")),
         }
+    }
+
+    /// Schema 5: removes every index entry (set member), for
+    /// `rebuild_indexes` to write them as this build encodes them.
+    async fn remove_index_sets(&self, lease: &mut Lease) -> Result<()> {
+        let mut batches = Batches::new(self.store.limits(), migration_change(), Lease::SIZE);
+        let mut removed = 0;
+        let mut reported = Instant::now();
+        let mut start = Vec::new();
+        loop {
+            let read = self.store.snapshot().await?.members(b"i/", &start, 10_000).await?;
+            let Some(last) = read.last() else { break };
+            start = key_after(last);
+            for entry in read.iter() {
+                // A set's name ends in its last 0 byte: ids hold none.
+                let Some(at) = entry.iter().rposition(|b| *b == 0) else { continue };
+                let (set, member) = (entry[..=at].to_vec(), entry[at + 1..].to_vec());
+                self.write_batched(
+                    lease,
+                    &mut batches,
+                    Txn { ops: vec![Op::Remove { set, member }], ..Default::default() },
+                )
+                .await?;
+            }
+            removed += read.len();
+            if reported.elapsed() >= PROGRESS_INTERVAL {
+                tracing::info!(removed, "upgrading the data dir: removing the old index entries");
+                reported = Instant::now();
+            }
+        }
+        self.commit_batch(lease, batches.take()).await?;
+        tracing::info!(removed, "removed the old index entries");
+        Ok(())
     }
 
     /// Schema 3: writes the index and reference sets of every record (for
