@@ -38,6 +38,11 @@ use crate::store::{Members, Snapshot, StoreResult, key_after, prefix_end};
 /// Most index entries counted to judge an index's selectivity.
 const COUNT_LIMIT: usize = 100_000;
 
+/// Ids a condition may find for it to count as narrow: a condition with no
+/// more is read whole before wider ones, and its ids are checked in the
+/// others' sets one by one, or tested on the records.
+const FEW: usize = 1024;
+
 /// Below every encoded value but the empty one (a value an ordered index
 /// holds for records without one).
 const LOWEST_VALUE: u8 = 1;
@@ -288,6 +293,12 @@ impl Lookup {
         self.reach == Reach::Set
     }
 
+    /// Whether this one set holds `id`.
+    async fn holds(&self, snapshot: &dyn Snapshot, id: &str) -> StoreResult<bool> {
+        let key = [self.prefix.as_slice(), id.as_bytes()].concat();
+        Ok(snapshot.members(&self.prefix, &key, 1).await?.iter().next() == Some(key.as_slice()))
+    }
+
     fn set(set: Vec<u8>) -> Lookup {
         Lookup { prefix: set.clone(), start: set, end: None, reach: Reach::Set, one_value: false }
     }
@@ -362,14 +373,16 @@ enum Source {
 /// Where the indexes find the records that may match a condition of a
 /// filter: its lookup, the lookups of an OR's every branch, those of some of
 /// an AND's conditions; `None` when the records must be read to tell.
-fn source_for(kind: &Kind, condition: &Filter) -> Option<Source> {
+fn source_for(kind: &Kind, condition: &Filter, day: i64) -> Option<Source> {
     match condition {
-        Filter::Compare { .. } => lookup_for(kind, condition),
+        Filter::Compare { path, op, value } => {
+            status_source(kind, path, *op, value, day).or_else(|| lookup_for(kind, condition))
+        }
         Filter::Any(branches) => {
-            Some(Source::Any(branches.iter().map(|branch| source_for(kind, branch)).collect::<Option<_>>()?))
+            Some(Source::Any(branches.iter().map(|branch| source_for(kind, branch, day)).collect::<Option<_>>()?))
         }
         Filter::All(parts) => {
-            let found: Vec<Source> = joined(parts.iter().filter_map(|part| source_for(kind, part)).collect());
+            let found: Vec<Source> = joined(parts.iter().filter_map(|part| source_for(kind, part, day)).collect());
             match found.len() {
                 0 => None,
                 1 => found.into_iter().next(),
@@ -378,6 +391,47 @@ fn source_for(kind: &Kind, condition: &Filter) -> Option<Source> {
         }
         Filter::Not(_) => None,
     }
+}
+
+/// Where the agreements whose status (derived as of `day`, see
+/// `agreement::status_as_of`) a comparison asks for may be: the dates that
+/// status needs, as ranges of the date indexes (an agreement signed but not
+/// in force has a signature date up to the day, and no entry into force or
+/// one after it, and no end or one after it).
+fn status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed, day: i64) -> Option<Source> {
+    use crate::pb::cooperation::v1::agreement::Status;
+    let at_status = matches!(path, [filter::Step::Field(field)] if field.name() == "status");
+    let (true, true, Op::Eq | Op::Has, Typed::Enum(number)) = (*kind == resource::AGREEMENT, at_status, op, value)
+    else {
+        return None;
+    };
+    let dates = |path: &str, low: Option<i64>, high: Option<i64>| {
+        let base = prefix(kind, path);
+        let mut start = base.clone();
+        match low {
+            Some(low) => start.extend_from_slice(&encode_date(low)),
+            None => start.push(LOWEST_VALUE),
+        }
+        let end = high.map(|high| encode_date(high).to_vec());
+        Source::Lookup(Lookup { prefix: base, start, end, reach: Reach::Dates, one_value: true })
+    };
+    let unset = |path: &str| Source::Lookup(Lookup::set([prefix(kind, path).as_slice(), &[0]].concat()));
+    let later = |path: &str| Source::Any(vec![unset(path), dates(path, Some(day + 1), None)]);
+    Some(match Status::try_from(*number).ok()? {
+        Status::Unspecified => unset("signature_date"),
+        Status::NotYetSigned => dates("signature_date", Some(day + 1), None),
+        Status::Signed => Source::All(vec![
+            dates("signature_date", None, Some(day)),
+            later("entry_into_force_date"),
+            later("end.date"),
+        ]),
+        Status::ProvisionallyApplied => Source::All(vec![later("entry_into_force_date"), later("end.date")]),
+        Status::InForce => Source::All(vec![dates("entry_into_force_date", None, Some(day)), later("end.date")]),
+        Status::Expired => {
+            Source::Any(vec![dates("end.date", None, Some(day)), dates("entry_into_force_date", None, Some(day))])
+        }
+        Status::Terminated | Status::Superseded => dates("end.date", None, Some(day)),
+    })
 }
 
 /// The lookups an index can do for one comparison of a filter.
@@ -502,19 +556,53 @@ fn run_source<'a>(
     Box::pin(async move {
         match source {
             Source::Lookup(lookup) => run(snapshot, lookup, limit, among).await,
-            Source::All(parts) => {
+            Source::All(parts) if parts.len() > 1 => {
+                // Each part read as far as a few ids: the smallest of those
+                // read whole seeds the answer, so one narrow condition is
+                // not held up by a wide one ("signed but not in force" and
+                // one party).
                 let mut found: Option<BTreeSet<String>> = None;
+                let mut wide = Vec::new();
                 for part in parts {
-                    if found.as_ref().is_some_and(BTreeSet::is_empty) {
-                        break;
+                    match run_source(snapshot, part, FEW.min(limit), among).await? {
+                        Some(ids) => match &mut found {
+                            None => found = Some(ids),
+                            Some(kept) => kept.retain(|id| ids.contains(id)),
+                        },
+                        None => wide.push(part),
                     }
-                    // (A part with more keys narrows nothing for its cost.)
-                    if let Some(kept) = run_source(snapshot, part, limit, found.as_ref().or(among)).await? {
-                        found = Some(kept);
+                }
+                // Sets first: each is checked for the ids found so far.
+                wide.sort_by_key(|part| !matches!(part, Source::Lookup(lookup) if lookup.is_exact()));
+                for part in wide {
+                    match (&mut found, part) {
+                        (Some(ids), _) if ids.is_empty() => break,
+                        (Some(ids), Source::Lookup(lookup)) if lookup.is_exact() && ids.len() <= FEW => {
+                            let mut held = BTreeSet::new();
+                            for id in ids.iter() {
+                                if lookup.holds(snapshot, id).await? {
+                                    held.insert(id.clone());
+                                }
+                            }
+                            *ids = held;
+                        }
+                        // Few enough to test on the records themselves.
+                        (Some(ids), _) if ids.len() <= FEW => {}
+                        (Some(ids), part) => {
+                            // (A part with more keys narrows nothing for its cost.)
+                            if let Some(kept) = run_source(snapshot, part, limit, Some(ids)).await? {
+                                *ids = kept;
+                            }
+                        }
+                        (None, part) => found = run_source(snapshot, part, limit, among).await?,
                     }
                 }
                 Ok(found)
             }
+            Source::All(parts) => match parts.first() {
+                Some(only) => run_source(snapshot, only, limit, among).await,
+                None => Ok(None),
+            },
             Source::Any(branches) => {
                 let mut found = BTreeSet::new();
                 for branch in branches {
@@ -634,8 +722,13 @@ pub fn answers_exactly(kind: &Kind, filter: &Filter) -> bool {
 /// is the few agreements both parties' sets hold, not all of India's). A
 /// condition with more than `COUNT_LIMIT` entries is left for the filter to
 /// test on the records.
-pub async fn candidates(snapshot: &dyn Snapshot, kind: &Kind, filter: &Filter) -> StoreResult<Option<Candidates>> {
-    candidates_but(snapshot, kind, filter, None).await
+pub async fn candidates(
+    snapshot: &dyn Snapshot,
+    kind: &Kind,
+    filter: &Filter,
+    as_of: &Date,
+) -> StoreResult<Option<Candidates>> {
+    candidates_but(snapshot, kind, filter, dates::first_day(as_of), None).await
 }
 
 /// [`candidates`] without the conditions on the index at `skipped` (the
@@ -644,9 +737,10 @@ async fn candidates_but(
     snapshot: &dyn Snapshot,
     kind: &Kind,
     filter: &Filter,
+    day: i64,
     skipped: Option<&[u8]>,
 ) -> StoreResult<Option<Candidates>> {
-    let sources = filter.conjuncts().into_iter().filter_map(|c| source_for(kind, c));
+    let sources = filter.conjuncts().into_iter().filter_map(|c| source_for(kind, c, day));
     let sources: Vec<Source> = joined(sources.collect())
         .into_iter()
         .filter(|source| !matches!((source, skipped), (Source::Lookup(l), Some(p)) if l.prefix == p))
@@ -688,8 +782,9 @@ impl OrderedIndex {
         snapshot: &dyn Snapshot,
         kind: &Kind,
         filter: &Filter,
+        as_of: &Date,
     ) -> StoreResult<Option<Candidates>> {
-        candidates_but(snapshot, kind, filter, Some(&self.prefix)).await
+        candidates_but(snapshot, kind, filter, dates::first_day(as_of), Some(&self.prefix)).await
     }
 
     /// The set of the records whose value is `value`.
@@ -878,7 +973,7 @@ mod tests {
         let descriptor = Agreement::default().descriptor();
         let lookup = |text: &str| {
             let filter = Filter::compile(text, &descriptor).unwrap();
-            source_for(&resource::AGREEMENT, filter.conjuncts()[0])
+            source_for(&resource::AGREEMENT, filter.conjuncts()[0], 0)
         };
         let one = |text: &str| match lookup(text) {
             Some(Source::Lookup(lookup)) => lookup,

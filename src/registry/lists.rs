@@ -147,7 +147,7 @@ impl Registry {
         let snapshot = self.store.snapshot().await?;
         let read_at = snapshot.revision();
         let candidates = match order.is_by_name() {
-            true => index::candidates(&*snapshot, R::KIND, &filter).await?,
+            true => index::candidates(&*snapshot, R::KIND, &filter, &as_of).await?,
             false => None,
         };
         // Each candidate: derive as of the day, then the deleted check, then the
@@ -228,6 +228,7 @@ impl Registry {
                     .ordered_rows::<R>(Ordered {
                         snapshot: &*snapshot,
                         filter: &filter,
+                        as_of: &as_of,
                         order: &order,
                         cursor: cursor.as_ref(),
                         size,
@@ -259,7 +260,7 @@ impl Registry {
     /// with DEADLINE_EXCEEDED once `deadline` has passed.
     pub async fn query<R: Resource>(&self, filter: &Filter, as_of: &Date, deadline: Option<Instant>) -> Result<Vec<R>> {
         let snapshot = self.store.snapshot().await?;
-        let candidates = index::candidates(&*snapshot, R::KIND, filter).await?;
+        let candidates = index::candidates(&*snapshot, R::KIND, filter, as_of).await?;
         let mut found = Vec::new();
         let scope = Scope {
             snapshot: &*snapshot,
@@ -428,7 +429,10 @@ mod tests {
             let expected: BTreeSet<String> = expected.iter().map(|&i| ids[i].clone()).collect();
             let compiled = Filter::compile(filter, &descriptor).unwrap();
             let snapshot = store.snapshot().await.unwrap();
-            match index::candidates(&*snapshot, &resource::AGREEMENT, &compiled).await.unwrap() {
+            match index::candidates(&*snapshot, &resource::AGREEMENT, &compiled, &dates::date(2025, 1, 1))
+                .await
+                .unwrap()
+            {
                 Some(index::Candidates::Ids(found)) => assert_eq!(found, expected, "{filter}"),
                 other => panic!("{filter}: {other:?}"),
             }

@@ -12,6 +12,7 @@ use super::order::{self, OrderBy, SortValue};
 use super::resource::Resource;
 use super::{Registry, check_deadline};
 use crate::error::{Error, Result};
+use crate::pb::google::r#type::Date;
 use crate::store::{MAX_CHUNK, Snapshot};
 
 /// Most records a page in an order no index serves may be sorted from: a
@@ -30,6 +31,8 @@ pub(super) type Rows<R> = Vec<(Vec<SortValue>, R)>;
 pub(super) struct Ordered<'a, V> {
     pub snapshot: &'a dyn Snapshot,
     pub filter: &'a Filter,
+    /// The day derived fields are derived as of.
+    pub as_of: &'a Date,
     pub order: &'a OrderBy,
     /// Where the last page ended: its last row's sort key and name.
     pub cursor: Option<&'a (Vec<SortValue>, String)>,
@@ -49,8 +52,8 @@ impl Registry {
         let kind = R::KIND;
         let walked = page.order.first_key().and_then(|(path, _)| index::ordered_index(kind, path));
         let candidates = match &walked {
-            Some(walked) => walked.other_candidates(page.snapshot, kind, page.filter).await?,
-            None => index::candidates(page.snapshot, kind, page.filter).await?,
+            Some(walked) => walked.other_candidates(page.snapshot, kind, page.filter, page.as_of).await?,
+            None => index::candidates(page.snapshot, kind, page.filter, page.as_of).await?,
         };
         let few = match &candidates {
             Some(candidates) => {
