@@ -462,6 +462,7 @@ async fn the_relationship_of_india_and_japan_reproduces_the_seed_article() {
         parties: vec!["parties/ind".into(), "parties/jpn".into()],
         as_of: date(2025, 1, 1),
         window_months: 0,
+        max_section_items: 0,
     };
     let got = client.get_relationship(request.clone()).await.unwrap().into_inner();
     let counts = got.counts.unwrap();
@@ -526,13 +527,47 @@ async fn the_relationship_of_india_and_japan_reproduces_the_seed_article() {
         .get_relationship(v1::GetRelationshipRequest {
             parties: vec!["parties/ind".into(), "parties/nowhere".into(), "parties/ind".into()],
             window_months: -1,
+            max_section_items: 1001,
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&err), ["parties[1]", "parties[2]", "window_months"]);
+    assert_eq!(violated_fields(&err), ["parties[1]", "parties[2]", "window_months", "max_section_items"]);
     let err = client.get_relationship(v1::GetRelationshipRequest::default()).await.unwrap_err();
     assert_eq!(violated_fields(&err), ["parties"]);
+    server.stop().await;
+}
+
+/// Each list of a relationship holds the first `max_section_items` of its
+/// items (100 unless asked), and `counts` every one: the first items of the
+/// longer answer, in its order.
+#[tokio::test]
+async fn a_relationship_keeps_the_first_items_of_each_list_and_counts_all() {
+    let server = TestServer::start().await;
+    let mut agreements = server.agreements();
+    for i in 0..600 {
+        let record = numbered_agreement(i, &STATES);
+        agreements.create_agreement(create_agreement(&format!("r{i:03}"), record)).await.unwrap();
+    }
+    let mut client = RelationshipServiceClient::new(server.channel.clone());
+    let ask = |most: i32| v1::GetRelationshipRequest {
+        parties: vec!["parties/ind".into()],
+        as_of: date(2020, 1, 1),
+        window_months: 1200,
+        max_section_items: most,
+    };
+    let whole = client.get_relationship(ask(1000)).await.unwrap().into_inner();
+    let counts = whole.counts.unwrap();
+    assert!(counts.agreements > 100, "{counts:?}");
+    assert_eq!(whole.agreements.len() as i32, counts.agreements);
+    assert_eq!(whole.upcoming_term_events.len() as i32, counts.upcoming_term_events);
+    for (most, kept) in [(0, 100), (3, 3)] {
+        let part = client.get_relationship(ask(most)).await.unwrap().into_inner();
+        assert_eq!(part.counts, Some(counts), "counts are of the whole");
+        assert_eq!(part.agreements[..], whole.agreements[..kept]);
+        let events = kept.min(whole.upcoming_term_events.len());
+        assert_eq!(part.upcoming_term_events[..], whole.upcoming_term_events[..events]);
+    }
     server.stop().await;
 }
 

@@ -16,6 +16,7 @@ impl RelationshipService for super::Api {
             parties: request.parties,
             as_of: request.as_of,
             window_months: request.window_months,
+            max_section_items: request.max_section_items,
             deadline,
         };
         let registry = self.registry.clone();

@@ -12,6 +12,12 @@ use crate::registry::{Registry, agreement as agreement_rules, dates, resource};
 
 pub const DEFAULT_WINDOW_MONTHS: i32 = 12;
 pub const MAX_WINDOW_MONTHS: i32 = 1200;
+/// Items each list of a relationship holds unless asked otherwise: the
+/// relationship of one party with a large registry names tens of
+/// thousands of agreements, and an answer that holds them all outgrows
+/// what clients take by default (4 MiB).
+pub const DEFAULT_SECTION_ITEMS: i32 = 100;
+pub const MAX_SECTION_ITEMS: i32 = 1000;
 
 /// What GetRelationship asks.
 #[derive(Clone, Debug, Default)]
@@ -19,6 +25,8 @@ pub struct RelationshipQuery {
     pub parties: Vec<String>,
     pub as_of: Option<Date>,
     pub window_months: i32,
+    /// Most items in each list (0: DEFAULT_SECTION_ITEMS).
+    pub max_section_items: i32,
     /// When the caller stops waiting: the record scans stop then.
     pub deadline: Option<std::time::Instant>,
 }
@@ -32,6 +40,12 @@ fn date_of(day: i64) -> Date {
 /// resource names, so quoting them is safe).
 fn all_named(path: &str, names: &[String]) -> String {
     names.iter().map(|n| format!("{path} = \"{n}\"")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// The first `most` items.
+fn first<T>(mut items: Vec<T>, most: usize) -> Vec<T> {
+    items.truncate(most);
+    items
 }
 
 /// Sort key of an optional date: dated first, by their first day.
@@ -69,6 +83,17 @@ impl Registry {
                 DEFAULT_WINDOW_MONTHS
             }
         };
+        let section_items = match query.max_section_items {
+            0 => DEFAULT_SECTION_ITEMS,
+            n if (1..=MAX_SECTION_ITEMS).contains(&n) => n,
+            n => {
+                violations.add(
+                    "max_section_items",
+                    format!("must be from 1 to {MAX_SECTION_ITEMS}, or 0 for {DEFAULT_SECTION_ITEMS} (got {n})"),
+                );
+                DEFAULT_SECTION_ITEMS
+            }
+        } as usize;
         let as_of = super::as_of_day(query.as_of.as_ref(), &mut violations);
         violations.into_result()?;
         let compile =
@@ -181,11 +206,11 @@ impl Registry {
             parties: query.parties.clone(),
             as_of: Some(as_of),
             window_months: window,
-            agreements: summaries,
-            agreements_in_force: in_force,
-            upcoming_term_events: events,
-            partnership_domains: domains,
-            engagements,
+            agreements: first(summaries, section_items),
+            agreements_in_force: first(in_force, section_items),
+            upcoming_term_events: first(events, section_items),
+            partnership_domains: first(domains, section_items),
+            engagements: first(engagements, section_items),
             counts: Some(counts),
         })
     }
