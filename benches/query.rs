@@ -391,7 +391,7 @@ async fn main() {
     let scanned = query(r#"NOT (NOT (parties:"parties/jpn"))"#);
     // A full scan: every agreement read and tested (what an unindexed answer
     // costs when matches are few or far into the collection).
-    let full = query(r#"NOT (NOT (parties:"parties/jpn")) AND title = "no such title""#);
+    let full = query(r#"NOT (NOT (parties:"parties/jpn")) AND description = "no such description""#);
     let first = registry.list::<Agreement>(&indexed).await.unwrap();
     let same = registry.list::<Agreement>(&scanned).await.unwrap();
     assert_eq!(names(&first.items), names(&same.items), "both plans give the same page");

@@ -8,7 +8,8 @@
 //! - `e/requests\0` holds the kept answers in the order they expire;
 //! - `x/{target}\0` holds `source` while `source` (live) refers to `target`;
 //! - `i/{collection}/{path}\0{value}\0` holds the ids of the records with that
-//!   value: secondary indexes (see `index`).
+//!   value, and `i/{collection}/{path}#words\0{word}\0` those whose text holds
+//!   the word: secondary indexes (see `index`).
 
 use super::Kind;
 
