@@ -568,6 +568,13 @@ async fn a_relationship_keeps_the_first_items_of_each_list_and_counts_all() {
         let events = kept.min(whole.upcoming_term_events.len());
         assert_eq!(part.upcoming_term_events[..], whole.upcoming_term_events[..events]);
     }
+    // A deleted agreement is neither shown nor counted.
+    let gone = whole.agreements[1].agreement.clone();
+    agreements.delete_agreement(v1::DeleteAgreementRequest { name: gone.clone(), ..Default::default() }).await.unwrap();
+    let after = client.get_relationship(ask(1000)).await.unwrap().into_inner();
+    assert_eq!(after.counts.unwrap().agreements, counts.agreements - 1);
+    assert!(after.agreements.iter().all(|a| a.agreement != gone));
+    assert_eq!(after.agreements[1..], whole.agreements[2..]);
     server.stop().await;
 }
 

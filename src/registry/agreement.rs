@@ -117,7 +117,7 @@ pub trait StatusFields {
 
 macro_rules! status_fields {
     ($($type:ty),*) => {$(
-        impl StatusFields for $type {
+        impl $crate::registry::agreement::StatusFields for $type {
             fn signature_date(&self) -> Option<&Date> {
                 self.signature_date.as_ref()
             }
@@ -138,6 +138,7 @@ macro_rules! status_fields {
 }
 
 status_fields!(Agreement, StatusInputs);
+pub(super) use status_fields;
 
 /// The fields of `Agreement` its status is derived from, under the same tags:
 /// decoding a stored agreement into it skips the titles, parties, provisions

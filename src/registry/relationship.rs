@@ -8,7 +8,10 @@ use crate::pb::cooperation::v1::relationship::{
 use crate::pb::cooperation::v1::{Agreement, Engagement, PartnershipDomain, Relationship, agreement};
 use crate::pb::google::r#type::Date;
 use crate::registry::filter::Filter;
-use crate::registry::{Registry, agreement as agreement_rules, dates, resource};
+use crate::registry::lists::Scope;
+use crate::registry::{Registry, agreement as agreement_rules, dates, index, resource};
+use crate::store::MAX_CHUNK;
+use prost::Message;
 
 pub const DEFAULT_WINDOW_MONTHS: i32 = 12;
 pub const MAX_WINDOW_MONTHS: i32 = 1200;
@@ -40,6 +43,59 @@ fn date_of(day: i64) -> Date {
 /// resource names, so quoting them is safe).
 fn all_named(path: &str, names: &[String]) -> String {
     names.iter().map(|n| format!("{path} = \"{n}\"")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// What GetRelationship reads of every agreement it counts, under
+/// `Agreement`'s tags: the rest is decoded only for those it shows.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AgreementOutline {
+    #[prost(string, repeated, tag = "8")]
+    parties: Vec<String>,
+    #[prost(message, optional, tag = "10")]
+    signature_date: Option<Date>,
+    #[prost(message, optional, tag = "12")]
+    provisional_application_date: Option<Date>,
+    #[prost(message, optional, tag = "13")]
+    entry_into_force_date: Option<Date>,
+    #[prost(message, optional, tag = "15")]
+    term: Option<agreement::Term>,
+    #[prost(message, optional, tag = "16")]
+    end: Option<agreement::End>,
+    #[prost(message, optional, tag = "29")]
+    delete_time: Option<prost_types::Timestamp>,
+}
+
+agreement_rules::status_fields!(AgreementOutline);
+
+/// What GetRelationship reads of every engagement it counts, under
+/// `Engagement`'s tags.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EngagementOutline {
+    #[prost(message, repeated, tag = "5")]
+    participants: Vec<ParticipantOutline>,
+    #[prost(message, optional, tag = "6")]
+    start_date: Option<Date>,
+    #[prost(message, optional, tag = "21")]
+    delete_time: Option<prost_types::Timestamp>,
+}
+
+/// `Engagement.Participant`'s party.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ParticipantOutline {
+    #[prost(string, tag = "1")]
+    party: String,
+}
+
+/// An agreement as GetRelationship counts it.
+struct Counted {
+    /// Where it falls in the answer: dated first, by signature (else entry into force).
+    order: (bool, i64),
+    name: String,
+    status: agreement::Status,
+    term_end: Option<(i64, bool)>,
+    notice_months: i32,
+    /// Decoded whole if the answer shows it.
+    stored: bytes::Bytes,
 }
 
 /// The first `most` items.
@@ -100,59 +156,81 @@ impl Registry {
             |text: String, descriptor| Filter::compile(&text, &descriptor).map_err(|e| Error::internal(e.to_string()));
         use prost_reflect::ReflectMessage;
 
-        let mut agreements: Vec<Agreement> = self
-            .query(
-                &compile(all_named("parties", &query.parties), Agreement::default().descriptor())?,
-                &as_of,
-                query.deadline,
-            )
-            .await?;
-        agreements.sort_by_key(|a| {
-            (date_key(a.signature_date.as_ref().or(a.entry_into_force_date.as_ref())), a.name.clone())
-        });
+        let snapshot = self.store.snapshot().await?;
+        let agreements_filter = compile(all_named("parties", &query.parties), Agreement::default().descriptor())?;
+        let candidates = index::candidates(&*snapshot, &resource::AGREEMENT, &agreements_filter, &as_of).await?;
         let today = dates::first_day(&as_of);
         let window_end = dates::add_term(today, 0, window);
+        // Every agreement is counted from its outline; only those the answer
+        // shows are decoded whole.
+        let mut counted: Vec<Counted> = Vec::new();
+        let scope = Scope {
+            snapshot: &*snapshot,
+            candidates: candidates.as_ref(),
+            after: None,
+            first_reads: MAX_CHUNK,
+            among: None,
+        };
+        self.scan_stored::<Agreement>(scope, query.deadline, |name, entry| {
+            let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
+            if outline.delete_time.is_some() || !query.parties.iter().all(|party| outline.parties.contains(party)) {
+                return Ok(true);
+            }
+            let status = agreement_rules::status_as_of(&outline, &as_of);
+            let term_end =
+                (status == agreement::Status::InForce).then(|| agreement_rules::term_end(&outline, today)).flatten();
+            counted.push(Counted {
+                order: date_key(outline.signature_date.as_ref().or(outline.entry_into_force_date.as_ref())),
+                name: String::from_utf8_lossy(name).into_owned(),
+                status,
+                term_end,
+                notice_months: outline.term.as_ref().map(|t| t.notice_months).unwrap_or_default(),
+                stored: entry.value,
+            });
+            Ok(true)
+        })
+        .await?;
+        counted.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
         let mut in_force = Vec::new();
         let mut events = Vec::new();
-        let mut summaries = Vec::new();
-        for a in &agreements {
-            let status = a.status();
-            let term_end =
-                (status == agreement::Status::InForce).then(|| agreement_rules::term_end(a, today)).flatten();
-            if status == agreement::Status::InForce {
+        for a in &counted {
+            if a.status == agreement::Status::InForce {
                 in_force.push(a.name.clone());
             }
-            if let Some((day, renews)) = term_end
+            if let Some((day, renews)) = a.term_end
                 && day < window_end
             {
                 let kind = if renews { term_event::Kind::AutomaticRenewal } else { term_event::Kind::Expiry };
-                let notice_months = a.term.as_ref().map(|t| t.notice_months).unwrap_or_default();
                 events.push(TermEvent {
                     agreement: a.name.clone(),
                     date: Some(date_of(day)),
                     kind: kind as i32,
-                    notice_months,
+                    notice_months: a.notice_months,
                 });
             }
+        }
+        events.sort_by_key(|e| (e.date.as_ref().map(dates::first_day), e.agreement.clone()));
+        let mut summaries = Vec::new();
+        for a in counted.iter().take(section_items) {
+            let whole = Agreement::decode(&a.stored[..]).map_err(Error::internal)?;
             let mut categories = Vec::new();
-            for provision in &a.provisions {
+            for provision in &whole.provisions {
                 if !categories.contains(&provision.category) {
                     categories.push(provision.category);
                 }
             }
             summaries.push(AgreementSummary {
                 agreement: a.name.clone(),
-                title: a.title.clone(),
-                short_name: a.short_name.clone(),
-                status: a.status,
-                signature_date: a.signature_date,
-                entry_into_force_date: a.entry_into_force_date,
-                term_end_date: term_end.map(|(day, _)| date_of(day)),
+                title: whole.title,
+                short_name: whole.short_name,
+                status: a.status as i32,
+                signature_date: whole.signature_date,
+                entry_into_force_date: whole.entry_into_force_date,
+                term_end_date: a.term_end.map(|(day, _)| date_of(day)),
                 provision_categories: categories,
-                partnership_domains: a.partnership_domains.clone(),
+                partnership_domains: whole.partnership_domains,
             });
         }
-        events.sort_by_key(|e| (e.date.as_ref().map(dates::first_day), e.agreement.clone()));
 
         let domains: Vec<PartnershipDomain> = self
             .query(
@@ -173,18 +251,39 @@ impl Registry {
             })
             .collect();
 
-        let mut engagements: Vec<Engagement> = self
-            .query(
-                &compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?,
-                &as_of,
-                query.deadline,
-            )
-            .await?;
-        engagements.sort_by_key(|e| (date_key(e.start_date.as_ref()), e.name.clone()));
-        let engagements: Vec<EngagementSummary> = engagements
-            .into_iter()
-            .map(|e| EngagementSummary {
-                engagement: e.name,
+        // Engagements likewise: each one's outline, the shown ones whole.
+        let engagements_filter =
+            compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?;
+        let candidates = index::candidates(&*snapshot, &resource::ENGAGEMENT, &engagements_filter, &as_of).await?;
+        let mut timeline: Vec<((bool, i64), String, bytes::Bytes)> = Vec::new();
+        let scope = Scope {
+            snapshot: &*snapshot,
+            candidates: candidates.as_ref(),
+            after: None,
+            first_reads: MAX_CHUNK,
+            among: None,
+        };
+        self.scan_stored::<Engagement>(scope, query.deadline, |name, entry| {
+            let outline = EngagementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
+            let takes_part = |party: &String| outline.participants.iter().any(|p| p.party == *party);
+            if outline.delete_time.is_none() && query.parties.iter().all(takes_part) {
+                timeline.push((
+                    date_key(outline.start_date.as_ref()),
+                    String::from_utf8_lossy(name).into_owned(),
+                    entry.value,
+                ));
+            }
+            Ok(true)
+        })
+        .await?;
+        timeline.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let engagement_count = timeline.len();
+        let mut engagements = Vec::new();
+        for (_, name, stored) in timeline.into_iter().take(section_items) {
+            let mut e = Engagement::decode(&stored[..]).map_err(Error::internal)?;
+            self.present(&mut e, 0, &as_of);
+            engagements.push(EngagementSummary {
+                engagement: name,
                 title: e.title,
                 kind: e.kind,
                 status: e.status,
@@ -192,15 +291,15 @@ impl Registry {
                 end_date: e.end_date,
                 agreements: e.agreements,
                 partnership_domains: e.partnership_domains,
-            })
-            .collect();
+            });
+        }
 
         let counts = Counts {
-            agreements: summaries.len() as i32,
+            agreements: counted.len() as i32,
             agreements_in_force: in_force.len() as i32,
             upcoming_term_events: events.len() as i32,
             partnership_domains: domains.len() as i32,
-            engagements: engagements.len() as i32,
+            engagements: engagement_count as i32,
         };
         Ok(Relationship {
             parties: query.parties.clone(),
