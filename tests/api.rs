@@ -889,3 +889,119 @@ async fn concurrent_updates_of_one_record_all_succeed_in_turn() {
     assert_eq!((stored.title.as_str(), stored.etag.as_str()), (last.title.as_str(), last.etag.as_str()));
     server.stop().await;
 }
+
+/// BatchCreate (AIP-233) creates all its records at one revision or none:
+/// a record may name another of the batch; every bad field is named with its
+/// request; an id that exists, or comes twice, or a request_id inside the
+/// batch refuses the whole batch, and nothing is stored.
+#[tokio::test]
+async fn a_batch_creates_all_its_records_at_one_revision_or_none() {
+    use cooperation_registry::pb::cooperation::v1::change_service_client::ChangeServiceClient;
+    let server = TestServer::start().await;
+    let mut client = server.agreements();
+    let amends = |target: &str| {
+        let mut record = agreement("Amending protocol");
+        record.relations = vec![agreement::Relation {
+            r#type: agreement::RelationType::Amends as i32,
+            agreement: format!("agreements/{target}"),
+        }];
+        record
+    };
+    let batch = |requests: Vec<v1::CreateAgreementRequest>| v1::BatchCreateAgreementsRequest { requests };
+    let before = count_agreements(&server, true).await;
+
+    // A bad field, an id created twice, a request_id inside, a missing record:
+    // all named at once, nothing stored.
+    let mut bad = agreement("Bad date");
+    bad.signature_date = date(2020, 13, 1);
+    let mut with_request_id = create_agreement("c", agreement("C"));
+    with_request_id.request_id = "123e4567-e89b-12d3-a456-426614174000".into();
+    let err = client
+        .batch_create_agreements(batch(vec![
+            create_agreement("a", agreement("A")),
+            create_agreement("b", bad),
+            create_agreement("a", agreement("A again")),
+            with_request_id,
+            v1::CreateAgreementRequest { agreement_id: "d".into(), ..Default::default() },
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_fields(&err), ["requests[3].request_id", "requests[4].agreement"]);
+    let err = client
+        .batch_create_agreements(batch(vec![
+            create_agreement("a", agreement("A")),
+            create_agreement("b", bad_date()),
+            create_agreement("a", agreement("A again")),
+            create_agreement("e", amends("nowhere")),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violated_fields(&err),
+        [
+            "requests[1].agreement.signature_date",
+            "requests[2].agreement_id",
+            "requests[3].agreement.relations[0].agreement"
+        ]
+    );
+    let err = client.batch_create_agreements(batch(Vec::new())).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["requests"]);
+    assert_eq!(count_agreements(&server, true).await, before, "nothing was stored");
+
+    // Records naming each other, in any order: one revision, a change each.
+    let created = client
+        .batch_create_agreements(batch(vec![
+            create_agreement("protocol", amends("treaty")),
+            create_agreement("treaty", agreement("Treaty")),
+            create_agreement("", agreement("Generated id")),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .agreements;
+    let names: Vec<&str> = created.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names[..2], ["agreements/protocol", "agreements/treaty"]);
+    assert!(names[2].starts_with("agreements/a"), "{names:?}");
+    let etag = &created[0].etag;
+    assert!(created.iter().all(|a| &a.etag == etag && a.create_time.is_some()), "{created:?}");
+    let got = client
+        .get_agreement(v1::GetAgreementRequest { name: "agreements/protocol".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, created[0]);
+    let mut changes = ChangeServiceClient::new(server.channel.clone())
+        .watch_changes(v1::WatchChangesRequest { start_revision: etag.parse().unwrap(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = changes.message().await.unwrap().unwrap();
+    let changed: Vec<&str> = first.changes.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(changed, names, "one change for each record, at the batch's revision");
+    // The treaty is referenced by the protocol: it cannot be deleted first.
+    let err = client
+        .delete_agreement(v1::DeleteAgreementRequest { name: "agreements/treaty".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // An id that exists refuses the batch whole.
+    let err = client
+        .batch_create_agreements(batch(vec![
+            create_agreement("fresh", agreement("Fresh")),
+            create_agreement("treaty", agreement("Treaty again")),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert!(err.message().contains("agreements/treaty"), "{}", err.message());
+    assert_eq!(count_agreements(&server, true).await, before + 3, "the fresh one was not created");
+    server.stop().await;
+}
+
+fn bad_date() -> v1::Agreement {
+    let mut record = agreement("Bad date");
+    record.signature_date = date(2020, 13, 1);
+    record
+}

@@ -3,8 +3,9 @@
 use crate::pb::cooperation::v1::Agreement;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementService;
 use crate::pb::cooperation::v1::{
-    CreateAgreementRequest, DeleteAgreementRequest, GetAgreementRequest, ListAgreementsRequest, ListAgreementsResponse,
-    UndeleteAgreementRequest, UpdateAgreementRequest,
+    BatchCreateAgreementsRequest, BatchCreateAgreementsResponse, CreateAgreementRequest, DeleteAgreementRequest,
+    GetAgreementRequest, ListAgreementsRequest, ListAgreementsResponse, UndeleteAgreementRequest,
+    UpdateAgreementRequest,
 };
 
 super::resource_service!(
@@ -12,6 +13,7 @@ super::resource_service!(
     get_agreement(GetAgreementRequest),
     list_agreements(ListAgreementsRequest) -> ListAgreementsResponse,
     create_agreement(CreateAgreementRequest),
+    batch_create_agreements(BatchCreateAgreementsRequest) -> BatchCreateAgreementsResponse,
     update_agreement(UpdateAgreementRequest),
     delete_agreement(DeleteAgreementRequest),
     undelete_agreement(UndeleteAgreementRequest),

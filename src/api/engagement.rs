@@ -3,8 +3,9 @@
 use crate::pb::cooperation::v1::Engagement;
 use crate::pb::cooperation::v1::engagement_service_server::EngagementService;
 use crate::pb::cooperation::v1::{
-    CreateEngagementRequest, DeleteEngagementRequest, GetEngagementRequest, ListEngagementsRequest,
-    ListEngagementsResponse, UndeleteEngagementRequest, UpdateEngagementRequest,
+    BatchCreateEngagementsRequest, BatchCreateEngagementsResponse, CreateEngagementRequest, DeleteEngagementRequest,
+    GetEngagementRequest, ListEngagementsRequest, ListEngagementsResponse, UndeleteEngagementRequest,
+    UpdateEngagementRequest,
 };
 
 super::resource_service!(
@@ -12,6 +13,7 @@ super::resource_service!(
     get_engagement(GetEngagementRequest),
     list_engagements(ListEngagementsRequest) -> ListEngagementsResponse,
     create_engagement(CreateEngagementRequest),
+    batch_create_engagements(BatchCreateEngagementsRequest) -> BatchCreateEngagementsResponse,
     update_engagement(UpdateEngagementRequest),
     delete_engagement(DeleteEngagementRequest),
     undelete_engagement(UndeleteEngagementRequest),

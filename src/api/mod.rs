@@ -256,6 +256,7 @@ macro_rules! resource_service {
         $get:ident($get_req:ty),
         $list:ident($list_req:ty) -> $list_resp:ident,
         $create:ident($create_req:ty),
+        $batch_create:ident($batch_create_req:ty) -> $batch_create_resp:ident,
         $update:ident($update_req:ty),
         $delete:ident($delete_req:ty),
         $undelete:ident($undelete_req:ty) $(,)?
@@ -296,6 +297,32 @@ macro_rules! resource_service {
                 let resource = $crate::api::required(request.$field, stringify!($field))?;
                 let created = self.registry.create(&request.$id_field, resource, &mutation).await?;
                 Ok(tonic::Response::new(created))
+            }
+
+            async fn $batch_create(
+                &self,
+                request: tonic::Request<$batch_create_req>,
+            ) -> Result<tonic::Response<$batch_create_resp>, tonic::Status> {
+                let context = $crate::api::CallContext::of(&request);
+                let request = request.into_inner();
+                let mutation = $crate::api::mutation(context, stringify!($batch_create), &request, "");
+                let mut violations = $crate::error::Violations::new();
+                let mut items = Vec::with_capacity(request.requests.len());
+                for (i, create) in request.requests.into_iter().enumerate() {
+                    if !create.request_id.is_empty() {
+                        violations.add(
+                            format!("requests[{i}].request_id"),
+                            "is not taken in a batch: a batch is all or none, so retry it whole",
+                        );
+                    }
+                    match create.$field {
+                        Some(resource) => items.push((create.$id_field, resource)),
+                        None => violations.add(format!("requests[{i}].{}", stringify!($field)), "is required"),
+                    }
+                }
+                violations.into_result()?;
+                let created = self.registry.create_many(items, &mutation).await?;
+                Ok(tonic::Response::new($batch_create_resp { $items: created }))
             }
 
             async fn $update(

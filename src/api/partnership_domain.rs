@@ -3,9 +3,9 @@
 use crate::pb::cooperation::v1::PartnershipDomain;
 use crate::pb::cooperation::v1::partnership_domain_service_server::PartnershipDomainService;
 use crate::pb::cooperation::v1::{
-    CreatePartnershipDomainRequest, DeletePartnershipDomainRequest, GetPartnershipDomainRequest,
-    ListPartnershipDomainsRequest, ListPartnershipDomainsResponse, UndeletePartnershipDomainRequest,
-    UpdatePartnershipDomainRequest,
+    BatchCreatePartnershipDomainsRequest, BatchCreatePartnershipDomainsResponse, CreatePartnershipDomainRequest,
+    DeletePartnershipDomainRequest, GetPartnershipDomainRequest, ListPartnershipDomainsRequest,
+    ListPartnershipDomainsResponse, UndeletePartnershipDomainRequest, UpdatePartnershipDomainRequest,
 };
 
 super::resource_service!(
@@ -13,6 +13,7 @@ super::resource_service!(
     get_partnership_domain(GetPartnershipDomainRequest),
     list_partnership_domains(ListPartnershipDomainsRequest) -> ListPartnershipDomainsResponse,
     create_partnership_domain(CreatePartnershipDomainRequest),
+    batch_create_partnership_domains(BatchCreatePartnershipDomainsRequest) -> BatchCreatePartnershipDomainsResponse,
     update_partnership_domain(UpdatePartnershipDomainRequest),
     delete_partnership_domain(DeletePartnershipDomainRequest),
     undelete_partnership_domain(UndeletePartnershipDomainRequest),

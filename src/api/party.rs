@@ -3,8 +3,8 @@
 use crate::pb::cooperation::v1::Party;
 use crate::pb::cooperation::v1::party_service_server::PartyService;
 use crate::pb::cooperation::v1::{
-    CreatePartyRequest, DeletePartyRequest, GetPartyRequest, ListPartiesRequest, ListPartiesResponse,
-    UndeletePartyRequest, UpdatePartyRequest,
+    BatchCreatePartiesRequest, BatchCreatePartiesResponse, CreatePartyRequest, DeletePartyRequest, GetPartyRequest,
+    ListPartiesRequest, ListPartiesResponse, UndeletePartyRequest, UpdatePartyRequest,
 };
 
 super::resource_service!(
@@ -12,6 +12,7 @@ super::resource_service!(
     get_party(GetPartyRequest),
     list_parties(ListPartiesRequest) -> ListPartiesResponse,
     create_party(CreatePartyRequest),
+    batch_create_parties(BatchCreatePartiesRequest) -> BatchCreatePartiesResponse,
     update_party(UpdatePartyRequest),
     delete_party(DeletePartyRequest),
     undelete_party(UndeletePartyRequest),

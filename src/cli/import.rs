@@ -26,6 +26,9 @@ use crate::pb::cooperation::v1::{self as v1, Dataset};
 use crate::registry::Resource;
 use crate::registry::validate;
 
+/// Records an import sends in one BatchCreate: the most a batch takes.
+const BATCH_SIZE: usize = crate::registry::MAX_BATCH;
+
 /// Parses a dataset file, naming the place of the first error.
 pub fn parse_dataset(text: &str) -> Result<Dataset, String> {
     let mut deserializer = serde_json::Deserializer::from_str(text);
@@ -95,6 +98,7 @@ pub async fn import_with_token(
         skipped: HashSet::new(),
         report: ImportReport::default(),
         skip_existing,
+        batch_size: BATCH_SIZE,
     };
 
     let mut parties = PartyServiceClient::with_interceptor(channel.clone(), interceptor.clone());
@@ -119,6 +123,16 @@ struct Importer {
     skipped: HashSet<String>,
     report: ImportReport,
     skip_existing: bool,
+    /// Records sent in one BatchCreate.
+    batch_size: usize,
+}
+
+/// Whether a refused batch holds more records than the store takes in one write.
+fn too_many(status: &Status) -> bool {
+    use tonic_types::StatusExt;
+    status.get_error_details().bad_request().is_some_and(|bad| {
+        bad.field_violations.iter().any(|v| v.field == "requests" && v.description.contains("send fewer requests"))
+    })
 }
 
 /// A record created without some fields, and those fields.
@@ -128,53 +142,101 @@ struct Deferred<R> {
 }
 
 impl Importer {
+    /// Creates `records` in batches (BatchCreate), each record without the
+    /// fields that name a dataset record neither created before nor in its
+    /// batch: those are returned, to be set once everything exists.
     async fn create_all<R: Resource, C: Target<R>>(
         &mut self,
         client: &mut C,
         records: Vec<R>,
     ) -> Result<Vec<Deferred<R>>, String> {
         let mut deferred = Vec::new();
-        for record in records {
-            let name = record.name().to_string();
-            let id = R::KIND.parse_name(&name).map_err(|e| format!("record name: {e}"))?.to_string();
-            // Top-level fields that name a dataset record not created yet.
-            let references =
-                validate::check_encoded(&record.encode_to_vec(), &record.descriptor(), "", &mut Violations::new())
-                    .map_err(|e| format!("{name}: {e}"))?;
-            let mut fields: Vec<String> = references
-                .iter()
-                .filter(|r| self.names.contains(&r.name) && !self.created.contains(&r.name) && r.name != name)
-                .map(|r| r.field.split(['.', '[']).next().unwrap_or_default().to_string())
-                .collect();
-            fields.sort();
-            fields.dedup();
-            let mut first = record.transcode_to_dynamic();
-            for field in &fields {
-                first.clear_field_by_name(field);
-            }
-            let first: R = first.transcode_to().map_err(|e| e.to_string())?;
-            match client.create(id, first).await {
-                Ok(()) => {
-                    self.report.created += 1;
-                    if !fields.is_empty() {
-                        deferred.push(Deferred { record, fields });
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let batch: Vec<R> = records.by_ref().take(self.batch_size).collect();
+            let in_batch: HashSet<&str> = batch.iter().map(|record| record.name()).collect();
+            let mut items = Vec::with_capacity(batch.len());
+            let mut batch_deferred = Vec::new();
+            for record in &batch {
+                let name = record.name().to_string();
+                let id = R::KIND.parse_name(&name).map_err(|e| format!("record name: {e}"))?.to_string();
+                // Top-level fields that name a dataset record created later.
+                let references =
+                    validate::check_encoded(&record.encode_to_vec(), &record.descriptor(), "", &mut Violations::new())
+                        .map_err(|e| format!("{name}: {e}"))?;
+                let mut fields: Vec<String> = references
+                    .iter()
+                    .filter(|r| {
+                        self.names.contains(&r.name)
+                            && !self.created.contains(&r.name)
+                            && !in_batch.contains(r.name.as_str())
+                    })
+                    .map(|r| r.field.split(['.', '[']).next().unwrap_or_default().to_string())
+                    .collect();
+                fields.sort();
+                fields.dedup();
+                let first = match fields.is_empty() {
+                    true => record.clone(),
+                    false => {
+                        let mut first = record.transcode_to_dynamic();
+                        for field in &fields {
+                            first.clear_field_by_name(field);
+                        }
+                        batch_deferred.push(Deferred { record: record.clone(), fields });
+                        first.transcode_to().map_err(|e| e.to_string())?
                     }
-                }
-                Err(status) if status.code() == Code::AlreadyExists && self.skip_existing => {
-                    self.report.skipped += 1;
-                    self.skipped.insert(name.clone());
-                }
-                Err(status) if status.code() == Code::AlreadyExists => {
-                    return Err(format!(
-                        "creating {name}: {} (pass --skip-existing to leave existing records as they are)",
-                        describe(&status)
-                    ));
-                }
-                Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
+                };
+                items.push((id, first));
             }
-            self.created.insert(name);
+            self.create_batch(client, items).await?;
+            deferred.extend(batch_deferred.into_iter().filter(|d| !self.skipped.contains(d.record.name())));
+            self.created.extend(batch.iter().map(|record| record.name().to_string()));
         }
         Ok(deferred)
+    }
+
+    /// Creates one batch; split in two when the store takes fewer records in
+    /// one write, and one by one when some exist and `--skip-existing` allows it.
+    fn create_batch<'a, R: Resource, C: Target<R>>(
+        &'a mut self,
+        client: &'a mut C,
+        items: Vec<(String, R)>,
+    ) -> crate::store::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let count = items.len();
+            match client.create_batch(items.clone()).await {
+                Ok(()) => {
+                    self.report.created += count;
+                    Ok(())
+                }
+                Err(status) if status.code() == Code::InvalidArgument && count > 1 && too_many(&status) => {
+                    let mut first = items;
+                    let second = first.split_off(count / 2);
+                    self.create_batch(client, first).await?;
+                    self.create_batch(client, second).await
+                }
+                Err(status) if status.code() == Code::AlreadyExists && self.skip_existing => {
+                    for (id, record) in items {
+                        let name = record.name().to_string();
+                        match client.create(id, record).await {
+                            Ok(()) => self.report.created += 1,
+                            Err(status) if status.code() == Code::AlreadyExists => {
+                                self.report.skipped += 1;
+                                self.skipped.insert(name);
+                            }
+                            Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
+                        }
+                    }
+                    Ok(())
+                }
+                Err(status) if status.code() == Code::AlreadyExists => Err(format!(
+                    "creating {}: {} (pass --skip-existing to leave existing records as they are)",
+                    R::KIND.collection,
+                    describe(&status)
+                )),
+                Err(status) => Err(format!("creating {}: {}", R::KIND.collection, describe(&status))),
+            }
+        })
     }
 
     async fn link_all<R: Resource, C: Target<R>>(
@@ -210,16 +272,25 @@ fn describe(status: &Status) -> String {
 #[tonic::async_trait]
 trait Target<R>: Send {
     async fn create(&mut self, id: String, record: R) -> Result<(), Status>;
+    /// Creates all of `items` (id, record) or none.
+    async fn create_batch(&mut self, items: Vec<(String, R)>) -> Result<(), Status>;
     async fn update(&mut self, record: R, paths: Vec<String>) -> Result<(), Status>;
 }
 
 macro_rules! target {
-    ($client:ident, $resource:ident, $create:ident, $create_req:ident { $field:ident, $id:ident }, $update:ident, $update_req:ident) => {
+    ($client:ident, $resource:ident, $create:ident, $batch:ident, $batch_req:ident, $create_req:ident { $field:ident, $id:ident }, $update:ident, $update_req:ident) => {
         #[tonic::async_trait]
         impl Target<v1::$resource> for $client<AuthChannel> {
             async fn create(&mut self, id: String, record: v1::$resource) -> Result<(), Status> {
                 let request = v1::$create_req { $field: Some(record), $id: id, request_id: String::new() };
                 self.$create(request).await.map(|_| ())
+            }
+            async fn create_batch(&mut self, items: Vec<(String, v1::$resource)>) -> Result<(), Status> {
+                let requests = items
+                    .into_iter()
+                    .map(|(id, record)| v1::$create_req { $field: Some(record), $id: id, request_id: String::new() })
+                    .collect();
+                self.$batch(v1::$batch_req { requests }).await.map(|_| ())
             }
             async fn update(&mut self, record: v1::$resource, paths: Vec<String>) -> Result<(), Status> {
                 let request = v1::$update_req {
@@ -237,6 +308,8 @@ target!(
     PartyServiceClient,
     Party,
     create_party,
+    batch_create_parties,
+    BatchCreatePartiesRequest,
     CreatePartyRequest { party, party_id },
     update_party,
     UpdatePartyRequest
@@ -245,6 +318,8 @@ target!(
     PartnershipDomainServiceClient,
     PartnershipDomain,
     create_partnership_domain,
+    batch_create_partnership_domains,
+    BatchCreatePartnershipDomainsRequest,
     CreatePartnershipDomainRequest { partnership_domain, partnership_domain_id },
     update_partnership_domain,
     UpdatePartnershipDomainRequest
@@ -253,6 +328,8 @@ target!(
     AgreementServiceClient,
     Agreement,
     create_agreement,
+    batch_create_agreements,
+    BatchCreateAgreementsRequest,
     CreateAgreementRequest { agreement, agreement_id },
     update_agreement,
     UpdateAgreementRequest
@@ -261,6 +338,8 @@ target!(
     EngagementServiceClient,
     Engagement,
     create_engagement,
+    batch_create_engagements,
+    BatchCreateEngagementsRequest,
     CreateEngagementRequest { engagement, engagement_id },
     update_engagement,
     UpdateEngagementRequest

@@ -16,6 +16,7 @@
 //! the kinds; filters, indexes and ordering in `filter`, `index`, `order`.
 
 pub mod agreement;
+mod batches;
 pub mod changes;
 pub mod dates;
 pub mod engagement;
@@ -51,6 +52,7 @@ use prost_types::Timestamp;
 use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
 use crate::store::Store;
+pub use batches::MAX_BATCH;
 pub use idempotency::{DEFAULT_REQUEST_RETENTION, EXPIRY_ACTOR};
 pub use jobs::JOBS_ACTOR;
 pub use resource::{Kind, Resource};

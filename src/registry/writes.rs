@@ -51,7 +51,7 @@ pub(super) struct Planned<R> {
 
 /// What [`Registry::validate`] finds in a record besides its violations.
 pub(super) struct Checked {
-    references: Vec<Reference>,
+    pub(super) references: Vec<Reference>,
     /// The record as validation read it: writes that move it between index
     /// sets read them from here rather than encode it again.
     encoded: Vec<u8>,
@@ -452,7 +452,7 @@ impl KnownTargets {
         self.0.lock().expect("known targets lock").insert(key.into(), revision, 8);
     }
 
-    fn forget(&self, key: &[u8]) {
+    pub(super) fn forget(&self, key: &[u8]) {
         self.0.lock().expect("known targets lock").remove(key);
     }
 }

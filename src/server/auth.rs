@@ -248,7 +248,7 @@ pub fn required_role(path: &str, reflection_needs_role: bool) -> Option<Role> {
     if method.starts_with("Get") || method.starts_with("List") {
         return Some(Role::Reader);
     }
-    if ["Create", "Update", "Delete", "Undelete"].iter().any(|verb| method.starts_with(verb)) {
+    if ["Create", "BatchCreate", "Update", "Delete", "Undelete"].iter().any(|verb| method.starts_with(verb)) {
         return Some(Role::Writer);
     }
     Some(Role::Admin)
