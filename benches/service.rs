@@ -8,7 +8,9 @@
 //!
 //! - `BENCH=compare` (default): grpc.health.v1.Health/Check (the ceiling),
 //!   GetAgreement, party-filtered ListAgreements (page of 50), durable
-//!   CreateAgreement and UpdateAgreement, and etcd 3.4 (Range of one key,
+//!   CreateAgreement, UpdateAgreement of one hot record from every stream
+//!   and of different records (one h2load process per connection, each
+//!   posting its own record: h2load sends one body), and etcd 3.4 (Range of one key,
 //!   serializable, after compaction; Put of a value the size of our encoded
 //!   agreement), each at c1/m1, c16/m16 and c64/m8, interleaved, REPS times
 //!   (default 3). Writes a table to `target/bench-service.md`. With

@@ -12,11 +12,13 @@ use crate::checks::{Check, checkpoints, count_answers, scrape, verify};
 use crate::common::client::{connect, revision};
 use crate::common::env_or;
 use crate::common::process::Served;
+use crate::common::records::agreement_id;
 use crate::common::stats::memory_kib;
 use crate::data::{
-    CompactionRequest, PutRequest, RangeRequest, agreement, agreements, frame, load, response_frame_len, write_body,
+    CompactionRequest, PutRequest, RangeRequest, agreement, agreements, frame, load, response_frame_len, scattered,
+    write_body,
 };
-use crate::load::{Run, data_bytes, h2load, once};
+use crate::load::{Run, data_bytes, h2load, h2load_each, once};
 use crate::processes::{du_mib, start_etcd, start_floor, start_registry, start_registry_on};
 use crate::report::{self, Summary};
 
@@ -35,6 +37,11 @@ pub struct Target {
     pub peer: Peer,
     pub path: String,
     pub body: PathBuf,
+    /// For a target whose calls name different records: a body for each
+    /// record, a connection posting each (see `h2load_each`), and each run
+    /// taking records that no earlier run took while there are enough; empty
+    /// for a target that posts `body` on every stream.
+    pub scattered: Vec<PathBuf>,
     pub check: Check,
 }
 
@@ -103,6 +110,12 @@ pub async fn compare(comparison: Comparison) {
     }
     let dir = bodies_dir.as_deref().unwrap_or(work.path());
     let (mut targets, create) = registry_targets(&server, &get_name, dir).await;
+    if comparison == Comparison::Service {
+        // As many records as the runs take, so that no run updates a record
+        // an earlier run updated.
+        let wanted = reps * SHAPES.iter().map(|&(c, _)| c as usize).sum::<usize>();
+        targets.push(scattered_updates(&server, &scattered(count, wanted), dir).await);
+    }
 
     // etcd, if installed: one key of our agreement's size, compacted.
     let etcd = start_etcd(&work.path().join("etcd"));
@@ -173,7 +186,14 @@ pub async fn registry_targets(
     // The request written where h2load reads it, named after its method.
     let registry = |name, path: String, request: Vec<u8>, check| {
         let file = format!("{}.bin", path.rsplit('/').next().unwrap());
-        Target { name, peer: Peer::Registry, body: write_body(dir, &file, &request), path, check }
+        Target {
+            name,
+            peer: Peer::Registry,
+            body: write_body(dir, &file, &request),
+            scattered: Vec::new(),
+            path,
+            check,
+        }
     };
     let targets = vec![
         registry(
@@ -198,6 +218,30 @@ pub async fn registry_targets(
         registry("UpdateAgreement (fsync)", agreements("UpdateAgreement"), frame(&update), Check::RegistryWrite),
     ];
     (targets, create)
+}
+
+/// Updates of the agreements numbered `indexes`, each retitled as the hot
+/// record is, their bodies written under `dir`: the calls of a run update
+/// different records (as many as it has connections), where the hot update's
+/// all take turns at one.
+async fn scattered_updates(server: &Served, indexes: &[usize], dir: &Path) -> Target {
+    let mut client = AgreementServiceClient::new(connect(server.addr).await);
+    let dir = dir.join("UpdateAgreement-scattered");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bodies = Vec::new();
+    for &i in indexes {
+        let get = v1::GetAgreementRequest { name: format!("agreements/{}", agreement_id(i)), ..Default::default() };
+        let got = client.get_agreement(get).await.unwrap().into_inner();
+        bodies.push(write_body(&dir, &format!("{}.bin", agreement_id(i)), &frame(&retitle(&got))));
+    }
+    Target {
+        name: "UpdateAgreement, random records (fsync)",
+        peer: Peer::Registry,
+        path: agreements("UpdateAgreement"),
+        body: bodies[0].clone(),
+        scattered: bodies,
+        check: Check::RegistryWrite,
+    }
 }
 
 /// The update the benchmark sends again and again: `agreement` retitled,
@@ -233,6 +277,7 @@ fn etcd_targets(etcd: &Served, dir: &Path) -> [Target; 2] {
             peer: Peer::Etcd,
             path: "/etcdserverpb.KV/Range".into(),
             body: range_body,
+            scattered: Vec::new(),
             check: Check::ResponseBytes(range_bytes),
         },
         Target {
@@ -240,6 +285,7 @@ fn etcd_targets(etcd: &Served, dir: &Path) -> [Target; 2] {
             peer: Peer::Etcd,
             path: "/etcdserverpb.KV/Put".into(),
             body: put_body,
+            scattered: Vec::new(),
             check: Check::EtcdWrite,
         },
     ]
@@ -273,6 +319,8 @@ async fn measure(processes: &Processes<'_>, targets: &[Target], reps: usize, sec
         checkpointed_in: Vec::new(),
         last_pause: 0.0,
     };
+    // The bodies of `scattered` each target's runs have taken.
+    let mut taken = vec![0; targets.len()];
     for rep in 0..reps {
         for (s, &(c, m)) in SHAPES.iter().enumerate() {
             for (t, target) in targets.iter().enumerate() {
@@ -287,8 +335,15 @@ async fn measure(processes: &Processes<'_>, targets: &[Target], reps: usize, sec
                 };
                 let metrics_addr = process.metrics.expect("metrics address");
                 let scraped_before = scrape(metrics_addr).await;
-                let mut run =
-                    tokio::task::block_in_place(|| h2load(process, &target.path, &target.body, c, m, seconds, None));
+                let mut run = if target.scattered.is_empty() {
+                    tokio::task::block_in_place(|| h2load(process, &target.path, &target.body, c, m, seconds, None))
+                } else {
+                    let pool = &target.scattered;
+                    let bodies: Vec<&Path> =
+                        (taken[t]..taken[t] + c as usize).map(|b| pool[b % pool.len()].as_path()).collect();
+                    taken[t] += bodies.len();
+                    tokio::task::block_in_place(|| h2load_each(process, &target.path, &bodies, m, seconds))
+                };
                 let scraped_after = scrape(metrics_addr).await;
                 if target.peer == Peer::Registry {
                     let (before, after) = (checkpoints(&scraped_before), checkpoints(&scraped_after));

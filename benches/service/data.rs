@@ -60,6 +60,30 @@ pub async fn load(addr: SocketAddr, count: usize) -> String {
     format!("agreements/{}", agreement_id(0))
 }
 
+/// `wanted` indexes of the dataset's `count` agreements, other than the
+/// first (which the hot update and the Get name), scattered over it as
+/// random records would be but the same in every run of the bench; all
+/// different while the dataset has that many.
+pub fn scattered(count: usize, wanted: usize) -> Vec<usize> {
+    assert!(count > 1, "records besides the first to update");
+    let others = count - 1;
+    let mut seen = std::collections::HashSet::new();
+    let mut indexes = Vec::with_capacity(wanted);
+    // splitmix64's steps, from a fixed seed.
+    let mut state: u64 = 0x5eed;
+    while indexes.len() < wanted {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let index = 1 + ((z ^ (z >> 31)) % others as u64) as usize;
+        if seen.insert(index) || seen.len() >= others {
+            indexes.push(index);
+        }
+    }
+    indexes
+}
+
 /// The path of a method of cooperation.v1.AgreementService.
 pub fn agreements(method: &str) -> String {
     format!("/cooperation.v1.AgreementService/{method}")

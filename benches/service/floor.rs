@@ -255,6 +255,7 @@ pub fn use_targets(targets: &mut Vec<Target>, create: &CreateAgreementRequest, d
         peer: Peer::Floor,
         path: path(method),
         body: write_body(dir, &format!("floor-{method}.bin"), &create_body),
+        scattered: Vec::new(),
         check,
     });
     targets.splice(at..at, floor_targets);

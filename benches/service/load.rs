@@ -1,7 +1,7 @@
 //! The load generator: h2load runs pinned to core 1, and what they measured.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
 use crate::common::process::Served;
 use crate::common::stats::{quantile, sorted};
@@ -46,6 +46,59 @@ pub fn h2load(
 ) -> Run {
     let log = tempfile::NamedTempFile::new().unwrap();
     let cpu_before = cpu_us(server.pid());
+    let out = command(server, path, body, (clients, streams), seconds, rps, log.path()).output().expect("h2load runs");
+    let cpu = cpu_us(server.pid()) - cpu_before;
+    let (run, latencies) = reported(path, &out, log.path());
+    with_latencies(Run { cpu_us: cpu, ..run }, latencies)
+}
+
+/// One run as `h2load`'s at c`bodies.len()`/m`streams`, but with a body for
+/// each connection: h2load sends one body to every stream, so each
+/// connection is an h2load process of its own, all pinned as one is. Their
+/// calls, rates and DATA add up, and the latencies are those of all their
+/// calls together, as one process would have measured them.
+pub fn h2load_each(server: &Served, path: &str, bodies: &[&Path], streams: u32, seconds: u32) -> Run {
+    let logs: Vec<_> = bodies.iter().map(|_| tempfile::NamedTempFile::new().unwrap()).collect();
+    let cpu_before = cpu_us(server.pid());
+    // All started before any is waited for, so that they overlap but for
+    // the time it takes to start them (the warm-up covers it).
+    let started: Vec<_> = bodies
+        .iter()
+        .zip(&logs)
+        .map(|(body, log)| {
+            command(server, path, body, (1, streams), seconds, None, log.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("h2load starts")
+        })
+        .collect();
+    let outs: Vec<_> = started.into_iter().map(|child| child.wait_with_output().expect("h2load runs")).collect();
+    let cpu = cpu_us(server.pid()) - cpu_before;
+    let mut total = Run { cpu_us: cpu, ..Run::default() };
+    let mut latencies = Vec::new();
+    for (out, log) in outs.iter().zip(&logs) {
+        let (run, mut more) = reported(path, out, log.path());
+        total.calls += run.calls;
+        total.failed += run.failed;
+        total.rate += run.rate;
+        total.data_bytes += run.data_bytes;
+        latencies.append(&mut more);
+    }
+    with_latencies(total, latencies)
+}
+
+/// h2load pinned to core 1, posting `body` to `path` at `server` with
+/// `clients` connections of `streams` streams, each call logged to `log`.
+fn command(
+    server: &Served,
+    path: &str,
+    body: &Path,
+    (clients, streams): (u32, u32),
+    seconds: u32,
+    rps: Option<f64>,
+    log: &Path,
+) -> Command {
     let mut command = Command::new("taskset");
     command
         .args(["-c", "1", "h2load", "-c", &clients.to_string(), "-m", &streams.to_string()])
@@ -54,12 +107,17 @@ pub fn h2load(
         .arg(body)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
         .arg("--log-file")
-        .arg(log.path());
+        .arg(log);
     if let Some(rps) = rps {
         command.arg(format!("--rps={rps:.2}"));
     }
-    let out = command.arg(format!("http://{}{path}", server.addr)).output().expect("h2load runs");
-    let cpu = cpu_us(server.pid()) - cpu_before;
+    command.arg(format!("http://{}{path}", server.addr));
+    command
+}
+
+/// What one h2load process reported on `path` (`out`, and the calls in its
+/// `log`): its counts, and each call's latency in µs, in no order.
+fn reported(path: &str, out: &Output, log: &Path) -> (Run, Vec<u64>) {
     let text = String::from_utf8_lossy(&out.stdout);
     let number_after = |line_start: &str, word: &str| -> f64 {
         text.lines()
@@ -80,26 +138,21 @@ pub fn h2load(
     let rate = number_after("finished in", "req/s");
     let data_bytes = data_bytes(&text);
     // Each call's latency in µs, the third column of the log file.
-    let latencies: Vec<u64> = sorted(
-        std::fs::read_to_string(log.path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split('\t').nth(2).and_then(|v| v.trim().parse().ok())),
-    );
+    let latencies = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2).and_then(|v| v.trim().parse().ok()))
+        .collect();
     if calls == 0 {
         eprintln!("h2load on {path} completed nothing:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    Run {
-        calls,
-        failed,
-        rate,
-        data_bytes,
-        p50_us: quantile(&latencies, 0.50).unwrap_or(0),
-        p99_us: quantile(&latencies, 0.99).unwrap_or(0),
-        cpu_us: cpu,
-        server_calls: 0.0,
-        writes_per_sync: None,
-    }
+    (Run { calls, failed, rate, data_bytes, ..Run::default() }, latencies)
+}
+
+/// `run` with its median and 99th percentile of `latencies` (µs).
+fn with_latencies(run: Run, latencies: Vec<u64>) -> Run {
+    let latencies = sorted(latencies);
+    Run { p50_us: quantile(&latencies, 0.50).unwrap_or(0), p99_us: quantile(&latencies, 0.99).unwrap_or(0), ..run }
 }
 
 /// One call of `path` with `body` to the server at `addr`: h2load's report.

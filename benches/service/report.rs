@@ -51,9 +51,17 @@ pub fn table(summary: &Summary) -> String {
         },
         count / 10
     );
+    // Updates are held to a share of the create rate, so where both run,
+    // each update is set beside the create of its shape.
+    let create = targets.iter().position(|t| t.name.starts_with("CreateAgreement"));
+    let is_update = |target: &Target| target.name.starts_with("UpdateAgreement");
+    let versus_create = create.filter(|_| targets.iter().any(is_update));
     let _ = writeln!(
         table,
-        "| shape | target | rate min | rate median | p50 µs | p99 µs | CPU µs/call | / ceiling | / etcd |\n|---|---|---|---|---|---|---|---|---|"
+        "| shape | target | rate min | rate median | p50 µs | p99 µs | CPU µs/call | / ceiling | / etcd |{}\n\
+         |---|---|---|---|---|---|---|---|---|{}",
+        if versus_create.is_some() { " / create |" } else { "" },
+        if versus_create.is_some() { "---|" } else { "" },
     );
     let median_rate = |s: usize, t: usize| min_and_median(results[&(s, t)].iter().map(|r| r.rate));
     let etcd_index = |name: &str| targets.iter().position(|t| t.name.starts_with(name));
@@ -73,9 +81,15 @@ pub fn table(summary: &Summary) -> String {
             let versus_etcd = peer.map(|p| format!("{:.2}", rate / median_rate(s, p).1)).unwrap_or_default();
             let versus_ceiling =
                 if target.peer == Peer::Registry && t > 0 { format!("{:.2}", rate / ceiling) } else { String::new() };
+            let versus_create = match versus_create {
+                Some(create) if is_update(target) => format!(" {:.2} |", rate / median_rate(s, create).1),
+                Some(_) => " |".into(),
+                None => String::new(),
+            };
             let _ = writeln!(
                 table,
-                "| c{c}/m{m} | {} | {min:.0} | {rate:.0} | {:.0} | {:.0} | {:.1} | {versus_ceiling} | {versus_etcd} |",
+                "| c{c}/m{m} | {} | {min:.0} | {rate:.0} | {:.0} | {:.0} | {:.1} | {versus_ceiling} | {versus_etcd} |\
+                 {versus_create}",
                 target.name,
                 mid(|r| r.p50_us as f64),
                 mid(|r| r.p99_us as f64),
