@@ -11,8 +11,8 @@
 //! subject admin CN=ops.example.org,O=Example
 //! ```
 //! Roles: `reader` (Get, List, Watch, history, relationships), `writer` (also
-//! Create, Update, Delete, Undelete), `admin` (everything, including calls not
-//! listed here). Tokens are kept only as hashes and compared in constant time.
+//! Create, BatchCreate, Update, Delete, Undelete), `admin` (everything,
+//! including calls not listed here). Tokens are kept only as hashes and compared in constant time.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -359,6 +359,7 @@ mod tests {
         assert_eq!(r("/cooperation.v1.ChangeService/WatchChanges"), Some(Role::Reader));
         assert_eq!(r("/cooperation.v1.RelationshipService/GetRelationship"), Some(Role::Reader));
         assert_eq!(r("/cooperation.v1.AgreementService/CreateAgreement"), Some(Role::Writer));
+        assert_eq!(r("/cooperation.v1.PartyService/BatchCreateParties"), Some(Role::Writer));
         assert_eq!(r("/cooperation.v1.EngagementService/UndeleteEngagement"), Some(Role::Writer));
         assert_eq!(r("/cooperation.v1.AdminService/Backup"), Some(Role::Admin));
         assert_eq!(r("/other.Service/Anything"), Some(Role::Admin));
