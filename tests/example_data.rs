@@ -4,7 +4,7 @@
 mod common;
 
 use common::{records::*, server::*};
-use cooperation_registry::cli::import::{ImportReport, import, parse_dataset};
+use cooperation_registry::cli::import::{ImportReport, import, import_file, parse_dataset};
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
 
 const DATASET: &str = include_str!("../examples/india-japan-2020.json");
@@ -121,4 +121,51 @@ fn a_malformed_dataset_is_refused_with_its_position() {
     assert!(err.contains("cooperation.v1.Dataset"), "{err}");
     let err = parse_dataset(r#"{"parties": []} trailing"#).unwrap_err();
     assert!(err.contains("trailing"), "{err}");
+}
+
+/// A dataset file is read as a stream, whatever the order of its lists and
+/// whichever of the two JSON names they go by: the same records, the same
+/// forward references set, as from the dataset in memory; a record that does
+/// not parse is named with its place in the file.
+#[tokio::test]
+async fn a_dataset_file_imports_whatever_the_order_of_its_lists() {
+    let dataset: serde_json::Value = serde_json::from_str(DATASET).unwrap();
+    let mut reordered = serde_json::Map::new();
+    for (key, renamed) in [
+        ("engagements", "engagements"),
+        ("agreements", "agreements"),
+        ("partnershipDomains", "partnership_domains"),
+        ("parties", "parties"),
+    ] {
+        let list = dataset.get(key).or_else(|| dataset.get(renamed)).cloned().unwrap();
+        reordered.insert(renamed.to_string(), list);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reordered.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&reordered).unwrap()).unwrap();
+
+    let server = TestServer::start().await;
+    let report = import_file(server.channel.clone(), &path, false, None).await.unwrap();
+    assert_eq!(report, ImportReport { created: 19, skipped: 0, linked: 2 });
+    let again = import_file(server.channel.clone(), &path, true, None).await.unwrap();
+    assert_eq!(again, ImportReport { created: 0, skipped: 19, linked: 0 });
+    let domain = server
+        .domains()
+        .get_partnership_domain(v1::GetPartnershipDomainRequest {
+            name: "partnershipDomains/india-japan-defence".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(domain.agreements, ["agreements/india-japan-rpss-2020"]);
+
+    // A record that does not parse stops the import, named by line and column.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"agreements\": [\n  {\"name\": \"agreements/x\", \"title\": 5}\n]}").unwrap();
+    let err = import_file(server.channel.clone(), &bad, false, None).await.unwrap_err();
+    assert!(err.contains("line 2") && err.contains("bad.json"), "{err}");
+    std::fs::write(&bad, "{\"agreemints\": []}").unwrap();
+    let err = import_file(server.channel.clone(), &bad, false, None).await.unwrap_err();
+    assert!(err.contains("agreemints"), "{err}");
+    server.stop().await;
 }

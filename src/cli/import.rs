@@ -2,12 +2,14 @@
 //! of `cooperation.v1.Dataset`) into a running server through its public API.
 //!
 //! Records are created parties first, then partnership domains, agreements and
-//! engagements. A reference to a record of the dataset that is not created yet
-//! (a domain naming an agreement that names the domain) is left out of the
-//! create and set by an Update once everything exists.
+//! engagements, in BatchCreate calls, two in flight. A reference to a record
+//! of the dataset that is not created yet (a domain naming an agreement that
+//! names the domain) is left out of the create and set by an Update once
+//! everything exists. The file is read as a stream (`dataset_file`): once for
+//! the records' names, then one list at a time while its batches are sent.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use tower::BoxError;
@@ -17,6 +19,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::cli::client::{BearerToken, ClientArgs};
+use crate::cli::dataset_file;
 use crate::error::Violations;
 use crate::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
 use crate::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
@@ -58,10 +61,8 @@ pub struct ImportArgs {
 }
 
 pub async fn run(args: &ImportArgs) -> Result<(), BoxError> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
-    let dataset = parse_dataset(&text).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let (channel, token) = args.client.connect().await?;
-    let report = import_with_token(channel, dataset, args.skip_existing, token).await?;
+    let report = import_file(channel, &args.file, args.skip_existing, token).await?;
     println!(
         "imported {}: {} records created, {} skipped as existing, {} forward references set",
         args.file.display(),
@@ -86,12 +87,88 @@ pub async fn import_with_token(
     skip_existing: bool,
     token: Option<String>,
 ) -> Result<ImportReport, String> {
-    let interceptor = BearerToken::new(token)?;
     let mut names: HashSet<String> = HashSet::new();
     names.extend(dataset.parties.iter().map(|r| r.name.clone()));
     names.extend(dataset.partnership_domains.iter().map(|r| r.name.clone()));
     names.extend(dataset.agreements.iter().map(|r| r.name.clone()));
     names.extend(dataset.engagements.iter().map(|r| r.name.clone()));
+    import_from(channel, names, Source::Held(dataset), skip_existing, token).await
+}
+
+/// Creates every record of the dataset file at `path`, read as it is sent.
+pub async fn import_file(
+    channel: Channel,
+    path: &Path,
+    skip_existing: bool,
+    token: Option<String>,
+) -> Result<ImportReport, String> {
+    let file = path.to_owned();
+    let names = tokio::task::spawn_blocking(move || dataset_file::record_names(&file))
+        .await
+        .map_err(|e| format!("reading {}: {e}", path.display()))??;
+    import_from(channel, names, Source::File(path.to_owned()), skip_existing, token).await
+}
+
+/// Where the records come from.
+enum Source {
+    Held(Dataset),
+    File(PathBuf),
+}
+
+impl Source {
+    /// The records of the list `field` (its proto name), taken from the
+    /// dataset or read from the file as they are needed.
+    fn records<R: Resource>(&mut self, field: &'static str, held: impl FnOnce(&mut Dataset) -> Vec<R>) -> Records<R> {
+        match self {
+            Source::Held(dataset) => Records::Held(held(dataset).into_iter()),
+            Source::File(path) => Records::read(path, field),
+        }
+    }
+}
+
+/// Records of one kind, in the dataset's order.
+enum Records<R> {
+    Held(std::vec::IntoIter<R>),
+    /// From a thread reading the file, a little ahead of the batches.
+    Read(tokio::sync::mpsc::Receiver<Result<R, String>>),
+}
+
+impl<R: Resource> Records<R> {
+    fn read(path: &Path, field: &'static str) -> Records<R> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(2 * BATCH_SIZE);
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut failed = None;
+            let read = dataset_file::for_each_record(&path, field, &mut |record| match record.transcode_to::<R>() {
+                Ok(record) => sender.blocking_send(Ok(record)).is_ok(),
+                Err(e) => {
+                    failed = Some(format!("{}: a record of {field}: {e}", path.display()));
+                    false
+                }
+            });
+            if let Some(error) = read.err().or(failed) {
+                let _ = sender.blocking_send(Err(error));
+            }
+        });
+        Records::Read(receiver)
+    }
+
+    async fn next(&mut self) -> Result<Option<R>, String> {
+        match self {
+            Records::Held(records) => Ok(records.next()),
+            Records::Read(receiver) => receiver.recv().await.transpose(),
+        }
+    }
+}
+
+async fn import_from(
+    channel: Channel,
+    names: HashSet<String>,
+    mut source: Source,
+    skip_existing: bool,
+    token: Option<String>,
+) -> Result<ImportReport, String> {
+    let interceptor = BearerToken::new(token)?;
     let mut importer = Importer {
         names,
         created: HashSet::new(),
@@ -105,10 +182,14 @@ pub async fn import_with_token(
     let mut domains = PartnershipDomainServiceClient::with_interceptor(channel.clone(), interceptor.clone());
     let mut agreements = AgreementServiceClient::with_interceptor(channel.clone(), interceptor.clone());
     let mut engagements = EngagementServiceClient::with_interceptor(channel, interceptor);
-    let deferred_parties = importer.create_all(&mut parties, dataset.parties).await?;
-    let deferred_domains = importer.create_all(&mut domains, dataset.partnership_domains).await?;
-    let deferred_agreements = importer.create_all(&mut agreements, dataset.agreements).await?;
-    let deferred_engagements = importer.create_all(&mut engagements, dataset.engagements).await?;
+    let records = source.records("parties", |d| std::mem::take(&mut d.parties));
+    let deferred_parties = importer.create_all(&parties, records).await?;
+    let records = source.records("partnership_domains", |d| std::mem::take(&mut d.partnership_domains));
+    let deferred_domains = importer.create_all(&domains, records).await?;
+    let records = source.records("agreements", |d| std::mem::take(&mut d.agreements));
+    let deferred_agreements = importer.create_all(&agreements, records).await?;
+    let records = source.records("engagements", |d| std::mem::take(&mut d.engagements));
+    let deferred_engagements = importer.create_all(&engagements, records).await?;
     importer.link_all(&mut parties, deferred_parties).await?;
     importer.link_all(&mut domains, deferred_domains).await?;
     importer.link_all(&mut agreements, deferred_agreements).await?;
@@ -142,21 +223,31 @@ struct Deferred<R> {
 }
 
 impl Importer {
-    /// Creates `records` in batches (BatchCreate), each record without the
-    /// fields that name a dataset record neither created before nor in its
-    /// batch: those are returned, to be set once everything exists.
+    /// Creates `records` in batches (BatchCreate), two in flight, each record
+    /// without the fields that name a dataset record not created before its
+    /// batch was sent (nor in it): those are returned, to be set once
+    /// everything exists.
     async fn create_all<R: Resource, C: Target<R>>(
         &mut self,
-        client: &mut C,
-        records: Vec<R>,
+        client: &C,
+        mut records: Records<R>,
     ) -> Result<Vec<Deferred<R>>, String> {
         let mut deferred = Vec::new();
-        let mut records = records.into_iter().peekable();
-        while records.peek().is_some() {
-            let batch: Vec<R> = records.by_ref().take(self.batch_size).collect();
+        let mut in_flight: Option<Sent<R>> = None;
+        loop {
+            let mut batch = Vec::with_capacity(self.batch_size);
+            while batch.len() < self.batch_size {
+                match records.next().await? {
+                    Some(record) => batch.push(record),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
             let in_batch: HashSet<&str> = batch.iter().map(|record| record.name()).collect();
             let mut items = Vec::with_capacity(batch.len());
-            let mut batch_deferred = Vec::new();
+            let mut later = Vec::new();
             for record in &batch {
                 let name = record.name().to_string();
                 let id = R::KIND.parse_name(&name).map_err(|e| format!("record name: {e}"))?.to_string();
@@ -182,61 +273,33 @@ impl Importer {
                         for field in &fields {
                             first.clear_field_by_name(field);
                         }
-                        batch_deferred.push(Deferred { record: record.clone(), fields });
+                        later.push(Deferred { record: record.clone(), fields });
                         first.transcode_to().map_err(|e| e.to_string())?
                     }
                 };
                 items.push((id, first));
             }
-            self.create_batch(client, items).await?;
-            deferred.extend(batch_deferred.into_iter().filter(|d| !self.skipped.contains(d.record.name())));
-            self.created.extend(batch.iter().map(|record| record.name().to_string()));
+            let names = batch.iter().map(|record| record.name().to_string()).collect();
+            let sending = tokio::spawn(send_batch(client.clone(), items, self.skip_existing));
+            if let Some(sent) = in_flight.replace(Sent { sending, names, later }) {
+                self.finish(sent, &mut deferred).await?;
+            }
+        }
+        if let Some(sent) = in_flight.take() {
+            self.finish(sent, &mut deferred).await?;
         }
         Ok(deferred)
     }
 
-    /// Creates one batch; split in two when the store takes fewer records in
-    /// one write, and one by one when some exist and `--skip-existing` allows it.
-    fn create_batch<'a, R: Resource, C: Target<R>>(
-        &'a mut self,
-        client: &'a mut C,
-        items: Vec<(String, R)>,
-    ) -> crate::store::BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let count = items.len();
-            match client.create_batch(items.clone()).await {
-                Ok(()) => {
-                    self.report.created += count;
-                    Ok(())
-                }
-                Err(status) if status.code() == Code::InvalidArgument && count > 1 && too_many(&status) => {
-                    let mut first = items;
-                    let second = first.split_off(count / 2);
-                    self.create_batch(client, first).await?;
-                    self.create_batch(client, second).await
-                }
-                Err(status) if status.code() == Code::AlreadyExists && self.skip_existing => {
-                    for (id, record) in items {
-                        let name = record.name().to_string();
-                        match client.create(id, record).await {
-                            Ok(()) => self.report.created += 1,
-                            Err(status) if status.code() == Code::AlreadyExists => {
-                                self.report.skipped += 1;
-                                self.skipped.insert(name);
-                            }
-                            Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
-                        }
-                    }
-                    Ok(())
-                }
-                Err(status) if status.code() == Code::AlreadyExists => Err(format!(
-                    "creating {}: {} (pass --skip-existing to leave existing records as they are)",
-                    R::KIND.collection,
-                    describe(&status)
-                )),
-                Err(status) => Err(format!("creating {}: {}", R::KIND.collection, describe(&status))),
-            }
-        })
+    /// Waits for a batch sent, and counts it.
+    async fn finish<R: Resource>(&mut self, sent: Sent<R>, deferred: &mut Vec<Deferred<R>>) -> Result<(), String> {
+        let outcome = sent.sending.await.map_err(|e| format!("sending a batch: {e}"))??;
+        self.report.created += outcome.created;
+        self.report.skipped += outcome.skipped.len();
+        self.skipped.extend(outcome.skipped);
+        deferred.extend(sent.later.into_iter().filter(|d| !self.skipped.contains(d.record.name())));
+        self.created.extend(sent.names);
+        Ok(())
     }
 
     async fn link_all<R: Resource, C: Target<R>>(
@@ -256,6 +319,61 @@ impl Importer {
     }
 }
 
+/// A batch on its way, with what to do once it is in.
+struct Sent<R> {
+    sending: tokio::task::JoinHandle<Result<BatchOutcome, String>>,
+    names: Vec<String>,
+    /// Its records' fields left for later.
+    later: Vec<Deferred<R>>,
+}
+
+/// What became of a batch's records.
+struct BatchOutcome {
+    created: usize,
+    /// Names that existed already (with `--skip-existing`).
+    skipped: Vec<String>,
+}
+
+/// Creates one batch; split in two when the store takes fewer records in one
+/// write, and one by one when some exist and `skip_existing` allows it.
+fn send_batch<R: Resource, C: Target<R>>(
+    mut client: C,
+    items: Vec<(String, R)>,
+    skip_existing: bool,
+) -> crate::store::BoxFuture<'static, Result<BatchOutcome, String>> {
+    Box::pin(async move {
+        let count = items.len();
+        match client.create_batch(items.clone()).await {
+            Ok(()) => Ok(BatchOutcome { created: count, skipped: Vec::new() }),
+            Err(status) if status.code() == Code::InvalidArgument && count > 1 && too_many(&status) => {
+                let mut first = items;
+                let second = first.split_off(count / 2);
+                let a = send_batch(client.clone(), first, skip_existing).await?;
+                let b = send_batch(client, second, skip_existing).await?;
+                Ok(BatchOutcome { created: a.created + b.created, skipped: [a.skipped, b.skipped].concat() })
+            }
+            Err(status) if status.code() == Code::AlreadyExists && skip_existing => {
+                let mut outcome = BatchOutcome { created: 0, skipped: Vec::new() };
+                for (id, record) in items {
+                    let name = record.name().to_string();
+                    match client.create(id, record).await {
+                        Ok(()) => outcome.created += 1,
+                        Err(status) if status.code() == Code::AlreadyExists => outcome.skipped.push(name),
+                        Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
+                    }
+                }
+                Ok(outcome)
+            }
+            Err(status) if status.code() == Code::AlreadyExists => Err(format!(
+                "creating {}: {} (pass --skip-existing to leave existing records as they are)",
+                R::KIND.collection,
+                describe(&status)
+            )),
+            Err(status) => Err(format!("creating {}: {}", R::KIND.collection, describe(&status))),
+        }
+    })
+}
+
 /// A status with its field violations, for the person running the import.
 fn describe(status: &Status) -> String {
     use tonic_types::StatusExt;
@@ -270,7 +388,7 @@ fn describe(status: &Status) -> String {
 
 /// Create and Update of one kind through its generated client.
 #[tonic::async_trait]
-trait Target<R>: Send {
+trait Target<R>: Clone + Send + 'static {
     async fn create(&mut self, id: String, record: R) -> Result<(), Status>;
     /// Creates all of `items` (id, record) or none.
     async fn create_batch(&mut self, items: Vec<(String, R)>) -> Result<(), Status>;

@@ -4,6 +4,7 @@
 
 mod backup;
 mod client;
+mod dataset_file;
 mod etcd;
 pub mod import;
 mod serve;

@@ -1,0 +1,304 @@
+//! What a user gets from `cooperation-registry import`: a dataset file of
+//! AGREEMENTS agreements and AGREEMENTS / 10 engagements (proto3 JSON of
+//! `cooperation.v1.Dataset`, the records of `numbered_agreement` and
+//! `numbered_engagement` over the 40 `STATES`) loaded into a fresh server with
+//! its default durability (fsync), both the release binary, unpinned.
+//!
+//! It writes the file (its size and the time that took are printed, not part
+//! of the import), starts `serve` on a fresh data dir, then times
+//! `cooperation-registry import FILE --server ADDR` end to end (wall clock,
+//! from the process's start to its exit: reading and parsing the file, every
+//! BatchCreate) and prints records/s, the import's CPU time and peak resident
+//! memory (from `/usr/bin/time` when installed, otherwise sampled from
+//! `/proc`), the server's CPU time over the import and its peak resident
+//! memory, and the data dir's size after. It checks that the import reports
+//! every record created and that the first and last agreement and the last
+//! engagement read back as generated, then stops the server with SIGTERM.
+//!
+//! Run:
+//!
+//! ```sh
+//! cargo bench --bench import                         # 100,000 agreements
+//! AGREEMENTS=1000000 cargo bench --bench import      # the issue's million
+//! DATA_DIR=/mnt/big AGREEMENTS=1000000 cargo bench --bench import
+//! ```
+//!
+//! The file and the server's data dir live in a temporary directory (under
+//! DATA_DIR when it is set), removed at the end. At 1,000,000 agreements the
+//! file takes about 1 GB and the data dir several GB more.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::env_or;
+use common::process::{BINARY, Serve};
+use common::records::{STATES, agreement_id, engagement_id, numbered_agreement, numbered_engagement};
+use common::stats::memory_kib;
+use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
+use cooperation_registry::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
+use cooperation_registry::pb::cooperation::v1::{self as v1};
+use prost_reflect::ReflectMessage;
+
+/// Indexes of the dataset's engagements: one for every tenth agreement, as
+/// the service bench loads them.
+fn engagement_indexes(agreements: usize) -> impl Iterator<Item = usize> {
+    (0..agreements).step_by(10)
+}
+
+fn agreement_record(i: usize) -> v1::Agreement {
+    v1::Agreement { name: format!("agreements/{}", agreement_id(i)), ..numbered_agreement(i, &STATES) }
+}
+
+fn engagement_record(i: usize) -> v1::Engagement {
+    v1::Engagement { name: format!("engagements/{}", engagement_id(i)), ..numbered_engagement(i, &STATES) }
+}
+
+/// Writes the dataset to `path` record by record (proto3 JSON through
+/// prost-reflect's serde support, in a hand-written Dataset envelope);
+/// returns how many records it holds.
+fn write_dataset(path: &Path, agreements: usize) -> std::io::Result<usize> {
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    let mut records = 0;
+    out.write_all(b"{\"agreements\":[\n")?;
+    for i in 0..agreements {
+        if i > 0 {
+            out.write_all(b",\n")?;
+        }
+        serde_json::to_writer(&mut out, &agreement_record(i).transcode_to_dynamic())?;
+        records += 1;
+    }
+    out.write_all(b"\n],\"engagements\":[\n")?;
+    for (n, i) in engagement_indexes(agreements).enumerate() {
+        if n > 0 {
+            out.write_all(b",\n")?;
+        }
+        serde_json::to_writer(&mut out, &engagement_record(i).transcode_to_dynamic())?;
+        records += 1;
+    }
+    out.write_all(b"\n]}\n")?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(records)
+}
+
+/// user + system CPU time of process `pid` so far (`/proc/<pid>/stat`).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_micros(ticks * 1_000_000 / clock_ticks())
+}
+
+/// Clock ticks a second (`getconf CLK_TCK`), asked once: `run_import`
+/// samples CPU times every 20 ms.
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+        out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+    })
+}
+
+/// The disk space under `path`, in MiB (`du -sk`).
+fn du_mib(path: &Path) -> f64 {
+    let out = Command::new("du").arg("-sk").arg(path).output().expect("du runs");
+    let kib: f64 =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// What one run of the import used.
+struct ImportRun {
+    wall: Duration,
+    stdout: String,
+    /// user + system CPU time.
+    cpu: Duration,
+    peak_rss_kib: u64,
+    /// How the CPU time and memory were measured.
+    measured_by: &'static str,
+    /// When the server had used 50 ms of CPU since the import started: about
+    /// when the client had read and parsed the file and sent its first batch.
+    server_busy_after: Option<Duration>,
+}
+
+const TIME: &str = "/usr/bin/time";
+
+/// Runs `cooperation-registry import file --server addr` to its end, under
+/// `/usr/bin/time` when it is installed (its rusage: exact CPU time and peak
+/// RSS), otherwise sampling `/proc/<pid>` every 20 ms (the last sample before
+/// the exit; a little short).
+fn run_import(file: &Path, addr: SocketAddr, server_pid: u32, scratch: &Path) -> ImportRun {
+    let usage_file = scratch.join("import.rusage");
+    let timed = Path::new(TIME).exists();
+    let mut command = match timed {
+        true => {
+            let mut command = Command::new(TIME);
+            command.args(["-f", "%U %S %M", "-o"]).arg(&usage_file).arg(BINARY);
+            command
+        }
+        false => Command::new(BINARY),
+    };
+    command.arg("import").arg(file).args(["--server", &addr.to_string()]);
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let server_cpu = cpu_time(server_pid);
+    let mut server_busy_after = None;
+    let started = Instant::now();
+    let mut child = command.spawn().expect("the import starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let (mut cpu, mut peak_rss_kib) = (Duration::ZERO, 0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if server_busy_after.is_none() && cpu_time(server_pid) >= server_cpu + Duration::from_millis(50) {
+            server_busy_after = Some(started.elapsed());
+        }
+        if !timed {
+            let sample = cpu_time(child.id());
+            cpu = cpu.max(sample);
+            peak_rss_kib = peak_rss_kib.max(memory_kib(child.id()).1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = started.elapsed();
+    let stdout = reader.join().unwrap();
+    assert!(status.success(), "the import failed ({status}); its output: {stdout}");
+    if !timed {
+        let measured_by = "sampled from /proc every 20 ms";
+        return ImportRun { wall, stdout, cpu, peak_rss_kib, measured_by, server_busy_after };
+    }
+    let usage = std::fs::read_to_string(&usage_file).expect("/usr/bin/time wrote its figures");
+    let figures: Vec<f64> = usage.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    assert_eq!(figures.len(), 3, "unexpected /usr/bin/time output: {usage:?}");
+    ImportRun {
+        wall,
+        stdout,
+        cpu: Duration::from_secs_f64(figures[0] + figures[1]),
+        peak_rss_kib: figures[2] as u64,
+        measured_by: "/usr/bin/time",
+        server_busy_after,
+    }
+}
+
+/// The N of "N records created" in the import's output.
+fn created_count(stdout: &str) -> Option<usize> {
+    let before = &stdout[..stdout.find(" records created")?];
+    before.rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// Reads the first and last agreement and the last engagement back and
+/// compares them with the generated records.
+async fn check_records(addr: SocketAddr, agreements: usize) {
+    let channel = common::client::connect(addr).await;
+    let mut client = AgreementServiceClient::new(channel.clone());
+    for i in [0, agreements - 1] {
+        let expected = agreement_record(i);
+        let request = v1::GetAgreementRequest { name: expected.name.clone(), ..Default::default() };
+        let got = client.get_agreement(request).await.unwrap_or_else(|s| panic!("{}: {s}", expected.name));
+        let got = got.into_inner();
+        assert_eq!((&got.name, &got.title, &got.parties), (&expected.name, &expected.title, &expected.parties));
+        assert_eq!(got.provisions.len(), expected.provisions.len(), "{}", expected.name);
+    }
+    let last = engagement_indexes(agreements).last().unwrap();
+    let expected = engagement_record(last);
+    let request = v1::GetEngagementRequest { name: expected.name.clone() };
+    let got = EngagementServiceClient::new(channel).get_engagement(request).await;
+    let got = got.unwrap_or_else(|s| panic!("{}: {s}", expected.name)).into_inner();
+    assert_eq!((&got.name, &got.title), (&expected.name, &expected.title));
+}
+
+fn main() {
+    let agreements: usize = env_or("AGREEMENTS", 100_000);
+    assert!(agreements > 0, "AGREEMENTS must be at least 1");
+    let scratch = match std::env::var_os("DATA_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir).expect("a temporary directory under DATA_DIR"),
+        None => tempfile::tempdir().expect("a temporary directory"),
+    };
+    println!("binary: {BINARY}");
+    println!("scratch dir: {}", scratch.path().display());
+
+    // 1. The dataset file.
+    let file = scratch.path().join("dataset.json");
+    let started = Instant::now();
+    let records = write_dataset(&file, agreements).expect("the dataset file is written");
+    let size = std::fs::metadata(&file).unwrap().len();
+    println!(
+        "dataset: {agreements} agreements + {} engagements = {records} records, {:.1} MiB ({:.0} bytes a record), \
+         written in {:.1} s",
+        records - agreements,
+        size as f64 / (1 << 20) as f64,
+        size as f64 / records as f64,
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. A fresh server with its default durability.
+    let data_dir = scratch.path().join("data");
+    let started = Instant::now();
+    let server =
+        Serve::new(&data_dir).default_durability().log_filter("warn,cooperation_registry::server=info").start();
+    println!("server: pid {} serving on {} after {:.2} s", server.pid(), server.addr, started.elapsed().as_secs_f64());
+
+    // 3. The import, timed.
+    let server_cpu_before = cpu_time(server.pid());
+    let run = run_import(&file, server.addr, server.pid(), scratch.path());
+    let server_cpu = cpu_time(server.pid()).saturating_sub(server_cpu_before);
+    let (_, server_peak_kib) = memory_kib(server.pid());
+    let data_mib = du_mib(&data_dir);
+
+    // 4. Correctness, cheaply.
+    print!("import output: {}", run.stdout);
+    let created = created_count(&run.stdout);
+    assert_eq!(created, Some(records), "the import should report every record created");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(check_records(server.addr, agreements));
+
+    let wall = run.wall.as_secs_f64();
+    println!();
+    println!("import of {records} records ({agreements} agreements) into a fresh fsync server:");
+    println!("  wall time          {wall:9.1} s");
+    println!("  records/s          {:9.0}", records as f64 / wall);
+    println!(
+        "  client CPU         {:9.1} s  ({:.0} % of the wall time; {})",
+        run.cpu.as_secs_f64(),
+        run.cpu.as_secs_f64() / wall * 100.0,
+        run.measured_by
+    );
+    if let Some(busy) = run.server_busy_after {
+        println!(
+            "  first batch        {:9.1} s  (the server busy from then on: the client read and parsed the file before)",
+            busy.as_secs_f64()
+        );
+    }
+    println!("  client peak RSS    {:9.0} MiB", run.peak_rss_kib as f64 / 1024.0);
+    println!(
+        "  server CPU         {:9.1} s  ({:.0} % of the wall time; {:.0} µs a record)",
+        server_cpu.as_secs_f64(),
+        server_cpu.as_secs_f64() / wall * 100.0,
+        server_cpu.as_secs_f64() * 1e6 / records as f64
+    );
+    println!("  server peak RSS    {:9.0} MiB", server_peak_kib as f64 / 1024.0);
+    println!(
+        "  data dir after     {:9.0} MiB  ({:.0} bytes a record)",
+        data_mib,
+        data_mib * (1 << 20) as f64 / records as f64
+    );
+    println!("  checked: {records} created reported; first and last agreement and last engagement read back");
+    println!("  issue 27 target: 1,000,000 agreements in at most 180 s");
+
+    // 5. Stop the server.
+    drop(runtime);
+    server.stop();
+}
