@@ -211,6 +211,10 @@ impl TxnLimits {
     }
 }
 
+/// Most writes, and bytes, in one transaction of a long job (see [`Batches`]).
+pub const JOB_MAX_OPS: usize = 10_000;
+pub const JOB_MAX_BYTES: usize = 64 << 20;
+
 /// Transactions made of whole items (an item's conditions and writes stay
 /// in one transaction), each as large as the engine's limits allow: how the
 /// registry's long jobs (seeding, upgrades, expiry) write. Every
@@ -221,13 +225,23 @@ pub struct Batches {
     change: Vec<u8>,
     reserved: TxnSize,
     current: Txn,
+    /// `current.size()`, kept as items come: measuring the transaction
+    /// again for each item made a job of n writes take n² steps.
+    current_size: TxnSize,
     items: usize,
 }
 
 impl Batches {
     pub fn new(limits: TxnLimits, change: Vec<u8>, reserved: TxnSize) -> Batches {
         let current = Txn { change: change.clone(), ..Default::default() };
-        Batches { limits, change, reserved, current, items: 0 }
+        let current_size = current.size();
+        // A job's transaction stays of a size an engine without limits
+        // writes in a moment, not the whole of a large job.
+        let limits = TxnLimits {
+            max_ops: limits.max_ops.min(JOB_MAX_OPS),
+            max_bytes: limits.max_bytes.min(JOB_MAX_BYTES),
+        };
+        Batches { limits, change, reserved, current, current_size, items: 0 }
     }
 
     /// Adds an item; returns the transaction to commit first when the item
@@ -239,13 +253,14 @@ impl Batches {
         if !self.limits.admits(alone) {
             return Err(StoreError::TooLarge { size: alone, limits: self.limits });
         }
-        let together = self.current.size() + size + self.reserved;
+        let together = self.current_size + size + self.reserved;
         let full = match self.items > 0 && !self.limits.admits(together) {
             true => self.take(),
             false => None,
         };
         self.current.conditions.extend(item.conditions);
         self.current.ops.extend(item.ops);
+        self.current_size = self.current_size + size;
         self.items += 1;
         Ok(full)
     }
@@ -256,7 +271,9 @@ impl Batches {
             return None;
         }
         self.items = 0;
-        Some(std::mem::replace(&mut self.current, Txn { change: self.change.clone(), ..Default::default() }))
+        let next = Txn { change: self.change.clone(), ..Default::default() };
+        self.current_size = next.size();
+        Some(std::mem::replace(&mut self.current, next))
     }
 }
 
@@ -673,6 +690,20 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(batches.push(four), Err(StoreError::TooLarge { .. })));
+    }
+
+    /// A job on an engine without limits is still cut into transactions of
+    /// at most JOB_MAX_OPS writes, each as large as that allows.
+    #[test]
+    fn a_job_without_engine_limits_is_cut_into_transactions_of_bounded_size() {
+        let mut batches = Batches::new(TxnLimits::UNBOUNDED, Vec::new(), TxnSize::default());
+        let mut committed = Vec::new();
+        for i in 0..(2 * super::JOB_MAX_OPS + 5) {
+            committed.extend(batches.push(one_put(&format!("k{i}"))).unwrap());
+        }
+        committed.extend(batches.take());
+        let sizes: Vec<usize> = committed.iter().map(|txn| txn.ops.len()).collect();
+        assert_eq!(sizes, [super::JOB_MAX_OPS, super::JOB_MAX_OPS, 5]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
