@@ -1,6 +1,6 @@
 //! List: the page a query asks for, planned through the indexes, read in
-//! name order or kept a page's worth at a time in another order, and
-//! answered as records or as the encoded response.
+//! name order (another order is `ordered`'s), and answered as records or as
+//! the encoded response.
 
 use std::sync::Arc;
 use std::time::Instant;
