@@ -237,10 +237,8 @@ impl Batches {
         let current_size = current.size();
         // A job's transaction stays of a size an engine without limits
         // writes in a moment, not the whole of a large job.
-        let limits = TxnLimits {
-            max_ops: limits.max_ops.min(JOB_MAX_OPS),
-            max_bytes: limits.max_bytes.min(JOB_MAX_BYTES),
-        };
+        let limits =
+            TxnLimits { max_ops: limits.max_ops.min(JOB_MAX_OPS), max_bytes: limits.max_bytes.min(JOB_MAX_BYTES) };
         Batches { limits, change, reserved, current, current_size, items: 0 }
     }
 
