@@ -262,13 +262,7 @@ impl Registry {
         let snapshot = self.store.snapshot().await?;
         let candidates = index::candidates(&*snapshot, R::KIND, filter, as_of).await?;
         let mut found = Vec::new();
-        let scope = Scope {
-            snapshot: &*snapshot,
-            candidates: candidates.as_ref(),
-            after: None,
-            first_reads: MAX_CHUNK,
-            among: None,
-        };
+        let scope = Scope::whole(&*snapshot, candidates.as_ref());
         self.scan::<R>(scope, deadline, |mut record, revision| {
             self.present(&mut record, revision, as_of);
             if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
@@ -384,6 +378,14 @@ pub(super) struct Scope<'a> {
     pub first_reads: usize,
     /// Only the candidates among these ids (tested before the record is read).
     pub among: Option<&'a std::collections::BTreeSet<String>>,
+}
+
+impl<'a> Scope<'a> {
+    /// Every record of `candidates` (all of the kind without), read in
+    /// chunks as large as the store reads at once: a scan that reads all.
+    pub fn whole(snapshot: &'a dyn Snapshot, candidates: Option<&'a index::Candidates>) -> Scope<'a> {
+        Scope { snapshot, candidates, after: None, first_reads: MAX_CHUNK, among: None }
+    }
 }
 
 #[cfg(test)]

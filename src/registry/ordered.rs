@@ -13,7 +13,7 @@ use super::resource::Resource;
 use super::{Registry, check_deadline};
 use crate::error::{Error, Result};
 use crate::pb::google::r#type::Date;
-use crate::store::{MAX_CHUNK, Snapshot};
+use crate::store::Snapshot;
 
 /// Most records a page in an order no index serves may be sorted from: a
 /// filter that may match more, on a collection that holds more, is refused.
@@ -148,7 +148,7 @@ impl Registry {
         let mut best = order::Best::new(page.size + 1, |a: &(Vec<SortValue>, R), b: &(_, R)| {
             order.compare((&a.0, a.1.name()), (&b.0, b.1.name()))
         });
-        let scope = Scope { snapshot: page.snapshot, candidates, after: None, first_reads: MAX_CHUNK, among: None };
+        let scope = Scope::whole(page.snapshot, candidates);
         let newest = self
             .scan::<R>(scope, page.deadline, |mut record, revision| {
                 if let Some(row) = page.row(&mut record, revision) {

@@ -10,7 +10,6 @@ use crate::pb::google::r#type::Date;
 use crate::registry::filter::Filter;
 use crate::registry::lists::Scope;
 use crate::registry::{Registry, agreement as agreement_rules, dates, index, resource};
-use crate::store::MAX_CHUNK;
 use prost::Message;
 
 pub const DEFAULT_WINDOW_MONTHS: i32 = 12;
@@ -164,13 +163,7 @@ impl Registry {
         // Every agreement is counted from its outline; only those the answer
         // shows are decoded whole.
         let mut counted: Vec<Counted> = Vec::new();
-        let scope = Scope {
-            snapshot: &*snapshot,
-            candidates: candidates.as_ref(),
-            after: None,
-            first_reads: MAX_CHUNK,
-            among: None,
-        };
+        let scope = Scope::whole(&*snapshot, candidates.as_ref());
         self.scan_stored::<Agreement>(scope, query.deadline, |name, entry| {
             let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
             if outline.delete_time.is_some() || !query.parties.iter().all(|party| outline.parties.contains(party)) {
@@ -256,13 +249,7 @@ impl Registry {
             compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?;
         let candidates = index::candidates(&*snapshot, &resource::ENGAGEMENT, &engagements_filter, &as_of).await?;
         let mut timeline: Vec<((bool, i64), String, bytes::Bytes)> = Vec::new();
-        let scope = Scope {
-            snapshot: &*snapshot,
-            candidates: candidates.as_ref(),
-            after: None,
-            first_reads: MAX_CHUNK,
-            among: None,
-        };
+        let scope = Scope::whole(&*snapshot, candidates.as_ref());
         self.scan_stored::<Engagement>(scope, query.deadline, |name, entry| {
             let outline = EngagementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
             let takes_part = |party: &String| outline.participants.iter().any(|p| p.party == *party);
