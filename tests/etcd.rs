@@ -366,3 +366,32 @@ async fn writes_refer_to_records_as_they_are_whoever_changed_them() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A batch larger than etcd takes in one transaction (its default
+/// `--max-txn-ops` is 128) is refused as such, whole; the import splits its
+/// batches until one fits and sends that many from then on, and every record
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_splits_its_batches_to_what_etcd_takes() {
+    use cooperation_registry::cli::import::{ImportReport, import};
+    let member = start_member().await;
+    let store = Arc::new(open(&member, b"registry/"));
+    let server = TestServer::start_on(store, tempfile::tempdir().unwrap(), ServerOptions::default()).await;
+    let named =
+        |i: usize| v1::Agreement { name: format!("agreements/a{i:03}"), ..agreement(&format!("Agreement {i}")) };
+    let err = server
+        .agreements()
+        .batch_create_agreements(v1::BatchCreateAgreementsRequest {
+            requests: (0..40).map(|i| create_agreement(&format!("a{i:03}"), agreement("A"))).collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("send fewer requests"), "{}", err.message());
+
+    let dataset = v1::Dataset { agreements: (0..40).map(named).collect(), ..Default::default() };
+    let report = import(server.channel.clone(), dataset, false).await.unwrap();
+    assert_eq!(report, ImportReport { created: 40, skipped: 0, linked: 0 });
+    assert_eq!(count(&server).await, 40);
+    server.stop().await;
+}

@@ -5,8 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cooperation_registry::pb::cooperation::v1::agreement_service_client::AgreementServiceClient;
-use cooperation_registry::pb::cooperation::v1::engagement_service_client::EngagementServiceClient;
+use cooperation_registry::cli::import::import;
 use cooperation_registry::pb::cooperation::v1::{self as v1};
 use prost::Message;
 
@@ -18,44 +17,33 @@ pub fn agreement(i: usize) -> v1::Agreement {
     numbered_agreement(i, &STATES)
 }
 
-/// Loads `count` agreements and `count / 10` engagements through the API with
-/// 64 concurrent callers; returns the name of one agreement of India's.
+/// Loads `count` agreements and `count / 10` engagements through the API as
+/// `cooperation-registry import` does (BatchCreate, two batches in flight);
+/// returns the name of one agreement of India's.
 pub async fn load(addr: SocketAddr, count: usize) -> String {
     let started = Instant::now();
-    let channel = connect(addr).await;
-    let callers = 64;
-    let mut tasks = Vec::new();
-    for c in 0..callers {
-        let mut agreements = AgreementServiceClient::new(channel.clone());
-        let mut engagements = EngagementServiceClient::new(channel.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in (c..count).step_by(callers) {
-                let request = v1::CreateAgreementRequest {
-                    agreement_id: agreement_id(i),
-                    agreement: Some(agreement(i)),
-                    request_id: String::new(),
-                };
-                agreements.create_agreement(request).await.expect("create agreement");
-                if i % 10 == 0 {
-                    let request = v1::CreateEngagementRequest {
-                        engagement_id: engagement_id(i),
-                        engagement: Some(numbered_engagement(i, &STATES)),
-                        request_id: String::new(),
-                    };
-                    engagements.create_engagement(request).await.expect("create engagement");
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    let named = |name: String, mut record: v1::Agreement| {
+        record.name = name;
+        record
+    };
+    let dataset = v1::Dataset {
+        agreements: (0..count).map(|i| named(format!("agreements/{}", agreement_id(i)), agreement(i))).collect(),
+        engagements: (0..count)
+            .step_by(10)
+            .map(|i| v1::Engagement {
+                name: format!("engagements/{}", engagement_id(i)),
+                ..numbered_engagement(i, &STATES)
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let report = import(connect(addr).await, dataset, false).await.expect("the dataset loads");
     let elapsed = started.elapsed();
     eprintln!(
         "loaded {count} agreements and {} engagements in {:.1} s ({:.0} records/s)",
-        count / 10,
+        count.div_ceil(10),
         elapsed.as_secs_f64(),
-        (count + count / 10) as f64 / elapsed.as_secs_f64()
+        report.created as f64 / elapsed.as_secs_f64()
     );
     format!("agreements/{}", agreement_id(0))
 }

@@ -295,6 +295,9 @@ impl Importer {
     async fn finish<R: Resource>(&mut self, sent: Sent<R>, deferred: &mut Vec<Deferred<R>>) -> Result<(), String> {
         let outcome = sent.sending.await.map_err(|e| format!("sending a batch: {e}"))??;
         self.report.created += outcome.created;
+        if let Some(fitted) = outcome.fitted {
+            self.batch_size = self.batch_size.min(fitted.max(1));
+        }
         self.report.skipped += outcome.skipped.len();
         self.skipped.extend(outcome.skipped);
         deferred.extend(sent.later.into_iter().filter(|d| !self.skipped.contains(d.record.name())));
@@ -330,6 +333,9 @@ struct Sent<R> {
 /// What became of a batch's records.
 struct BatchOutcome {
     created: usize,
+    /// The most records one write took, when the store refused the batch
+    /// whole: the size to send from then on.
+    fitted: Option<usize>,
     /// Names that existed already (with `--skip-existing`).
     skipped: Vec<String>,
 }
@@ -344,16 +350,18 @@ fn send_batch<R: Resource, C: Target<R>>(
     Box::pin(async move {
         let count = items.len();
         match client.create_batch(items.clone()).await {
-            Ok(()) => Ok(BatchOutcome { created: count, skipped: Vec::new() }),
+            Ok(()) => Ok(BatchOutcome { created: count, fitted: None, skipped: Vec::new() }),
             Err(status) if status.code() == Code::InvalidArgument && count > 1 && too_many(&status) => {
                 let mut first = items;
                 let second = first.split_off(count / 2);
+                let first_size = first.len();
                 let a = send_batch(client.clone(), first, skip_existing).await?;
                 let b = send_batch(client, second, skip_existing).await?;
-                Ok(BatchOutcome { created: a.created + b.created, skipped: [a.skipped, b.skipped].concat() })
+                let fitted = [a.fitted.unwrap_or(first_size), b.fitted.unwrap_or(first_size)].into_iter().min();
+                Ok(BatchOutcome { created: a.created + b.created, fitted, skipped: [a.skipped, b.skipped].concat() })
             }
             Err(status) if status.code() == Code::AlreadyExists && skip_existing => {
-                let mut outcome = BatchOutcome { created: 0, skipped: Vec::new() };
+                let mut outcome = BatchOutcome { created: 0, fitted: None, skipped: Vec::new() };
                 for (id, record) in items {
                     let name = record.name().to_string();
                     match client.create(id, record).await {
