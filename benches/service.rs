@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench service` builds the release binary, starts it on a
 //! fresh data dir pinned to core 0 (h2load on core 1, with `taskset`), loads
-//! AGREEMENTS agreements (default 10,000; plus one engagement per ten) and
-//! runs one of:
+//! AGREEMENTS agreements (default 10,000; plus one engagement per ten) as
+//! `cooperation-registry import` does (BatchCreate) and runs one of:
 //!
 //! - `BENCH=compare` (default): grpc.health.v1.Health/Check (the ceiling),
 //!   GetAgreement, party-filtered ListAgreements (page of 50), durable
