@@ -11,7 +11,7 @@ use super::keys::record_key;
 use super::records::{ChangeKind, StoredChange, StoredEvent};
 use super::resource::{self, Resource};
 use super::validate::Reference;
-use super::writes::{MAX_ATTEMPTS, reference_ops, without_output_only};
+use super::writes::{MAX_ATTEMPTS, beyond_limits, reference_ops, without_output_only};
 use super::{Mutation, Registry, check_deadline, dates, now, targets};
 use crate::error::{Error, Result, Violations};
 use crate::store::{Applied, Condition, Op, Outcome, Txn, move_member};
@@ -117,9 +117,8 @@ impl Registry {
                     "requests",
                     format!(
                         "are too many for one write to this store: with their index entries, references and \
-                         change-log entry they take {} operations and {} bytes, and the store takes at most {} \
-                         and {}; send fewer requests in a batch",
-                        size.ops, size.bytes, limits.max_ops, limits.max_bytes
+                         change-log entry they take {}; send fewer requests in a batch",
+                        beyond_limits(size, limits)
                     ),
                 ));
             }

@@ -168,13 +168,7 @@ impl Registry {
             let mut items = Vec::new();
             let mut last = Vec::new();
             let mut reads = 0;
-            let scope = Scope {
-                snapshot: &*snapshot,
-                candidates: candidates.as_ref(),
-                after,
-                first_reads: size + 1,
-                among: None,
-            };
+            let scope = Scope::page(&*snapshot, candidates.as_ref(), after, size);
             let newest = self
                 .scan_stored::<R>(scope, query.deadline, |name, entry| {
                     reads += 1;
@@ -203,13 +197,7 @@ impl Registry {
         } else {
             let mut rows: Vec<(Vec<order::SortValue>, R)> = Vec::new();
             let newest = if order.is_by_name() {
-                let scope = Scope {
-                    snapshot: &*snapshot,
-                    candidates: candidates.as_ref(),
-                    after,
-                    first_reads: size + 1,
-                    among: None,
-                };
+                let scope = Scope::page(&*snapshot, candidates.as_ref(), after, size);
                 self.scan::<R>(scope, query.deadline, |mut record, revision| {
                     if visible(&mut record, revision)
                         && (!test_filter || filter.matches(&record.transcode_to_dynamic()))
@@ -381,6 +369,16 @@ pub(super) struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
+    /// A page's records after `after`: read `size` and one more at first.
+    pub fn page(
+        snapshot: &'a dyn Snapshot,
+        candidates: Option<&'a index::Candidates>,
+        after: Option<&'a str>,
+        size: usize,
+    ) -> Scope<'a> {
+        Scope { snapshot, candidates, after, first_reads: size + 1, among: None }
+    }
+
     /// Every record of `candidates` (all of the kind without), read in
     /// chunks as large as the store reads at once: a scan that reads all.
     pub fn whole(snapshot: &'a dyn Snapshot, candidates: Option<&'a index::Candidates>) -> Scope<'a> {

@@ -333,9 +333,8 @@ impl Registry {
                     R::KIND.singular,
                     format!(
                         "is too large for one write to this store: with its index entries, references and \
-                         change-log entry it takes {} operations and {} bytes, and the store takes at most {} \
-                         and {}; store fewer values in its repeated fields",
-                        size.ops, size.bytes, limits.max_ops, limits.max_bytes
+                         change-log entry it takes {}; store fewer values in its repeated fields",
+                        beyond_limits(size, limits)
                     ),
                 ));
             }
@@ -424,6 +423,15 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// A transaction's size against the store's limits, for the message that
+/// refuses it: "N operations and B bytes, and the store takes at most …".
+pub(super) fn beyond_limits(size: crate::store::TxnSize, limits: crate::store::TxnLimits) -> String {
+    format!(
+        "{} operations and {} bytes, and the store takes at most {} and {}",
+        size.ops, size.bytes, limits.max_ops, limits.max_bytes
+    )
 }
 
 /// The revisions at which records that writes refer to were last found

@@ -81,6 +81,11 @@ impl<'a> ChunkView<'a> {
         Ok(ChunkView { revision, set_len, encoded_members: &raw[12..] })
     }
 
+    /// The name of its set, which its key starts with (after `SET`).
+    pub fn set_in<'k>(&self, key: &'k [u8]) -> StoreResult<&'k [u8]> {
+        key.get(1..1 + self.set_len).ok_or_else(|| StoreError::Storage("a set chunk key is short".into()))
+    }
+
     /// The members in order; an error where the bytes stop making sense.
     pub fn members(&self) -> impl Iterator<Item = StoreResult<&'a [u8]>> + use<'a> {
         let mut rest = self.encoded_members;
@@ -383,8 +388,7 @@ pub(super) fn scan(tree: &super::views::TreeAt<'_>, prefix: &[u8], start: &[u8],
             break;
         }
         let chunk = ChunkView::parse(&raw)?;
-        let set =
-            key.get(1..1 + chunk.set_len).ok_or_else(|| StoreError::Storage("a set chunk key is short".into()))?;
+        let set = chunk.set_in(&key)?;
         for member in chunk.members() {
             full.clear();
             full.extend_from_slice(set);
@@ -429,8 +433,7 @@ pub(super) fn scan_before(
             break;
         }
         let chunk = ChunkView::parse(&raw)?;
-        let set =
-            key.get(1..1 + chunk.set_len).ok_or_else(|| StoreError::Storage("a set chunk key is short".into()))?;
+        let set = chunk.set_in(&key)?;
         let held = chunk.members().collect::<StoreResult<Vec<&[u8]>>>()?;
         for member in held.iter().rev() {
             full.clear();
