@@ -88,14 +88,8 @@ impl Registry {
                 let mut record = record.clone();
                 record.set_create_time(Some(time));
                 record.set_update_time(Some(time));
-                let bytes = record.encode_to_vec();
-                ops.push(Op::Put { key: record_key(name), value: bytes.clone() });
-                events.push(StoredEvent {
-                    kind: ChangeKind::Created as i32,
-                    name: name.to_string(),
-                    record: bytes,
-                    previous_revision: 0,
-                });
+                ops.push(Op::Put { key: record_key(name), value: record.encode_to_vec() });
+                events.push(StoredEvent::new(ChangeKind::Created, name.to_string(), 0));
             }
             violations.into_result()?;
             if again {

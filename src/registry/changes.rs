@@ -14,13 +14,14 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
+use super::keys::{VERSION_PREFIX, record_key, version_key, versions_from};
 use crate::error::{Error, Result, Violations};
 use crate::pb::cooperation::v1::{self as v1, change};
 use crate::pb::google::r#type::Date;
 use crate::registry::records::{ChangeKind, StoredChange, StoredEvent};
 use crate::registry::resource::{self, Kind, Resource};
 use crate::registry::{Registry, dates, etag_of, paging};
-use crate::store::StoreError;
+use crate::store::{Batches, Op, StoreError, Txn, TxnSize, key_after};
 
 pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
@@ -30,6 +31,9 @@ const WATCH_BUFFER: usize = 16;
 
 /// The job of compacting the change log (see `jobs`).
 const COMPACTION_JOB: &str = "compaction";
+
+/// The actor recorded for the removal of the versions compaction leaves unread.
+pub const COMPACTION_ACTOR: &str = "system:compaction";
 
 /// What a WatchChanges call asks for.
 #[derive(Clone, Debug, Default)]
@@ -77,16 +81,16 @@ fn present<R: Resource>(bytes: &[u8], revision: u64, as_of: &Date) -> Result<R> 
     Ok(record)
 }
 
-/// The public form of one stored event.
-fn to_change(revision: u64, change: &StoredChange, event: &StoredEvent) -> Result<v1::Change> {
+/// The public form of one stored event, with the record it left.
+fn to_change(revision: u64, change: &StoredChange, event: &StoredEvent, body: &[u8]) -> Result<v1::Change> {
     let as_of = commit_day(change);
     let kind =
         resource::kind_of_name(&event.name).ok_or_else(|| Error::internal(format!("no kind for {}", event.name)))?;
     let record = match kind.collection {
-        "parties" => change::Record::Party(present(&event.record, revision, &as_of)?),
-        "agreements" => change::Record::Agreement(present(&event.record, revision, &as_of)?),
-        "partnershipDomains" => change::Record::PartnershipDomain(present(&event.record, revision, &as_of)?),
-        _ => change::Record::Engagement(present(&event.record, revision, &as_of)?),
+        "parties" => change::Record::Party(present(body, revision, &as_of)?),
+        "agreements" => change::Record::Agreement(present(body, revision, &as_of)?),
+        "partnershipDomains" => change::Record::PartnershipDomain(present(body, revision, &as_of)?),
+        _ => change::Record::Engagement(present(body, revision, &as_of)?),
     };
     let change_type = match ChangeKind::try_from(event.kind).unwrap_or(ChangeKind::Unspecified) {
         ChangeKind::Created => change::Type::Created,
@@ -194,12 +198,15 @@ impl Registry {
                         None => return Err(Error::internal("the store's watch ended without a cause")),
                     };
                     let change = StoredChange::decode(bytes.as_slice()).map_err(Error::internal)?;
-                    let changes = change
-                        .events
-                        .iter()
-                        .filter(|e| selection.admits(&e.name))
-                        .map(|e| to_change(revision, &change, e))
-                        .collect::<Result<Vec<_>>>()?;
+                    let admitted: Vec<&StoredEvent> = change.events.iter().filter(|e| selection.admits(&e.name)).collect();
+                    let bodies = self.bodies(revision, &admitted).await?;
+                    let mut changes = Vec::with_capacity(admitted.len());
+                    for (event, body) in admitted.into_iter().zip(bodies) {
+                        let Some(body) = body else {
+                            return Err(out_of_range(revision, self.store.first_change().await?));
+                        };
+                        changes.push(to_change(revision, &change, event, &body)?);
+                    }
                     next = revision + 1;
                     if !changes.is_empty() {
                         let response = v1::WatchChangesResponse { changes, revision: revision as i64 };
@@ -261,12 +268,12 @@ impl Registry {
         let mut found = Vec::new();
         let mut truncated = false;
         while revision > 0 && found.len() < size {
-            let Some((change, event)) = self.change_of(name, revision).await? else {
+            let Some((change, event, body)) = self.version_of(name, revision).await? else {
                 truncated = revision < self.store.first_change().await?;
                 revision = 0;
                 break;
             };
-            found.push(to_change(revision, &change, &event)?);
+            found.push(to_change(revision, &change, &event, &body)?);
             revision = event.previous_revision;
         }
         let token = if revision > 0 { paging::encode(fingerprint, &revision.to_be_bytes()) } else { String::new() };
@@ -282,8 +289,8 @@ impl Registry {
             return Err(Error::invalid("revision", format!("must be a positive revision (got {revision})")));
         }
         let revision = revision as u64;
-        match self.change_of(name, revision).await? {
-            Some((change, event)) => to_change(revision, &change, &event),
+        match self.version_of(name, revision).await? {
+            Some((change, event, body)) => to_change(revision, &change, &event, &body),
             None => {
                 let first = self.store.first_change().await?;
                 if revision < first {
@@ -298,15 +305,52 @@ impl Registry {
         }
     }
 
-    /// The change at `revision` and its event for `name`, if both exist.
-    pub(super) async fn change_of(&self, name: &str, revision: u64) -> Result<Option<(StoredChange, StoredEvent)>> {
+    /// The change at `revision`, its event for `name` and the record it
+    /// left, if all three are still kept.
+    pub(super) async fn version_of(
+        &self,
+        name: &str,
+        revision: u64,
+    ) -> Result<Option<(StoredChange, StoredEvent, bytes::Bytes)>> {
         let Some((found, bytes)) = self.store.changes(revision, 1).await?.into_iter().next() else { return Ok(None) };
         if found != revision {
             return Ok(None);
         }
-        let change = StoredChange::decode(bytes.as_slice()).map_err(Error::internal)?;
-        let event = change.events.iter().find(|e| e.name == name).cloned();
-        Ok(event.map(|e| (change, e)))
+        let mut change = StoredChange::decode(bytes.as_slice()).map_err(Error::internal)?;
+        let Some(at) = change.events.iter().position(|e| e.name == name) else { return Ok(None) };
+        let event = change.events.swap_remove(at);
+        let body = self.bodies(revision, &[&event]).await?.pop().flatten();
+        Ok(body.map(|body| (change, event, body)))
+    }
+
+    /// The records that `events` of the change at `revision` left, in their
+    /// order: an older entry's own copy; else the record's key while it is
+    /// still that version, or its version key once a later change replaced it
+    /// (both written by that change, so one snapshot has one or the other).
+    /// `None` for a version compaction removed meanwhile.
+    async fn bodies(&self, revision: u64, events: &[&StoredEvent]) -> Result<Vec<Option<bytes::Bytes>>> {
+        let apart: Vec<&str> = events.iter().filter(|e| e.record.is_empty()).map(|e| e.name.as_str()).collect();
+        let mut found = if apart.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            let keys: Vec<Vec<u8>> =
+                apart.iter().flat_map(|name| [record_key(name), version_key(name, revision)]).collect();
+            let snapshot = self.store.snapshot().await?;
+            snapshot.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?.into_iter()
+        };
+        Ok(events
+            .iter()
+            .map(|event| {
+                if !event.record.is_empty() {
+                    return Some(bytes::Bytes::copy_from_slice(&event.record));
+                }
+                let (current, replaced) = (found.next().flatten(), found.next().flatten());
+                match current {
+                    Some(entry) if entry.mod_revision == revision => Some(entry.value),
+                    _ => replaced.map(|entry| entry.value),
+                }
+            })
+            .collect())
     }
 
     /// Applies a retention policy to the change log: keeps at least the last
@@ -315,11 +359,7 @@ impl Registry {
     /// of entries removed.
     pub async fn compact(&self, keep_revisions: Option<u64>, keep_for: Option<Duration>) -> Result<u64> {
         let Some(cutoff) = self.compaction_cutoff(keep_revisions, keep_for).await? else { return Ok(0) };
-        let removed = self.store.compact(cutoff).await?;
-        if removed > 0 {
-            tracing::info!(removed, first_revision = cutoff, "compacted the change log");
-        }
-        Ok(removed)
+        self.compact_to(cutoff).await
     }
 
     /// [`Registry::compact`] by one of the servers that share the store:
@@ -335,9 +375,50 @@ impl Registry {
         if self.take_lease(COMPACTION_JOB).await?.is_none() {
             return Ok(0);
         }
+        self.compact_to(cutoff).await
+    }
+
+    /// Removes the changes before `cutoff` and the replaced versions only
+    /// they showed. Returns the number of changes removed.
+    async fn compact_to(&self, cutoff: u64) -> Result<u64> {
         let removed = self.store.compact(cutoff).await?;
-        if removed > 0 {
-            tracing::info!(removed, first_revision = cutoff, "compacted the change log");
+        let versions = self.forget_versions(cutoff).await?;
+        if removed > 0 || versions > 0 {
+            tracing::info!(removed, versions, first_revision = cutoff, "compacted the change log");
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the version keys of revisions before `cutoff`. A compaction
+    /// stopped between the change log and these leaves some, and so does an
+    /// update of a record last written before the cutoff: the next
+    /// compaction removes them.
+    async fn forget_versions(&self, cutoff: u64) -> Result<u64> {
+        let end = versions_from(cutoff);
+        let change = StoredChange::bookkeeping(COMPACTION_ACTOR);
+        let mut batches = Batches::new(self.store.limits(), change, TxnSize::default());
+        let mut start = Vec::new();
+        let mut removed = 0;
+        'scan: loop {
+            let read = self.store.snapshot().await?.scan(VERSION_PREFIX, &start, crate::store::MAX_CHUNK).await?;
+            let Some((last, _)) = read.last() else { break };
+            start = key_after(last);
+            let whole = read.len() == crate::store::MAX_CHUNK;
+            for (key, _) in read {
+                if key >= end {
+                    break 'scan;
+                }
+                removed += 1;
+                if let Some(txn) = batches.push(Txn { ops: vec![Op::Delete { key }], ..Default::default() })? {
+                    self.store.commit(txn).await?;
+                }
+            }
+            if !whole {
+                break;
+            }
+        }
+        if let Some(txn) = batches.take() {
+            self.store.commit(txn).await?;
         }
         Ok(removed)
     }
@@ -443,5 +524,124 @@ mod tests {
             resumed.extend(response.changes.iter().map(|c| c.revision));
         }
         assert_eq!(resumed, revisions[10..]);
+    }
+
+    fn title_of(change: &crate::pb::cooperation::v1::Change) -> (change::Type, String, bool) {
+        let Some(change::Record::Agreement(agreement)) = &change.record else { panic!("{change:?}") };
+        (change.r#type(), agreement.title.clone(), agreement.delete_time.is_some())
+    }
+
+    /// The change log names the records a change wrote without copying them:
+    /// history, GetRevision and the change feed read each version from the
+    /// record while it is current and from its version key once replaced, and
+    /// compaction takes the versions only the removed changes showed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_version_is_read_back_though_the_change_log_holds_no_copy() {
+        use prost::Message;
+
+        use crate::registry::keys::{VERSION_PREFIX, version_key};
+        use crate::registry::records::StoredChange;
+
+        let store = Arc::new(MemoryStore::new());
+        let registry = Arc::new(Registry::open(store.clone()).await.unwrap());
+        let start = store.current_revision().await.unwrap() + 1;
+        let created = registry
+            .create("a1", Agreement { title: "t0".into(), ..india_japan() }, &anonymous("CreateAgreement"))
+            .await
+            .unwrap();
+        let name = created.name.clone();
+        for title in ["t1", "t2"] {
+            let patch = Agreement { name: name.clone(), title: title.into(), ..Default::default() };
+            registry.update(patch, &["title".into()], "", &anonymous("UpdateAgreement")).await.unwrap();
+        }
+        registry.delete::<Agreement>(&name, "", &anonymous("DeleteAgreement")).await.unwrap();
+        registry.undelete::<Agreement>(&name, "", &anonymous("UndeleteAgreement")).await.unwrap();
+
+        let logged = store.changes(start, 100).await.unwrap();
+        let revisions: Vec<u64> = logged.iter().map(|(revision, _)| *revision).collect();
+        assert_eq!(revisions.len(), 5);
+        for (_, bytes) in &logged {
+            let change = StoredChange::decode(bytes.as_slice()).unwrap();
+            assert!(change.events.iter().all(|e| e.name == name && e.record.is_empty()), "{change:?}");
+        }
+        // The four replaced versions are kept apart; the current one is the record.
+        let versions = store.snapshot().await.unwrap().scan(VERSION_PREFIX, b"", 100).await.unwrap();
+        let expected: Vec<Vec<u8>> = revisions[..4].iter().map(|r| version_key(&name, *r)).collect();
+        assert_eq!(versions.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), expected);
+
+        use change::Type::{Created, Deleted, Undeleted, Updated};
+        let wanted = vec![
+            (Undeleted, "t2".to_string(), false),
+            (Deleted, "t2".to_string(), true),
+            (Updated, "t2".to_string(), false),
+            (Updated, "t1".to_string(), false),
+            (Created, "t0".to_string(), false),
+        ];
+        let (history, _, truncated) = registry.list_revisions(&name, 100, "").await.unwrap();
+        assert_eq!(history.iter().map(title_of).collect::<Vec<_>>(), wanted);
+        assert!(!truncated);
+        for (revision, change) in revisions.iter().rev().zip(&history) {
+            assert_eq!(change.revision as u64, *revision);
+            assert_eq!(&registry.get_revision(&name, *revision as i64).await.unwrap(), change);
+        }
+        let query = WatchQuery {
+            start_revision: start as i64,
+            resource_types: Vec::new(),
+            names: vec![name.clone()],
+            progress_interval: Some(Duration::from_secs(3600)),
+        };
+        let mut feed = registry.watch(query).await.unwrap();
+        let mut watched = Vec::new();
+        while watched.len() < 5 {
+            let response = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await.unwrap().unwrap().unwrap();
+            watched.extend(response.changes.iter().map(title_of));
+        }
+        watched.reverse();
+        assert_eq!(watched, wanted);
+
+        // Compacted before the second update: its version and those after it stay.
+        let keep = store.current_revision().await.unwrap() + 1 - revisions[2];
+        registry.compact(Some(keep), None).await.unwrap();
+        let versions = store.snapshot().await.unwrap().scan(VERSION_PREFIX, b"", 100).await.unwrap();
+        let expected: Vec<Vec<u8>> = revisions[2..4].iter().map(|r| version_key(&name, *r)).collect();
+        assert_eq!(versions.iter().map(|(key, _)| key.clone()).collect::<Vec<_>>(), expected);
+        let (history, _, truncated) = registry.list_revisions(&name, 100, "").await.unwrap();
+        assert_eq!(history.iter().map(title_of).collect::<Vec<_>>(), wanted[..3]);
+        assert!(truncated);
+    }
+
+    /// Entries of older data dirs carry their record: they are read as they
+    /// are, even where no version key was written when the record changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_entry_shows_the_record_it_carries() {
+        use prost::Message;
+
+        use crate::registry::keys::record_key;
+        use crate::registry::records::{ChangeKind, StoredChange, StoredEvent};
+        use crate::store::{Op, Txn};
+
+        let store = Arc::new(MemoryStore::new());
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let name = "agreements/old".to_string();
+        let mut revisions = Vec::new();
+        for (kind, title, previous_revision) in [(ChangeKind::Created, "first", 0), (ChangeKind::Updated, "second", 1)]
+        {
+            let record = Agreement { name: name.clone(), title: title.into(), ..india_japan() }.encode_to_vec();
+            let previous_revision = revisions.last().copied().unwrap_or(previous_revision);
+            let event =
+                StoredEvent { kind: kind as i32, name: name.clone(), record: record.clone(), previous_revision };
+            let change = StoredChange { actor: "old".into(), commit_time: None, events: vec![event] };
+            let txn = Txn {
+                ops: vec![Op::Put { key: record_key(&name), value: record }],
+                change: change.encode_to_vec(),
+                ..Default::default()
+            };
+            store.commit(txn).await.unwrap();
+            revisions.push(store.current_revision().await.unwrap());
+        }
+        let (history, _, _) = registry.list_revisions(&name, 10, "").await.unwrap();
+        let titles: Vec<String> = history.iter().map(|c| title_of(c).1).collect();
+        assert_eq!(titles, ["second", "first"]);
+        assert_eq!(title_of(&registry.get_revision(&name, revisions[0] as i64).await.unwrap()).1, "first");
     }
 }

@@ -227,9 +227,9 @@ impl Registry {
                     continue;
                 }
                 request.answer = self
-                    .change_of(&request.name, entry.mod_revision)
+                    .version_of(&request.name, entry.mod_revision)
                     .await?
-                    .map(|(_, event)| event.record)
+                    .map(|(_, _, body)| body.to_vec())
                     .unwrap_or_default();
                 request.revision = entry.mod_revision;
                 request.commit_time = Some(upgraded);
@@ -378,14 +378,18 @@ mod tests {
             name: first.name.clone(),
             ..Default::default()
         };
-        let changes = store.changes(revision, 1).await.unwrap();
+        // Its change-log entry, as schema 5 and before wrote them, carries the record.
+        let mut change =
+            super::StoredChange::decode(store.changes(revision, 1).await.unwrap()[0].1.as_slice()).unwrap();
+        let record_key = super::super::keys::record_key(&first.name);
+        change.events[0].record = store.get(&record_key).await.unwrap().unwrap().value.to_vec();
         store
             .commit(Txn {
                 ops: vec![
                     Op::Put { key: request_key(REQUEST_ID), value: legacy.encode_to_vec() },
                     Op::Put { key: super::super::schema::SCHEMA_KEY.to_vec(), value: 3u32.to_be_bytes().to_vec() },
                 ],
-                change: changes[0].1.clone(),
+                change: change.encode_to_vec(),
                 ..Default::default()
             })
             .await

@@ -52,12 +52,6 @@ pub(super) fn has_field(bytes: &[u8], tag: u32) -> std::result::Result<bool, wir
 }
 
 impl Registry {
-    /// The stored record and its revision.
-    pub(super) async fn read<R: Resource>(&self, name: &str) -> Result<(R, u64)> {
-        let entry = self.read_entry::<R>(name).await?;
-        Ok((decode(&entry.value)?, entry.mod_revision))
-    }
-
     /// The stored entry of `name`, its record still encoded.
     pub(super) async fn read_entry<R: Resource>(&self, name: &str) -> Result<crate::store::Entry> {
         self.store

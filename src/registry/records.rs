@@ -14,19 +14,31 @@ pub enum ChangeKind {
     Undeleted = 4,
 }
 
-/// One record changed by a revision, and the record after the change.
+/// One record changed by a revision.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredEvent {
     #[prost(enumeration = "ChangeKind", tag = "1")]
     pub kind: i32,
     #[prost(string, tag = "2")]
     pub name: String,
+    /// The record after the change, in entries of data dirs of schema 5 and
+    /// before. Empty in entries written since: the record after the change
+    /// is at its own key while it is current, then at its version key
+    /// (`keys::version_key`), so the log holds no second copy of it.
     #[prost(bytes = "vec", tag = "3")]
     pub record: Vec<u8>,
     /// The revision of the record's previous version (0 for a creation): the
     /// link that lets a record's history be read from the change log.
     #[prost(uint64, tag = "4")]
     pub previous_revision: u64,
+}
+
+impl StoredEvent {
+    /// The event of a change to `name` that left the record at its key
+    /// (see `record`).
+    pub fn new(kind: ChangeKind, name: String, previous_revision: u64) -> StoredEvent {
+        StoredEvent { kind: kind as i32, name, record: Vec::new(), previous_revision }
+    }
 }
 
 /// The change-log entry of one revision.

@@ -28,9 +28,11 @@ pub const MIGRATION_ACTOR: &str = "system:migration";
 /// Version of the registry's key layout above the store: 2 added the
 /// secondary indexes, 3 made index and reference entries set members instead
 /// of keys, 4 keeps each request's answer with it, 5 added the ordered and
-/// word indexes (and changed how index values are encoded). An older data
-/// dir is upgraded on open.
-pub(super) const REGISTRY_SCHEMA: u32 = 5;
+/// word indexes (and changed how index values are encoded), 6 keeps a
+/// replaced version of a record under its version key rather than a copy of
+/// each in the change log (older entries keep their copies and are read as
+/// they are). An older data dir is upgraded on open.
+pub(super) const REGISTRY_SCHEMA: u32 = 6;
 
 pub(super) const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
 
@@ -168,9 +170,8 @@ impl Registry {
             let entries = index::entries(&resource::PARTY, &bytes).map_err(Error::internal)?;
             let mut item = Txn { ops: move_member(id.as_bytes(), &BTreeSet::new(), &entries), ..Default::default() };
             item.conditions.push(Condition::ModRevision { key: record_key(&party.name), equals: 0 });
-            item.ops.push(Op::Put { key: record_key(&party.name), value: bytes.clone() });
-            let event =
-                StoredEvent { kind: ChangeKind::Created as i32, name: party.name, record: bytes, previous_revision: 0 };
+            item.ops.push(Op::Put { key: record_key(&party.name), value: bytes });
+            let event = StoredEvent::new(ChangeKind::Created, party.name, 0);
             items.push((item, event));
         }
         Ok(items)
@@ -536,11 +537,11 @@ mod tests {
         let mut batch = Vec::new();
         for (id, mut party) in party::iso_states().into_iter().take(10) {
             party.name = resource::PARTY.name_of(&id);
-            let bytes = party.encode_to_vec();
-            let item =
-                Txn { ops: vec![Op::Put { key: record_key(&party.name), value: bytes.clone() }], ..Default::default() };
-            let event =
-                StoredEvent { kind: ChangeKind::Created as i32, name: party.name, record: bytes, previous_revision: 0 };
+            let item = Txn {
+                ops: vec![Op::Put { key: record_key(&party.name), value: party.encode_to_vec() }],
+                ..Default::default()
+            };
+            let event = StoredEvent::new(ChangeKind::Created, party.name, 0);
             batch.push((item, event));
         }
         first.commit_batch(&mut lease, Some(seed_txn(&batch, time))).await.unwrap();

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use prost::Message;
 
-use super::keys::{record_key, referrers_set};
+use super::keys::{record_key, referrers_set, version_key};
 use super::reads::has_field;
 use super::records::{ChangeKind, StoredChange, StoredEvent};
 use super::resource::{self, Kind, Resource};
@@ -44,6 +44,9 @@ pub(super) struct Planned<R> {
     record: R,
     /// The revision of the record as stored before (0 for a creation).
     previous_revision: u64,
+    /// The record as stored before (empty for a creation): kept under its
+    /// version key, since the change log does not copy it.
+    replaced: Vec<u8>,
     kind: ChangeKind,
     ops: Vec<Op>,
     conditions: Vec<Condition>,
@@ -111,7 +114,14 @@ impl Registry {
                 record.set_update_time(Some(time));
                 let mut ops = reference_ops(name, &BTreeSet::new(), &targets(&checked.references));
                 ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), index));
-                Ok(Planned { record, previous_revision: 0, kind: ChangeKind::Created, ops, conditions })
+                Ok(Planned {
+                    record,
+                    previous_revision: 0,
+                    replaced: Vec::new(),
+                    kind: ChangeKind::Created,
+                    ops,
+                    conditions,
+                })
             })
         })
         .await
@@ -157,7 +167,15 @@ impl Registry {
                 let mut ops = reference_ops(name, &targets(&before.references), &targets(&checked.references));
                 let id = kind.parse_name(name).map_err(Error::internal)?;
                 ops.extend(move_member(id.as_bytes(), &before.index(kind)?, &checked.index(kind)?));
-                Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Updated, ops, conditions })
+                let replaced = before.encoded;
+                Ok(Planned {
+                    record,
+                    previous_revision: revision,
+                    replaced,
+                    kind: ChangeKind::Updated,
+                    ops,
+                    conditions,
+                })
             })
         })
         .await
@@ -167,7 +185,8 @@ impl Registry {
         Self::check_name::<R>(name, "name")?;
         self.mutate(name, Turn::Take, mutation, || {
             Box::pin(async move {
-                let (mut record, revision) = self.read::<R>(name).await?;
+                let entry = self.read_entry::<R>(name).await?;
+                let (mut record, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
                 if record.delete_time().is_some() {
                     return Err(deleted_error(name, "delete"));
                 }
@@ -209,7 +228,15 @@ impl Registry {
                 let time = now();
                 record.set_delete_time(Some(time));
                 record.set_update_time(Some(time));
-                Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Deleted, ops, conditions })
+                let replaced = entry.value.to_vec();
+                Ok(Planned {
+                    record,
+                    previous_revision: revision,
+                    replaced,
+                    kind: ChangeKind::Deleted,
+                    ops,
+                    conditions,
+                })
             })
         })
         .await
@@ -219,7 +246,8 @@ impl Registry {
         Self::check_name::<R>(name, "name")?;
         self.mutate(name, Turn::Take, mutation, || {
             Box::pin(async move {
-                let (mut record, revision) = self.read::<R>(name).await?;
+                let entry = self.read_entry::<R>(name).await?;
+                let (mut record, revision): (R, u64) = (decode(&entry.value)?, entry.mod_revision);
                 if record.delete_time().is_none() {
                     return Err(Error::FailedPrecondition {
                         reason: "RESOURCE_NOT_DELETED".into(),
@@ -252,7 +280,15 @@ impl Registry {
                 let ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
                 record.set_delete_time(None);
                 record.set_update_time(Some(now()));
-                Ok(Planned { record, previous_revision: revision, kind: ChangeKind::Undeleted, ops, conditions })
+                let replaced = entry.value.to_vec();
+                Ok(Planned {
+                    record,
+                    previous_revision: revision,
+                    replaced,
+                    kind: ChangeKind::Undeleted,
+                    ops,
+                    conditions,
+                })
             })
         })
         .await
@@ -312,18 +348,21 @@ impl Registry {
                 },
                 Err(refused) => return Err(refused),
             };
-            let Planned { mut record, previous_revision, kind, mut ops, mut conditions } = planned;
+            let Planned { mut record, previous_revision, replaced, kind, mut ops, mut conditions } = planned;
             let name = record.name().to_string();
             let bytes = record.encode_to_vec();
             let commit_time = now();
             if let Some(slot) = slot {
                 slot.keep(mutation, &name, &bytes, commit_time, &mut conditions, &mut ops);
             }
-            ops.push(Op::Put { key: record_key(&name), value: bytes.clone() });
+            if previous_revision > 0 {
+                ops.push(Op::Put { key: version_key(&name, previous_revision), value: replaced });
+            }
+            ops.push(Op::Put { key: record_key(&name), value: bytes });
             let change = StoredChange {
                 actor: mutation.actor.clone(),
                 commit_time: Some(commit_time),
-                events: vec![StoredEvent { kind: kind as i32, name, record: bytes, previous_revision }],
+                events: vec![StoredEvent::new(kind, name, previous_revision)],
             };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };
             let limits = self.store.limits();
