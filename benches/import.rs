@@ -220,6 +220,17 @@ async fn check_records(addr: SocketAddr, agreements: usize) {
     assert_eq!((&got.name, &got.title), (&expected.name, &expected.title));
 }
 
+/// The server's log as the bench reads it: its checkpoints are timed from it.
+const LOG_FILTER: &str = "warn,cooperation_registry::server=info,cooperation_registry::store=info";
+
+/// The seconds each checkpoint the server logged held its calls.
+fn checkpoint_seconds(log: &[String]) -> Vec<f64> {
+    log.iter()
+        .filter(|line| line.contains("checkpoint: reopened"))
+        .filter_map(|line| line.split("seconds=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
 fn main() {
     let agreements: usize = env_or("AGREEMENTS", 100_000);
     assert!(agreements > 0, "AGREEMENTS must be at least 1");
@@ -247,8 +258,7 @@ fn main() {
     // 2. A fresh server with its default durability.
     let data_dir = scratch.path().join("data");
     let started = Instant::now();
-    let server =
-        Serve::new(&data_dir).default_durability().log_filter("warn,cooperation_registry::server=info").start();
+    let server = Serve::new(&data_dir).default_durability().log_filter(LOG_FILTER).start();
     println!("server: pid {} serving on {} after {:.2} s", server.pid(), server.addr, started.elapsed().as_secs_f64());
 
     // 3. The import, timed.
@@ -295,10 +305,46 @@ fn main() {
         data_mib,
         data_mib * (1 << 20) as f64 / records as f64
     );
+    let mut checkpoints = checkpoint_seconds(&server.log());
+    checkpoints.sort_by(f64::total_cmp);
+    if let (Some(longest), Some(median)) = (checkpoints.last(), checkpoints.get(checkpoints.len() / 2)) {
+        println!(
+            "  checkpoints        {:9}    (calls held: median {:.2} s, longest {:.2} s)",
+            checkpoints.len(),
+            median,
+            longest
+        );
+    }
     println!("  checked: {records} created reported; first and last agreement and last engagement read back");
     println!("  issue 27 target: 1,000,000 agreements in at most 180 s");
 
-    // 5. Stop the server.
+    // 5. Stop the server, and time a start on what it left: sled reading its
+    // page table, the most of which a checkpoint's reopen also does.
     drop(runtime);
     server.stop();
+    let started = Instant::now();
+    let again = Serve::new(&data_dir).default_durability().log_filter(LOG_FILTER).start();
+    println!(
+        "  start after stop   {:9.2} s  (process start to serving, on the data dir the import left)",
+        started.elapsed().as_secs_f64()
+    );
+    again.stop();
+
+    // 6. The floor under a checkpoint at this size: sled alone closing and
+    // opening the data dir, with the registry's engine settings. The first
+    // open replays what was logged since the server's last open; the second
+    // has nothing to replay, only sled's page table to read and write.
+    for open in ["sled open, then close", "sled open again"] {
+        let started = Instant::now();
+        let db = sled::Config::new()
+            .path(&data_dir)
+            .cache_capacity(cooperation_registry::store::sled::DEFAULT_CACHE_MIB * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .expect("sled opens the data dir");
+        let opened = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        drop(db);
+        println!("  {open:<22} {opened:5.2} s + {:.2} s", started.elapsed().as_secs_f64());
+    }
 }

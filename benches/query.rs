@@ -23,7 +23,8 @@
 //!
 //! The agreements are the service bench's dataset (`numbered_agreement` over
 //! 40 states, in `tests/common/records.rs`), written through the registry in
-//! this process without waiting for the disk. The example data goes through
+//! this process without waiting for the disk, in batches of 1,000 as
+//! `cooperation-registry import` writes them. The example data goes through
 //! the import command's own path, over a server in this process, so it is
 //! stored exactly as `cooperation-registry import` stores it.
 //!
@@ -44,7 +45,7 @@ use cooperation_registry::cli::import::{import, parse_dataset};
 use cooperation_registry::pb::cooperation::v1::{Agreement, Engagement, Party};
 use cooperation_registry::pb::google::r#type::Date;
 use cooperation_registry::registry::relationship::RelationshipQuery;
-use cooperation_registry::registry::{ANONYMOUS, EncodedPage, ListQuery, Mutation, Registry};
+use cooperation_registry::registry::{ANONYMOUS, EncodedPage, ListQuery, MAX_BATCH, Mutation, Registry};
 use cooperation_registry::server::ServerOptions;
 use cooperation_registry::store::sled::Durability;
 use cooperation_registry::store::sled::{SledOptions, SledStore};
@@ -362,14 +363,18 @@ async fn main() {
     );
 
     let started = Instant::now();
+    // In batches, two at a time, as `cooperation-registry import` writes.
     let mut tasks = Vec::new();
-    let writers = 32;
+    let (writers, batches) = (2, count.div_ceil(MAX_BATCH));
     for w in 0..writers {
         let registry = registry.clone();
         tasks.push(tokio::spawn(async move {
             let mutation = bench_write("bench");
-            for i in (w..count).step_by(writers) {
-                registry.create(&agreement_id(i), numbered_agreement(i, &STATES), &mutation).await.unwrap();
+            for b in (w..batches).step_by(writers) {
+                let items = (b * MAX_BATCH..count.min((b + 1) * MAX_BATCH))
+                    .map(|i| (agreement_id(i), numbered_agreement(i, &STATES)))
+                    .collect();
+                registry.create_many::<Agreement>(items, &mutation).await.unwrap();
             }
         }));
     }

@@ -14,7 +14,12 @@
 //!   its revision (the least a create with a change feed writes);
 //! - `InsertFsync`: and waits until they are durable: sled's flush and an
 //!   fdatasync of its data file, shared by every create that waits at the
-//!   time, as the registry makes its writes durable (`--durability fsync`).
+//!   time, as the registry makes its writes durable (`--durability fsync`);
+//! - `IndexedFsync`: as `InsertFsync`, but also one key for each index entry
+//!   the registry keeps for the agreement (`index::entries`) and for each
+//!   party it names (the referrer sets), in one sled batch with the record
+//!   and the copy: the least a create costs on sled that keeps the indexes
+//!   the registry's queries read, kept the plainest way, a key an entry.
 //!
 //! It serves its counts of answers, in the registry's metric names, on a
 //! second port, so the bench checks its runs like the registry's.
@@ -27,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use cooperation_registry::pb::cooperation::v1::{Agreement, CreateAgreementRequest};
+use cooperation_registry::registry::{index, resource};
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::codegen::{BoxFuture, Service, http};
@@ -44,13 +50,18 @@ enum Work {
     Decode,
     Insert,
     InsertFsync,
+    IndexedFsync,
 }
 
 /// The methods, by name.
-const METHODS: [(&str, Work); 3] =
-    [("Decode", Work::Decode), ("Insert", Work::Insert), ("InsertFsync", Work::InsertFsync)];
+const METHODS: [(&str, Work); 4] = [
+    ("Decode", Work::Decode),
+    ("Insert", Work::Insert),
+    ("InsertFsync", Work::InsertFsync),
+    ("IndexedFsync", Work::IndexedFsync),
+];
 
-/// The path of method `name` (one of `Decode`, `Insert`, `InsertFsync`).
+/// The path of method `name` (one of `METHODS`).
 pub fn path(name: &str) -> String {
     assert!(METHODS.iter().any(|(method, _)| *method == name), "no floor method {name}");
     format!("/{SERVICE}/{name}")
@@ -82,14 +93,33 @@ impl Floor {
             return Ok(agreement);
         }
         let record = agreement.encode_to_vec();
-        let revision = {
-            let mut inserted = self.inserted.lock().unwrap();
-            *inserted += 1;
-            self.db.insert(agreement.name.as_bytes(), record.as_slice()).map_err(internal)?;
-            self.db.insert(inserted.to_be_bytes(), record).map_err(internal)?;
-            *inserted
+        let revision = match work {
+            Work::IndexedFsync => {
+                let id = &agreement.name["agreements/".len()..];
+                let entries = index::entries(&resource::AGREEMENT, &record).map_err(internal)?;
+                let mut batch = sled::Batch::default();
+                for set in entries {
+                    batch.insert([set.as_slice(), id.as_bytes()].concat(), &[]);
+                }
+                for party in &agreement.parties {
+                    batch.insert(format!("x/{party}\0{}", agreement.name).into_bytes(), &[]);
+                }
+                batch.insert(agreement.name.as_bytes(), record.as_slice());
+                let mut inserted = self.inserted.lock().unwrap();
+                *inserted += 1;
+                batch.insert(&inserted.to_be_bytes(), record);
+                self.db.apply_batch(batch).map_err(internal)?;
+                *inserted
+            }
+            _ => {
+                let mut inserted = self.inserted.lock().unwrap();
+                *inserted += 1;
+                self.db.insert(agreement.name.as_bytes(), record.as_slice()).map_err(internal)?;
+                self.db.insert(inserted.to_be_bytes(), record).map_err(internal)?;
+                *inserted
+            }
         };
-        if work == Work::InsertFsync {
+        if matches!(work, Work::InsertFsync | Work::IndexedFsync) {
             self.make_durable(revision).await?;
         }
         Ok(agreement)
@@ -249,6 +279,7 @@ pub fn use_targets(targets: &mut Vec<Target>, create: &CreateAgreementRequest, d
         ("floor: decode only", "Decode", Check::ResponseBytes(size)),
         ("floor: + 2 sled inserts", "Insert", Check::ResponseBytes(size)),
         ("floor: + 2 inserts, fsync", "InsertFsync", Check::FloorWrite(size)),
+        ("floor: + index keys, fsync", "IndexedFsync", Check::FloorWrite(size)),
     ]
     .map(|(name, method, check)| Target {
         name,

@@ -14,7 +14,7 @@ use super::validate::Reference;
 use super::writes::{MAX_ATTEMPTS, beyond_limits, reference_ops, without_output_only};
 use super::{Mutation, Registry, check_deadline, dates, now, targets};
 use crate::error::{Error, Result, Violations};
-use crate::store::{Applied, Condition, Op, Outcome, Txn, move_member};
+use crate::store::{Applied, Condition, Op, Outcome, Txn, move_member, move_memberships};
 
 /// Most records one batch creates.
 pub const MAX_BATCH: usize = 1000;
@@ -61,7 +61,8 @@ impl Registry {
             let checked = self.validate(&record, &mut own)?;
             violations.extend(own.prefixed(&format!("requests[{i}]")));
             let index = checked.index(kind)?;
-            batch.push((id, record, checked.references, index));
+            let outlines = checked.outlines(kind)?;
+            batch.push((id, record, checked.references, index, outlines));
         }
         // (Reported with the missing targets: every bad field at once.)
         let invalid = violations;
@@ -75,7 +76,7 @@ impl Registry {
             let mut ops = Vec::new();
             let mut events = Vec::with_capacity(batch.len());
             let time = now();
-            for (i, (id, record, references, index)) in batch.iter().enumerate() {
+            for (i, (id, record, references, index, outlines)) in batch.iter().enumerate() {
                 let name = record.name();
                 // Records of the batch need no check: they are written with it.
                 let outside: Vec<Reference> = references.iter().filter(|r| !names.contains(&r.name)).cloned().collect();
@@ -85,6 +86,7 @@ impl Registry {
                 conditions.push(Condition::ModRevision { key: record_key(name), equals: 0 });
                 ops.extend(reference_ops(name, &BTreeSet::new(), &targets(references)));
                 ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), index));
+                ops.extend(move_memberships(&BTreeSet::new(), outlines));
                 let mut record = record.clone();
                 record.set_create_time(Some(time));
                 record.set_update_time(Some(time));

@@ -67,7 +67,7 @@ fn encode_period(first_day: i64, last_day: i64, out: &mut Vec<u8>) {
 
 /// `text` with the bytes 0 and 1 escaped (as 1 1 and 1 2): no 0 byte, and
 /// the same order.
-fn escape(text: &str, out: &mut Vec<u8>) {
+pub(super) fn escape(text: &str, out: &mut Vec<u8>) {
     for byte in text.bytes() {
         match byte {
             0 => out.extend_from_slice(&[1, 1]),

@@ -1,5 +1,9 @@
 //! The relationship between a set of parties on one day, computed from the
-//! records that name all of them (found through the party indexes).
+//! records that name all of them (found through the party indexes). The
+//! relationship of one party reads its outline sets instead: a member for
+//! each agreement and engagement naming the party, in the answer's order,
+//! holding what the answer derives from it, so that only the records it shows
+//! are read (a party of a large registry is named by tens of thousands).
 
 use crate::error::{Error, Result, Violations};
 use crate::pb::cooperation::v1::relationship::{
@@ -9,8 +13,10 @@ use crate::pb::cooperation::v1::{Agreement, Engagement, PartnershipDomain, Relat
 use crate::pb::google::r#type::Date;
 use crate::registry::filter::Filter;
 use crate::registry::lists::Scope;
-use crate::registry::{Registry, agreement as agreement_rules, dates, index, resource};
+use crate::registry::{Registry, agreement as agreement_rules, check_deadline, dates, index, resource};
+use crate::store::{Membership, Snapshot, for_each_member};
 use prost::Message;
+use std::collections::BTreeSet;
 
 pub const DEFAULT_WINDOW_MONTHS: i32 = 12;
 pub const MAX_WINDOW_MONTHS: i32 = 1200;
@@ -45,9 +51,12 @@ fn all_named(path: &str, names: &[String]) -> String {
 }
 
 /// What GetRelationship reads of every agreement it counts, under
-/// `Agreement`'s tags: the rest is decoded only for those it shows.
+/// `Agreement`'s tags: the rest is decoded only for those it shows. Its
+/// outline members hold it without its name and parties.
 #[derive(Clone, PartialEq, prost::Message)]
 struct AgreementOutline {
+    #[prost(string, tag = "1")]
+    name: String,
     #[prost(string, repeated, tag = "8")]
     parties: Vec<String>,
     #[prost(message, optional, tag = "10")]
@@ -70,6 +79,8 @@ agreement_rules::status_fields!(AgreementOutline);
 /// `Engagement`'s tags.
 #[derive(Clone, PartialEq, prost::Message)]
 struct EngagementOutline {
+    #[prost(string, tag = "1")]
+    name: String,
     #[prost(message, repeated, tag = "5")]
     participants: Vec<ParticipantOutline>,
     #[prost(message, optional, tag = "6")]
@@ -93,8 +104,96 @@ struct Counted {
     status: agreement::Status,
     term_end: Option<(i64, bool)>,
     notice_months: i32,
-    /// Decoded whole if the answer shows it.
-    stored: bytes::Bytes,
+    /// Decoded whole if the answer shows it (read then when not yet).
+    stored: Option<bytes::Bytes>,
+}
+
+impl Counted {
+    fn of(name: String, outline: &AgreementOutline, as_of: &Date, stored: Option<bytes::Bytes>) -> Counted {
+        let status = agreement_rules::status_as_of(outline, as_of);
+        let today = dates::first_day(as_of);
+        let term_end =
+            (status == agreement::Status::InForce).then(|| agreement_rules::term_end(outline, today)).flatten();
+        Counted {
+            order: date_key(outline.signature_date.as_ref().or(outline.entry_into_force_date.as_ref())),
+            name,
+            status,
+            term_end,
+            notice_months: outline.term.as_ref().map(|t| t.notice_months).unwrap_or_default(),
+            stored,
+        }
+    }
+}
+
+/// The outline set of each party's agreements.
+const AGREEMENT_OUTLINES: &str = "i/agreements/parties#outline\0";
+/// The outline set of each party's engagements (as a participant).
+const ENGAGEMENT_OUTLINES: &str = "i/engagements/participants.party#outline\0";
+
+/// The outline set under `prefix` of `party`.
+fn outline_set(prefix: &str, party: &str) -> Vec<u8> {
+    let mut set = prefix.as_bytes().to_vec();
+    index::escape(party, &mut set);
+    set.push(0);
+    set
+}
+
+/// An outline member: its place (dated or not, 1 byte; the first day, 8
+/// bytes in order), the record's id and a 0, then what it holds. Ids hold
+/// no 0, so members sort as the answer lists them: by place, then by name.
+fn outline_member(order: (bool, i64), id: &str, held: &[u8]) -> Vec<u8> {
+    let mut member = Vec::with_capacity(10 + id.len() + held.len());
+    member.push(order.0 as u8);
+    member.extend_from_slice(&((order.1 as u64) ^ (1 << 63)).to_be_bytes());
+    member.extend_from_slice(id.as_bytes());
+    member.push(0);
+    member.extend_from_slice(held);
+    member
+}
+
+/// The place, the id and what an outline member holds.
+fn read_member(member: &[u8]) -> Result<((bool, i64), &str, &[u8])> {
+    let corrupt = || Error::internal("an outline member is corrupt");
+    let day: [u8; 8] = member.get(1..9).ok_or_else(corrupt)?.try_into().expect("8 bytes");
+    let order = (member[0] != 0, (u64::from_be_bytes(day) ^ (1 << 63)) as i64);
+    let rest = &member[9..];
+    let end = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+    let id = std::str::from_utf8(&rest[..end]).map_err(|_| corrupt())?;
+    Ok((order, id, &rest[end + 1..]))
+}
+
+/// The id in `name`, checked or not: the memberships of a record that
+/// fails validation are computed but never written.
+fn id_in<'n>(kind: &resource::Kind, name: &'n str) -> &'n str {
+    name.strip_prefix(kind.collection).and_then(|rest| rest.strip_prefix('/')).unwrap_or(name)
+}
+
+/// The outline memberships of a record of `kind` (none for parties and
+/// domains): one in the outline set of each party an agreement names or an
+/// engagement has as a participant. A deleted record stays in them, marked,
+/// as it stays in the other index sets.
+pub(super) fn outline_memberships(kind: &resource::Kind, record: &[u8]) -> Result<BTreeSet<Membership>> {
+    let mut memberships = BTreeSet::new();
+    if kind.collection == resource::AGREEMENT.collection {
+        let mut outline = AgreementOutline::decode(record).map_err(Error::internal)?;
+        let parties = std::mem::take(&mut outline.parties);
+        let name = std::mem::take(&mut outline.name);
+        let id = id_in(kind, &name);
+        let order = date_key(outline.signature_date.as_ref().or(outline.entry_into_force_date.as_ref()));
+        let member = outline_member(order, id, &outline.encode_to_vec());
+        for party in parties {
+            memberships.insert((outline_set(AGREEMENT_OUTLINES, &party), member.clone()));
+        }
+    } else if kind.collection == resource::ENGAGEMENT.collection {
+        let outline = EngagementOutline::decode(record).map_err(Error::internal)?;
+        let id = id_in(kind, &outline.name);
+        let deleted = [u8::from(outline.delete_time.is_some())];
+        let member = outline_member(date_key(outline.start_date.as_ref()), id, &deleted);
+        for participant in &outline.participants {
+            memberships.insert((outline_set(ENGAGEMENT_OUTLINES, &participant.party), member.clone()));
+        }
+    }
+    Ok(memberships)
 }
 
 /// The first `most` items.
@@ -156,56 +255,63 @@ impl Registry {
         use prost_reflect::ReflectMessage;
 
         let snapshot = self.store.snapshot().await?;
-        let agreements_filter = compile(all_named("parties", &query.parties), Agreement::default().descriptor())?;
-        let candidates = index::candidates(&*snapshot, &resource::AGREEMENT, &agreements_filter, &as_of).await?;
         let today = dates::first_day(&as_of);
         let window_end = dates::add_term(today, 0, window);
-        // Every agreement is counted from its outline; only those the answer
-        // shows are decoded whole.
-        let mut counted: Vec<Counted> = Vec::new();
-        let scope = Scope::whole(&*snapshot, candidates.as_ref());
-        self.scan_stored::<Agreement>(scope, query.deadline, |name, entry| {
-            let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
-            if outline.delete_time.is_some() || !query.parties.iter().all(|party| outline.parties.contains(party)) {
-                return Ok(true);
-            }
-            let status = agreement_rules::status_as_of(&outline, &as_of);
-            let term_end =
-                (status == agreement::Status::InForce).then(|| agreement_rules::term_end(&outline, today)).flatten();
-            counted.push(Counted {
-                order: date_key(outline.signature_date.as_ref().or(outline.entry_into_force_date.as_ref())),
-                name: String::from_utf8_lossy(name).into_owned(),
-                status,
-                term_end,
-                notice_months: outline.term.as_ref().map(|t| t.notice_months).unwrap_or_default(),
-                stored: entry.value,
-            });
-            Ok(true)
-        })
-        .await?;
+        let mut counted = match query.parties.as_slice() {
+            [party] => self.outlined_agreements(&*snapshot, party, &as_of, query.deadline).await?,
+            _ => self.counted_agreements(&*snapshot, &query.parties, &as_of, query.deadline).await?,
+        };
         counted.sort_by(|a, b| (a.order, &a.name).cmp(&(b.order, &b.name)));
+        let shown_count = section_items.min(counted.len());
+        let shown = &mut counted[..shown_count];
+        let unread: Vec<Vec<u8>> =
+            shown.iter().filter(|a| a.stored.is_none()).map(|a| super::keys::record_key(&a.name)).collect();
+        let mut read = snapshot.get_many(&unread.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?.into_iter();
+        for a in shown.iter_mut().filter(|a| a.stored.is_none()) {
+            let entry = read
+                .next()
+                .flatten()
+                .ok_or_else(|| Error::internal(format!("{} is outlined but not stored", a.name)))?;
+            a.stored = Some(entry.value);
+        }
+        // Counted whole, kept to the first items (a party's lists run to
+        // tens of thousands).
         let mut in_force = Vec::new();
-        let mut events = Vec::new();
+        let mut in_force_count = 0usize;
+        let mut upcoming: Vec<(i64, &Counted)> = Vec::new();
         for a in &counted {
             if a.status == agreement::Status::InForce {
-                in_force.push(a.name.clone());
+                in_force_count += 1;
+                if in_force.len() < section_items {
+                    in_force.push(a.name.clone());
+                }
             }
-            if let Some((day, renews)) = a.term_end
+            if let Some((day, _)) = a.term_end
                 && day < window_end
             {
+                upcoming.push((day, a));
+            }
+        }
+        upcoming.sort_by(|(day_a, a), (day_b, b)| (day_a, &a.name).cmp(&(day_b, &b.name)));
+        let upcoming_count = upcoming.len();
+        let events: Vec<TermEvent> = upcoming
+            .into_iter()
+            .take(section_items)
+            .map(|(day, a)| {
+                let renews = a.term_end.is_some_and(|(_, renews)| renews);
                 let kind = if renews { term_event::Kind::AutomaticRenewal } else { term_event::Kind::Expiry };
-                events.push(TermEvent {
+                TermEvent {
                     agreement: a.name.clone(),
                     date: Some(date_of(day)),
                     kind: kind as i32,
                     notice_months: a.notice_months,
-                });
-            }
-        }
-        events.sort_by_key(|e| (e.date.as_ref().map(dates::first_day), e.agreement.clone()));
+                }
+            })
+            .collect();
         let mut summaries = Vec::new();
         for a in counted.iter().take(section_items) {
-            let whole = Agreement::decode(&a.stored[..]).map_err(Error::internal)?;
+            let stored = a.stored.as_deref().unwrap_or_default();
+            let whole = Agreement::decode(stored).map_err(Error::internal)?;
             let mut categories = Vec::new();
             for provision in &whole.provisions {
                 if !categories.contains(&provision.category) {
@@ -245,28 +351,28 @@ impl Registry {
             .collect();
 
         // Engagements likewise: each one's outline, the shown ones whole.
-        let engagements_filter =
-            compile(all_named("participants.party", &query.parties), Engagement::default().descriptor())?;
-        let candidates = index::candidates(&*snapshot, &resource::ENGAGEMENT, &engagements_filter, &as_of).await?;
-        let mut timeline: Vec<((bool, i64), String, bytes::Bytes)> = Vec::new();
-        let scope = Scope::whole(&*snapshot, candidates.as_ref());
-        self.scan_stored::<Engagement>(scope, query.deadline, |name, entry| {
-            let outline = EngagementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
-            let takes_part = |party: &String| outline.participants.iter().any(|p| p.party == *party);
-            if outline.delete_time.is_none() && query.parties.iter().all(takes_part) {
-                timeline.push((
-                    date_key(outline.start_date.as_ref()),
-                    String::from_utf8_lossy(name).into_owned(),
-                    entry.value,
-                ));
-            }
-            Ok(true)
-        })
-        .await?;
+        let mut timeline = match query.parties.as_slice() {
+            [party] => self.outlined_engagements(&*snapshot, party, query.deadline).await?,
+            _ => self.counted_engagements(&*snapshot, &query.parties, &as_of, query.deadline).await?,
+        };
         timeline.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         let engagement_count = timeline.len();
         let mut engagements = Vec::new();
-        for (_, name, stored) in timeline.into_iter().take(section_items) {
+        let shown: Vec<(String, Option<bytes::Bytes>)> =
+            timeline.into_iter().take(section_items).map(|(_, name, stored)| (name, stored)).collect();
+        let unread: Vec<Vec<u8>> =
+            shown.iter().filter(|(_, s)| s.is_none()).map(|(name, _)| super::keys::record_key(name)).collect();
+        let mut read = snapshot.get_many(&unread.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?.into_iter();
+        for (name, stored) in shown {
+            let stored = match stored {
+                Some(stored) => stored,
+                None => {
+                    read.next()
+                        .flatten()
+                        .ok_or_else(|| Error::internal(format!("{name} is outlined but not stored")))?
+                        .value
+                }
+            };
             let mut e = Engagement::decode(&stored[..]).map_err(Error::internal)?;
             self.present(&mut e, 0, &as_of);
             engagements.push(EngagementSummary {
@@ -283,8 +389,8 @@ impl Registry {
 
         let counts = Counts {
             agreements: counted.len() as i32,
-            agreements_in_force: in_force.len() as i32,
-            upcoming_term_events: events.len() as i32,
+            agreements_in_force: in_force_count as i32,
+            upcoming_term_events: upcoming_count as i32,
             partnership_domains: domains.len() as i32,
             engagements: engagement_count as i32,
         };
@@ -299,5 +405,272 @@ impl Registry {
             engagements: first(engagements, section_items),
             counts: Some(counts),
         })
+    }
+}
+
+/// What an engagement's place in the timeline is, its name, and its record
+/// when it was read to find it.
+type Timed = ((bool, i64), String, Option<bytes::Bytes>);
+
+/// How often a walk of outlines checks the call's deadline.
+const DEADLINE_EVERY: usize = 4096;
+
+impl Registry {
+    /// The agreements naming all of `parties`, from their records (found
+    /// through the party indexes), each counted from its outline.
+    async fn counted_agreements(
+        &self,
+        snapshot: &dyn Snapshot,
+        parties: &[String],
+        as_of: &Date,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Counted>> {
+        use prost_reflect::ReflectMessage;
+        let filter = Filter::compile(&all_named("parties", parties), &Agreement::default().descriptor())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let candidates = index::candidates(snapshot, &resource::AGREEMENT, &filter, as_of).await?;
+        let mut counted = Vec::new();
+        self.scan_stored::<Agreement>(Scope::whole(snapshot, candidates.as_ref()), deadline, |name, entry| {
+            let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
+            if outline.delete_time.is_none() && parties.iter().all(|party| outline.parties.contains(party)) {
+                let name = String::from_utf8_lossy(name).into_owned();
+                counted.push(Counted::of(name, &outline, as_of, Some(entry.value)));
+            }
+            Ok(true)
+        })
+        .await?;
+        Ok(counted)
+    }
+
+    /// The agreements naming `party`, from its outline set alone, in the
+    /// answer's order.
+    async fn outlined_agreements(
+        &self,
+        snapshot: &dyn Snapshot,
+        party: &str,
+        as_of: &Date,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Counted>> {
+        let set = outline_set(AGREEMENT_OUTLINES, party);
+        let mut counted = Vec::new();
+        let mut walked = 0;
+        for_each_member(snapshot, &set, b"", |item| {
+            walked += 1;
+            if walked % DEADLINE_EVERY == 0 {
+                check_deadline(deadline, || "the call's deadline passed while its agreements were read".into())?;
+            }
+            let (_, id, held) = read_member(&item[set.len()..])?;
+            let outline = AgreementOutline::decode(held).map_err(Error::internal)?;
+            if outline.delete_time.is_none() {
+                counted.push(Counted::of(resource::AGREEMENT.name_of(id), &outline, as_of, None));
+            }
+            Ok::<_, Error>(true)
+        })
+        .await?;
+        Ok(counted)
+    }
+
+    /// The engagements with all of `parties` as participants, from their
+    /// records (found through the participant indexes).
+    async fn counted_engagements(
+        &self,
+        snapshot: &dyn Snapshot,
+        parties: &[String],
+        as_of: &Date,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Timed>> {
+        use prost_reflect::ReflectMessage;
+        let filter = Filter::compile(&all_named("participants.party", parties), &Engagement::default().descriptor())
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let candidates = index::candidates(snapshot, &resource::ENGAGEMENT, &filter, as_of).await?;
+        let mut timeline = Vec::new();
+        self.scan_stored::<Engagement>(Scope::whole(snapshot, candidates.as_ref()), deadline, |name, entry| {
+            let outline = EngagementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
+            let takes_part = |party: &String| outline.participants.iter().any(|p| p.party == *party);
+            if outline.delete_time.is_none() && parties.iter().all(takes_part) {
+                let name = String::from_utf8_lossy(name).into_owned();
+                timeline.push((date_key(outline.start_date.as_ref()), name, Some(entry.value)));
+            }
+            Ok(true)
+        })
+        .await?;
+        Ok(timeline)
+    }
+
+    /// The engagements with `party` as a participant, from its outline set
+    /// alone, in the timeline's order.
+    async fn outlined_engagements(
+        &self,
+        snapshot: &dyn Snapshot,
+        party: &str,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<Timed>> {
+        let set = outline_set(ENGAGEMENT_OUTLINES, party);
+        let mut timeline = Vec::new();
+        let mut walked = 0;
+        for_each_member(snapshot, &set, b"", |item| {
+            walked += 1;
+            if walked % DEADLINE_EVERY == 0 {
+                check_deadline(deadline, || "the call's deadline passed while its engagements were read".into())?;
+            }
+            let (order, id, held) = read_member(&item[set.len()..])?;
+            if held.first() == Some(&0) {
+                timeline.push((order, resource::ENGAGEMENT.name_of(id), None));
+            }
+            Ok::<_, Error>(true)
+        })
+        .await?;
+        Ok(timeline)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Counted, RelationshipQuery};
+    use crate::pb::cooperation::v1::{Agreement, Engagement, agreement, engagement};
+    use crate::pb::google::r#type::Date;
+    use crate::registry::Registry;
+    use crate::registry::testing::anonymous;
+    use crate::store::Store;
+    use crate::store::memory::MemoryStore;
+
+    const PARTIES: [&str; 3] = ["parties/ind", "parties/jpn", "parties/usa"];
+
+    fn date(year: i32, month: i32, day: i32) -> Option<Date> {
+        Some(Date { year, month, day })
+    }
+
+    /// Agreement `i`: two of three parties, dated, partly dated or not,
+    /// with and without terms that renew, some ended.
+    fn agreement_numbered(i: i32) -> Agreement {
+        let year = 2000 + i % 26;
+        let (signed, in_force) = match i % 4 {
+            0 => (None, None),
+            1 => (date(year, 1 + i % 12, 0), date(year + 1, 0, 0)),
+            2 => (date(year, 1 + i % 12, 1 + i % 28), None),
+            _ => (None, date(year, 6, 1 + i % 28)),
+        };
+        let renewal = [agreement::term::Renewal::None, agreement::term::Renewal::Automatic][(i % 2) as usize];
+        Agreement {
+            title: format!("agreement {i}"),
+            parties: vec![PARTIES[(i % 3) as usize].into(), PARTIES[((i + 1) % 3) as usize].into()],
+            instrument_type: 1,
+            signature_date: signed,
+            entry_into_force_date: in_force,
+            term: (i % 3 != 0).then(|| agreement::Term {
+                years: 1 + i % 30,
+                renewal: renewal as i32,
+                renewal_years: 1,
+                notice_months: i % 6,
+                ..Default::default()
+            }),
+            end: (i % 11 == 5 && in_force.is_some()).then(|| agreement::End {
+                date: date(year + 3, 1, 1),
+                reason: agreement::end::Reason::MutualConsent as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// What the answer takes of a counted agreement: name, place, status, term end, notice.
+    type Row = (String, (bool, i64), i32, Option<(i64, bool)>, i32);
+
+    fn comparable(counted: &[Counted]) -> Vec<Row> {
+        let mut rows: Vec<_> =
+            counted.iter().map(|a| (a.name.clone(), a.order, a.status as i32, a.term_end, a.notice_months)).collect();
+        rows.sort();
+        rows
+    }
+
+    /// What one party's outline sets say is what its records say, after
+    /// creates, updates that move dates and parties, deletes and an
+    /// undelete; and GetRelationship of one party shows it so.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_party_s_outlines_answer_what_its_records_answer() {
+        let store = Arc::new(MemoryStore::new());
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let mut agreements = Vec::new();
+        for i in 0..60 {
+            let created = registry.create("", agreement_numbered(i), &anonymous("CreateAgreement")).await.unwrap();
+            agreements.push(created.name);
+        }
+        let requests = (0..30)
+            .map(|i| {
+                let engagement = Engagement {
+                    title: format!("meeting {i}"),
+                    kind: 1,
+                    participants: vec![engagement::Participant {
+                        party: PARTIES[(i % 3) as usize].into(),
+                        ..Default::default()
+                    }],
+                    start_date: (i % 5 != 0).then_some(Date { year: 2010 + i % 7, month: 1 + i % 12, day: 0 }),
+                    ..Default::default()
+                };
+                (String::new(), engagement)
+            })
+            .collect::<Vec<_>>();
+        let engagements: Vec<String> = registry
+            .create_many::<Engagement>(requests, &anonymous("BatchCreateEngagements"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        for (i, name) in agreements.iter().enumerate().filter(|(i, _)| i % 5 == 1) {
+            let mut moved = agreement_numbered(i as i32 + 7);
+            moved.name = name.clone();
+            let paths = ["parties", "signature_date", "entry_into_force_date", "term", "end"].map(String::from);
+            registry.update(moved, &paths, "", &anonymous("UpdateAgreement")).await.unwrap();
+        }
+        for name in agreements.iter().step_by(7) {
+            registry.delete::<Agreement>(name, "", &anonymous("DeleteAgreement")).await.unwrap();
+        }
+        registry.undelete::<Agreement>(&agreements[7], "", &anonymous("UndeleteAgreement")).await.unwrap();
+        for name in engagements.iter().step_by(4) {
+            registry.delete::<Engagement>(name, "", &anonymous("DeleteEngagement")).await.unwrap();
+        }
+
+        let snapshot = store.snapshot().await.unwrap();
+        for as_of in [Date { year: 2005, month: 3, day: 1 }, Date { year: 2030, month: 1, day: 1 }] {
+            for party in PARTIES {
+                let parties = [party.to_string()];
+                let outlined = registry.outlined_agreements(&*snapshot, party, &as_of, None).await.unwrap();
+                let counted = registry.counted_agreements(&*snapshot, &parties, &as_of, None).await.unwrap();
+                assert!(counted.len() > 10);
+                assert_eq!(comparable(&outlined), comparable(&counted), "{party} as of {as_of:?}");
+                let outlined = registry.outlined_engagements(&*snapshot, party, None).await.unwrap();
+                let counted = registry.counted_engagements(&*snapshot, &parties, &as_of, None).await.unwrap();
+                let names = |timed: &[super::Timed]| timed.iter().map(|(o, n, _)| (*o, n.clone())).collect::<Vec<_>>();
+                let mut expected = names(&counted);
+                expected.sort();
+                assert!(expected.len() > 3);
+                assert_eq!(names(&outlined), expected, "{party}'s engagements, in the timeline's order");
+            }
+        }
+        // The answer of one party is the answer its records give.
+        let query = RelationshipQuery {
+            parties: vec!["parties/ind".into()],
+            as_of: Some(Date { year: 2030, month: 1, day: 1 }),
+            window_months: 1200,
+            max_section_items: 5,
+            ..Default::default()
+        };
+        let answer = registry.relationship(&query).await.unwrap();
+        let counted =
+            registry.counted_agreements(&*snapshot, &query.parties, query.as_of.as_ref().unwrap(), None).await.unwrap();
+        let counts = answer.counts.unwrap();
+        assert_eq!(counts.agreements as usize, counted.len());
+        let in_force = counted.iter().filter(|a| a.status == agreement::Status::InForce).count();
+        assert_eq!(counts.agreements_in_force as usize, in_force);
+        assert!(in_force > 0 && counts.upcoming_term_events > 0);
+        assert_eq!(answer.agreements.len(), 5);
+        let mut first = comparable(&counted);
+        first.sort_by_key(|row| (row.1, row.0.clone()));
+        let shown: Vec<&str> = answer.agreements.iter().map(|a| a.agreement.as_str()).collect();
+        assert_eq!(shown, first.iter().take(5).map(|row| row.0.as_str()).collect::<Vec<_>>());
+        assert!(answer.agreements.iter().all(|a| a.title.starts_with("agreement ")), "shown records read whole");
     }
 }

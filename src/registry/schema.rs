@@ -11,13 +11,14 @@ use super::keys::{collection_key, record_key};
 use super::party;
 use super::reads::has_field;
 use super::records::{ChangeKind, StoredChange, StoredEvent};
+use super::relationship::outline_memberships;
 use super::resource;
 use super::validate;
 use super::writes::reference_ops;
 use super::{Registry, index, now, targets};
 use crate::error::{Error, Result, Violations};
 use crate::pb::DESCRIPTOR_POOL;
-use crate::store::{Batches, Condition, Op, Outcome, Txn, key_after, move_member};
+use crate::store::{Batches, Condition, Op, Outcome, Txn, key_after, move_member, move_memberships};
 
 /// The actor recorded for the states written at the first start.
 pub const SEED_ACTOR: &str = "system:seed";
@@ -31,7 +32,8 @@ pub const MIGRATION_ACTOR: &str = "system:migration";
 /// word indexes (and changed how index values are encoded), 6 keeps a
 /// replaced version of a record under its version key rather than a copy of
 /// each in the change log (older entries keep their copies and are read as
-/// they are). An older data dir is upgraded on open.
+/// they are) and added the outline sets of GetRelationship. An older data
+/// dir is upgraded on open.
 pub(super) const REGISTRY_SCHEMA: u32 = 6;
 
 pub(super) const SCHEMA_KEY: &[u8] = b"meta/registry-schema";
@@ -102,7 +104,9 @@ impl Registry {
                     if from >= 3 {
                         self.remove_index_sets(&mut lease).await?;
                     }
-                    self.rebuild_indexes(&mut lease).await?;
+                    self.rebuild_indexes(&mut lease, false).await?;
+                } else if from < 6 {
+                    self.rebuild_indexes(&mut lease, true).await?;
                 }
                 if from < 4 {
                     self.keep_request_answers(&mut lease).await?;
@@ -241,10 +245,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Schema 3: writes the index and reference sets of every record (for
-    /// data dirs from before the indexes, or from when their entries were
-    /// keys: those are removed first).
-    pub(super) async fn rebuild_indexes(&self, lease: &mut Lease) -> Result<()> {
+    /// Schema 3: writes the index, outline and reference sets of every record
+    /// (for data dirs from before the indexes, or from when their entries
+    /// were keys: those are removed first). Schema 6: with `only_outlines`,
+    /// the outline sets alone, which schema 5 lacked.
+    pub(super) async fn rebuild_indexes(&self, lease: &mut Lease, only_outlines: bool) -> Result<()> {
         let mut batches = Batches::new(self.store.limits(), migration_change(), Lease::SIZE);
         let mut removed = 0;
         // An upgrade of a large data dir takes minutes: say how far it is.
@@ -289,9 +294,16 @@ impl Registry {
                 for (key, entry) in &read {
                     let record = &entry.value[..];
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+                    let outlines = outline_memberships(kind, record)?;
+                    let mut item = Txn { ops: move_memberships(&BTreeSet::new(), &outlines), ..Default::default() };
+                    if only_outlines {
+                        if !item.ops.is_empty() {
+                            self.write_batched(lease, &mut batches, item).await?;
+                        }
+                        continue;
+                    }
                     let entries = index::entries(kind, record).map_err(Error::internal)?;
-                    let mut item =
-                        Txn { ops: move_member(id.as_bytes(), &BTreeSet::new(), &entries), ..Default::default() };
+                    item.ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), &entries));
                     if !has_field(record, kind.delete_time_field()).map_err(Error::internal)? {
                         let references =
                             validate::check_encoded(record, &descriptor, kind.singular, &mut Violations::new())

@@ -11,13 +11,14 @@ use prost::Message;
 use super::keys::{record_key, referrers_set, version_key};
 use super::reads::has_field;
 use super::records::{ChangeKind, StoredChange, StoredEvent};
+use super::relationship::outline_memberships;
 use super::resource::{self, Kind, Resource};
 use super::validate::{self, Reference};
 use super::{Mutation, Registry, check_deadline, dates, decode, etag_of, index, now, targets, undecodable};
 use super::{idempotency, mask};
 use crate::error::{Error, PreconditionViolation, Result, Violations};
 use crate::store::generations::Generations;
-use crate::store::{Applied, BoxFuture, Condition, Op, Outcome, Txn, move_member};
+use crate::store::{Applied, BoxFuture, Condition, Membership, Op, Outcome, Txn, move_member, move_memberships};
 
 /// Fresh reads and retries of one write before giving up with ABORTED.
 pub(super) const MAX_ATTEMPTS: usize = 16;
@@ -65,6 +66,11 @@ impl Checked {
     pub(super) fn index(&self, kind: &Kind) -> Result<BTreeSet<Vec<u8>>> {
         index::entries(kind, &self.encoded).map_err(Error::internal)
     }
+
+    /// The outline sets the record belongs in (see `relationship`).
+    pub(super) fn outlines(&self, kind: &Kind) -> Result<BTreeSet<Membership>> {
+        outline_memberships(kind, &self.encoded)
+    }
 }
 
 impl Registry {
@@ -86,11 +92,12 @@ impl Registry {
         record.normalize();
         let checked = self.validate(&record, &mut violations)?;
         let index = checked.index(kind)?;
+        let outlines = checked.outlines(kind)?;
         // The first attempt takes the record; another (after a conflict) reads
         // it back from its validated encoding.
         let mut first = Some(record);
 
-        let (name, id, violations, checked, index) = (&name, &id, &violations, &checked, &index);
+        let (name, id, violations, checked, index, outlines) = (&name, &id, &violations, &checked, &index, &outlines);
         self.mutate(name, turn, mutation, || {
             let first = first.take();
             Box::pin(async move {
@@ -114,6 +121,7 @@ impl Registry {
                 record.set_update_time(Some(time));
                 let mut ops = reference_ops(name, &BTreeSet::new(), &targets(&checked.references));
                 ops.extend(move_member(id.as_bytes(), &BTreeSet::new(), index));
+                ops.extend(move_memberships(&BTreeSet::new(), outlines));
                 Ok(Planned {
                     record,
                     previous_revision: 0,
@@ -167,6 +175,7 @@ impl Registry {
                 let mut ops = reference_ops(name, &targets(&before.references), &targets(&checked.references));
                 let id = kind.parse_name(name).map_err(Error::internal)?;
                 ops.extend(move_member(id.as_bytes(), &before.index(kind)?, &checked.index(kind)?));
+                ops.extend(move_memberships(&before.outlines(kind)?, &checked.outlines(kind)?));
                 let replaced = before.encoded;
                 Ok(Planned {
                     record,
@@ -224,10 +233,12 @@ impl Registry {
                     Condition::NoneWrittenAfter { prefix, revision: seen },
                 ];
                 let outgoing = targets(&self.validate(&record, &mut Violations::new())?.references);
-                let ops = reference_ops(name, &outgoing, &BTreeSet::new());
+                let mut ops = reference_ops(name, &outgoing, &BTreeSet::new());
                 let time = now();
                 record.set_delete_time(Some(time));
                 record.set_update_time(Some(time));
+                let outlines = outline_memberships(R::KIND, &entry.value)?;
+                ops.extend(move_memberships(&outlines, &outline_memberships(R::KIND, &record.encode_to_vec())?));
                 let replaced = entry.value.to_vec();
                 Ok(Planned {
                     record,
@@ -277,9 +288,11 @@ impl Registry {
                             .collect(),
                     });
                 }
-                let ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
+                let mut ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
                 record.set_delete_time(None);
                 record.set_update_time(Some(now()));
+                let outlines = outline_memberships(R::KIND, &entry.value)?;
+                ops.extend(move_memberships(&outlines, &outline_memberships(R::KIND, &record.encode_to_vec())?));
                 let replaced = entry.value.to_vec();
                 Ok(Planned {
                     record,

@@ -574,6 +574,20 @@ pub fn move_member(
     removed.chain(added).collect()
 }
 
+/// A set and one of its members.
+pub type Membership = (Vec<u8>, Vec<u8>);
+
+/// The writes that take the memberships `before` that `after` lacks and add
+/// those of `after` that `before` lacks.
+pub fn move_memberships(
+    before: &std::collections::BTreeSet<Membership>,
+    after: &std::collections::BTreeSet<Membership>,
+) -> Vec<Op> {
+    let removed = before.difference(after).map(|(set, member)| Op::Remove { set: set.clone(), member: member.clone() });
+    let added = after.difference(before).map(|(set, member)| Op::Add { set: set.clone(), member: member.clone() });
+    removed.chain(added).collect()
+}
+
 /// The smallest key greater than every key that starts with `prefix` (empty
 /// when there is none: every byte of `prefix` is 0xff).
 pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
