@@ -398,6 +398,37 @@ mod tests {
     use crate::store::TxnLimits;
     use crate::store::memory::MemoryStore;
 
+    /// A data dir of schema 5 lacks the outline sets: opening it writes them
+    /// for every agreement and engagement, and nothing else.
+    #[tokio::test]
+    async fn a_schema_5_data_dir_gains_its_outline_sets() {
+        let store = Arc::new(MemoryStore::new());
+        let registry = Registry::open(store.clone()).await.unwrap();
+        let agreement = super::super::testing::india_japan();
+        registry.create("a1", agreement, &anonymous("CreateAgreement")).await.unwrap();
+        let outlined = |party: &str| format!("i/agreements/parties#outline\0{party}\0").into_bytes();
+        let members = |set: Vec<u8>| {
+            let store = store.clone();
+            async move { store.snapshot().await.unwrap().members(&set, b"", 10_000).await.unwrap().len() }
+        };
+        assert_eq!(members(outlined("parties/ind")).await, 1);
+        // As schema 5 left it: no outline sets.
+        let outlines =
+            outline_memberships(&resource::AGREEMENT, &store.get(b"r/agreements/a1").await.unwrap().unwrap().value)
+                .unwrap();
+        let mut ops = move_memberships(&outlines, &BTreeSet::new());
+        ops.push(Op::Put { key: SCHEMA_KEY.to_vec(), value: 5u32.to_be_bytes().to_vec() });
+        store.commit(Txn { ops, ..Default::default() }).await.unwrap();
+        assert_eq!(members(outlined("parties/ind")).await, 0);
+        let entries_before = members(b"i/agreements/".to_vec()).await;
+
+        Registry::open(store.clone()).await.unwrap();
+        assert_eq!(store.get(SCHEMA_KEY).await.unwrap().unwrap().value, &REGISTRY_SCHEMA.to_be_bytes()[..]);
+        assert_eq!(members(outlined("parties/ind")).await, 1);
+        assert_eq!(members(outlined("parties/jpn")).await, 1);
+        assert_eq!(members(b"i/agreements/".to_vec()).await, entries_before + 2, "the two outlines, and nothing else");
+    }
+
     /// A data dir of schema 2, whose index and reference entries were keys,
     /// is upgraded when opened: the old keys go, and the sets answer Lists
     /// and keep a referenced party from being deleted.

@@ -40,7 +40,20 @@ pub async fn test_store(dir: &std::path::Path) -> Arc<dyn cooperation_registry::
             use cooperation_registry::store::etcd::testing;
             Arc::new(testing::open_urls(vec![testing::member_for(dir).await], b"registry/"))
         }
-        Ok("sled") | Err(_) => Arc::new(SledStore::open(dir, fast_store()).expect("store opens")),
+        Ok("sled") | Err(_) => {
+            // A store this process closed a moment ago: sled's background
+            // threads may hold the directory's lock a little longer.
+            let mut attempts = 0;
+            loop {
+                match SledStore::open(dir, fast_store()) {
+                    Err(cooperation_registry::store::StoreError::Locked(_)) if attempts < 200 => {
+                        attempts += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    opened => break Arc::new(opened.expect("store opens")),
+                }
+            }
+        }
         Ok(other) => panic!("{STORE_SWITCH}={other}: use sled or etcd"),
     }
 }

@@ -10,12 +10,13 @@
 //! group-commits: it takes every transaction waiting, checks each one's
 //! conditions against the tree and the transactions before it in the group,
 //! applies the group as one sled batch and answers each with its outcome (what
-//! waits for one write to a record can go on), then takes the next group. A
-//! flusher thread makes them durable meanwhile: one flush (sled's blocking
-//! `flush`: its `flush_async` deadlocks under concurrent awaiting writers,
-//! sled #1308) and sync for everything applied before it began, then it tells
-//! the writes that they are durable. A transaction whose conditions fail
-//! writes nothing and does not disturb the rest of its group.
+//! waits for one write to a record can go on). Before it flushes, it yields
+//! once and takes as a further group what arrived meanwhile (the next write to
+//! a record whose turn a write just passed on), for up to `MAX_FLUSH_WAIT`;
+//! then it flushes once for them all (sled's `flush_async` deadlocks under
+//! concurrent awaiting writers, sled #1308) and tells them that they are
+//! durable. A transaction whose conditions fail writes nothing and does not
+//! disturb the rest of its group.
 
 use std::fs::File;
 use std::ops::Deref;
@@ -60,6 +61,9 @@ const CHANGE: u8 = b'c';
 
 /// Most transactions applied as one group.
 const MAX_GROUP: usize = 4096;
+/// Longest the writer goes on applying groups, each sent while the one before
+/// was applied, before it flushes them all.
+const MAX_FLUSH_WAIT: Duration = Duration::from_millis(2);
 
 /// How much a write has survived when it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -276,27 +280,12 @@ impl SledStore {
         let flushes = Arc::new(AtomicU64::new(0));
         let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
         let views = Arc::new(views::Views::default());
-        let flusher = Flusher {
-            db: db.clone(),
-            durability: options.durability,
-            sync_file,
-            data_file,
-            dir: dir.to_path_buf(),
-            flushes: flushes.clone(),
-            durable: durable_tx,
-            marked: (recorded, Instant::now()),
-            failure: failure.clone(),
-        };
-        let (flush_requests, asked) = mpsc::channel();
-        let flusher = std::thread::Builder::new()
-            .name("store-flusher".into())
-            .spawn(move || flusher.run(asked))
-            .map_err(|e| StoreError::Storage(format!("cannot start the flusher thread: {e}")))?;
         let writer = Writer {
             db: db.clone(),
             cache: cache.clone(),
             views: views.clone(),
             checkpoints: checkpoints.clone(),
+            flushes: flushes.clone(),
             cache_capacity: options.cache_capacity,
             checkpoint_bytes: options.checkpoint_bytes,
             release_free_memory: options.release_free_memory,
@@ -304,9 +293,12 @@ impl SledStore {
             trimmed_at: 0,
             revision,
             applied: applied.clone(),
-            flusher: Some((flush_requests, flusher)),
-            asked: revision,
+            durable: Some(durable_tx),
+            durability: options.durability,
+            sync_file,
+            data_file,
             dir: dir.to_path_buf(),
+            marked: (recorded, Instant::now()),
             failure: failure.clone(),
             tails: chunks::Tails::default(),
             recent: chunks::Recent::default(),
@@ -990,13 +982,15 @@ struct Group {
 }
 
 /// The single writer: applies transactions in arrival order, a group at a
-/// time, and asks the flusher to make each group durable.
+/// time, and tells them they are durable after one flush for the groups it
+/// applied in a row.
 struct Writer {
     db: Shared,
     cache: Arc<cache::ReadCache>,
     /// Open views, for which it keeps what it overwrites.
     views: Arc<views::Views>,
     checkpoints: Arc<Mutex<Checkpoints>>,
+    flushes: Arc<AtomicU64>,
     cache_capacity: u64,
     checkpoint_bytes: u64,
     release_free_memory: fn(),
@@ -1006,12 +1000,15 @@ struct Writer {
     trimmed_at: u64,
     revision: u64,
     applied: Arc<AtomicU64>,
-    /// Where the writer asks for what it applied to be made durable, and the
-    /// flusher's thread; taken at close.
-    flusher: Option<(mpsc::Sender<u64>, JoinHandle<StoreResult<()>>)>,
-    /// The last revision asked of the flusher.
-    asked: u64,
+    /// Tells readers how far writes are durable; dropped after a failure, so a
+    /// reader waiting for a write that may be lost gets an error, not a hang.
+    durable: Option<watch::Sender<u64>>,
+    durability: Durability,
+    sync_file: Option<File>,
+    data_file: PathBuf,
     dir: PathBuf,
+    /// The revision last recorded in the marker file as durable, and when.
+    marked: (u64, Instant),
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
     failure: Failure,
@@ -1021,145 +1018,66 @@ struct Writer {
     recent: chunks::Recent,
 }
 
-/// Makes what the writer applied durable, on a thread of its own: the
-/// writer applies the writes that come while a flush runs, and the next
-/// flush covers them all. A write to a record waits for the one before it to
-/// be applied, not durable (see the registry's record turns), so writes to
-/// one record do not take a flush each.
-struct Flusher {
-    db: Shared,
-    durability: Durability,
-    sync_file: Option<File>,
-    data_file: PathBuf,
-    dir: PathBuf,
-    flushes: Arc<AtomicU64>,
-    /// Tells readers how far writes are durable; dropped after a failure, so a
-    /// reader waiting for a write that may be lost gets an error, not a hang.
-    durable: watch::Sender<u64>,
-    /// The revision last recorded in the marker file as durable, and when.
-    marked: (u64, Instant),
-    failure: Failure,
-}
-
-impl Flusher {
-    /// Flushes up to the latest revision the writer asked for, one flush for
-    /// all the asks that came while the last ran; stops at the first failure.
-    /// Once the writer hangs up (at close), flushes and syncs once more and
-    /// returns how that went.
-    fn run(mut self, asked: mpsc::Receiver<u64>) -> StoreResult<()> {
-        let mut last = *self.durable.borrow();
-        while let Ok(first) = asked.recv() {
-            let upto = asked.try_iter().fold(first, u64::max);
-            last = last.max(upto);
-            if let Some(failure) = self.failure.get() {
-                return Err(failure);
-            }
-            if let Err(e) = self.flush(self.durability) {
-                self.failure.report(&e);
-                return Err(e);
-            }
-            self.durable.send_replace(upto);
-            self.mark_durable(upto, false);
-        }
-        if let Some(failure) = self.failure.get() {
-            return Err(failure);
-        }
-        self.flush(Durability::Fsync)?;
-        self.durable.send_replace(last);
-        self.mark_durable(last, true);
-        Ok(())
-    }
-
-    fn flush(&mut self, durability: Durability) -> StoreResult<()> {
-        if durability == Durability::None {
-            return Ok(());
-        }
-        self.db.tree()?.flush().map_err(storage)?;
-        if durability == Durability::Fsync {
-            if self.sync_file.is_none() {
-                self.sync_file = File::open(&self.data_file).ok();
-            }
-            if let Some(file) = &self.sync_file {
-                file.sync_data().map_err(|e| io_error("fsync failed", &e))?;
-            }
-        }
-        self.flushes.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Records `revision` as durable in the marker file: at the first durable
-    /// write, then at most once a second while writing (only where writes are
-    /// flushed before they are acknowledged), and always after the final flush.
-    fn mark_durable(&mut self, revision: u64, flushed_now: bool) {
-        let (marked, at) = self.marked;
-        let due =
-            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
-        if self.failure.get().is_some() || revision <= marked || !due {
-            return;
-        }
-        match write_marker(&self.dir, revision) {
-            Ok(()) => self.marked = (revision, Instant::now()),
-            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
-        }
-    }
-}
-
 impl Writer {
     fn run(mut self, receiver: mpsc::Receiver<Message>) {
         while let Ok(first) = receiver.recv() {
-            let mut group = Vec::new();
+            let mut next = Some(first);
             let mut close = None;
             let mut backup = None;
-            let mut message = Some(first);
-            while let Some(taken) = message.take() {
-                match taken {
-                    Message::Write(p) => group.push(p),
-                    Message::Close(reply) => close = Some(reply),
-                    Message::Backup(out, reply) => backup = Some((out, reply)),
+            let durable_before = self.revision;
+            let started = Instant::now();
+            // Groups applied before one flush: after each, the writes it
+            // answered get a moment to send what they let go (the next write
+            // to a record they wrote), which then shares the flush.
+            while let Some(first) = next.take() {
+                let mut group = Vec::new();
+                let mut message = Some(first);
+                while let Some(taken) = message.take() {
+                    match taken {
+                        Message::Write(p) => group.push(p),
+                        Message::Close(reply) => close = Some(reply),
+                        Message::Backup(out, reply) => backup = Some((out, reply)),
+                    }
+                    if close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
+                        message = receiver.try_recv().ok();
+                    }
                 }
-                if close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
-                    message = receiver.try_recv().ok();
+                self.apply_group(group);
+                if close.is_some() || backup.is_some() || started.elapsed() >= MAX_FLUSH_WAIT {
+                    break;
                 }
+                std::thread::yield_now();
+                next = receiver.try_recv().ok();
             }
-            self.apply_group(group);
-            self.ask_durable();
+            self.make_durable(durable_before);
             if let Some((out, reply)) = backup {
                 let _ = reply.send(self.backup(out));
             }
             if let Some(reply) = close {
-                let _ = reply.send(self.close_flusher());
+                let _ = reply.send(self.final_flush());
                 return;
             }
             if self.checkpoint_bytes > 0 && self.written_since_open >= self.checkpoint_bytes {
                 self.checkpoint();
-                self.ask_durable();
             } else if self.written_since_open >= self.trimmed_at + TRIM_BYTES {
                 (self.release_free_memory)();
                 self.trimmed_at = self.written_since_open;
             }
         }
-        let _ = self.close_flusher();
+        let _ = self.final_flush();
     }
 
-    /// Asks the flusher to make durable what was applied since it was last
-    /// asked; after a failure, asks anyway, so that it stops and the writes
-    /// waiting for it hear of the failure.
-    fn ask_durable(&mut self) {
-        if self.revision == self.asked && self.failure.get().is_none() {
-            return;
+    /// The flush at close. After a failed write there is nothing more to make
+    /// durable, and sled may wait forever on its failed log: report the
+    /// failure instead.
+    fn final_flush(&mut self) -> StoreResult<()> {
+        if let Some(failure) = self.failure.get() {
+            return Err(failure);
         }
-        self.asked = self.revision;
-        if let Some((requests, _)) = &self.flusher {
-            let _ = requests.send(self.revision);
-        }
-    }
-
-    /// Stops the flusher after its last flush, at close, and returns how that
-    /// flush went.
-    fn close_flusher(&mut self) -> StoreResult<()> {
-        let Some((requests, flusher)) = self.flusher.take() else { return Err(StoreError::Closed) };
-        drop(requests);
-        flusher.join().unwrap_or_else(|_| Err(StoreError::Storage("the flusher thread panicked".into())))
+        let db = self.db.clone();
+        self.flush(&*db.tree()?, Durability::Fsync)?;
+        self.mark_durable(true);
+        Ok(())
     }
 
     /// Closes and reopens the database between two groups. sled writes a
@@ -1208,13 +1126,30 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "checkpoint: cannot reopen the database");
                 self.failure.report(&e);
+                self.durable = None;
             }
+        }
+    }
+
+    /// Records the durable revision in the marker file: at the first durable
+    /// write, then at most once a second while writing (only where writes are
+    /// flushed before they are acknowledged), and always after the final flush.
+    fn mark_durable(&mut self, flushed_now: bool) {
+        let (marked, at) = self.marked;
+        let due =
+            flushed_now || (self.durability != Durability::None && (marked == 0 || at.elapsed() >= MARK_INTERVAL));
+        if self.failure.get().is_some() || self.revision <= marked || !due {
+            return;
+        }
+        match write_marker(&self.dir, self.revision) {
+            Ok(()) => self.marked = (self.revision, Instant::now()),
+            Err(e) => tracing::warn!(error = %e, "cannot record the durable revision in the marker file"),
         }
     }
 
     /// Applies a group of transactions as one sled batch (each transaction's
     /// conditions see the ones before it through `group`) and answers each
-    /// with its outcome; the flusher then tells them when they are durable.
+    /// with its outcome; `make_durable` then tells them when they are durable.
     fn apply_group(&mut self, pending: Vec<Pending>) {
         if pending.is_empty() {
             return;
@@ -1292,8 +1227,8 @@ impl Writer {
     }
 
     /// Answers a group's transactions. Nothing of a group is applied once
-    /// the store has failed; what was applied waits for the flusher to be
-    /// durable.
+    /// the store has failed; what was applied waits for `make_durable`'s
+    /// flush to be durable.
     fn answer(&self, mut answers: Vec<(oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>)>) {
         if let Some(e) = self.failure.get() {
             for (_, result) in answers.iter_mut() {
@@ -1304,6 +1239,26 @@ impl Writer {
         }
         for (reply, result) in answers {
             let _ = reply.send(result);
+        }
+    }
+
+    /// Flushes what was applied since `durable_before`, once, and tells the
+    /// writes waiting for it.
+    fn make_durable(&mut self, durable_before: u64) {
+        if self.revision == durable_before && self.failure.get().is_none() {
+            return;
+        }
+        if self.failure.get().is_none()
+            && let Err(e) = self.db.clone().tree().and_then(|tree| self.flush(&tree, self.durability))
+        {
+            self.failure.report(&e);
+        }
+        match (&self.failure.get(), &self.durable) {
+            (None, Some(durable)) => {
+                durable.send_replace(self.revision);
+                self.mark_durable(false);
+            }
+            _ => self.durable = None,
         }
     }
 
@@ -1424,5 +1379,22 @@ impl Writer {
         }
         writer.finish()?;
         Ok(self.revision)
+    }
+
+    fn flush(&mut self, tree: &sled::Db, durability: Durability) -> StoreResult<()> {
+        if durability == Durability::None {
+            return Ok(());
+        }
+        tree.flush().map_err(storage)?;
+        if durability == Durability::Fsync {
+            if self.sync_file.is_none() {
+                self.sync_file = File::open(&self.data_file).ok();
+            }
+            if let Some(file) = &self.sync_file {
+                file.sync_data().map_err(|e| io_error("fsync failed", &e))?;
+            }
+        }
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
