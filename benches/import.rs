@@ -11,9 +11,13 @@
 //! BatchCreate) and prints records/s, the import's CPU time and peak resident
 //! memory (from `/usr/bin/time` when installed, otherwise sampled from
 //! `/proc`), the server's CPU time over the import and its peak resident
-//! memory, and the data dir's size after. It checks that the import reports
+//! memory, the data dir's size after and the size of a backup of it (what it
+//! holds, each key, member and change once), and the checkpoints the server
+//! logged (how long each held calls). It checks that the import reports
 //! every record created and that the first and last agreement and the last
-//! engagement read back as generated, then stops the server with SIGTERM.
+//! engagement read back as generated, then stops the server with SIGTERM,
+//! times a start on the data dir, and times sled alone opening it twice (the
+//! floor under a checkpoint's reopen).
 //!
 //! Run:
 //!
@@ -220,6 +224,38 @@ async fn check_records(addr: SocketAddr, agreements: usize) {
     assert_eq!((&got.name, &got.title), (&expected.name, &expected.title));
 }
 
+/// What a backup holds, in bytes by kind: records, replaced versions and
+/// other keys by their prefix; set members by index (the path of an index,
+/// the word and outline sets, the referrer sets), each set's name counted
+/// once, as the store keeps it once for many members; the change log.
+fn contents_of(backup: &Path) -> Vec<(String, u64)> {
+    use cooperation_registry::store::backup::{BackupEntry, read_backup};
+    let (_, _, entries) = read_backup(&mut File::open(backup).unwrap()).expect("the backup reads");
+    let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut last_set = Vec::new();
+    for entry in entries {
+        let (kind, bytes) = match entry {
+            BackupEntry::Key { key, value, .. } => {
+                let prefix = String::from_utf8_lossy(&key[..key.iter().position(|b| *b == b'/').unwrap_or(0) + 1]);
+                (format!("keys {prefix}"), key.len() + value.len())
+            }
+            BackupEntry::Change { bytes, .. } => ("change log".to_string(), bytes.len() + 8),
+            BackupEntry::Member { set, member, .. } => {
+                let index = &set[..set.iter().position(|b| *b == 0).unwrap_or(set.len())];
+                let name = if set != last_set { set.len() } else { 0 };
+                last_set = set.clone();
+                let index =
+                    if set.starts_with(b"x/") { "x/ (referrers)".into() } else { String::from_utf8_lossy(index) };
+                (format!("set members {index}"), member.len() + name)
+            }
+        };
+        *kinds.entry(kind).or_default() += bytes as u64;
+    }
+    let mut kinds: Vec<(String, u64)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds
+}
+
 /// The server's log as the bench reads it: its checkpoints are timed from it.
 const LOG_FILTER: &str = "warn,cooperation_registry::server=info,cooperation_registry::store=info";
 
@@ -267,6 +303,20 @@ fn main() {
     let server_cpu = cpu_time(server.pid()).saturating_sub(server_cpu_before);
     let (_, server_peak_kib) = memory_kib(server.pid());
     let data_mib = du_mib(&data_dir);
+    // What the data dir holds, without sled's own overhead: a backup writes
+    // every key, set member and change-log entry once.
+    let backup = scratch.path().join("registry.backup");
+    let status = Command::new(BINARY)
+        .arg("backup")
+        .arg(&backup)
+        .args(["--server", &server.addr.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("the backup command runs");
+    assert!(status.success(), "the backup failed ({status})");
+    let backup_mib = std::fs::metadata(&backup).unwrap().len() as f64 / (1 << 20) as f64;
+    let contents = contents_of(&backup);
+    std::fs::remove_file(&backup).unwrap();
 
     // 4. Correctness, cheaply.
     print!("import output: {}", run.stdout);
@@ -313,6 +363,19 @@ fn main() {
             checkpoints.len(),
             median,
             longest
+        );
+    }
+    println!(
+        "  its contents        {:9.0} MiB  (a backup: every key, set member and change once; the data dir is {:.1} times it)",
+        backup_mib,
+        data_mib / backup_mib
+    );
+    println!("  what it holds, by kind (bytes of keys, values and members; a set's name once):");
+    for (kind, bytes) in &contents {
+        println!(
+            "    {kind:<40} {:7.0} MiB  ({:.0} bytes a record)",
+            *bytes as f64 / (1 << 20) as f64,
+            *bytes as f64 / records as f64
         );
     }
     println!("  checked: {records} created reported; first and last agreement and last engagement read back");

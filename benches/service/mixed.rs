@@ -1,5 +1,5 @@
 //! `BENCH=mixed`: GetAgreement's tail under a steady mixed load, reads with
-//! 10 % durable writes, with checkpoints off and with checkpoints in the
+//! 10 % durable writes, with checkpoints off and with a checkpoint in the
 //! measured window.
 //!
 //! Each configuration runs the registry on its own copy of the loaded data
@@ -9,10 +9,11 @@
 //! CreateAgreement at a ninth of it (`--rps`, per connection). Latencies are
 //! h2load's, from its log of every call in the window.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::checks::{Check, checkpoints, count_answers, handled, scrape, verify};
 use crate::common::client::revision;
@@ -29,14 +30,28 @@ const READ_CLIENTS: u32 = 16;
 const WRITE_CLIENTS: u32 = 4;
 const STREAMS: u32 = 32;
 
-/// The GetAgreement calls offered a second (MIXED_READS_PER_SEC): about half
-/// of what the server sustains for GetAgreement alone on its core.
-const READS_PER_SEC: f64 = 20_000.0;
+/// The GetAgreement calls offered a second (MIXED_READS_PER_SEC): with a
+/// create for every nine, about half of the server's core at a million
+/// agreements (at 10,000 it takes three quarters and the reads' p99 rises
+/// tenfold; GetAgreement alone, the server answers some 80,000 a second at
+/// c16/m32).
+const READS_PER_SEC: f64 = 8_000.0;
 
-/// The checkpoint threshold of the second configuration
-/// (MIXED_CHECKPOINT_MIB): small enough for checkpoints to fall in the
-/// window at the default write rate.
-const CHECKPOINT_MIB: u64 = 16;
+/// What one create of the bench's agreement adds to the bytes the store
+/// counts toward a checkpoint (its record and change, and the index chunks it
+/// changes; see `SledOptions::checkpoint_bytes`), measured with
+/// `--checkpoint-mib 1` at the default rates. It is less where more creates
+/// share a group (a group writes each chunk it changes once): 4.6 KiB at
+/// 1,111 creates a second.
+const CREATE_BYTES: f64 = 5.5 * 1024.0;
+
+/// The checkpoint threshold that puts one checkpoint in the middle of the
+/// window: what the creates at `writes_per_sec` write from the start of the
+/// warm-up to the middle of the window, in MiB.
+fn one_checkpoint_mib(writes_per_sec: f64, seconds: u32) -> u64 {
+    let until_middle = f64::from(WARM_UP_SECS) + f64::from(seconds) / 2.0;
+    ((writes_per_sec * until_middle * CREATE_BYTES / (1024.0 * 1024.0)).round() as u64).max(1)
+}
 
 /// The offered load, in calls a second.
 #[derive(Clone, Copy)]
@@ -62,9 +77,9 @@ pub async fn mixed() {
     let count: usize = env_or("AGREEMENTS", 10_000);
     let seconds: u32 = env_or("SECONDS", 4);
     let reads: f64 = env_or("MIXED_READS_PER_SEC", READS_PER_SEC);
-    let checkpoint_mib: u64 = env_or("MIXED_CHECKPOINT_MIB", CHECKPOINT_MIB);
-    assert!(checkpoint_mib > 0, "MIXED_CHECKPOINT_MIB: 0 is the configuration without checkpoints, which runs anyway");
     let rates = Rates { reads, writes: reads / 9.0 };
+    let checkpoint_mib: u64 = env_or("MIXED_CHECKPOINT_MIB", one_checkpoint_mib(rates.writes, seconds));
+    assert!(checkpoint_mib > 0, "MIXED_CHECKPOINT_MIB: 0 is the configuration without checkpoints, which runs anyway");
     let work = tempfile::tempdir().unwrap();
     let data = loaded(count, work.path()).await;
 
@@ -141,8 +156,8 @@ async fn window(
             (reads.join().expect("h2load ran"), writes.join().expect("h2load ran"), opened)
         })
     });
-    let after = scrape(metrics).await;
-    let moved = (revision(server.addr).await - revision_before) as u64;
+    let (after, revision_after) = settled(server, &[&get.path, &create.path]).await;
+    let moved = (revision_after - revision_before) as u64;
 
     for (run, target, clients) in [(&mut reads, get, READ_CLIENTS), (&mut writes, create, WRITE_CLIENTS)] {
         count_answers(run, &target.check, &target.path, &before, &after, target.name, (clients, STREAMS));
@@ -164,6 +179,29 @@ async fn window(
     }
     let cpu_share = reads.cpu_us as f64 / (f64::from(WARM_UP_SECS + seconds) * 1e6);
     Window { checkpoint_mib, reads, writes, checkpoints: (at_close.0 - at_open.0, at_close.1), cpu_share }
+}
+
+/// A scrape of the server's metrics and its revision once the calls h2load
+/// left in flight on `paths` have ended (they end after h2load has, answered
+/// or cancelled, and a create may commit meanwhile): when two readings 100 ms
+/// apart agree.
+async fn settled(server: &Served, paths: &[&str]) -> (BTreeMap<String, f64>, i64) {
+    let metrics = server.metrics.expect("metrics address");
+    // (Not every call: reading the revision is a ListAgreements call.)
+    let ended = |scrape: &BTreeMap<String, f64>| -> f64 {
+        paths.iter().map(|path| handled(scrape, path)).map(|(ok, cancelled, other)| ok + cancelled + other).sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = (scrape(metrics).await, revision(server.addr).await);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let next = (scrape(metrics).await, revision(server.addr).await);
+        if ended(&next.0) == ended(&last.0) && next.1 == last.1 {
+            return next;
+        }
+        assert!(Instant::now() < deadline, "the server still ends calls a minute after h2load stopped");
+        last = next;
+    }
 }
 
 /// What the run was, for the report's first lines.
@@ -233,14 +271,16 @@ fn table(setup: &Setup, windows: &[Window]) -> String {
     }
     let _ = writeln!(
         table,
-        "\nLatencies: h2load's log of every call in the window, from when h2load sends a call to its answer. A \
-         connection has at most {STREAMS} calls in flight: a call it holds back for a free stream (in a pause, \
-         say) does not count that wait, so a pause longer than {STREAMS} calls at a connection's rate shows less \
-         than it cost. Checkpoints: `cooperation_registry_checkpoints_total` when the window opened and when it \
-         closed, and `cooperation_registry_last_checkpoint_seconds` (how long the last held calls). Writes per \
-         sync: the creates that shared each durable flush, warm-up included. Server CPU: its CPU time over the \
-         run, warm-up included, as a share of its core. Every call was answered OK by the server's own count, \
-         each GetAgreement in full, and the revision moved by exactly the creates committed."
+        "\nLatencies: h2load's log of every call in the window, from when h2load sends a call to its answer. \
+         h2load's --rps timer runs at most every 10 ms, so each connection sends its calls in bursts, some {:.0} \
+         calls every 10 ms in all, and a call's latency includes its wait behind its burst. A connection has at most \
+         {STREAMS} calls in flight: a call it holds back for a free stream (in a pause, say) does not count that \
+         wait. Checkpoints: `cooperation_registry_checkpoints_total` when the window opened and when it closed, and \
+         `cooperation_registry_last_checkpoint_seconds` (how long the last held calls). Writes per sync: the \
+         creates that shared each durable flush, warm-up included. Server CPU: its CPU time over the run, warm-up \
+         included, as a share of its core. Every call was answered OK by the server's own count, each GetAgreement \
+         in full, and the revision moved by exactly the creates committed.",
+        (rates.reads + rates.writes) / 100.0
     );
     table
 }

@@ -219,7 +219,10 @@ pub struct SledStore {
     checkpoints: Arc<Mutex<Checkpoints>>,
     /// Counted by the writer.
     flushes: Arc<AtomicU64>,
+    /// How far writes are durable, for the change feed.
     durable: watch::Receiver<u64>,
+    /// The writes and reads waiting for theirs to be.
+    waits: Arc<DurableWaits>,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -273,6 +276,7 @@ impl SledStore {
         };
         let applied = Arc::new(AtomicU64::new(revision));
         let (durable_tx, durable) = watch::channel(revision);
+        let waits = Arc::new(DurableWaits::new(revision));
         let failure = Failure::default();
         let (sender, receiver) = mpsc::channel();
         let db = Shared::new(tree);
@@ -294,6 +298,7 @@ impl SledStore {
             revision,
             applied: applied.clone(),
             durable: Some(durable_tx),
+            waits: waits.clone(),
             durability: options.durability,
             sync_file,
             data_file,
@@ -312,6 +317,7 @@ impl SledStore {
             checkpoints,
             flushes,
             durable,
+            waits,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(handle)),
         })
@@ -559,13 +565,68 @@ fn split_entry(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
     Ok((decode_u64(rev).unwrap_or_default(), value))
 }
 
+/// How far writes are durable, and the calls waiting until a revision is:
+/// each is woken once, when its revision is durable. (Waiting on a watch
+/// channel woke every waiter at every flush: with hundreds of writes in
+/// flight and a few sharing each flush, hundreds of wakeups a write.)
+struct DurableWaits(Mutex<Waits>);
+
+struct Waits {
+    durable: u64,
+    /// Set once nothing more will be durable: the store failed or closed.
+    ended: bool,
+    waiting: std::collections::BTreeMap<u64, Vec<oneshot::Sender<()>>>,
+}
+
+impl DurableWaits {
+    fn new(durable: u64) -> DurableWaits {
+        DurableWaits(Mutex::new(Waits { durable, ended: false, waiting: Default::default() }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waits> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the waits for `revision` and those before it.
+    fn publish(&self, revision: u64) {
+        let ready = {
+            let mut waits = self.lock();
+            waits.durable = waits.durable.max(revision);
+            let later = waits.waiting.split_off(&(revision + 1));
+            std::mem::replace(&mut waits.waiting, later)
+        };
+        for reply in ready.into_values().flatten() {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Ends every wait, and those to come, unanswered.
+    fn end(&self) {
+        let waiting = {
+            let mut waits = self.lock();
+            waits.ended = true;
+            std::mem::take(&mut waits.waiting)
+        };
+        drop(waiting);
+    }
+}
+
 /// Resolves once `revision` is durable; with the store's failure if it
 /// failed first (what was applied but not flushed may be lost).
-async fn wait_for_durable(mut durable: watch::Receiver<u64>, failure: Failure, revision: u64) -> StoreResult<()> {
-    match durable.wait_for(|d| *d >= revision).await {
-        Ok(_) => Ok(()),
-        Err(_) => Err(failure.get().unwrap_or(StoreError::Closed)),
-    }
+async fn wait_for_durable(waits: Arc<DurableWaits>, failure: Failure, revision: u64) -> StoreResult<()> {
+    let answer = {
+        let mut state = waits.lock();
+        if state.durable >= revision {
+            return Ok(());
+        }
+        if state.ended {
+            return Err(failure.get().unwrap_or(StoreError::Closed));
+        }
+        let (reply, answer) = oneshot::channel();
+        state.waiting.entry(revision).or_default().push(reply);
+        answer
+    };
+    answer.await.map_err(|_| failure.get().unwrap_or(StoreError::Closed))
 }
 
 impl Reads {
@@ -773,20 +834,20 @@ impl Store for SledStore {
     }
 
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>> {
-        Box::pin(wait_for_durable(self.durable.clone(), self.reads.failure.clone(), revision))
+        Box::pin(wait_for_durable(self.waits.clone(), self.reads.failure.clone(), revision))
     }
 
     fn apply(&self, txn: Txn) -> BoxFuture<'static, StoreResult<Applied>> {
         let (reply, answer) = oneshot::channel();
         let sent = self.send(Message::Write(Pending { txn, reply }));
-        let durable = self.durable.clone();
+        let waits = self.waits.clone();
         let failure = self.reads.failure.clone();
         Box::pin(async move {
             sent?;
             let outcome = answer.await.map_err(|_| StoreError::Closed)??;
             Ok(match outcome {
                 Outcome::Committed { revision } => {
-                    Applied { outcome, durable: Box::pin(wait_for_durable(durable, failure, revision)) }
+                    Applied { outcome, durable: Box::pin(wait_for_durable(waits, failure, revision)) }
                 }
                 Outcome::ConditionFailed => Applied::at_once(outcome),
             })
@@ -1003,6 +1064,8 @@ struct Writer {
     /// Tells readers how far writes are durable; dropped after a failure, so a
     /// reader waiting for a write that may be lost gets an error, not a hang.
     durable: Option<watch::Sender<u64>>,
+    /// Woken as `durable` moves; ended with it.
+    waits: Arc<DurableWaits>,
     durability: Durability,
     sync_file: Option<File>,
     data_file: PathBuf,
@@ -1016,6 +1079,13 @@ struct Writer {
     tails: chunks::Tails,
     /// The chunks the last group wrote.
     recent: chunks::Recent,
+}
+
+impl Drop for Writer {
+    /// Whatever ends the writer, nothing more will be durable.
+    fn drop(&mut self) {
+        self.waits.end();
+    }
 }
 
 impl Writer {
@@ -1127,6 +1197,7 @@ impl Writer {
                 tracing::error!(error = %e, "checkpoint: cannot reopen the database");
                 self.failure.report(&e);
                 self.durable = None;
+                self.waits.end();
             }
         }
     }
@@ -1256,9 +1327,13 @@ impl Writer {
         match (&self.failure.get(), &self.durable) {
             (None, Some(durable)) => {
                 durable.send_replace(self.revision);
+                self.waits.publish(self.revision);
                 self.mark_durable(false);
             }
-            _ => self.durable = None,
+            _ => {
+                self.durable = None;
+                self.waits.end();
+            }
         }
     }
 

@@ -365,3 +365,25 @@ async fn overwritten_values_are_kept_only_while_a_view_needs_them() {
     assert_eq!(kept(), 0);
     store.close().unwrap();
 }
+
+/// A write or read waiting for its revision to be durable is woken once,
+/// when it is; those still waiting when the store ends get its error.
+#[tokio::test]
+async fn durable_waits_wake_each_at_its_revision_and_end_the_rest() {
+    use super::{DurableWaits, Failure, wait_for_durable};
+    let waits = Arc::new(DurableWaits::new(5));
+    let failure = Failure::default();
+    wait_for_durable(waits.clone(), failure.clone(), 5).await.unwrap();
+    let seventh = tokio::spawn(wait_for_durable(waits.clone(), failure.clone(), 7));
+    let ninth = tokio::spawn(wait_for_durable(waits.clone(), failure.clone(), 9));
+    while waits.lock().waiting.len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    waits.publish(8);
+    seventh.await.unwrap().unwrap();
+    assert_eq!(waits.lock().waiting.keys().copied().collect::<Vec<_>>(), [9]);
+    failure.report(&StoreError::Full("no space".into()));
+    waits.end();
+    assert!(matches!(ninth.await.unwrap(), Err(StoreError::Full(_))));
+    assert!(matches!(wait_for_durable(waits, failure, 10).await, Err(StoreError::Full(_))));
+}
