@@ -252,7 +252,7 @@ fn contents_of(backup: &Path) -> Vec<(String, u64)> {
         *kinds.entry(kind).or_default() += bytes as u64;
     }
     let mut kinds: Vec<(String, u64)> = kinds.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|kind| std::cmp::Reverse(kind.1));
     kinds
 }
 
