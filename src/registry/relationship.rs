@@ -139,10 +139,9 @@ fn outline_set(prefix: &str, party: &str) -> Vec<u8> {
     set
 }
 
-/// An outline member: the record's id, a 0, then what it holds. Members of
-/// new records go at the end of their sets, as ids are time-ordered (a set
-/// in the answer's order, dates first, took a split chunk for nearly every
-/// record written).
+/// An outline member: the record's id, a 0, then what it holds. Ids are
+/// time-ordered, so a new record's member goes at the end of its sets (in
+/// the answer's order, dates first, nearly every write would split a chunk).
 fn outline_member(id: &str, held: &[u8]) -> Vec<u8> {
     [id.as_bytes(), &[0], held].concat()
 }

@@ -566,9 +566,9 @@ fn split_entry(raw: &[u8]) -> StoreResult<(u64, &[u8])> {
 }
 
 /// How far writes are durable, and the calls waiting until a revision is:
-/// each is woken once, when its revision is durable. (Waiting on a watch
-/// channel woke every waiter at every flush: with hundreds of writes in
-/// flight and a few sharing each flush, hundreds of wakeups a write.)
+/// each is woken once, when its revision is durable (a watch channel would
+/// wake every waiter at every flush: with hundreds of writes in flight and a
+/// few sharing each flush, hundreds of wakeups a write).
 struct DurableWaits(Mutex<Waits>);
 
 struct Waits {
