@@ -41,6 +41,19 @@
 //!   REPS times; the registry's CPU per call and the members'
 //!   (`service/etcd.rs`). Writes `target/bench-etcd.md`.
 //!
+//! - `BENCH=mixed`: GetAgreement's tail under a steady mixed load, open loop
+//!   (h2load `--rps`): GetAgreement at MIXED_READS_PER_SEC (default 8,000,
+//!   c16) and durable CreateAgreement at a ninth of that (c4), so 10 % of
+//!   calls write, both at once for SECONDS; once with checkpoints off
+//!   (`--checkpoint-mib 0`) and once with MIXED_CHECKPOINT_MIB (by default
+//!   what the creates write until the middle of the window, for one checkpoint
+//!   in it; the run fails if none falls in it), each on its own copy of the
+//!   loaded data dir (DATA_DIR as in `compare`). Reads/s and writes/s,
+//!   GetAgreement's p50, p99, p99.9 and max and the creates' p50, p99 and
+//!   p99.9 (from h2load's log of every call), and the checkpoints in the
+//!   window and the last one's pause (from the server's metrics)
+//!   (`service/mixed.rs`). Writes `target/bench-mixed.md`.
+//!
 //! Every run is checked, because h2load counts a call that failed with a gRPC
 //! status as a success: reads must return exactly calls × response bytes of
 //! DATA, writes must move the revision by exactly the number of calls.
@@ -53,8 +66,8 @@
 //! registry, etcd and the floor server, `load` runs h2load and reads what it
 //! measured, `checks` verifies each run against the servers' own counts,
 //! `data` loads the agreements and writes the request bodies, `report` writes
-//! the table, and `compare`, `overload`, `floor` and `etcd` are the
-//! benchmarks.
+//! the table, and `compare`, `overload`, `floor`, `etcd` and `mixed` are
+//! the benchmarks.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -71,6 +84,8 @@ mod etcd;
 mod floor;
 #[path = "service/load.rs"]
 mod load;
+#[path = "service/mixed.rs"]
+mod mixed;
 #[path = "service/overload.rs"]
 mod overload;
 #[path = "service/processes.rs"]
@@ -105,8 +120,9 @@ async fn bench() {
         "compare" => compare::compare(Comparison::Service).await,
         "floor" => compare::compare(Comparison::Floor).await,
         "etcd" => etcd::etcd().await,
+        "mixed" => mixed::mixed().await,
         other => {
-            eprintln!("BENCH={other}: use compare, floor, etcd or overload");
+            eprintln!("BENCH={other}: use compare, floor, etcd, mixed or overload");
             std::process::exit(1);
         }
     }

@@ -64,37 +64,11 @@ pub async fn compare(comparison: Comparison) {
     let reps: usize = env_or("REPS", 3);
     let seconds: u32 = env_or("SECONDS", 4);
     let work = tempfile::tempdir().unwrap();
-    // DATA_DIR keeps the loaded data dir for later runs (a large load takes
-    // long); a file beside it records the count.
-    let data_dir = std::env::var_os("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| work.path().join("registry"));
-    let loaded_marker = data_dir.with_extension("loaded");
-    let already_loaded = std::fs::read_to_string(&loaded_marker).ok().and_then(|t| t.trim().parse::<usize>().ok());
-
+    let Loaded { data_dir, get_name, before: loaded_before, checkpoints: load_checkpoints } =
+        loaded(count, work.path()).await;
     // The server's defaults: they leave room for c64/m8 (512 calls in flight)
     // without shedding, and a new user gets them too.
     let serve_flags: [&str; 0] = [];
-    // The load's checkpoints (count, last pause), when this run loaded.
-    let mut load_checkpoints = None;
-    let get_name = match already_loaded {
-        Some(loaded) if loaded == count => {
-            eprintln!("{} already holds {count} agreements (DATA_DIR): not loading", data_dir.display());
-            "agreements/a0000000".to_string()
-        }
-        Some(other) => {
-            panic!("{} holds {other} agreements, not {count}: remove it or set AGREEMENTS", data_dir.display())
-        }
-        None => {
-            // Loaded on both cores without waiting for each write to be
-            // durable (the clean shutdown after it flushes everything): how
-            // the data got there is not what is measured.
-            let (server, _) = start_registry_on(&data_dir, &["--durability", "none"], "0,1");
-            let name = load(server.addr, count).await;
-            load_checkpoints = Some(checkpoints(&scrape(server.metrics.expect("metrics address")).await));
-            server.stop();
-            std::fs::write(&loaded_marker, count.to_string()).unwrap();
-            name
-        }
-    };
     // sled replays at start what was logged since the previous start, so the
     // first start after the load and the one after it differ; both are shown.
     let (server, cold_start) = start_registry(&data_dir, &serve_flags);
@@ -145,7 +119,7 @@ pub async fn compare(comparison: Comparison) {
         data_mib,
         cold_start,
         restart,
-        loaded_before: already_loaded.is_some(),
+        loaded_before,
         load_checkpoints,
         checkpointed_in: &measured.checkpointed_in,
         last_pause: measured.last_pause,
@@ -157,6 +131,47 @@ pub async fn compare(comparison: Comparison) {
     }
     if let Some(floor) = floor {
         floor.stop();
+    }
+}
+
+/// The data dir the agreements were loaded into (the registry stopped).
+pub struct Loaded {
+    pub data_dir: PathBuf,
+    /// The agreement the GetAgreement calls read.
+    pub get_name: String,
+    /// The data dir was loaded by an earlier run (DATA_DIR).
+    pub before: bool,
+    /// The load's checkpoints (count, last pause in seconds), when this run loaded.
+    pub checkpoints: Option<(f64, f64)>,
+}
+
+/// `count` agreements loaded into a data dir under `work`, or into DATA_DIR:
+/// that keeps the loaded data dir for later runs (a large load takes long),
+/// with a file beside it recording the count, and a later run with the same
+/// count uses it instead of loading again.
+pub async fn loaded(count: usize, work: &Path) -> Loaded {
+    let data_dir = std::env::var_os("DATA_DIR").map(PathBuf::from).unwrap_or_else(|| work.join("registry"));
+    let loaded_marker = data_dir.with_extension("loaded");
+    let already_loaded = std::fs::read_to_string(&loaded_marker).ok().and_then(|t| t.trim().parse::<usize>().ok());
+    match already_loaded {
+        Some(loaded) if loaded == count => {
+            eprintln!("{} already holds {count} agreements (DATA_DIR): not loading", data_dir.display());
+            Loaded { data_dir, get_name: "agreements/a0000000".to_string(), before: true, checkpoints: None }
+        }
+        Some(other) => {
+            panic!("{} holds {other} agreements, not {count}: remove it or set AGREEMENTS", data_dir.display())
+        }
+        None => {
+            // Loaded on both cores without waiting for each write to be
+            // durable (the clean shutdown after it flushes everything): how
+            // the data got there is not what is measured.
+            let (server, _) = start_registry_on(&data_dir, &["--durability", "none"], "0,1");
+            let get_name = load(server.addr, count).await;
+            let during_load = checkpoints(&scrape(server.metrics.expect("metrics address")).await);
+            server.stop();
+            std::fs::write(&loaded_marker, count.to_string()).unwrap();
+            Loaded { data_dir, get_name, before: false, checkpoints: Some(during_load) }
+        }
     }
 }
 

@@ -16,6 +16,9 @@ pub struct Run {
     pub data_bytes: u64,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// The 99.9th percentile and the slowest call (µs).
+    pub p999_us: u64,
+    pub max_us: u64,
     /// Server CPU over the whole run, warm-up included.
     pub cpu_us: u64,
     /// Calls the server itself counted in the run, warm-up included (h2load's
@@ -31,6 +34,9 @@ impl Run {
         self.cpu_us as f64 / self.server_calls.max(1.0)
     }
 }
+
+/// The seconds of h2load's warm-up before it measures.
+pub const WARM_UP_SECS: u32 = 1;
 
 /// One h2load run of `seconds` (after a one-second warm-up) posting `body` to
 /// `path` with `clients` connections of `streams` streams each; `rps` makes it
@@ -102,7 +108,7 @@ fn command(
     let mut command = Command::new("taskset");
     command
         .args(["-c", "1", "h2load", "-c", &clients.to_string(), "-m", &streams.to_string()])
-        .args(["-D", &seconds.to_string(), "--warm-up-time", "1"])
+        .args(["-D", &seconds.to_string(), "--warm-up-time", &WARM_UP_SECS.to_string()])
         .arg("-d")
         .arg(body)
         .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
@@ -149,10 +155,12 @@ fn reported(path: &str, out: &Output, log: &Path) -> (Run, Vec<u64>) {
     (Run { calls, failed, rate, data_bytes, ..Run::default() }, latencies)
 }
 
-/// `run` with its median and 99th percentile of `latencies` (µs).
+/// `run` with its median, 99th and 99.9th percentiles and slowest of
+/// `latencies` (µs).
 fn with_latencies(run: Run, latencies: Vec<u64>) -> Run {
     let latencies = sorted(latencies);
-    Run { p50_us: quantile(&latencies, 0.50).unwrap_or(0), p99_us: quantile(&latencies, 0.99).unwrap_or(0), ..run }
+    let at = |q| quantile(&latencies, q).unwrap_or(0);
+    Run { p50_us: at(0.50), p99_us: at(0.99), p999_us: at(0.999), max_us: at(1.0), ..run }
 }
 
 /// One call of `path` with `body` to the server at `addr`: h2load's report.

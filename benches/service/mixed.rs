@@ -31,10 +31,10 @@ const WRITE_CLIENTS: u32 = 4;
 const STREAMS: u32 = 32;
 
 /// The GetAgreement calls offered a second (MIXED_READS_PER_SEC): with a
-/// create for every nine, about half of the server's core at a million
-/// agreements (at 10,000 it takes three quarters and the reads' p99 rises
-/// tenfold; GetAgreement alone, the server answers some 80,000 a second at
-/// c16/m32).
+/// create for every nine, a little over half of the server's core at a
+/// million agreements (at 10,000 it takes four fifths, and the reads' p99 is
+/// four times as long; GetAgreement alone, the server answers some 80,000 a
+/// second at c16/m32).
 const READS_PER_SEC: f64 = 8_000.0;
 
 /// What one create of the bench's agreement adds to the bytes the store
