@@ -237,8 +237,7 @@ impl Registry {
                 let time = now();
                 record.set_delete_time(Some(time));
                 record.set_update_time(Some(time));
-                let outlines = outline_memberships(R::KIND, &entry.value)?;
-                ops.extend(move_memberships(&outlines, &outline_memberships(R::KIND, &record.encode_to_vec())?));
+                ops.extend(outline_moves(&entry.value, &record)?);
                 let replaced = entry.value.to_vec();
                 Ok(Planned {
                     record,
@@ -291,8 +290,7 @@ impl Registry {
                 let mut ops = reference_ops(name, &BTreeSet::new(), &targets(&references));
                 record.set_delete_time(None);
                 record.set_update_time(Some(now()));
-                let outlines = outline_memberships(R::KIND, &entry.value)?;
-                ops.extend(move_memberships(&outlines, &outline_memberships(R::KIND, &record.encode_to_vec())?));
+                ops.extend(outline_moves(&entry.value, &record)?);
                 let replaced = entry.value.to_vec();
                 Ok(Planned {
                     record,
@@ -534,6 +532,14 @@ pub(super) fn without_output_only<R: Resource>(resource: R) -> Result<R> {
         true => Ok(resource),
         false => decode(&stripped),
     }
+}
+
+/// The writes that move a record's outline members from its stored
+/// encoding `before` to `after`: a deletion marks them, an undeletion clears
+/// the mark.
+fn outline_moves<R: Resource>(before: &[u8], after: &R) -> Result<Vec<Op>> {
+    let after = outline_memberships(R::KIND, &after.encode_to_vec())?;
+    Ok(move_memberships(&outline_memberships(R::KIND, before)?, &after))
 }
 
 pub(super) fn into_invalid(violations: Violations) -> Error {
