@@ -27,7 +27,6 @@ use std::sync::LazyLock;
 use prost::Message;
 use prost_reflect::Kind as FieldKind;
 
-use crate::pb::DESCRIPTOR_POOL;
 use crate::pb::google::r#type::Date;
 use crate::registry::filter::{self, Filter, Op, Typed};
 use crate::registry::order::SortValue;
@@ -118,7 +117,7 @@ static INDEX_PATHS: LazyLock<HashMap<&'static str, Vec<IndexPath>>> = LazyLock::
     resource::KINDS
         .iter()
         .map(|kind| {
-            let message = DESCRIPTOR_POOL.get_message_by_name(kind.message).expect("every kind's message is known");
+            let message = kind.descriptor();
             let resolve = |path: &str| {
                 let mut steps: Vec<wire::Shape> = Vec::new();
                 for name in path.split('.') {

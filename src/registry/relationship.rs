@@ -438,7 +438,6 @@ impl Registry {
         &self,
         snapshot: &dyn Snapshot,
         kind: &resource::Kind,
-        descriptor: prost_reflect::MessageDescriptor,
         path: &str,
         parties: &[String],
         as_of: &Date,
@@ -446,8 +445,8 @@ impl Registry {
         if parties.len() < 2 {
             return Ok(None);
         }
-        let filter =
-            Filter::compile(&all_named(path, parties), &descriptor).map_err(|e| Error::internal(e.to_string()))?;
+        let filter = Filter::compile(&all_named(path, parties), &kind.descriptor())
+            .map_err(|e| Error::internal(e.to_string()))?;
         Ok(match index::candidates(snapshot, kind, &filter, as_of).await? {
             Some(index::Candidates::Ids(ids)) if ids.len() <= MOST_READ => Some(index::Candidates::Ids(ids)),
             _ => None,
@@ -491,9 +490,7 @@ impl Registry {
         as_of: &Date,
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<Counted>> {
-        use prost_reflect::ReflectMessage;
-        let descriptor = Agreement::default().descriptor();
-        match self.few_named(snapshot, &resource::AGREEMENT, descriptor, "parties", parties, as_of).await? {
+        match self.few_named(snapshot, &resource::AGREEMENT, "parties", parties, as_of).await? {
             Some(few) => self.agreements_read(snapshot, Some(&few), parties, as_of, deadline).await,
             None => self.agreements_outlined(snapshot, parties, as_of, deadline).await,
         }
@@ -550,10 +547,7 @@ impl Registry {
         as_of: &Date,
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<Timed>> {
-        use prost_reflect::ReflectMessage;
-        let descriptor = Engagement::default().descriptor();
-        let path = "participants.party";
-        match self.few_named(snapshot, &resource::ENGAGEMENT, descriptor, path, parties, as_of).await? {
+        match self.few_named(snapshot, &resource::ENGAGEMENT, "participants.party", parties, as_of).await? {
             Some(few) => self.engagements_read(snapshot, Some(&few), parties, deadline).await,
             None => self.engagements_outlined(snapshot, parties, deadline).await,
         }

@@ -115,10 +115,8 @@ static DELETE_TIME_FIELDS: std::sync::LazyLock<std::collections::HashMap<&'stati
         KINDS
             .iter()
             .map(|kind| {
-                let message = crate::pb::DESCRIPTOR_POOL
-                    .get_message_by_name(kind.message)
-                    .unwrap_or_else(|| panic!("{} is not in the descriptor pool", kind.message));
-                let field = message
+                let field = kind
+                    .descriptor()
                     .get_field_by_name("delete_time")
                     .unwrap_or_else(|| panic!("{} has no delete_time", kind.message));
                 (kind.collection, field.number())
@@ -127,6 +125,13 @@ static DELETE_TIME_FIELDS: std::sync::LazyLock<std::collections::HashMap<&'stati
     });
 
 impl Kind {
+    /// Its message's descriptor (every kind's message is in the pool).
+    pub fn descriptor(&self) -> prost_reflect::MessageDescriptor {
+        crate::pb::DESCRIPTOR_POOL
+            .get_message_by_name(self.message)
+            .unwrap_or_else(|| panic!("{} is not in the descriptor pool", self.message))
+    }
+
     /// The number of its message's `delete_time` field.
     pub fn delete_time_field(&self) -> u32 {
         DELETE_TIME_FIELDS[self.collection]
@@ -322,7 +327,7 @@ mod tests {
     #[test]
     fn every_kind_knows_its_delete_time_field() {
         for kind in KINDS {
-            let message = crate::pb::DESCRIPTOR_POOL.get_message_by_name(kind.message).unwrap();
+            let message = kind.descriptor();
             assert_eq!(message.get_field(kind.delete_time_field()).unwrap().name(), "delete_time", "{}", kind.message);
         }
     }

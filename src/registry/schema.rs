@@ -17,7 +17,6 @@ use super::validate;
 use super::writes::reference_ops;
 use super::{Registry, index, now, targets};
 use crate::error::{Error, Result, Violations};
-use crate::pb::DESCRIPTOR_POOL;
 use crate::store::{Batches, Condition, Op, Outcome, Txn, key_after, move_member, move_memberships};
 
 /// The actor recorded for the states written at the first start.
@@ -286,8 +285,7 @@ impl Registry {
         let mut written = 0;
         for kind in resource::KINDS {
             let prefix = collection_key(kind);
-            let descriptor =
-                DESCRIPTOR_POOL.get_message_by_name(kind.message).ok_or_else(|| Error::internal("descriptor"))?;
+            let descriptor = kind.descriptor();
             let mut start = Vec::new();
             loop {
                 let read = self.store.snapshot().await?.scan(&prefix, &start, 500).await?;
