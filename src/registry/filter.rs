@@ -134,8 +134,17 @@ fn lex(text: &str) -> Result<Vec<(usize, Token)>, FilterError> {
             }
             _ if c == b'-' || c == b'*' || c == b'_' || c == b'.' || c == b'+' || c.is_ascii_alphanumeric() => {
                 i += 1;
+                // A word may hold slashes: a resource name as a map key
+                // (`parties_status.parties/ind`) or a value.
                 while let Some(&b) = bytes.get(i) {
-                    if b == b'-' || b == b'*' || b == b'_' || b == b'.' || b == b'+' || b.is_ascii_alphanumeric() {
+                    if b == b'-'
+                        || b == b'*'
+                        || b == b'_'
+                        || b == b'.'
+                        || b == b'+'
+                        || b == b'/'
+                        || b.is_ascii_alphanumeric()
+                    {
                         i += 1;
                     } else {
                         break;

@@ -374,9 +374,9 @@ enum Source {
 /// an AND's conditions; `None` when the records must be read to tell.
 fn source_for(kind: &Kind, condition: &Filter, day: i64) -> Option<Source> {
     match condition {
-        Filter::Compare { path, op, value } => {
-            status_source(kind, path, *op, value, day).or_else(|| lookup_for(kind, condition))
-        }
+        Filter::Compare { path, op, value } => status_source(kind, path, *op, value, day)
+            .or_else(|| party_status_source(kind, path, *op, value))
+            .or_else(|| lookup_for(kind, condition)),
         Filter::Any(branches) => {
             Some(Source::Any(branches.iter().map(|branch| source_for(kind, branch, day)).collect::<Option<_>>()?))
         }
@@ -431,6 +431,29 @@ fn status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed, day:
         }
         Status::Terminated | Status::Superseded => dates("end.date", None, Some(day)),
     })
+}
+
+/// Where the agreements may be that a condition on one party's status
+/// matches (`parties_status.parties/ind = IN_FORCE`, or the key's presence,
+/// `parties_status:parties/ind`): among those naming the party, since the map
+/// has a key for each of the agreement's parties and no other.
+fn party_status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed) -> Option<Source> {
+    let party = match (path, op, value) {
+        ([filter::Step::Field(field), filter::Step::MapKey(party)], Op::Eq | Op::Has, Typed::Enum(_)) => {
+            (field.name() == "parties_status").then_some(party)?
+        }
+        ([filter::Step::Field(field)], Op::Has, Typed::Str(party)) => {
+            (field.name() == "parties_status").then_some(party)?
+        }
+        _ => return None,
+    };
+    if *kind != resource::AGREEMENT {
+        return None;
+    }
+    let parties = kind.descriptor().get_field_by_name("parties")?;
+    let named =
+        Filter::Compare { path: vec![filter::Step::Field(parties)], op: Op::Eq, value: Typed::Str(party.clone()) };
+    lookup_for(kind, &named)
 }
 
 /// The lookups an index can do for one comparison of a filter.

@@ -17,7 +17,7 @@ use crate::registry::lists::Scope;
 use crate::registry::{Registry, agreement as agreement_rules, check_deadline, dates, index, resource};
 use crate::store::{Membership, Snapshot, for_each_member};
 use prost::Message;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub const DEFAULT_WINDOW_MONTHS: i32 = 12;
 pub const MAX_WINDOW_MONTHS: i32 = 1200;
@@ -72,6 +72,14 @@ struct AgreementOutline {
     end: Option<agreement::End>,
     #[prost(message, optional, tag = "29")]
     delete_time: Option<prost_types::Timestamp>,
+    #[prost(message, repeated, tag = "30")]
+    party_actions: Vec<agreement::PartyAction>,
+    /// In an outline member only, in place of `party_actions`: the record has
+    /// party actions, so it is read to count it (a member of a multilateral
+    /// agreement holding every party's actions, in every party's set, would
+    /// grow with the square of its parties).
+    #[prost(bool, tag = "100000")]
+    has_party_actions: bool,
 }
 
 agreement_rules::status_fields!(AgreementOutline);
@@ -103,6 +111,10 @@ struct Counted {
     order: (bool, i64),
     name: String,
     status: agreement::Status,
+    /// The status for each asked party.
+    parties_status: BTreeMap<String, i32>,
+    /// In force as a whole and for every asked party.
+    in_force_between: bool,
     term_end: Option<(i64, bool)>,
     notice_months: i32,
     /// Decoded whole if the answer shows it (read then when not yet).
@@ -110,15 +122,29 @@ struct Counted {
 }
 
 impl Counted {
-    fn of(name: String, outline: &AgreementOutline, as_of: &Date, stored: Option<bytes::Bytes>) -> Counted {
+    /// `outline` holds the record's party actions, if it has any.
+    fn of(
+        name: String,
+        outline: &AgreementOutline,
+        parties: &[String],
+        as_of: &Date,
+        stored: Option<bytes::Bytes>,
+    ) -> Counted {
         let status = agreement_rules::status_as_of(outline, as_of);
+        let parties_status: BTreeMap<String, i32> = parties
+            .iter()
+            .map(|party| (party.clone(), agreement_rules::party_status_given(outline, status, party, as_of) as i32))
+            .collect();
+        let in_force_between = status == agreement::Status::InForce
+            && parties_status.values().all(|s| *s == agreement::PartyStatus::InForce as i32);
         let today = dates::first_day(as_of);
-        let term_end =
-            (status == agreement::Status::InForce).then(|| agreement_rules::term_end(outline, today)).flatten();
+        let term_end = in_force_between.then(|| agreement_rules::term_end(outline, today)).flatten();
         Counted {
             order: date_key(outline.signature_date.as_ref().or(outline.entry_into_force_date.as_ref())),
             name,
             status,
+            parties_status,
+            in_force_between,
             term_end,
             notice_months: outline.term.as_ref().map(|t| t.notice_months).unwrap_or_default(),
             stored,
@@ -186,6 +212,7 @@ pub(super) fn outline_memberships(kind: &resource::Kind, record: &[u8]) -> Resul
         let mut outline = AgreementOutline::decode(record).map_err(Error::internal)?;
         let parties = std::mem::take(&mut outline.parties);
         let name = std::mem::take(&mut outline.name);
+        outline.has_party_actions = !std::mem::take(&mut outline.party_actions).is_empty();
         let id = id_in(kind, &name);
         let member = outline_member(id, &outline.encode_to_vec());
         for party in parties {
@@ -275,7 +302,7 @@ impl Registry {
         let mut in_force_count = 0usize;
         let mut upcoming: Vec<(i64, &Counted)> = Vec::new();
         for a in &counted {
-            if a.status == agreement::Status::InForce {
+            if a.in_force_between {
                 in_force_count += 1;
                 if in_force.len() < section_items {
                     in_force.push(a.name.clone());
@@ -323,6 +350,7 @@ impl Registry {
                 term_end_date: a.term_end.map(|(day, _)| date_of(day)),
                 provision_categories: categories,
                 partnership_domains: whole.partnership_domains,
+                parties_status: a.parties_status.clone(),
             });
         }
 
@@ -511,7 +539,7 @@ impl Registry {
             let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
             if outline.delete_time.is_none() && parties.iter().all(|party| outline.parties.contains(party)) {
                 let name = String::from_utf8_lossy(name).into_owned();
-                counted.push(Counted::of(name, &outline, as_of, Some(entry.value)));
+                counted.push(Counted::of(name, &outline, parties, as_of, Some(entry.value)));
             }
             Ok(true)
         })
@@ -528,12 +556,26 @@ impl Registry {
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<Counted>> {
         let mut counted = Vec::new();
+        let mut with_actions = Vec::new();
         for member in self.outline_members(snapshot, AGREEMENT_OUTLINES, parties, deadline).await? {
             let (id, held) = read_member(&member)?;
             let outline = AgreementOutline::decode(held).map_err(Error::internal)?;
-            if outline.delete_time.is_none() {
-                counted.push(Counted::of(resource::AGREEMENT.name_of(id), &outline, as_of, None));
+            if outline.delete_time.is_some() {
+                continue;
             }
+            let name = resource::AGREEMENT.name_of(id);
+            match outline.has_party_actions {
+                true => with_actions.push(name),
+                false => counted.push(Counted::of(name, &outline, parties, as_of, None)),
+            }
+        }
+        // Those with party actions counted from their records, read at once.
+        let keys: Vec<Vec<u8>> = with_actions.iter().map(|name| super::keys::record_key(name)).collect();
+        let read = snapshot.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
+        for (name, entry) in with_actions.into_iter().zip(read) {
+            let entry = entry.ok_or_else(|| Error::internal(format!("{name} is outlined but not stored")))?;
+            let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
+            counted.push(Counted::of(name, &outline, parties, as_of, Some(entry.value)));
         }
         Ok(counted)
     }
