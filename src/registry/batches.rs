@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use prost::Message;
 
+use super::hierarchy::{Through, Written};
 use super::keys::record_key;
 use super::records::{ChangeKind, StoredChange, StoredEvent};
 use super::resource::{self, Resource};
@@ -62,7 +63,7 @@ impl Registry {
             violations.extend(own.prefixed(&format!("requests[{i}]")));
             let index = checked.index(kind)?;
             let outlines = checked.outlines(kind)?;
-            batch.push((id, record, checked.references, index, outlines));
+            batch.push((id, record, checked.references, index, outlines, checked.encoded));
         }
         // (Reported with the missing targets: every bad field at once.)
         let invalid = violations;
@@ -76,7 +77,7 @@ impl Registry {
             let mut ops = Vec::new();
             let mut events = Vec::with_capacity(batch.len());
             let time = now();
-            for (i, (id, record, references, index, outlines)) in batch.iter().enumerate() {
+            for (i, (id, record, references, index, outlines, _)) in batch.iter().enumerate() {
                 let name = record.name();
                 // Records of the batch need no check: they are written with it.
                 let outside: Vec<Reference> = references.iter().filter(|r| !names.contains(&r.name)).cloned().collect();
@@ -103,6 +104,14 @@ impl Registry {
                         name: record.name().to_string(),
                     });
                 }
+            } else {
+                // A cycle with a record of the batch lies within the batch
+                // (see `hierarchy`): found without reading, once.
+                let written: Vec<Written> = batch
+                    .iter()
+                    .map(|(_, record, .., encoded)| Written { name: record.name(), record: encoded, before: &[] })
+                    .collect();
+                self.check_hierarchies(kind, &written, Through::Written, &mut conditions).await?;
             }
             let change = StoredChange { actor: mutation.actor.clone(), commit_time: Some(time), events };
             let txn = Txn { conditions, ops, change: change.encode_to_vec() };

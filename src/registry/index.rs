@@ -189,7 +189,7 @@ pub fn entries(kind: &Kind, record: &[u8]) -> Result<BTreeSet<Vec<u8>>, wire::Ma
 /// Visits every value at a path of fields, given one value of its first
 /// field: through repeated and nested fields. A field without presence that
 /// holds its default is not set, so it has no value to visit.
-fn for_each_value_in(
+pub(super) fn for_each_value_in(
     steps: &[wire::Shape],
     value: wire::Value,
     visit: &mut dyn FnMut(&FieldKind, wire::Value) -> Result<(), wire::Malformed>,

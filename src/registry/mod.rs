@@ -10,7 +10,8 @@
 //!   record turns);
 //! - `idempotency`: request ids and their kept answers;
 //! - `schema`: the first start's states and upgrades of an older layout;
-//! - `changes`: the change feed and history; `relationship`: GetRelationship.
+//! - `changes`: the change feed and history; `relationship`: GetRelationship;
+//! - `hierarchy`: references from a kind to itself stay acyclic.
 //!
 //! The rules of each record kind are in `resource` and the files named after
 //! the kinds; filters, indexes and ordering in `filter`, `index`, `order`.
@@ -21,6 +22,7 @@ pub mod changes;
 pub mod dates;
 pub mod engagement;
 pub mod filter;
+mod hierarchy;
 mod idempotency;
 pub mod index;
 mod jobs;

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use prost::Message;
 
+use super::hierarchy::{Through, Written};
 use super::keys::{record_key, referrers_set, version_key};
 use super::reads::has_field;
 use super::records::{ChangeKind, StoredChange, StoredEvent};
@@ -58,7 +59,7 @@ pub(super) struct Checked {
     pub(super) references: Vec<Reference>,
     /// The record as validation read it: writes that move it between index
     /// sets read them from here rather than encode it again.
-    encoded: Vec<u8>,
+    pub(super) encoded: Vec<u8>,
 }
 
 impl Checked {
@@ -109,6 +110,10 @@ impl Registry {
                 let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: 0 }];
                 self.check_targets(&checked.references, &mut violations, &mut conditions, again).await?;
                 violations.clone().into_result()?;
+                // (No stored record refers to a new one: only its own links
+                // can close a cycle.)
+                let written = [Written { name, record: &checked.encoded, before: &[] }];
+                self.check_hierarchies(kind, &written, Through::Written, &mut conditions).await?;
                 if again && self.store.get(&record_key(name)).await?.is_some() {
                     return Err(Error::AlreadyExists { resource_type: kind.resource_type.into(), name: name.clone() });
                 }
@@ -169,6 +174,8 @@ impl Registry {
                 let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
                 self.check_targets(&checked.references, &mut violations, &mut conditions, again).await?;
                 violations.into_result()?;
+                let written = [Written { name, record: &checked.encoded, before: &entry.value }];
+                self.check_hierarchies(kind, &written, Through::Store, &mut conditions).await?;
                 record.set_create_time(stored.create_time().cloned());
                 record.set_update_time(Some(now()));
                 let before = self.validate_encoded(&stored, entry.value.to_vec(), &mut Violations::new())?;
@@ -268,6 +275,8 @@ impl Registry {
                 if !etag.is_empty() && etag != etag_of(revision) {
                     return Err(Error::EtagMismatch { name: name.into() });
                 }
+                // (No hierarchy to check: while it was deleted no live record
+                // could come to refer to it, so no chain leads back to it.)
                 let references = self.validate(&record, &mut Violations::new())?.references;
                 let mut conditions = vec![Condition::ModRevision { key: record_key(name), equals: revision }];
                 let mut missing = Violations::new();
