@@ -1,13 +1,17 @@
-//! The example dataset captures every fact of the seed article as structured
-//! records, and loads through the import path.
+//! The example datasets capture their sources' facts as structured records
+//! (every fact of the seed article; the Paris Agreement with its parties'
+//! actions), and load through the import path, each alone and both together.
 
 mod common;
 
 use common::{records::*, server::*};
 use cooperation_registry::cli::import::{ImportReport, import, import_file, parse_dataset};
+use cooperation_registry::pb::cooperation::v1::relationship_service_client::RelationshipServiceClient;
 use cooperation_registry::pb::cooperation::v1::{self as v1, agreement, engagement, partnership_domain, party};
+use cooperation_registry::pb::google::r#type::Date;
 
 const DATASET: &str = include_str!("../examples/india-japan-2020.json");
+const PARIS: &str = include_str!("../examples/paris-agreement-2015.json");
 
 #[tokio::test]
 async fn the_seed_article_is_stored_as_structured_records() {
@@ -168,4 +172,155 @@ async fn a_dataset_file_imports_whatever_the_order_of_its_lists() {
     let err = import_file(server.channel.clone(), &bad, false, None).await.unwrap_err();
     assert!(err.contains("agreemints"), "{err}");
     server.stop().await;
+}
+
+/// Each party's status of the Paris Agreement on `as_of`, by party id.
+async fn paris_as_of(server: &TestServer, as_of: Option<Date>) -> Vec<(String, agreement::PartyStatus)> {
+    let request = v1::GetAgreementRequest { name: "agreements/paris-agreement-2015".into(), as_of };
+    let paris = server.agreements().get_agreement(request).await.unwrap().into_inner();
+    paris
+        .parties_status
+        .iter()
+        .map(|(p, s)| (p.trim_start_matches("parties/").to_string(), agreement::PartyStatus::try_from(*s).unwrap()))
+        .collect()
+}
+
+fn status_of(statuses: &[(String, agreement::PartyStatus)], party: &str) -> agreement::PartyStatus {
+    statuses.iter().find(|(p, _)| p == party).map(|(_, s)| *s).unwrap_or_else(|| panic!("{party} is no party"))
+}
+
+/// The names of the agreements a filter finds as of `as_of`.
+async fn found(server: &TestServer, filter: &str, as_of: Option<Date>) -> Vec<String> {
+    let request = v1::ListAgreementsRequest { filter: filter.into(), as_of, page_size: 1000, ..Default::default() };
+    let page = server.agreements().list_agreements(request).await.unwrap().into_inner();
+    page.agreements.into_iter().map(|a| a.name).collect()
+}
+
+/// The Paris Agreement example: a multilateral agreement whose parties each
+/// have their own dates, answering what a user asks of each party's status.
+#[tokio::test]
+async fn the_paris_agreement_answers_each_party_s_status() {
+    let server = TestServer::start().await;
+    let dataset = parse_dataset(PARIS).expect("the Paris example parses");
+    let report = import(server.channel.clone(), dataset, false).await.expect("the Paris example imports");
+    // The European Union, the agreement and the signing ceremony.
+    assert_eq!(report, ImportReport { created: 3, skipped: 0, linked: 0 });
+
+    let request = v1::GetAgreementRequest { name: "agreements/paris-agreement-2015".into(), as_of: None };
+    let paris = server.agreements().get_agreement(request).await.unwrap().into_inner();
+    assert_eq!(paris.title, "Paris Agreement");
+    assert_eq!((paris.format(), paris.bindingness()), (v1::Format::Multilateral, agreement::Bindingness::Binding));
+    assert_eq!((paris.signature_date, paris.signature_place.as_str()), (date(2015, 12, 12), "Paris"));
+    assert_eq!(paris.entry_into_force_date, date(2016, 11, 4));
+    assert!(paris.entry_into_force_provision.starts_with("in accordance with article 21(1)"));
+    let identifiers: Vec<_> = paris.identifiers.iter().map(|i| (i.scheme.as_str(), i.value.as_str())).collect();
+    assert_eq!(identifiers, [("unts", "I:54113"), ("untc-mtdsg", "XXVII-7-d")]);
+    assert_eq!(paris.authentic_languages, ["ar", "zh", "en", "fr", "ru", "es"]);
+    assert!(paris.parties.len() >= 8 && paris.parties.contains(&"parties/eu".to_string()));
+    // Every action is dated and sourced, with a URL.
+    assert!(paris.party_actions.len() >= 16);
+    for action in &paris.party_actions {
+        assert!(action.date.is_some(), "{action:?}");
+        assert!(action.source.as_ref().is_some_and(|s| s.url.starts_with("https://")), "{action:?}");
+    }
+    let declarations = paris.party_actions.iter().filter(|a| a.kind() == agreement::party_action::Kind::Declaration);
+    assert!(declarations.clone().count() >= 1 && declarations.clone().all(|a| !a.text.is_empty()));
+    let eu = server.parties().get_party(v1::GetPartyRequest { name: "parties/eu".into() }).await.unwrap().into_inner();
+    assert_eq!((eu.kind(), eu.members.len()), (party::Kind::InternationalOrganization, 27));
+
+    use agreement::PartyStatus as P;
+    // 2016-11-20: in force since 4 November; Japan accepted on 8 November, in
+    // force for it from 8 December; Iran has only signed; India ratified.
+    let early = paris_as_of(&server, date(2016, 11, 20)).await;
+    assert_eq!(status_of(&early, "usa"), P::InForce);
+    assert_eq!(status_of(&early, "jpn"), P::Ratified);
+    assert_eq!(status_of(&early, "irn"), P::Signed);
+    assert_eq!(status_of(&early, "ind"), P::InForce);
+    assert_eq!(status_of(&early, "eu"), P::InForce);
+    assert_eq!(status_of(&early, "tur"), P::Signed);
+    // Before the signatures opened: each signatory's actions lie ahead.
+    assert_eq!(status_of(&paris_as_of(&server, date(2016, 1, 1)).await, "ind"), P::NotYetSigned);
+    // The United States: withdrawn from 2020-11-04, in force again from
+    // 2021-02-19, withdrawing (notified 2025-01-27) from 2026-01-27.
+    for (as_of, expected) in [
+        (date(2020, 11, 3), P::InForce),
+        (date(2021, 1, 1), P::Withdrawn),
+        (date(2021, 2, 1), P::Ratified),
+        (date(2022, 1, 1), P::InForce),
+        (date(2025, 6, 1), P::InForce),
+        (date(2026, 6, 1), P::Withdrawn),
+    ] {
+        assert_eq!(status_of(&paris_as_of(&server, as_of).await, "usa"), expected, "{as_of:?}");
+    }
+    // Iran, signed only: still signed; Japan in force.
+    let later = paris_as_of(&server, date(2026, 6, 1)).await;
+    assert_eq!((status_of(&later, "irn"), status_of(&later, "jpn")), (P::Signed, P::InForce));
+
+    // In force for India; ratified but not yet in force for a party between
+    // its consent and its effect.
+    let paris_only = ["agreements/paris-agreement-2015"];
+    assert_eq!(found(&server, "parties_status.parties/ind = IN_FORCE", date(2025, 1, 1)).await, paris_only);
+    assert_eq!(found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await, paris_only);
+    assert_eq!(found(&server, "parties_status.parties/tur = RATIFIED", date(2021, 11, 1)).await, paris_only);
+    assert!(found(&server, "parties_status.parties/tur = RATIFIED", date(2021, 11, 10)).await.is_empty());
+    assert_eq!(found(&server, "parties_status.parties/rus = RATIFIED", date(2019, 10, 20)).await, paris_only);
+    assert_eq!(found(&server, "parties_status.parties/irn = SIGNED", date(2025, 1, 1)).await, paris_only);
+    assert_eq!(found(&server, "parties_status.parties/usa = WITHDRAWN", date(2021, 1, 1)).await, paris_only);
+
+    // Between India and the United States: not in force while the United
+    // States was out, in force once it was back.
+    let mut relationships = RelationshipServiceClient::new(server.channel.clone());
+    let between = |as_of| v1::GetRelationshipRequest {
+        parties: vec!["parties/ind".into(), "parties/usa".into()],
+        as_of,
+        ..Default::default()
+    };
+    let out = relationships.get_relationship(between(date(2021, 1, 1))).await.unwrap().into_inner();
+    assert_eq!(out.agreements.iter().map(|a| a.agreement.as_str()).collect::<Vec<_>>(), paris_only);
+    assert!(out.agreements_in_force.is_empty(), "{:?}", out.agreements_in_force);
+    assert_eq!(out.agreements[0].status(), agreement::Status::InForce, "in force as a whole");
+    assert_eq!(out.agreements[0].parties_status["parties/usa"], P::Withdrawn as i32);
+    let back = relationships.get_relationship(between(date(2022, 1, 1))).await.unwrap().into_inner();
+    assert_eq!(back.agreements_in_force, paris_only);
+    assert_eq!(back.counts.unwrap().agreements_in_force, 1);
+    // The signing ceremony is on their timeline.
+    assert_eq!(
+        back.engagements.iter().map(|e| e.engagement.as_str()).collect::<Vec<_>>(),
+        ["engagements/paris-agreement-signing-2016"]
+    );
+    server.stop().await;
+}
+
+/// Both examples load into one server, in either order, without a clash,
+/// and answer together.
+#[tokio::test]
+async fn both_examples_load_into_one_server() {
+    for order in [[DATASET, PARIS], [PARIS, DATASET]] {
+        let server = TestServer::start().await;
+        let mut created = 0;
+        for text in order {
+            let report = import(server.channel.clone(), parse_dataset(text).unwrap(), false).await.expect("imports");
+            created += report.created;
+        }
+        assert_eq!(created, 19 + 3);
+        // In force for India on 2025-01-01: the CEPA (no party actions, so
+        // the agreement's own status) and the Paris Agreement.
+        assert_eq!(
+            found(&server, "parties_status.parties/ind = IN_FORCE", date(2025, 1, 1)).await,
+            ["agreements/india-japan-cepa-2011", "agreements/paris-agreement-2015"]
+        );
+        assert_eq!(
+            found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await,
+            ["agreements/paris-agreement-2015"]
+        );
+        let mut relationships = RelationshipServiceClient::new(server.channel.clone());
+        let request = v1::GetRelationshipRequest {
+            parties: vec!["parties/ind".into(), "parties/jpn".into()],
+            as_of: date(2025, 1, 1),
+            ..Default::default()
+        };
+        let got = relationships.get_relationship(request).await.unwrap().into_inner();
+        assert_eq!(got.agreements_in_force, ["agreements/india-japan-cepa-2011", "agreements/paris-agreement-2015"]);
+        server.stop().await;
+    }
 }
