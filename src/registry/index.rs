@@ -375,7 +375,7 @@ enum Source {
 fn source_for(kind: &Kind, condition: &Filter, day: i64) -> Option<Source> {
     match condition {
         Filter::Compare { path, op, value } => status_source(kind, path, *op, value, day)
-            .or_else(|| party_status_source(kind, path, *op, value))
+            .or_else(|| party_status_source(kind, path, *op, value, day))
             .or_else(|| lookup_for(kind, condition)),
         Filter::Any(branches) => {
             Some(Source::Any(branches.iter().map(|branch| source_for(kind, branch, day)).collect::<Option<_>>()?))
@@ -436,24 +436,44 @@ fn status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed, day:
 /// Where the agreements may be that a condition on one party's status
 /// matches (`parties_status.parties/ind = IN_FORCE`, or the key's presence,
 /// `parties_status:parties/ind`): among those naming the party, since the map
-/// has a key for each of the agreement's parties and no other.
-fn party_status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed) -> Option<Source> {
-    let party = match (path, op, value) {
-        ([filter::Step::Field(field), filter::Step::MapKey(party)], Op::Eq | Op::Has, Typed::Enum(_)) => {
-            (field.name() == "parties_status").then_some(party)?
+/// has a key for each of the agreement's parties and no other; and where a
+/// party's status implies the agreement's (in force for a party only while in
+/// force as a whole; expired, terminated or superseded for it only when the
+/// agreement is), among those with that status too, as of `day`.
+fn party_status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed, day: i64) -> Option<Source> {
+    use crate::pb::cooperation::v1::agreement::{PartyStatus, Status};
+    let (party, wanted) = match (path, op, value) {
+        ([filter::Step::Field(field), filter::Step::MapKey(party)], Op::Eq | Op::Has, Typed::Enum(number)) => {
+            (field.name() == "parties_status").then_some((party, PartyStatus::try_from(*number).ok()))?
         }
         ([filter::Step::Field(field)], Op::Has, Typed::Str(party)) => {
-            (field.name() == "parties_status").then_some(party)?
+            (field.name() == "parties_status").then_some((party, None))?
         }
         _ => return None,
     };
     if *kind != resource::AGREEMENT {
         return None;
     }
-    let parties = kind.descriptor().get_field_by_name("parties")?;
+    let descriptor = kind.descriptor();
+    let parties = descriptor.get_field_by_name("parties")?;
     let named =
         Filter::Compare { path: vec![filter::Step::Field(parties)], op: Op::Eq, value: Typed::Str(party.clone()) };
-    lookup_for(kind, &named)
+    let naming = lookup_for(kind, &named)?;
+    let implied = match wanted {
+        Some(PartyStatus::InForce) => Some(Status::InForce),
+        Some(PartyStatus::Expired) => Some(Status::Expired),
+        Some(PartyStatus::Terminated) => Some(Status::Terminated),
+        Some(PartyStatus::Superseded) => Some(Status::Superseded),
+        _ => None,
+    };
+    let status_path = implied.and_then(|_| descriptor.get_field_by_name("status")).map(filter::Step::Field);
+    match (implied, status_path) {
+        (Some(status), Some(at)) => {
+            let overall = status_source(kind, &[at], Op::Eq, &Typed::Enum(status as i32), day)?;
+            Some(Source::All(vec![naming, overall]))
+        }
+        _ => Some(naming),
+    }
 }
 
 /// The lookups an index can do for one comparison of a filter.
