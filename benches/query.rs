@@ -1,7 +1,7 @@
 //! What the registry's reads cost at scale, in one run, over 100,000
 //! agreements of the bench dataset (AGREEMENTS overrides) plus the example
 //! data (`examples/india-japan-2020.json`, with the README's update that
-//! labels the 2020 agreement).
+//! labels the 2020 agreement, and `examples/paris-agreement-2015.json`).
 //!
 //! First the planner against a full scan: a party-filtered page of 50
 //! answered from the party index, and the same filter hidden from the planner
@@ -52,6 +52,7 @@ use cooperation_registry::store::sled::{SledOptions, SledStore};
 use prost::Message;
 
 const EXAMPLE: &str = include_str!("../examples/india-japan-2020.json");
+const MULTILATERAL_EXAMPLE: &str = include_str!("../examples/paris-agreement-2015.json");
 
 /// Far beyond what any plan takes at a million agreements: a question is
 /// timed to its end, never cut short by DEADLINE_EXCEEDED.
@@ -268,6 +269,17 @@ fn questions() -> Vec<Question> {
         ),
         agreements("2. ind signed, not in force", list(r#"parties:"parties/ind" AND status = SIGNED"#, "")),
         agreements(
+            "2a. in force for ind on 2025-01-01",
+            ListQuery { as_of: new_year_2025, ..list("parties_status.parties/ind = IN_FORCE", "") },
+        ),
+        agreements(
+            "2b. ratified by jpn, not in force for it",
+            ListQuery {
+                as_of: Some(Date { year: 2016, month: 11, day: 20 }),
+                ..list("parties_status.parties/jpn = RATIFIED", "")
+            },
+        ),
+        agreements(
             "3. ind basing or re-supply access",
             list(
                 r#"parties:"parties/ind" AND (provisions.category = BASING_ACCESS OR provisions.category = LOGISTICS)"#,
@@ -347,7 +359,11 @@ async fn main() {
 
     let started = Instant::now();
     let example = parse_dataset(EXAMPLE).expect("the example parses");
-    let report = import(server.channel.clone(), example, false).await.expect("the example imports");
+    let mut report = import(server.channel.clone(), example, false).await.expect("the example imports");
+    let multilateral = parse_dataset(MULTILATERAL_EXAMPLE).expect("the second example parses");
+    let second = import(server.channel.clone(), multilateral, false).await.expect("the second example imports");
+    report.created += second.created;
+    report.linked += second.linked;
     // The README's update, which question 11 looks for.
     let labelled = Agreement {
         name: "agreements/india-japan-rpss-2020".into(),

@@ -274,6 +274,15 @@ fn varied(i: i32) -> Agreement {
             party_actions.push(action(&first, Kind::Withdrawal, date(year + 3, 1, 1), date(year + 4, 1, 1)));
         }
     }
+    if i % 4 == 1 {
+        // Signed only, and applied provisionally on some: never bound.
+        let second = parties[1].trim_start_matches("parties/").to_string();
+        party_actions.push(action(&second, Kind::Signature, signed, None));
+        if i % 3 == 1 {
+            party_actions.push(action(&second, Kind::ProvisionalApplication, date(year, 12, 1), None));
+        }
+    }
+    let provisional_application_date = (i % 6 == 2).then(|| Date { year, month: 12, day: 31 });
     Agreement {
         title: format!("Varied {i:03}"),
         parties,
@@ -282,6 +291,7 @@ fn varied(i: i32) -> Agreement {
         end,
         term,
         party_actions,
+        provisional_application_date,
         ..Default::default()
     }
 }
@@ -297,9 +307,20 @@ async fn planned_party_status_filters_equal_full_scans() {
         client.create_agreement(create_agreement(&format!("v{i:03}"), varied(i))).await.unwrap();
     }
     let mut matched = 0;
-    for day in [date(2005, 6, 1), date(2012, 3, 15), date(2019, 12, 31), date(2030, 1, 1)] {
-        for party in ["ind", "usa", "deu"] {
-            for status in ["IN_FORCE", "RATIFIED", "WITHDRAWN", "SIGNED", "EXPIRED", "TERMINATED", "SUPERSEDED"] {
+    for day in [date(2001, 1, 1), date(2005, 6, 1), date(2012, 3, 15), date(2019, 12, 31), date(2030, 1, 1)] {
+        for party in ["ind", "jpn", "usa", "deu"] {
+            for status in [
+                "IN_FORCE",
+                "RATIFIED",
+                "WITHDRAWN",
+                "SIGNED",
+                "NOT_YET_SIGNED",
+                "PROVISIONALLY_APPLIED",
+                "UNSPECIFIED",
+                "EXPIRED",
+                "TERMINATED",
+                "SUPERSEDED",
+            ] {
                 for filter in [
                     format!("parties_status.parties/{party} = {status}"),
                     format!("parties_status.parties/{party} = {status} AND status = IN_FORCE"),

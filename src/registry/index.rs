@@ -435,16 +435,16 @@ fn status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed, day:
 
 /// Where the agreements may be that a condition on one party's status
 /// matches (`parties_status.parties/ind = IN_FORCE`, or the key's presence,
-/// `parties_status:parties/ind`): among those naming the party, since the map
-/// has a key for each of the agreement's parties and no other; and where a
-/// party's status implies the agreement's (in force for a party only while in
-/// force as a whole; expired, terminated or superseded for it only when the
-/// agreement is), among those with that status too, as of `day`.
+/// `parties_status:parties/ind`), following `agreement::party_status_given`:
+/// the map has a key for each of the agreement's parties and no other; a
+/// party's own actions give RATIFIED and WITHDRAWN, and only they do; IN_FORCE,
+/// EXPIRED, TERMINATED, SUPERSEDED and UNSPECIFIED for a party need the
+/// agreement's own status to be the same; the rest come from either.
 fn party_status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed, day: i64) -> Option<Source> {
     use crate::pb::cooperation::v1::agreement::{PartyStatus, Status};
     let (party, wanted) = match (path, op, value) {
         ([filter::Step::Field(field), filter::Step::MapKey(party)], Op::Eq | Op::Has, Typed::Enum(number)) => {
-            (field.name() == "parties_status").then_some((party, PartyStatus::try_from(*number).ok()))?
+            (field.name() == "parties_status").then_some((party, Some(PartyStatus::try_from(*number).ok()?)))?
         }
         ([filter::Step::Field(field)], Op::Has, Typed::Str(party)) => {
             (field.name() == "parties_status").then_some((party, None))?
@@ -455,24 +455,26 @@ fn party_status_source(kind: &Kind, path: &[filter::Step], op: Op, value: &Typed
         return None;
     }
     let descriptor = kind.descriptor();
-    let parties = descriptor.get_field_by_name("parties")?;
-    let named =
-        Filter::Compare { path: vec![filter::Step::Field(parties)], op: Op::Eq, value: Typed::Str(party.clone()) };
-    let naming = lookup_for(kind, &named)?;
-    let implied = match wanted {
-        Some(PartyStatus::InForce) => Some(Status::InForce),
-        Some(PartyStatus::Expired) => Some(Status::Expired),
-        Some(PartyStatus::Terminated) => Some(Status::Terminated),
-        Some(PartyStatus::Superseded) => Some(Status::Superseded),
-        _ => None,
+    // (A map key is a filter word: quoting it is safe.)
+    let set_of = |path: &str| lookup_for(kind, &Filter::compile(&format!("{path} = \"{party}\""), &descriptor).ok()?);
+    let naming = set_of("parties")?;
+    let Some(wanted) = wanted else { return Some(naming) };
+    let overall = |status: Status| {
+        let at = filter::Step::Field(descriptor.get_field_by_name("status")?);
+        Some(Source::All(vec![naming.clone(), status_source(kind, &[at], Op::Eq, &Typed::Enum(status as i32), day)?]))
     };
-    let status_path = implied.and_then(|_| descriptor.get_field_by_name("status")).map(filter::Step::Field);
-    match (implied, status_path) {
-        (Some(status), Some(at)) => {
-            let overall = status_source(kind, &[at], Op::Eq, &Typed::Enum(status as i32), day)?;
-            Some(Source::All(vec![naming, overall]))
-        }
-        _ => Some(naming),
+    let own = || set_of("party_actions.party");
+    let either = |status: Status| Some(Source::Any(vec![own()?, overall(status)?]));
+    match wanted {
+        PartyStatus::Ratified | PartyStatus::Withdrawn => own(),
+        PartyStatus::InForce => overall(Status::InForce),
+        PartyStatus::Expired => overall(Status::Expired),
+        PartyStatus::Terminated => overall(Status::Terminated),
+        PartyStatus::Superseded => overall(Status::Superseded),
+        PartyStatus::Unspecified => overall(Status::Unspecified),
+        PartyStatus::Signed => either(Status::Signed),
+        PartyStatus::NotYetSigned => either(Status::NotYetSigned),
+        PartyStatus::ProvisionallyApplied => either(Status::ProvisionallyApplied),
     }
 }
 

@@ -55,6 +55,7 @@ pub const AGREEMENT: Kind = Kind {
         "relations.agreement",
         "identifiers.value",
         "labels",
+        "party_actions.party",
     ],
     ordered: &["title", "signature_date", "entry_into_force_date", "end.date"],
     words: &["title"],
