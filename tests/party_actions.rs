@@ -282,7 +282,7 @@ fn varied(i: i32) -> Agreement {
             party_actions.push(action(&second, Kind::ProvisionalApplication, date(year, 12, 1), None));
         }
     }
-    let provisional_application_date = (i % 6 == 2).then(|| Date { year, month: 12, day: 31 });
+    let provisional_application_date = (i % 6 == 2).then_some(Date { year, month: 12, day: 31 });
     Agreement {
         title: format!("Varied {i:03}"),
         parties,
