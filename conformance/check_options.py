@@ -1,5 +1,8 @@
 """Checks that every file of the contract carries the options each generator
-needs for idiomatic packages, with the same values everywhere."""
+needs for idiomatic packages, with the same values everywhere; and, of what
+Google's api-linter checks (CI cannot install it), that every `request_id`
+carries `(google.api.field_info).format = UUID4` and every rule the files
+disable comes with its reason."""
 
 import pathlib
 import re
@@ -27,10 +30,19 @@ for path in files:
     camel = "".join(part.title() for part in path.stem.split("_")) + "Proto"
     if outer != f'"{camel}"':
         problems.append(f"{path}: java_outer_classname is {outer!r}, expected \"{camel}\"")
+    # A request_id field and its options, up to the end of the declaration.
+    for match in re.finditer(r"string request_id = \d+( \[[^\]]*\])?;", text):
+        if "(google.api.field_info).format = UUID4" not in match.group(0):
+            problems.append(f"{path}: {match.group(0)!r} lacks (google.api.field_info).format = UUID4")
+    # Each `(-- api-linter: ... --)` block names its reason.
+    for block in re.findall(r"\(-- api-linter:.*?--\)", re.sub(r"\n\s*// ?", " ", text), re.S):
+        if "aip.dev/not-precedent:" not in block:
+            problems.append(f"{path}: {block[:80]!r}... gives no aip.dev/not-precedent reason")
 if not files:
     problems.append("no .proto files found")
 for p in problems:
     print(p)
 if problems:
     sys.exit(1)
-print(f"options: {len(files)} files carry every generator option")
+print(f"options: {len(files)} files carry every generator option, every request_id "
+      "its UUID4 format, every disabled api-linter rule its reason")

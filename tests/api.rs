@@ -348,15 +348,23 @@ async fn request_id_retries_get_the_first_answer() {
     client.update_agreement(update_request(patch, mask(&["title"]))).await.unwrap();
     assert_eq!(client.create_agreement(request.clone()).await.unwrap().into_inner(), first);
 
-    // The same id for a different request, and an id that is not a UUID.
+    // The same id for a different request, and ids that are not a UUID in its
+    // 36-character form (the contract's `(google.api.field_info).format = UUID4`):
+    // refused before anything is written.
     let other = v1::CreateAgreementRequest { agreement: Some(agreement("Another")), ..request.clone() };
     let err = client.create_agreement(other).await.unwrap_err();
     assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["request_id".to_string()]));
-    let err = client
-        .create_agreement(v1::CreateAgreementRequest { request_id: "retry-1".into(), ..request })
-        .await
-        .unwrap_err();
-    assert_eq!(violated_fields(&err), ["request_id"]);
+    let braced = format!("{{{request_id}}}");
+    for bad in ["retry-1", "abc", "6f1c1c3e5a7b4c2d9e8f0a1b2c3d4e5f", braced.as_str()] {
+        let err = client
+            .create_agreement(v1::CreateAgreementRequest { request_id: bad.into(), ..request.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!((err.code(), violated_fields(&err)), (Code::InvalidArgument, vec!["request_id".to_string()]));
+        let expected = "request_id: must be a UUID (RFC 4122) in its 36-character form";
+        assert!(err.message().contains(expected), "{}", err.message());
+        assert!(err.message().contains(&format!("got {bad:?}")), "{}", err.message());
+    }
     assert_eq!(count_agreements(&server, true).await, 1);
 
     // An update naming the etag it read, retried after it succeeded (its etag

@@ -8,7 +8,7 @@ out=$1
 mkdir -p "$out/gen"
 messages=(cooperation/v1/common.proto cooperation/v1/party.proto cooperation/v1/agreement.proto
   cooperation/v1/partnership_domain.proto cooperation/v1/engagement.proto cooperation/v1/change.proto
-  google/api/field_behavior.proto google/api/resource.proto google/api/client.proto
+  google/api/field_behavior.proto google/api/field_info.proto google/api/resource.proto google/api/client.proto
   google/api/launch_stage.proto google/type/date.proto google/rpc/status.proto google/rpc/error_details.proto)
 services=(cooperation/v1/agreement.proto cooperation/v1/change.proto cooperation/v1/party.proto
   cooperation/v1/partnership_domain.proto cooperation/v1/engagement.proto)

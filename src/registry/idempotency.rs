@@ -38,6 +38,14 @@ const EXPIRY_BATCH: usize = 40;
 /// The job of removing expired answers (see `jobs`).
 const EXPIRY_JOB: &str = "request-expiry";
 
+/// Whether `text` is a request id as the contract's `(google.api.field_info).format
+/// = UUID4` has it: a UUID (RFC 4122) in its 36-character hyphenated form, any
+/// version, either case. The other spellings the `uuid` crate reads (32 bare
+/// hex digits, braces, `urn:uuid:`) are refused.
+pub(super) fn is_request_id(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
+}
+
 fn request_key(request_id: &str) -> Vec<u8> {
     format!("q/{request_id}").into_bytes()
 }
@@ -310,6 +318,24 @@ mod tests {
 
     async fn expiry_members(store: &MemoryStore) -> usize {
         store.snapshot().await.unwrap().members(EXPIRY_SET, b"", 100).await.unwrap().len()
+    }
+
+    #[test]
+    fn request_ids_are_uuids_in_their_36_character_form() {
+        for id in [REQUEST_ID, "6F1D3C2A-0B7E-4F5A-9C1D-2E3F4A5B6C7D", "018f3a2b-7c4d-7e5f-8a9b-0c1d2e3f4a5b"] {
+            assert!(super::is_request_id(id), "{id}");
+        }
+        for id in [
+            "abc",
+            "retry-1",
+            "6f1d3c2a0b7e4f5a9c1d2e3f4a5b6c7d",
+            "{6f1d3c2a-0b7e-4f5a-9c1d-2e3f4a5b6c7d}",
+            "urn:uuid:6f1d3c2a-0b7e-4f5a-9c1d-2e3f4a5b6c7d",
+            "6f1d3c2a-0b7e-4f5a-9c1d-2e3f4a5b6c7g",
+            "6f1d3c2a-0b7e4-f5a-9c1d-2e3f4a5b6c7d",
+        ] {
+            assert!(!super::is_request_id(id), "{id}");
+        }
     }
 
     #[tokio::test]

@@ -340,10 +340,14 @@ impl Registry {
         mutation: &Mutation,
         mut plan: impl FnMut() -> BoxFuture<'p, Result<Planned<R>>>,
     ) -> Result<R> {
-        if !mutation.request_id.is_empty() && uuid::Uuid::try_parse(&mutation.request_id).is_err() {
+        if !mutation.request_id.is_empty() && !idempotency::is_request_id(&mutation.request_id) {
             return Err(Error::invalid(
                 "request_id",
-                format!("must be a UUID such as 123e4567-e89b-12d3-a456-426614174000 (got {:?})", mutation.request_id),
+                format!(
+                    "must be a UUID (RFC 4122) in its 36-character form, such as \
+                     6f1c1f0e-3b7a-4d2e-9a51-0c8f4f2b7d10, got {:?}",
+                    mutation.request_id
+                ),
             ));
         }
         let turn = match turn {
