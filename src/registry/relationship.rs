@@ -17,7 +17,7 @@ use crate::registry::lists::Scope;
 use crate::registry::{Registry, agreement as agreement_rules, check_deadline, dates, index, resource};
 use crate::store::{Membership, Snapshot, for_each_member};
 use prost::Message;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 pub const DEFAULT_WINDOW_MONTHS: i32 = 12;
 pub const MAX_WINDOW_MONTHS: i32 = 1200;
@@ -111,8 +111,6 @@ struct Counted {
     order: (bool, i64),
     name: String,
     status: agreement::Status,
-    /// The status for each asked party.
-    parties_status: BTreeMap<String, i32>,
     /// In force as a whole and for every asked party.
     in_force_between: bool,
     term_end: Option<(i64, bool)>,
@@ -131,19 +129,19 @@ impl Counted {
         stored: Option<bytes::Bytes>,
     ) -> Counted {
         let status = agreement_rules::status_as_of(outline, as_of);
-        let parties_status: BTreeMap<String, i32> = parties
-            .iter()
-            .map(|party| (party.clone(), agreement_rules::party_status_given(outline, status, party, as_of) as i32))
-            .collect();
+        // (Without party actions, each party shares the agreement's status.)
         let in_force_between = status == agreement::Status::InForce
-            && parties_status.values().all(|s| *s == agreement::PartyStatus::InForce as i32);
+            && (outline.party_actions.is_empty()
+                || parties.iter().all(|party| {
+                    agreement_rules::party_status_given(outline, status, party, as_of)
+                        == agreement::PartyStatus::InForce
+                }));
         let today = dates::first_day(as_of);
         let term_end = in_force_between.then(|| agreement_rules::term_end(outline, today)).flatten();
         Counted {
             order: date_key(outline.signature_date.as_ref().or(outline.entry_into_force_date.as_ref())),
             name,
             status,
-            parties_status,
             in_force_between,
             term_end,
             notice_months: outline.term.as_ref().map(|t| t.notice_months).unwrap_or_default(),
@@ -334,6 +332,14 @@ impl Registry {
         for a in counted.iter().take(section_items) {
             let stored = a.stored.as_deref().unwrap_or_default();
             let whole = Agreement::decode(stored).map_err(Error::internal)?;
+            let parties_status = query
+                .parties
+                .iter()
+                .map(|party| {
+                    let status = agreement_rules::party_status_given(&whole, a.status, party, &as_of);
+                    (party.clone(), status as i32)
+                })
+                .collect();
             let mut categories = Vec::new();
             for provision in &whole.provisions {
                 if !categories.contains(&provision.category) {
@@ -350,7 +356,7 @@ impl Registry {
                 term_end_date: a.term_end.map(|(day, _)| date_of(day)),
                 provision_categories: categories,
                 partnership_domains: whole.partnership_domains,
-                parties_status: a.parties_status.clone(),
+                parties_status,
             });
         }
 
