@@ -10,7 +10,8 @@
 //!   record turns);
 //! - `idempotency`: request ids and their kept answers;
 //! - `schema`: the first start's states and upgrades of an older layout;
-//! - `changes`: the change feed and history; `relationship`: GetRelationship.
+//! - `changes`: the change feed and history; `relationship`: GetRelationship;
+//!   `export`: every live record at one revision, in chunks.
 //!
 //! The rules of each record kind are in `resource` and the files named after
 //! the kinds; filters, indexes and ordering in `filter`, `index`, `order`.
@@ -20,6 +21,7 @@ mod batches;
 pub mod changes;
 pub mod dates;
 pub mod engagement;
+pub mod export;
 pub mod filter;
 mod idempotency;
 pub mod index;
@@ -53,6 +55,7 @@ use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
 use crate::store::Store;
 pub use batches::MAX_BATCH;
+pub use export::{Export, ExportQuery};
 pub use idempotency::{DEFAULT_REQUEST_RETENTION, EXPIRY_ACTOR};
 pub use jobs::JOBS_ACTOR;
 pub use resource::{Kind, Resource};
