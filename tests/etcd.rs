@@ -391,7 +391,7 @@ async fn an_import_splits_its_batches_to_what_etcd_takes() {
 
     let dataset = v1::Dataset { agreements: (0..40).map(named).collect(), ..Default::default() };
     let report = import(server.channel.clone(), dataset, false).await.unwrap();
-    assert_eq!(report, ImportReport { created: 40, skipped: 0, linked: 0 });
+    assert_eq!(report, ImportReport { created: 40, unchanged: 0, skipped: 0, linked: 0 });
     assert_eq!(count(&server).await, 40);
     server.stop().await;
 }

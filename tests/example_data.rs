@@ -18,12 +18,24 @@ async fn the_seed_article_is_stored_as_structured_records() {
     let server = TestServer::start().await;
     let dataset = parse_dataset(DATASET).expect("the example parses");
     let report = import(server.channel.clone(), dataset.clone(), false).await.expect("the example imports");
-    assert_eq!(report, ImportReport { created: 19, skipped: 0, linked: 2 });
-    // A second import with skip_existing changes nothing; without it, it stops.
-    let again = import(server.channel.clone(), dataset.clone(), true).await.unwrap();
-    assert_eq!(again, ImportReport { created: 0, skipped: 19, linked: 0 });
-    let err = import(server.channel.clone(), dataset, false).await.unwrap_err();
-    assert!(err.contains("already exists") && err.contains("--skip-existing"), "{err}");
+    assert_eq!(report, ImportReport { created: 19, unchanged: 0, skipped: 0, linked: 2 });
+    // A second import changes nothing: every record is there as the file has it.
+    for skip_existing in [false, true] {
+        let again = import(server.channel.clone(), dataset.clone(), skip_existing).await.unwrap();
+        assert_eq!(again, ImportReport { created: 0, unchanged: 19, skipped: 0, linked: 0 });
+    }
+    // A record that differs from the file's stops it, unless skip_existing
+    // leaves it as it is.
+    let mut changed = dataset.clone();
+    changed.agreements[1].title = "Another title".into();
+    let err = import(server.channel.clone(), changed.clone(), false).await.unwrap_err();
+    assert!(
+        err.contains(&format!("{}: it already exists, with other values of title", changed.agreements[1].name))
+            && err.contains("--skip-existing"),
+        "{err}"
+    );
+    let skipped = import(server.channel.clone(), changed, true).await.unwrap();
+    assert_eq!(skipped, ImportReport { created: 0, unchanged: 18, skipped: 1, linked: 0 });
 
     let get = |name: &str| v1::GetAgreementRequest { name: name.into(), ..Default::default() };
     let rpss = server.agreements().get_agreement(get("agreements/india-japan-rpss-2020")).await.unwrap().into_inner();
@@ -119,6 +131,31 @@ async fn the_seed_article_is_stored_as_structured_records() {
     server.stop().await;
 }
 
+/// An import cut short after it created the records but before it set the
+/// references that pointed forward runs again to the end: the records it
+/// created count as already there, and the references are set.
+#[tokio::test]
+async fn an_import_cut_short_before_its_references_runs_again_to_the_end() {
+    let server = TestServer::start().await;
+    let dataset = parse_dataset(DATASET).unwrap();
+    // What the first run created: the parties and the domains, without the
+    // agreements the domains name (created after them).
+    let mut first = v1::Dataset { parties: dataset.parties.clone(), ..Default::default() };
+    for domain in &dataset.partnership_domains {
+        first.partnership_domains.push(v1::PartnershipDomain { agreements: Vec::new(), ..domain.clone() });
+    }
+    import(server.channel.clone(), first, false).await.unwrap();
+    let again = import(server.channel.clone(), dataset.clone(), false).await.unwrap();
+    assert_eq!(again, ImportReport { created: 5, unchanged: 14, skipped: 0, linked: 2 });
+    let get = v1::GetPartnershipDomainRequest { name: "partnershipDomains/india-japan-defence".into() };
+    let defence = server.domains().get_partnership_domain(get).await.unwrap().into_inner();
+    assert_eq!(defence.agreements, ["agreements/india-japan-rpss-2020"]);
+    // And once more: everything is there.
+    let last = import(server.channel.clone(), dataset, false).await.unwrap();
+    assert_eq!(last, ImportReport { created: 0, unchanged: 19, skipped: 0, linked: 0 });
+    server.stop().await;
+}
+
 #[test]
 fn a_malformed_dataset_is_refused_with_its_position() {
     let err = parse_dataset(r#"{"agreements": [{"title": 5}]}"#).unwrap_err();
@@ -150,9 +187,9 @@ async fn a_dataset_file_imports_whatever_the_order_of_its_lists() {
 
     let server = TestServer::start().await;
     let report = import_file(server.channel.clone(), &path, false, None).await.unwrap();
-    assert_eq!(report, ImportReport { created: 19, skipped: 0, linked: 2 });
+    assert_eq!(report, ImportReport { created: 19, unchanged: 0, skipped: 0, linked: 2 });
     let again = import_file(server.channel.clone(), &path, true, None).await.unwrap();
-    assert_eq!(again, ImportReport { created: 0, skipped: 19, linked: 0 });
+    assert_eq!(again, ImportReport { created: 0, unchanged: 19, skipped: 0, linked: 0 });
     let domain = server
         .domains()
         .get_partnership_domain(v1::GetPartnershipDomainRequest {

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agreement;
 pub mod change;
+pub mod dataset;
 pub mod encoded;
 pub mod engagement;
 pub mod partnership_domain;
@@ -33,6 +34,9 @@ pub struct Api {
     /// how long a newcomer would wait.
     scan_nanos: Arc<AtomicU64>,
     limits: ScanLimits,
+    /// Exports running at once: one per core (each holds a snapshot and a
+    /// thread for as long as its client reads).
+    exports: Arc<tokio::sync::Semaphore>,
 }
 
 /// The default `--max-scan-wait-ms`.
@@ -99,6 +103,7 @@ impl Api {
             scans_waiting: Default::default(),
             scan_nanos: Default::default(),
             limits,
+            exports: Arc::new(tokio::sync::Semaphore::new(cores())),
         }
     }
 

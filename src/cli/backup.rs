@@ -8,6 +8,7 @@ use tower::BoxError;
 
 use crate::cli::client::{BearerToken, ClientArgs};
 use crate::cli::etcd::EtcdArgs;
+use crate::cli::partial_path;
 use crate::cli::serve::StoreArg;
 use crate::store::etcd::EtcdStore;
 use crate::store::sled::SledStore;
@@ -77,15 +78,6 @@ pub async fn restore(args: &RestoreArgs) -> Result<(), BoxError> {
     };
     println!("restored {} into {into} at revision {revision}", args.file.display());
     Ok(())
-}
-
-/// Where a backup to `file` is written until it is complete: `file` with
-/// `.partial` appended, so a backup cut short never takes its name and two
-/// backups whose names differ only in their extension never share one.
-fn partial_path(file: &std::path::Path) -> PathBuf {
-    let mut partial = file.as_os_str().to_owned();
-    partial.push(".partial");
-    PathBuf::from(partial)
 }
 
 #[cfg(test)]

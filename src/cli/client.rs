@@ -1,4 +1,4 @@
-//! How the client commands (`import`, `backup`) reach a running server: its
+//! How the client commands (`import`, `export`, `backup`) reach a running server: its
 //! address, TLS, and the bearer token sent with every call.
 
 use std::path::PathBuf;

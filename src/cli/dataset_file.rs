@@ -95,10 +95,8 @@ impl<'de> Visitor<'de> for &mut Lists<'_> {
         while let Some(key) = map.next_key::<String>()? {
             if names_field(&key, self.field) {
                 map.next_value_seed(List(&mut self.each))?;
-            } else if ["parties", "partnership_domains", "agreements", "engagements"]
-                .iter()
-                .any(|f| list_field(f).is_ok_and(|field| names_field(&key, &field)))
-            {
+            } else if Dataset::default().descriptor().fields().any(|field| names_field(&key, &field)) {
+                // Another list, or the revision an export states: not read here.
                 map.next_value::<IgnoredAny>()?;
             } else {
                 return Err(de::Error::custom(format!("a Dataset has no field {key:?}")));

@@ -7,6 +7,13 @@
 //! names the domain) is left out of the create and set by an Update once
 //! everything exists. The file is read as a stream (`dataset_file`): once for
 //! the records' names, then one list at a time while its batches are sent.
+//!
+//! A record that exists already is compared with the file's: the same but for
+//! the fields the server sets (etag, times, derived status) counts as already
+//! there, so an export of one registry (which holds the ISO 3166-1 states
+//! every registry starts with) loads into another, and an import cut short
+//! can be run again. One that differs stops the import, or is left as it is
+//! with `--skip-existing`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -41,11 +48,17 @@ pub fn parse_dataset(text: &str) -> Result<Dataset, String> {
     message.transcode_to().map_err(|e| e.to_string())
 }
 
-/// How many records an import created, updated and skipped.
+/// How many records an import created, found already there, skipped and
+/// updated.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ImportReport {
     pub created: usize,
+    /// Records that existed as the file has them (output-only fields aside).
+    pub unchanged: usize,
+    /// Records that existed with other contents, left as they are
+    /// (`--skip-existing`).
     pub skipped: usize,
+    /// Records updated with the references that pointed forward.
     pub linked: usize,
 }
 
@@ -53,7 +66,9 @@ pub struct ImportReport {
 pub struct ImportArgs {
     /// The dataset file: proto3 JSON of cooperation.v1.Dataset (see examples/).
     pub file: PathBuf,
-    /// Leave records that exist already as they are, instead of stopping.
+    /// Leave records that exist with other contents as they are, instead of
+    /// stopping (a record that exists as the file has it counts as already
+    /// there, with or without this flag).
     #[arg(long)]
     pub skip_existing: bool,
     #[command(flatten)]
@@ -64,9 +79,11 @@ pub async fn run(args: &ImportArgs) -> Result<(), BoxError> {
     let (channel, token) = args.client.connect().await?;
     let report = import_file(channel, &args.file, args.skip_existing, token).await?;
     println!(
-        "imported {}: {} records created, {} skipped as existing, {} forward references set",
+        "imported {}: {} records created, {} already there, {} skipped as existing with other contents, \
+         {} forward references set",
         args.file.display(),
         report.created,
+        report.unchanged,
         report.skipped,
         report.linked
     );
@@ -172,7 +189,7 @@ async fn import_from(
     let mut importer = Importer {
         names,
         created: HashSet::new(),
-        skipped: HashSet::new(),
+        left: HashSet::new(),
         report: ImportReport::default(),
         skip_existing,
         batch_size: BATCH_SIZE,
@@ -201,7 +218,9 @@ struct Importer {
     /// Every record name in the dataset.
     names: HashSet<String>,
     created: HashSet<String>,
-    skipped: HashSet<String>,
+    /// Records that existed already, left as they are (the same as the
+    /// file's, or skipped): their references are not set again.
+    left: HashSet<String>,
     report: ImportReport,
     skip_existing: bool,
     /// Records sent in one BatchCreate.
@@ -238,7 +257,7 @@ impl Importer {
             let mut batch = Vec::with_capacity(self.batch_size);
             while batch.len() < self.batch_size {
                 match records.next().await? {
-                    Some(record) => batch.push(record),
+                    Some(record) => batch.push(without_output_only(record)?),
                     None => break,
                 }
             }
@@ -266,18 +285,19 @@ impl Importer {
                     .collect();
                 fields.sort();
                 fields.dedup();
-                let first = match fields.is_empty() {
-                    true => record.clone(),
+                let item = match fields.is_empty() {
+                    true => Item { id, sent: record.clone(), whole: None },
                     false => {
                         let mut first = record.transcode_to_dynamic();
                         for field in &fields {
                             first.clear_field_by_name(field);
                         }
                         later.push(Deferred { record: record.clone(), fields });
-                        first.transcode_to().map_err(|e| e.to_string())?
+                        let sent = first.transcode_to().map_err(|e| e.to_string())?;
+                        Item { id, sent, whole: Some(record.clone()) }
                     }
                 };
-                items.push((id, first));
+                items.push(item);
             }
             let names = batch.iter().map(|record| record.name().to_string()).collect();
             let sending = tokio::spawn(send_batch(client.clone(), items, self.skip_existing));
@@ -299,8 +319,10 @@ impl Importer {
             self.batch_size = self.batch_size.min(fitted.max(1));
         }
         self.report.skipped += outcome.skipped.len();
-        self.skipped.extend(outcome.skipped);
-        deferred.extend(sent.later.into_iter().filter(|d| !self.skipped.contains(d.record.name())));
+        self.report.unchanged += outcome.unchanged.len() + outcome.unlinked.len();
+        self.left.extend(outcome.skipped);
+        self.left.extend(outcome.unchanged);
+        deferred.extend(sent.later.into_iter().filter(|d| !self.left.contains(d.record.name())));
         self.created.extend(sent.names);
         Ok(())
     }
@@ -312,7 +334,7 @@ impl Importer {
     ) -> Result<(), String> {
         for Deferred { record, fields } in deferred {
             let name = record.name().to_string();
-            if self.skipped.contains(&name) {
+            if self.left.contains(&name) {
                 continue;
             }
             client.update(record, fields).await.map_err(|status| format!("linking {name}: {}", describe(&status)))?;
@@ -330,55 +352,164 @@ struct Sent<R> {
     later: Vec<Deferred<R>>,
 }
 
+/// A record to create: as it is sent, and as the file has it when the
+/// references created later are left out of what is sent.
+#[derive(Clone)]
+struct Item<R> {
+    id: String,
+    sent: R,
+    whole: Option<R>,
+}
+
+impl<R> Item<R> {
+    /// The record as the file has it.
+    fn whole(&self) -> &R {
+        self.whole.as_ref().unwrap_or(&self.sent)
+    }
+}
+
 /// What became of a batch's records.
+#[derive(Default)]
 struct BatchOutcome {
     created: usize,
     /// The most records one write took, when the store refused the batch
     /// whole: the size to send from then on.
     fitted: Option<usize>,
-    /// Names that existed already (with `--skip-existing`).
+    /// Names that existed already with other contents (`--skip-existing`).
     skipped: Vec<String>,
+    /// Names that existed already as the file has them.
+    unchanged: Vec<String>,
+    /// Names that existed already as this import creates them, without the
+    /// references it sets once everything exists: left by an earlier run cut
+    /// short before it set them. Those are still set.
+    unlinked: Vec<String>,
+}
+
+impl BatchOutcome {
+    fn add(&mut self, other: BatchOutcome) {
+        self.created += other.created;
+        self.skipped.extend(other.skipped);
+        self.unchanged.extend(other.unchanged);
+        self.unlinked.extend(other.unlinked);
+    }
 }
 
 /// Creates one batch; split in two when the store takes fewer records in one
-/// write, and one by one when some exist and `skip_existing` allows it.
+/// write. When some of its records exist, each is compared with the file's
+/// (see `settle`) and the others are sent again.
 fn send_batch<R: Resource, C: Target<R>>(
     mut client: C,
-    items: Vec<(String, R)>,
+    items: Vec<Item<R>>,
     skip_existing: bool,
 ) -> crate::store::BoxFuture<'static, Result<BatchOutcome, String>> {
     Box::pin(async move {
         let count = items.len();
-        match client.create_batch(items.clone()).await {
-            Ok(()) => Ok(BatchOutcome { created: count, fitted: None, skipped: Vec::new() }),
+        let sent = items.iter().map(|item| (item.id.clone(), item.sent.clone())).collect();
+        match client.create_batch(sent).await {
+            Ok(()) => Ok(BatchOutcome { created: count, ..Default::default() }),
             Err(status) if status.code() == Code::InvalidArgument && count > 1 && too_many(&status) => {
                 let mut first = items;
                 let second = first.split_off(count / 2);
                 let first_size = first.len();
-                let a = send_batch(client.clone(), first, skip_existing).await?;
+                let mut outcome = send_batch(client.clone(), first, skip_existing).await?;
                 let b = send_batch(client, second, skip_existing).await?;
-                let fitted = [a.fitted.unwrap_or(first_size), b.fitted.unwrap_or(first_size)].into_iter().min();
-                Ok(BatchOutcome { created: a.created + b.created, fitted, skipped: [a.skipped, b.skipped].concat() })
-            }
-            Err(status) if status.code() == Code::AlreadyExists && skip_existing => {
-                let mut outcome = BatchOutcome { created: 0, fitted: None, skipped: Vec::new() };
-                for (id, record) in items {
-                    let name = record.name().to_string();
-                    match client.create(id, record).await {
-                        Ok(()) => outcome.created += 1,
-                        Err(status) if status.code() == Code::AlreadyExists => outcome.skipped.push(name),
-                        Err(status) => return Err(format!("creating {name}: {}", describe(&status))),
-                    }
-                }
+                outcome.fitted =
+                    [outcome.fitted.unwrap_or(first_size), b.fitted.unwrap_or(first_size)].into_iter().min();
+                outcome.add(b);
                 Ok(outcome)
             }
-            Err(status) if status.code() == Code::AlreadyExists => Err(format!(
-                "creating {}: {} (pass --skip-existing to leave existing records as they are)",
-                R::KIND.collection,
-                describe(&status)
-            )),
+            Err(status) if status.code() == Code::AlreadyExists => settle(client, items, skip_existing, status).await,
             Err(status) => Err(format!("creating {}: {}", R::KIND.collection, describe(&status))),
         }
+    })
+}
+
+/// A batch some of whose records exist (`refused` said so): each that exists
+/// is left as it is if it is the same as the file's (output-only fields
+/// aside), or as this import creates it (its forward references are then
+/// set as usual), or with `skip_existing`, and stops the import otherwise;
+/// the rest are sent again.
+async fn settle<R: Resource, C: Target<R>>(
+    mut client: C,
+    items: Vec<Item<R>>,
+    skip_existing: bool,
+    refused: Status,
+) -> Result<BatchOutcome, String> {
+    let mut outcome = BatchOutcome::default();
+    let mut missing = Vec::new();
+    let count = items.len();
+    for item in items {
+        let name = item.whole().name().to_string();
+        let existing =
+            client.get(name.clone()).await.map_err(|status| format!("reading {name}: {}", describe(&status)))?;
+        let Some(existing) = existing else {
+            missing.push(item);
+            continue;
+        };
+        match difference(&existing, item.whole())? {
+            None => outcome.unchanged.push(name),
+            Some(_) if item.whole.is_some() && difference(&existing, &item.sent)?.is_none() => {
+                outcome.unlinked.push(name)
+            }
+            Some(_) if skip_existing => outcome.skipped.push(name),
+            Some(difference) => {
+                return Err(format!(
+                    "creating {name}: it already exists, {difference} (pass --skip-existing to leave existing \
+                     records as they are)"
+                ));
+            }
+        }
+    }
+    if missing.len() == count {
+        // None exists now: what was refused is not for this step to settle.
+        return Err(format!("creating {}: {}", R::KIND.collection, describe(&refused)));
+    }
+    if !missing.is_empty() {
+        let rest = send_batch(client, missing, skip_existing).await?;
+        outcome.fitted = rest.fitted;
+        outcome.add(rest);
+    }
+    Ok(outcome)
+}
+
+/// `record` without the fields the server sets (etag, times, an agreement's
+/// status), which a file may hold (an export's do) and an import ignores: an
+/// etag of the registry the file came from would fail the Update that sets
+/// a reference that pointed forward.
+fn without_output_only<R: Resource>(record: R) -> Result<R, String> {
+    let encoded = record.encode_to_vec();
+    let stripped =
+        validate::strip_output_only(&encoded, &record.descriptor()).map_err(|e| format!("{}: {e}", record.name()))?;
+    match stripped.len() == encoded.len() {
+        true => Ok(record),
+        false => R::decode(stripped.as_slice()).map_err(|e| format!("{}: {e}", record.name())),
+    }
+}
+
+/// How the stored `existing` differs from `wanted` as a create would store
+/// it (defaults filled in), output-only fields aside; `None` when it does not.
+fn difference<R: Resource>(existing: &R, wanted: &R) -> Result<Option<String>, String> {
+    if existing.delete_time().is_some() {
+        return Ok(Some("soft-deleted".to_string()));
+    }
+    let mut wanted = wanted.clone();
+    wanted.normalize();
+    let comparable = |record: &R| -> Result<DynamicMessage, String> {
+        let descriptor = record.descriptor();
+        let stripped = validate::strip_output_only(&record.encode_to_vec(), &descriptor)
+            .map_err(|e| format!("{}: {e}", record.name()))?;
+        DynamicMessage::decode(descriptor, stripped.as_slice()).map_err(|e| format!("{}: {e}", record.name()))
+    };
+    let (existing, wanted) = (comparable(existing)?, comparable(&wanted)?);
+    let fields: Vec<String> = existing
+        .descriptor()
+        .fields()
+        .filter(|field| existing.get_field(field) != wanted.get_field(field))
+        .map(|field| field.name().to_string())
+        .collect();
+    Ok(match fields.is_empty() {
+        true => None,
+        false => Some(format!("with other values of {}", fields.join(", "))),
     })
 }
 
@@ -394,22 +525,29 @@ fn describe(status: &Status) -> String {
     text
 }
 
-/// Create and Update of one kind through its generated client.
+/// Get, Create and Update of one kind through its generated client.
 #[tonic::async_trait]
 trait Target<R>: Clone + Send + 'static {
-    async fn create(&mut self, id: String, record: R) -> Result<(), Status>;
+    /// The record named `name`, soft-deleted or not; `None` if there is none.
+    async fn get(&mut self, name: String) -> Result<Option<R>, Status>;
     /// Creates all of `items` (id, record) or none.
     async fn create_batch(&mut self, items: Vec<(String, R)>) -> Result<(), Status>;
     async fn update(&mut self, record: R, paths: Vec<String>) -> Result<(), Status>;
 }
 
 macro_rules! target {
-    ($client:ident, $resource:ident, $create:ident, $batch:ident, $batch_req:ident, $create_req:ident { $field:ident, $id:ident }, $update:ident, $update_req:ident) => {
+    ($client:ident, $resource:ident, $get:ident, $get_req:ident, $batch:ident, $batch_req:ident, $create_req:ident { $field:ident, $id:ident }, $update:ident, $update_req:ident) => {
         #[tonic::async_trait]
         impl Target<v1::$resource> for $client<AuthChannel> {
-            async fn create(&mut self, id: String, record: v1::$resource) -> Result<(), Status> {
-                let request = v1::$create_req { $field: Some(record), $id: id, request_id: String::new() };
-                self.$create(request).await.map(|_| ())
+            async fn get(&mut self, name: String) -> Result<Option<v1::$resource>, Status> {
+                // (GetAgreement takes an as_of too: the default, today.)
+                let mut request = v1::$get_req::default();
+                request.name = name;
+                match self.$get(request).await {
+                    Ok(response) => Ok(Some(response.into_inner())),
+                    Err(status) if status.code() == Code::NotFound => Ok(None),
+                    Err(status) => Err(status),
+                }
             }
             async fn create_batch(&mut self, items: Vec<(String, v1::$resource)>) -> Result<(), Status> {
                 let requests = items
@@ -433,7 +571,8 @@ macro_rules! target {
 target!(
     PartyServiceClient,
     Party,
-    create_party,
+    get_party,
+    GetPartyRequest,
     batch_create_parties,
     BatchCreatePartiesRequest,
     CreatePartyRequest { party, party_id },
@@ -443,7 +582,8 @@ target!(
 target!(
     PartnershipDomainServiceClient,
     PartnershipDomain,
-    create_partnership_domain,
+    get_partnership_domain,
+    GetPartnershipDomainRequest,
     batch_create_partnership_domains,
     BatchCreatePartnershipDomainsRequest,
     CreatePartnershipDomainRequest { partnership_domain, partnership_domain_id },
@@ -453,7 +593,8 @@ target!(
 target!(
     AgreementServiceClient,
     Agreement,
-    create_agreement,
+    get_agreement,
+    GetAgreementRequest,
     batch_create_agreements,
     BatchCreateAgreementsRequest,
     CreateAgreementRequest { agreement, agreement_id },
@@ -463,7 +604,8 @@ target!(
 target!(
     EngagementServiceClient,
     Engagement,
-    create_engagement,
+    get_engagement,
+    GetEngagementRequest,
     batch_create_engagements,
     BatchCreateEngagementsRequest,
     CreateEngagementRequest { engagement, engagement_id },

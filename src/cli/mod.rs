@@ -1,11 +1,12 @@
-//! The command line: `serve` (the default), `import`, `backup`, `restore`,
-//! `hash-token`. Each command has a file of its own; this one parses and
+//! The command line: `serve` (the default), `import`, `export`, `backup`,
+//! `restore`, `hash-token`. Each command has a file of its own; this one parses and
 //! dispatches.
 
 mod backup;
 mod client;
 mod dataset_file;
 mod etcd;
+mod export;
 pub mod import;
 mod serve;
 
@@ -14,6 +15,7 @@ use tower::BoxError;
 
 use backup::{BackupArgs, RestoreArgs};
 pub use client::{BearerToken, ClientArgs};
+use export::ExportArgs;
 use import::ImportArgs;
 pub use serve::{LogFormat, ServeArgs};
 
@@ -31,6 +33,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Load a dataset (proto3 JSON of cooperation.v1.Dataset) into a running server.
     Import(ImportArgs),
+    /// Write the live records of a running server, at one revision, to a dataset file that import reads.
+    Export(ExportArgs),
     /// Print the SHA-256 of a token read from standard input, for the access file.
     HashToken,
     /// Write a consistent online backup of a running server to a file (admin role).
@@ -58,6 +62,15 @@ fn read_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// Where a file a command writes is kept until it is complete: `file` with
+/// `.partial` appended, so a file cut short never takes its name and two
+/// files whose names differ only in their extension never share one.
+fn partial_path(file: &std::path::Path) -> std::path::PathBuf {
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    std::path::PathBuf::from(partial)
+}
+
 /// Runs the command asked for.
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
     let command = match cli.command {
@@ -67,6 +80,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     };
     match command {
         Command::Import(args) => import::run(&args).await,
+        Command::Export(args) => export::run(&args).await,
         Command::Serve(args) => serve::serve(*args).await,
         Command::Backup(args) => backup::backup(&args).await,
         Command::Restore(args) => backup::restore(&args).await,

@@ -248,18 +248,42 @@ impl Registry {
     /// with DEADLINE_EXCEEDED once `deadline` has passed.
     pub async fn query<R: Resource>(&self, filter: &Filter, as_of: &Date, deadline: Option<Instant>) -> Result<Vec<R>> {
         let snapshot = self.store.snapshot().await?;
-        let candidates = index::candidates(&*snapshot, R::KIND, filter, as_of).await?;
         let mut found = Vec::new();
-        let scope = Scope::whole(&*snapshot, candidates.as_ref());
-        self.scan::<R>(scope, deadline, |mut record, revision| {
-            self.present(&mut record, revision, as_of);
-            if record.delete_time().is_none() && filter.matches(&record.transcode_to_dynamic()) {
-                found.push(record);
-            }
+        self.query_each::<R>(&*snapshot, filter, as_of, deadline, |record| {
+            found.push(record);
             true
         })
         .await?;
         Ok(found)
+    }
+
+    /// [`Registry::query`] in `snapshot`, each record handed to `visit` as it
+    /// is found, until `visit` says false: a query of any size in the memory
+    /// of one record. Returns whether every match was visited.
+    pub(super) async fn query_each<R: Resource>(
+        &self,
+        snapshot: &dyn Snapshot,
+        filter: &Filter,
+        as_of: &Date,
+        deadline: Option<Instant>,
+        mut visit: impl FnMut(R) -> bool,
+    ) -> Result<bool> {
+        let candidates = index::candidates(snapshot, R::KIND, filter, as_of).await?;
+        // A filter the index answers exactly needs no test (nor its transcoding).
+        let test_filter =
+            !(filter.matches_everything() || (candidates.is_some() && index::answers_exactly(R::KIND, filter)));
+        let mut complete = true;
+        let scope = Scope::whole(snapshot, candidates.as_ref());
+        self.scan::<R>(scope, deadline, |mut record, revision| {
+            self.present(&mut record, revision, as_of);
+            if record.delete_time().is_some() || (test_filter && !filter.matches(&record.transcode_to_dynamic())) {
+                return true;
+            }
+            complete = visit(record);
+            complete
+        })
+        .await?;
+        Ok(complete)
     }
 
     /// Visits the records of `scope` in name order. Stops when `visit` says

@@ -11,6 +11,7 @@
 //! - `idempotency`: request ids and their kept answers;
 //! - `schema`: the first start's states and upgrades of an older layout;
 //! - `changes`: the change feed and history; `relationship`: GetRelationship;
+//!   `export`: every live record at one revision, in chunks;
 //! - `hierarchy`: references from a kind to itself stay acyclic.
 //!
 //! The rules of each record kind are in `resource` and the files named after
@@ -21,6 +22,7 @@ mod batches;
 pub mod changes;
 pub mod dates;
 pub mod engagement;
+pub mod export;
 pub mod filter;
 mod hierarchy;
 mod idempotency;
@@ -55,6 +57,7 @@ use crate::error::{Error, Result, Violations};
 use crate::pb::google::r#type::Date;
 use crate::store::Store;
 pub use batches::MAX_BATCH;
+pub use export::{Export, ExportQuery};
 pub use idempotency::{DEFAULT_REQUEST_RETENTION, EXPIRY_ACTOR};
 pub use jobs::JOBS_ACTOR;
 pub use resource::{Kind, Resource};

@@ -10,7 +10,7 @@
 //! # subject ROLE CERTIFICATE-SUBJECT (as RFC 4514 prints it)
 //! subject admin CN=ops.example.org,O=Example
 //! ```
-//! Roles: `reader` (Get, List, Watch, history, relationships), `writer` (also
+//! Roles: `reader` (Get, List, Watch, history, relationships, ExportDataset), `writer` (also
 //! Create, BatchCreate, Update, Delete, Undelete), `admin` (everything,
 //! including calls not listed here). Tokens are kept only as hashes and compared in constant time.
 
@@ -245,7 +245,8 @@ pub fn required_role(path: &str, reflection_needs_role: bool) -> Option<Role> {
     if service.ends_with("ChangeService") || service.ends_with("RelationshipService") {
         return Some(Role::Reader);
     }
-    if method.starts_with("Get") || method.starts_with("List") {
+    // An export reads what List reads, at one revision.
+    if method.starts_with("Get") || method.starts_with("List") || method.starts_with("Export") {
         return Some(Role::Reader);
     }
     if ["Create", "BatchCreate", "Update", "Delete", "Undelete"].iter().any(|verb| method.starts_with(verb)) {
@@ -358,6 +359,7 @@ mod tests {
         assert_eq!(r("/cooperation.v1.PartyService/ListParties"), Some(Role::Reader));
         assert_eq!(r("/cooperation.v1.ChangeService/WatchChanges"), Some(Role::Reader));
         assert_eq!(r("/cooperation.v1.RelationshipService/GetRelationship"), Some(Role::Reader));
+        assert_eq!(r("/cooperation.v1.DatasetService/ExportDataset"), Some(Role::Reader));
         assert_eq!(r("/cooperation.v1.AgreementService/CreateAgreement"), Some(Role::Writer));
         assert_eq!(r("/cooperation.v1.PartyService/BatchCreateParties"), Some(Role::Writer));
         assert_eq!(r("/cooperation.v1.EngagementService/UndeleteEngagement"), Some(Role::Writer));

@@ -1,4 +1,4 @@
-//! The tonic server: the four services, health, reflection (v1 and v1alpha),
+//! The tonic server: the services, health, reflection (v1 and v1alpha),
 //! compression, message size limits, a tracing span per call, and a graceful
 //! shutdown that drains calls within a time limit and then closes the store.
 
@@ -23,6 +23,7 @@ use crate::pb;
 use crate::pb::cooperation::v1::admin_service_server::AdminServiceServer;
 use crate::pb::cooperation::v1::agreement_service_server::AgreementServiceServer;
 use crate::pb::cooperation::v1::change_service_server::ChangeServiceServer;
+use crate::pb::cooperation::v1::dataset_service_server::DatasetServiceServer;
 use crate::pb::cooperation::v1::engagement_service_server::EngagementServiceServer;
 use crate::pb::cooperation::v1::partnership_domain_service_server::PartnershipDomainServiceServer;
 use crate::pb::cooperation::v1::party_service_server::PartyServiceServer;
@@ -115,6 +116,7 @@ pub async fn serve(
     health.set_serving::<EngagementServiceServer<Api>>().await;
     health.set_serving::<RelationshipServiceServer<Api>>().await;
     health.set_serving::<ChangeServiceServer<Api>>().await;
+    health.set_serving::<DatasetServiceServer<Api>>().await;
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -141,6 +143,7 @@ pub async fn serve(
         reporter.set_not_serving::<EngagementServiceServer<Api>>().await;
         reporter.set_not_serving::<RelationshipServiceServer<Api>>().await;
         reporter.set_not_serving::<ChangeServiceServer<Api>>().await;
+        reporter.set_not_serving::<DatasetServiceServer<Api>>().await;
         let _ = draining_tx.send(());
     };
 
@@ -168,6 +171,7 @@ pub async fn serve(
         .add_service(with_encoded_reads!(EngagementServiceServer, api, options))
         .add_service(configured!(RelationshipServiceServer, api, options))
         .add_service(configured!(ChangeServiceServer, api, options))
+        .add_service(configured!(DatasetServiceServer, api, options))
         .add_service(configured!(AdminServiceServer, api, options))
         // Without TCP_NODELAY a response written in two segments waits for the
         // client's delayed ACK (40 ms); `Coalesced` gathers the responses of
