@@ -241,7 +241,7 @@ async fn the_paris_agreement_answers_each_party_s_status() {
     let dataset = parse_dataset(PARIS).expect("the Paris example parses");
     let report = import(server.channel.clone(), dataset, false).await.expect("the Paris example imports");
     // The European Union, the agreement and the signing ceremony.
-    assert_eq!(report, ImportReport { created: 3, skipped: 0, linked: 0 });
+    assert_eq!(report, ImportReport { created: 3, unchanged: 0, skipped: 0, linked: 0 });
 
     let request = v1::GetAgreementRequest { name: "agreements/paris-agreement-2015".into(), as_of: None };
     let paris = server.agreements().get_agreement(request).await.unwrap().into_inner();
