@@ -633,8 +633,11 @@ fn run_source<'a>(
                         // Few enough to test on the records themselves.
                         (Some(ids), _) if ids.len() <= FEW => {}
                         (Some(ids), part) => {
-                            // (A part with more keys narrows nothing for its cost.)
-                            if let Some(kept) = run_source(snapshot, part, limit, Some(ids)).await? {
+                            // A part with more keys than the ids found so far
+                            // narrows nothing for its cost: it is read no
+                            // further than that.
+                            let within = limit.min(ids.len());
+                            if let Some(kept) = run_source(snapshot, part, within, Some(ids)).await? {
                                 *ids = kept;
                             }
                         }
