@@ -15,7 +15,9 @@
 //! holds, each key, member and change once), and the checkpoints the server
 //! logged (how long each held calls). It checks that the import reports
 //! every record created and that the first and last agreement and the last
-//! engagement read back as generated, then stops the server with SIGTERM,
+//! engagement read back as generated, times `cooperation-registry export` of
+//! every live record to a file (one revision, streamed: the client's peak
+//! memory shows it holds no more than a chunk), then stops the server with SIGTERM,
 //! times a start on the data dir, and times sled alone opening it twice (the
 //! floor under a checkpoint's reopen).
 //!
@@ -140,7 +142,14 @@ const TIME: &str = "/usr/bin/time";
 /// RSS), otherwise sampling `/proc/<pid>` every 20 ms (the last sample before
 /// the exit; a little short).
 fn run_import(file: &Path, addr: SocketAddr, server_pid: u32, scratch: &Path) -> ImportRun {
-    let usage_file = scratch.join("import.rusage");
+    let args = [std::ffi::OsStr::new("import"), file.as_os_str()];
+    run_timed(&args, addr, server_pid, scratch)
+}
+
+/// Runs `cooperation-registry ARGS --server ADDR` to its end, timed as
+/// [`run_import`] says.
+fn run_timed(args: &[&std::ffi::OsStr], addr: SocketAddr, server_pid: u32, scratch: &Path) -> ImportRun {
+    let usage_file = scratch.join("command.rusage");
     let timed = Path::new(TIME).exists();
     let mut command = match timed {
         true => {
@@ -150,12 +159,12 @@ fn run_import(file: &Path, addr: SocketAddr, server_pid: u32, scratch: &Path) ->
         }
         false => Command::new(BINARY),
     };
-    command.arg("import").arg(file).args(["--server", &addr.to_string()]);
+    command.args(args).args(["--server", &addr.to_string()]);
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let server_cpu = cpu_time(server_pid);
     let mut server_busy_after = None;
     let started = Instant::now();
-    let mut child = command.spawn().expect("the import starts");
+    let mut child = command.spawn().expect("the command starts");
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -179,7 +188,7 @@ fn run_import(file: &Path, addr: SocketAddr, server_pid: u32, scratch: &Path) ->
     };
     let wall = started.elapsed();
     let stdout = reader.join().unwrap();
-    assert!(status.success(), "the import failed ({status}); its output: {stdout}");
+    assert!(status.success(), "{args:?} failed ({status}); its output: {stdout}");
     if !timed {
         let measured_by = "sampled from /proc every 20 ms";
         return ImportRun { wall, stdout, cpu, peak_rss_kib, measured_by, server_busy_after };
@@ -380,6 +389,25 @@ fn main() {
     }
     println!("  checked: {records} created reported; first and last agreement and last engagement read back");
     println!("  issue 27 target: 1,000,000 agreements in at most 180 s");
+
+    // 4b. Every live record exported at one revision, streamed to a file.
+    let exported = scratch.path().join("export.json");
+    let server_cpu_before = cpu_time(server.pid());
+    let export =
+        run_timed(&[std::ffi::OsStr::new("export"), exported.as_os_str()], server.addr, server.pid(), scratch.path());
+    let export_server_cpu = cpu_time(server.pid()).saturating_sub(server_cpu_before);
+    let export_wall = export.wall.as_secs_f64();
+    let export_mib = std::fs::metadata(&exported).unwrap().len() as f64 / (1 << 20) as f64;
+    std::fs::remove_file(&exported).unwrap();
+    println!();
+    print!("export output: {}", export.stdout);
+    println!("export of every live record (the import's and the seeded states) to a dataset file:");
+    println!("  wall time          {export_wall:9.1} s  ({:.0} records/s)", (records + 249) as f64 / export_wall);
+    println!("  file               {export_mib:9.0} MiB");
+    println!("  client CPU         {:9.1} s  ({})", export.cpu.as_secs_f64(), export.measured_by);
+    println!("  client peak RSS    {:9.0} MiB", export.peak_rss_kib as f64 / 1024.0);
+    println!("  server CPU         {:9.1} s", export_server_cpu.as_secs_f64());
+    println!("  server RSS after   {:9.0} MiB", memory_kib(server.pid()).0 as f64 / 1024.0);
 
     // 5. Stop the server, and time a start on what it left: sled reading its
     // page table, the most of which a checkpoint's reopen also does.
