@@ -20,6 +20,18 @@ use crate::registry::{dates, wire};
 pub const MAX_STRING_BYTES: usize = 16 * 1024;
 /// Most items in a repeated field.
 pub const MAX_REPEATED: usize = 1000;
+/// Most party actions on an agreement: a convention of some 190 parties
+/// records several actions of each (signature, consent, declarations,
+/// reservations, objections).
+pub const MAX_PARTY_ACTIONS: usize = 5000;
+
+/// Most items `field` may hold.
+fn max_items(field: &FieldDescriptor) -> usize {
+    match field.full_name() {
+        "cooperation.v1.Agreement.party_actions" => MAX_PARTY_ACTIONS,
+        _ => MAX_REPEATED,
+    }
+}
 /// Most labels on a record.
 pub const MAX_LABELS: usize = 64;
 
@@ -243,9 +255,9 @@ fn walk(
                 }
                 continue;
             }
-            if items.len() > MAX_REPEATED {
-                violations
-                    .add(field_path.render(), format!("has {} items; at most {MAX_REPEATED} are allowed", items.len()));
+            let most = max_items(&plan.field);
+            if items.len() > most {
+                violations.add(field_path.render(), format!("has {} items; at most {most} are allowed", items.len()));
                 continue;
             }
             let mut seen = std::collections::HashSet::new();
@@ -411,6 +423,45 @@ mod tests {
             ]
         );
         assert_eq!(refs, [Reference { field: "agreement.parties[0]".into(), name: "parties/ind".into() }]);
+    }
+
+    /// A repeated field holds at most MAX_REPEATED items; an agreement's
+    /// party actions, MAX_PARTY_ACTIONS.
+    #[test]
+    fn repeated_fields_are_bounded() {
+        let action = agreement::PartyAction {
+            party: "parties/ind".into(),
+            kind: agreement::party_action::Kind::Declaration as i32,
+            date: Some(Date { year: 2016, month: 4, day: 22 }),
+            ..Default::default()
+        };
+        let provision = agreement::Provision { category: 3, ..Default::default() };
+        let violations_of = |provisions: usize, actions: usize| {
+            let a = Agreement {
+                title: "t".into(),
+                parties: vec!["parties/ind".into(), "parties/jpn".into()],
+                provisions: vec![provision.clone(); provisions],
+                party_actions: vec![action.clone(); actions],
+                ..Default::default()
+            };
+            let mut v = Violations::new();
+            check_encoded(&a.encode_to_vec(), &a.descriptor(), "agreement", &mut v).unwrap();
+            match v.into_result() {
+                Ok(()) => Vec::new(),
+                Err(crate::error::Error::InvalidArgument { violations }) => {
+                    violations.into_iter().map(|v| (v.field, v.description)).collect()
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert_eq!(violations_of(MAX_REPEATED, MAX_PARTY_ACTIONS), vec![]);
+        assert_eq!(
+            violations_of(MAX_REPEATED + 1, MAX_PARTY_ACTIONS + 1),
+            vec![
+                ("agreement.provisions".to_string(), "has 1001 items; at most 1000 are allowed".to_string()),
+                ("agreement.party_actions".to_string(), "has 5001 items; at most 5000 are allowed".to_string()),
+            ]
+        );
     }
 
     /// The checks read the encoding as a decode would: a default sent for a
