@@ -83,6 +83,12 @@ impl From<StoreError> for Error {
                 tracing::error!(%detail, "the data dir's disk is full");
                 Error::StorageFull
             }
+            // A view of the store held past a compaction of its revision (an
+            // export on etcd with change-log retention): a new call reads anew.
+            StoreError::Compacted { first } => Error::OutOfRange {
+                message: "the revision this call reads was compacted while it ran; call again".into(),
+                oldest_revision: first,
+            },
             other => Error::internal(other),
         }
     }
@@ -204,7 +210,13 @@ impl From<Error> for tonic::Status {
                 (Code::FailedPrecondition, message)
             }
             Error::OutOfRange { message, oldest_revision } => {
-                info(&mut details, "REVISION_COMPACTED", &[("oldest_revision", &oldest_revision.to_string())]);
+                // (0: the store did not say which revision is its oldest.)
+                let oldest = oldest_revision.to_string();
+                let metadata: &[(&str, &str)] = match oldest_revision {
+                    0 => &[],
+                    _ => &[("oldest_revision", &oldest)],
+                };
+                info(&mut details, "REVISION_COMPACTED", metadata);
                 (Code::OutOfRange, message)
             }
             Error::DeadlineExceeded { message } => {
@@ -249,5 +261,20 @@ mod tests {
         let failed = tonic::Status::from(Error::from(StoreError::Storage("io error".into())));
         assert_eq!(failed.code(), tonic::Code::Internal);
         assert_eq!(tonic::Status::from(Error::from(StoreError::Closed)).code(), tonic::Code::Unavailable);
+    }
+
+    /// A read of a revision compacted meanwhile answers OUT_OF_RANGE, saying
+    /// to call again, with the oldest revision when the store knows it.
+    #[test]
+    fn a_compacted_revision_is_out_of_range() {
+        use tonic_types::StatusExt;
+        for (first, oldest) in [(42, Some("42")), (0, None)] {
+            let status = tonic::Status::from(Error::from(StoreError::Compacted { first }));
+            assert_eq!(status.code(), tonic::Code::OutOfRange);
+            assert!(status.message().contains("call again"), "{}", status.message());
+            let info = status.get_details_error_info().expect("an ErrorInfo");
+            assert_eq!(info.reason, "REVISION_COMPACTED");
+            assert_eq!(info.metadata.get("oldest_revision").map(String::as_str), oldest);
+        }
     }
 }
