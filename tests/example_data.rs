@@ -1,6 +1,7 @@
 //! The example datasets capture their sources' facts as structured records
 //! (every fact of the seed article; the Paris Agreement with its parties'
-//! actions), and load through the import path, each alone and both together.
+//! actions), and load through the import path, each alone and both together;
+//! a dataset of large records loads in batches that fit a request.
 
 mod common;
 
@@ -360,4 +361,34 @@ async fn both_examples_load_into_one_server() {
         assert_eq!(got.agreements_in_force, ["agreements/india-japan-cepa-2011", "agreements/paris-agreement-2015"]);
         server.stop().await;
     }
+}
+
+/// Records of 8 KB, a thousand of them (8 MB, twice what a server takes in
+/// one request by default): import sends them in batches of fewer records,
+/// and every one is created.
+#[tokio::test]
+async fn large_records_import_in_batches_that_fit_a_request() {
+    let server = TestServer::start().await;
+    let agreements = (0..1000)
+        .map(|i| v1::Agreement {
+            name: format!("agreements/large-{i:04}"),
+            description: "A long summary of the agreement. ".repeat(250),
+            ..agreement(&format!("Large {i}"))
+        })
+        .collect();
+    let dataset = v1::Dataset { agreements, ..Default::default() };
+    let report = import(server.channel.clone(), dataset, false).await.unwrap();
+    assert_eq!(report, ImportReport { created: 1000, unchanged: 0, skipped: 0, linked: 0 });
+    // (Pages of 100: a thousand of them would not fit one answer either.)
+    let (mut listed, mut token) = (0, String::new());
+    loop {
+        let request = v1::ListAgreementsRequest { page_size: 100, page_token: token, ..Default::default() };
+        let page = server.agreements().list_agreements(request).await.unwrap().into_inner();
+        listed += page.agreements.iter().filter(|a| a.description.len() == 8250).count();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(listed, 1000);
 }

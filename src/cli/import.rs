@@ -38,6 +38,10 @@ use crate::registry::validate;
 
 /// Records an import sends in one BatchCreate: the most a batch takes.
 const BATCH_SIZE: usize = crate::registry::MAX_BATCH;
+/// Encoded bytes after which a batch is sent with fewer records: half the
+/// request size a server takes by default (4 MiB), and an answer of about
+/// that size fits what a client takes by default.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Parses a dataset file, naming the place of the first error.
 pub fn parse_dataset(text: &str) -> Result<Dataset, String> {
@@ -255,9 +259,14 @@ impl Importer {
         let mut in_flight: Option<Sent<R>> = None;
         loop {
             let mut batch = Vec::with_capacity(self.batch_size);
-            while batch.len() < self.batch_size {
+            let mut bytes = 0;
+            while batch.len() < self.batch_size && bytes < BATCH_BYTES {
                 match records.next().await? {
-                    Some(record) => batch.push(without_output_only(record)?),
+                    Some(record) => {
+                        let record = without_output_only(record)?;
+                        bytes += record.encoded_len();
+                        batch.push(record);
+                    }
                     None => break,
                 }
             }
