@@ -422,8 +422,9 @@ impl Registry {
     }
 }
 
-/// Reads, in one call, the records of the items an answer shows that were
-/// found from their outlines alone.
+/// Reads, in one call, the records of the items found from their outlines
+/// alone that the answer needs whole (those it shows, those with party
+/// actions).
 async fn read_shown<'a>(
     snapshot: &dyn Snapshot,
     shown: impl Iterator<Item = (&'a str, &'a mut Option<bytes::Bytes>)>,
@@ -562,7 +563,7 @@ impl Registry {
         deadline: Option<std::time::Instant>,
     ) -> Result<Vec<Counted>> {
         let mut counted = Vec::new();
-        let mut with_actions = Vec::new();
+        let mut with_actions: Vec<(String, Option<bytes::Bytes>)> = Vec::new();
         for member in self.outline_members(snapshot, AGREEMENT_OUTLINES, parties, deadline).await? {
             let (id, held) = read_member(&member)?;
             let outline = AgreementOutline::decode(held).map_err(Error::internal)?;
@@ -571,17 +572,16 @@ impl Registry {
             }
             let name = resource::AGREEMENT.name_of(id);
             match outline.has_party_actions {
-                true => with_actions.push(name),
+                true => with_actions.push((name, None)),
                 false => counted.push(Counted::of(name, &outline, parties, as_of, None)),
             }
         }
         // Those with party actions counted from their records, read at once.
-        let keys: Vec<Vec<u8>> = with_actions.iter().map(|name| super::keys::record_key(name)).collect();
-        let read = snapshot.get_many(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>()).await?;
-        for (name, entry) in with_actions.into_iter().zip(read) {
-            let entry = entry.ok_or_else(|| Error::internal(format!("{name} is outlined but not stored")))?;
-            let outline = AgreementOutline::decode(&entry.value[..]).map_err(Error::internal)?;
-            counted.push(Counted::of(name, &outline, parties, as_of, Some(entry.value)));
+        read_shown(snapshot, with_actions.iter_mut().map(|(name, stored)| (name.as_str(), stored))).await?;
+        for (name, stored) in with_actions {
+            let stored = stored.unwrap_or_default();
+            let outline = AgreementOutline::decode(&stored[..]).map_err(Error::internal)?;
+            counted.push(Counted::of(name, &outline, parties, as_of, Some(stored)));
         }
         Ok(counted)
     }
