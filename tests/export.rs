@@ -185,7 +185,7 @@ async fn load(server: &TestServer) {
     };
     for (id, record) in [
         ("x-talks", meeting("India–Japan 2+2 ministerial dialogue", "")),
-        ("x-session", meeting("Its working session on space", "engagements/x-talks")),
+        ("x-space-group", meeting("Its working group on space", "engagements/x-talks")),
         ("x-cancelled", meeting("A cancelled visit", "")),
     ] {
         let request = v1::CreateEngagementRequest {
@@ -395,7 +395,7 @@ async fn an_export_shows_one_revision_and_no_write_after_it() {
             "engagements/india-act-east-policy",
             "engagements/india-japan-2plus2-2019",
             "engagements/india-japan-rpss-signing-2020",
-            "engagements/x-session",
+            "engagements/x-space-group",
             "engagements/x-talks"
         ]
     );
@@ -422,7 +422,7 @@ async fn an_export_shows_one_revision_and_no_write_after_it() {
         [
             "engagements/india-japan-2plus2-2019",
             "engagements/india-japan-rpss-signing-2020",
-            "engagements/x-session",
+            "engagements/x-space-group",
             "engagements/x-talks",
             "engagements/zz-late"
         ]
@@ -552,5 +552,5 @@ async fn a_filtered_export_holds_only_the_matching_records() {
     );
     assert_eq!(exported, listed);
     assert_eq!(exported.0, ["parties/asean", "parties/x-quad"]);
-    assert_eq!(exported.3, ["engagements/india-japan-rpss-signing-2020", "engagements/x-session"]);
+    assert_eq!(exported.3, ["engagements/india-japan-rpss-signing-2020", "engagements/x-space-group"]);
 }
