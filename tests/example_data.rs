@@ -227,13 +227,6 @@ fn status_of(statuses: &[(String, agreement::PartyStatus)], party: &str) -> agre
     statuses.iter().find(|(p, _)| p == party).map(|(_, s)| *s).unwrap_or_else(|| panic!("{party} is no party"))
 }
 
-/// The names of the agreements a filter finds as of `as_of`.
-async fn found(server: &TestServer, filter: &str, as_of: Option<Date>) -> Vec<String> {
-    let request = v1::ListAgreementsRequest { filter: filter.into(), as_of, page_size: 1000, ..Default::default() };
-    let page = server.agreements().list_agreements(request).await.unwrap().into_inner();
-    page.agreements.into_iter().map(|a| a.name).collect()
-}
-
 /// The Paris Agreement example: a multilateral agreement whose parties each
 /// have their own dates, answering what a user asks of each party's status.
 #[tokio::test]
@@ -297,13 +290,19 @@ async fn the_paris_agreement_answers_each_party_s_status() {
     // In force for India; ratified but not yet in force for a party between
     // its consent and its effect.
     let paris_only = ["agreements/paris-agreement-2015"];
-    assert_eq!(found(&server, "parties_status.parties/ind = IN_FORCE", date(2025, 1, 1)).await, paris_only);
-    assert_eq!(found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await, paris_only);
-    assert_eq!(found(&server, "parties_status.parties/tur = RATIFIED", date(2021, 11, 1)).await, paris_only);
-    assert!(found(&server, "parties_status.parties/tur = RATIFIED", date(2021, 11, 10)).await.is_empty());
-    assert_eq!(found(&server, "parties_status.parties/rus = RATIFIED", date(2019, 10, 20)).await, paris_only);
-    assert_eq!(found(&server, "parties_status.parties/irn = SIGNED", date(2025, 1, 1)).await, paris_only);
-    assert_eq!(found(&server, "parties_status.parties/usa = WITHDRAWN", date(2021, 1, 1)).await, paris_only);
+    assert_eq!(agreements_found(&server, "parties_status.parties/ind = IN_FORCE", date(2025, 1, 1)).await, paris_only);
+    assert_eq!(
+        agreements_found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await,
+        paris_only
+    );
+    assert_eq!(agreements_found(&server, "parties_status.parties/tur = RATIFIED", date(2021, 11, 1)).await, paris_only);
+    assert!(agreements_found(&server, "parties_status.parties/tur = RATIFIED", date(2021, 11, 10)).await.is_empty());
+    assert_eq!(
+        agreements_found(&server, "parties_status.parties/rus = RATIFIED", date(2019, 10, 20)).await,
+        paris_only
+    );
+    assert_eq!(agreements_found(&server, "parties_status.parties/irn = SIGNED", date(2025, 1, 1)).await, paris_only);
+    assert_eq!(agreements_found(&server, "parties_status.parties/usa = WITHDRAWN", date(2021, 1, 1)).await, paris_only);
 
     // Between India and the United States: not in force while the United
     // States was out, in force once it was back.
@@ -344,11 +343,11 @@ async fn both_examples_load_into_one_server() {
         // In force for India on 2025-01-01: the CEPA (no party actions, so
         // the agreement's own status) and the Paris Agreement.
         assert_eq!(
-            found(&server, "parties_status.parties/ind = IN_FORCE", date(2025, 1, 1)).await,
+            agreements_found(&server, "parties_status.parties/ind = IN_FORCE", date(2025, 1, 1)).await,
             ["agreements/india-japan-cepa-2011", "agreements/paris-agreement-2015"]
         );
         assert_eq!(
-            found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await,
+            agreements_found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await,
             ["agreements/paris-agreement-2015"]
         );
         let mut relationships = RelationshipServiceClient::new(server.channel.clone());

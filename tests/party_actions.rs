@@ -65,12 +65,6 @@ async fn get_as_of(server: &TestServer, name: &str, as_of: Option<Date>) -> Agre
     server.agreements().get_agreement(request).await.unwrap().into_inner()
 }
 
-async fn listed(server: &TestServer, filter: &str, as_of: Option<Date>) -> Vec<String> {
-    let request = v1::ListAgreementsRequest { filter: filter.into(), as_of, page_size: 1000, ..Default::default() };
-    let page = server.agreements().list_agreements(request).await.unwrap().into_inner();
-    page.agreements.into_iter().map(|a| a.name).collect()
-}
-
 #[tokio::test]
 async fn each_party_s_status_is_derived_from_its_actions_and_filtered_on() {
     let server = TestServer::start().await;
@@ -99,22 +93,22 @@ async fn each_party_s_status_is_derived_from_its_actions_and_filtered_on() {
     // Filters reach each party's status, as of the request's day; the
     // party's indexes narrow them.
     let on = date(2021, 1, 1);
-    assert_eq!(listed(&server, "parties_status.parties/usa = WITHDRAWN", on).await, ["agreements/paris"]);
-    assert_eq!(listed(&server, "parties_status.parties/usa = IN_FORCE", on).await, Vec::<String>::new());
+    assert_eq!(agreements_found(&server, "parties_status.parties/usa = WITHDRAWN", on).await, ["agreements/paris"]);
+    assert_eq!(agreements_found(&server, "parties_status.parties/usa = IN_FORCE", on).await, Vec::<String>::new());
     assert_eq!(
-        listed(&server, "parties_status.parties/jpn = PARTY_STATUS_IN_FORCE", on).await,
+        agreements_found(&server, "parties_status.parties/jpn = PARTY_STATUS_IN_FORCE", on).await,
         ["agreements/bilateral", "agreements/paris"]
     );
     assert_eq!(
-        listed(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await,
+        agreements_found(&server, "parties_status.parties/jpn = RATIFIED", date(2016, 11, 20)).await,
         ["agreements/paris"]
     );
     assert_eq!(
-        listed(&server, "status = IN_FORCE AND parties_status.parties/irn != IN_FORCE", on).await,
+        agreements_found(&server, "status = IN_FORCE AND parties_status.parties/irn != IN_FORCE", on).await,
         ["agreements/bilateral", "agreements/paris"],
         "Iran is not a party to the bilateral one: no key, and != holds"
     );
-    assert_eq!(listed(&server, "parties_status:parties/irn", on).await, ["agreements/paris"]);
+    assert_eq!(agreements_found(&server, "parties_status:parties/irn", on).await, ["agreements/paris"]);
     let err = client
         .list_agreements(v1::ListAgreementsRequest {
             filter: "parties_status.parties/usa = GONE".into(),
@@ -326,8 +320,8 @@ async fn planned_party_status_filters_equal_full_scans() {
                     format!("parties_status.parties/{party} = {status} AND status = IN_FORCE"),
                     format!("parties_status.parties/{party} = {status} OR parties:\"parties/fra\""),
                 ] {
-                    let planned = listed(&server, &filter, day).await;
-                    let scanned = listed(&server, &format!("NOT (NOT ({filter}))"), day).await;
+                    let planned = agreements_found(&server, &filter, day).await;
+                    let scanned = agreements_found(&server, &format!("NOT (NOT ({filter}))"), day).await;
                     assert_eq!(planned, scanned, "{filter} on {day:?}");
                     matched += planned.len();
                 }

@@ -23,21 +23,11 @@ impl Rules for Agreement {
         let parties: Vec<&str> = self.parties.iter().map(String::as_str).collect();
         check_format(self.format, &parties, "format", violations);
 
-        let signatory_parties: Vec<(String, &str)> = self
-            .signatories
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (format!("signatories[{i}].party"), s.party.as_str()))
-            .collect();
-        check_among(&signatory_parties, &self.parties, "agreement's parties", violations);
+        let signatories = self.signatories.iter().map(|s| s.party.as_str());
+        check_among_parties(self, signatories, |i| format!("signatories[{i}].party"), violations);
         for (i, provision) in self.provisions.iter().enumerate() {
-            let bound: Vec<(String, &str)> = provision
-                .bound_parties
-                .iter()
-                .enumerate()
-                .map(|(j, p)| (format!("provisions[{i}].bound_parties[{j}]"), p.as_str()))
-                .collect();
-            check_among(&bound, &self.parties, "agreement's parties", violations);
+            let bound = provision.bound_parties.iter().map(String::as_str);
+            check_among_parties(self, bound, |j| format!("provisions[{i}].bound_parties[{j}]"), violations);
         }
 
         let signed = self.signature_date.as_ref();
@@ -121,19 +111,26 @@ fn is_binding_step(kind: PartyActionKind) -> bool {
     is_consent(kind) || matches!(kind, K::Signature | K::ProvisionalApplication | K::Withdrawal)
 }
 
+/// Checks that each of `named` (the `i`th at the field `field(i)`) is one of
+/// the agreement's parties.
+fn check_among_parties<'a>(
+    a: &Agreement,
+    named: impl Iterator<Item = &'a str>,
+    field: impl Fn(usize) -> String,
+    violations: &mut Violations,
+) {
+    let named: Vec<(String, &str)> = named.enumerate().map(|(i, name)| (field(i), name)).collect();
+    check_among(&named, &a.parties, "agreement's parties", violations);
+}
+
 /// The rules of `Agreement.PartyAction` that involve more than one field:
 /// each action's party among the agreement's, an effective date not before
 /// the action, a ratification after the same party's signature, a withdrawal
 /// after its consent.
 fn check_party_actions(a: &Agreement, violations: &mut Violations) {
     use PartyActionKind as K;
-    let parties: Vec<(String, &str)> = a
-        .party_actions
-        .iter()
-        .enumerate()
-        .map(|(i, action)| (format!("party_actions[{i}].party"), action.party.as_str()))
-        .collect();
-    check_among(&parties, &a.parties, "agreement's parties", violations);
+    let acting = a.party_actions.iter().map(|action| action.party.as_str());
+    check_among_parties(a, acting, |i| format!("party_actions[{i}].party"), violations);
     let earliest = |party: &str, wanted: &dyn Fn(PartyActionKind) -> bool| {
         a.party_actions
             .iter()

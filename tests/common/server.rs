@@ -130,6 +130,18 @@ impl TestServer {
     }
 }
 
+/// The names of the agreements a filter finds as of `as_of` (one page of up
+/// to 1000).
+pub async fn agreements_found(
+    server: &TestServer,
+    filter: &str,
+    as_of: Option<cooperation_registry::pb::google::r#type::Date>,
+) -> Vec<String> {
+    let request = v1::ListAgreementsRequest { filter: filter.into(), as_of, page_size: 1000, ..Default::default() };
+    let page = server.agreements().list_agreements(request).await.unwrap().into_inner();
+    page.agreements.into_iter().map(|a| a.name).collect()
+}
+
 /// Every agreement `server` holds, counted page by page.
 pub async fn count_agreements(server: &TestServer, show_deleted: bool) -> usize {
     let mut client = server.agreements();
