@@ -17,15 +17,19 @@
 //! every record created and that the first and last agreement and the last
 //! engagement read back as generated, times `cooperation-registry export` of
 //! every live record to a file (one revision, streamed: the client's peak
-//! memory shows it holds no more than a chunk), then stops the server with SIGTERM,
-//! times a start on the data dir, and times sled alone opening it twice (the
-//! floor under a checkpoint's reopen).
+//! memory shows it holds no more than a chunk), then kills the server
+//! (SIGKILL, a crash) and times a start on the data dir, stops that one with
+//! SIGTERM and times a start again, and times sled alone opening it twice
+//! (the floor under a checkpoint's reopen). `CHECKPOINT_MIB` sets the
+//! server's `--checkpoint-mib` (its default when unset; 0 for no
+//! checkpoints, to measure what a start after a crash then replays).
 //!
 //! Run:
 //!
 //! ```sh
 //! cargo bench --bench import                         # 100,000 agreements
 //! AGREEMENTS=1000000 cargo bench --bench import      # the issue's million
+//! CHECKPOINT_MIB=0 AGREEMENTS=1000000 cargo bench --bench import   # no checkpoints
 //! DATA_DIR=/mnt/big AGREEMENTS=1000000 cargo bench --bench import
 //! ```
 //!
@@ -303,7 +307,13 @@ fn main() {
     // 2. A fresh server with its default durability.
     let data_dir = scratch.path().join("data");
     let started = Instant::now();
-    let server = Serve::new(&data_dir).default_durability().log_filter(LOG_FILTER).start();
+    let checkpoint_mib = std::env::var("CHECKPOINT_MIB").ok();
+    let flags: Vec<&str> = match &checkpoint_mib {
+        Some(mib) => vec!["--checkpoint-mib", mib],
+        None => Vec::new(),
+    };
+    let serve = || Serve::new(&data_dir).default_durability().flags(&flags).log_filter(LOG_FILTER);
+    let mut server = serve().start();
     println!("server: pid {} serving on {} after {:.2} s", server.pid(), server.addr, started.elapsed().as_secs_f64());
 
     // 3. The import, timed.
@@ -409,16 +419,25 @@ fn main() {
     println!("  server CPU         {:9.1} s", export_server_cpu.as_secs_f64());
     println!("  server RSS after   {:9.0} MiB", memory_kib(server.pid()).0 as f64 / 1024.0);
 
-    // 5. Stop the server, and time a start on what it left: sled reading its
-    // page table, the most of which a checkpoint's reopen also does.
+    // 5. Crash the server, and time a start on what it left: sled reading its
+    // page table and replaying what it logged since its last open (the
+    // import's last checkpoint, or its start without checkpoints). Then stop
+    // that one and start again: sled's page table alone, the most of which a
+    // checkpoint's reopen also does.
     drop(runtime);
-    server.stop();
+    server.kill();
     let started = Instant::now();
-    let again = Serve::new(&data_dir).default_durability().log_filter(LOG_FILTER).start();
+    let again = serve().start();
     println!(
-        "  start after stop   {:9.2} s  (process start to serving, on the data dir the import left)",
-        started.elapsed().as_secs_f64()
+        "  start after a crash {:8.2} s  (process start to serving, on the data dir the import left; \
+         --checkpoint-mib {})",
+        started.elapsed().as_secs_f64(),
+        checkpoint_mib.as_deref().unwrap_or("default")
     );
+    again.stop();
+    let started = Instant::now();
+    let again = serve().start();
+    println!("  start after stop   {:9.2} s  (process start to serving)", started.elapsed().as_secs_f64());
     again.stop();
 
     // 6. The floor under a checkpoint at this size: sled alone closing and

@@ -15,11 +15,20 @@
 //! - `InsertFsync`: and waits until they are durable: sled's flush and an
 //!   fdatasync of its data file, shared by every create that waits at the
 //!   time, as the registry makes its writes durable (`--durability fsync`);
-//! - `IndexedFsync`: as `InsertFsync`, but also one key for each index entry
+//! - `BatchFsync`: as `InsertFsync`, but the two inserts are one sled batch
+//!   (`apply_batch`), so that a crash keeps both or neither: the least an
+//!   atomic write costs on sled, and every write of the registry is atomic
+//!   (its record, index entries and change-log entry);
+//! - `IndexedFsync`: as `BatchFsync`, but also one key for each index entry
 //!   the registry keeps for the agreement (`index::entries`) and for each
-//!   party it names (the referrer sets), in one sled batch with the record
-//!   and the copy: the least a create costs on sled that keeps the indexes
-//!   the registry's queries read, kept the plainest way, a key an entry.
+//!   party it names (the referrer sets), in the batch with the record and
+//!   the copy: the least a create costs on sled that keeps the indexes the
+//!   registry's queries read, kept the plainest way, a key an entry;
+//! - `HotFsync`: an update of one record from every call, as the service
+//!   benchmark's hot UpdateAgreement: each call takes its turn at the
+//!   record, reads it, writes the new version and the replaced one under
+//!   its revision as one batch, passes the turn on and waits until durable:
+//!   the least a read-modify-write of one record costs on sled.
 //!
 //! It serves its counts of answers, in the registry's metric names, on a
 //! second port, so the bench checks its runs like the registry's.
@@ -41,6 +50,11 @@ use crate::checks::Check;
 use crate::compare::{Peer, Target};
 use crate::data::{frame, response_frame_len, write_body};
 
+/// The target of the floor's atomic create (`BatchFsync`).
+pub const BATCH_TARGET: &str = "floor: + 2 inserts as one batch, fsync";
+/// The target of the floor's hot record (`HotFsync`), set beside `BATCH_TARGET`.
+pub const HOT_TARGET: &str = "floor: one record updated in turns, fsync";
+
 /// The gRPC service the floor's methods are under.
 pub const SERVICE: &str = "floor.v1.Floor";
 
@@ -50,16 +64,26 @@ enum Work {
     Decode,
     Insert,
     InsertFsync,
+    BatchFsync,
     IndexedFsync,
+    HotFsync,
 }
 
 /// The methods, by name.
-const METHODS: [(&str, Work); 4] = [
+const METHODS: [(&str, Work); 6] = [
     ("Decode", Work::Decode),
     ("Insert", Work::Insert),
     ("InsertFsync", Work::InsertFsync),
+    ("BatchFsync", Work::BatchFsync),
     ("IndexedFsync", Work::IndexedFsync),
+    ("HotFsync", Work::HotFsync),
 ];
+
+/// The record every `HotFsync` call updates, named as long as a created one
+/// so that its answers are as large.
+fn hot_name() -> String {
+    format!("agreements/{}", uuid::Uuid::nil())
+}
 
 /// The path of method `name` (one of `METHODS`).
 pub fn path(name: &str) -> String {
@@ -76,6 +100,8 @@ struct Floor {
     /// The last revision made durable; held while a flush runs, so the
     /// creates that arrive meanwhile share the next one.
     durable: tokio::sync::Mutex<u64>,
+    /// The turn at the hot record (`HotFsync`), held from its read to its write.
+    hot_turn: tokio::sync::Mutex<()>,
     answered: [AtomicU64; METHODS.len()],
     syncs: AtomicU64,
 }
@@ -84,7 +110,10 @@ impl Floor {
     async fn create(&self, work: Work, request: CreateAgreementRequest) -> Result<Agreement, tonic::Status> {
         let mut agreement =
             request.agreement.ok_or_else(|| tonic::Status::invalid_argument("agreement: is required"))?;
-        agreement.name = format!("agreements/{}", uuid::Uuid::now_v7());
+        agreement.name = match work {
+            Work::HotFsync => hot_name(),
+            _ => format!("agreements/{}", uuid::Uuid::now_v7()),
+        };
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let time = prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() as i32 };
         agreement.create_time = Some(time);
@@ -111,6 +140,29 @@ impl Floor {
                 self.db.apply_batch(batch).map_err(internal)?;
                 *inserted
             }
+            Work::BatchFsync => {
+                let mut batch = sled::Batch::default();
+                batch.insert(agreement.name.as_bytes(), record.as_slice());
+                let mut inserted = self.inserted.lock().unwrap();
+                *inserted += 1;
+                batch.insert(&inserted.to_be_bytes(), record);
+                self.db.apply_batch(batch).map_err(internal)?;
+                *inserted
+            }
+            Work::HotFsync => {
+                let turn = self.hot_turn.lock().await;
+                let replaced = self.db.get(agreement.name.as_bytes()).map_err(internal)?;
+                let mut batch = sled::Batch::default();
+                batch.insert(agreement.name.as_bytes(), record);
+                let mut inserted = self.inserted.lock().unwrap();
+                *inserted += 1;
+                if let Some(replaced) = replaced {
+                    batch.insert([b"v/".as_slice(), &inserted.to_be_bytes()].concat(), replaced);
+                }
+                self.db.apply_batch(batch).map_err(internal)?;
+                drop(turn);
+                *inserted
+            }
             _ => {
                 let mut inserted = self.inserted.lock().unwrap();
                 *inserted += 1;
@@ -119,7 +171,7 @@ impl Floor {
                 *inserted
             }
         };
-        if matches!(work, Work::InsertFsync | Work::IndexedFsync) {
+        if !matches!(work, Work::Decode | Work::Insert) {
             self.make_durable(revision).await?;
         }
         Ok(agreement)
@@ -226,6 +278,7 @@ pub fn serve(dir: &Path) {
             data_file: dir.join("db"),
             inserted: Mutex::new(0),
             durable: tokio::sync::Mutex::new(0),
+            hot_turn: tokio::sync::Mutex::new(()),
             answered: Default::default(),
             syncs: AtomicU64::new(0),
         });
@@ -261,12 +314,14 @@ async fn serve_metrics(listener: tokio::net::TcpListener, floor: Arc<Floor>) {
     }
 }
 
-/// Sets the floor's targets beside a durable create: keeps the ceiling,
-/// CreateAgreement and etcd's Put of `targets`, and puts the floor's three
+/// Sets the floor's targets beside a durable create and update: keeps the
+/// ceiling, CreateAgreement, the hot UpdateAgreement and etcd's Put of
+/// `targets`, and puts the floor's
 /// methods answering `create` (their bodies written to `dir`) before etcd's
 /// Put (the last target when `etcd`).
 pub fn use_targets(targets: &mut Vec<Target>, create: &CreateAgreementRequest, dir: &Path, etcd: bool) {
-    targets.retain(|t| ["Health/Check", "CreateAgreement", "etcd Put"].iter().any(|n| t.name.starts_with(n)));
+    let kept = ["Health/Check", "CreateAgreement", "UpdateAgreement (fsync)", "etcd Put"];
+    targets.retain(|t| kept.iter().any(|n| t.name.starts_with(n)));
     // The smallest answer: the agreement as named, its times with no nanoseconds.
     let mut answer = create.agreement.clone().expect("an agreement to create");
     answer.name = format!("agreements/{}", uuid::Uuid::now_v7());
@@ -279,7 +334,9 @@ pub fn use_targets(targets: &mut Vec<Target>, create: &CreateAgreementRequest, d
         ("floor: decode only", "Decode", Check::ResponseBytes(size)),
         ("floor: + 2 sled inserts", "Insert", Check::ResponseBytes(size)),
         ("floor: + 2 inserts, fsync", "InsertFsync", Check::FloorWrite(size)),
+        (BATCH_TARGET, "BatchFsync", Check::FloorWrite(size)),
         ("floor: + index keys, fsync", "IndexedFsync", Check::FloorWrite(size)),
+        (HOT_TARGET, "HotFsync", Check::FloorWrite(size)),
     ]
     .map(|(name, method, check)| Target {
         name,

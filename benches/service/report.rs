@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::common::stats::{median, min_and_median};
 use crate::compare::{Comparison, Peer, Results, SHAPES, Target};
+use crate::floor::{BATCH_TARGET, HOT_TARGET};
 use crate::load::Run;
 
 /// What a comparison measured, and on what.
@@ -52,16 +53,21 @@ pub fn table(summary: &Summary) -> String {
         count / 10
     );
     // Updates are held to a share of the create rate, so where both run,
-    // each update is set beside the create of its shape.
-    let create = targets.iter().position(|t| t.name.starts_with("CreateAgreement"));
-    let is_update = |target: &Target| target.name.starts_with("UpdateAgreement");
-    let versus_create = create.filter(|_| targets.iter().any(is_update));
+    // each update is set beside the create of its shape: the registry's
+    // beside CreateAgreement, the floor's hot record beside its atomic create.
+    let position = |name: &str| targets.iter().position(|t| t.name.starts_with(name));
+    let create_of = |target: &Target| match target.name {
+        n if n.starts_with("UpdateAgreement") => position("CreateAgreement"),
+        n if n == HOT_TARGET => position(BATCH_TARGET),
+        _ => None,
+    };
+    let versus_create = targets.iter().any(|t| create_of(t).is_some());
     let _ = writeln!(
         table,
         "| shape | target | rate min | rate median | p50 µs | p99 µs | CPU µs/call | / ceiling | / etcd |{}\n\
          |---|---|---|---|---|---|---|---|---|{}",
-        if versus_create.is_some() { " / create |" } else { "" },
-        if versus_create.is_some() { "---|" } else { "" },
+        if versus_create { " / create |" } else { "" },
+        if versus_create { "---|" } else { "" },
     );
     let median_rate = |s: usize, t: usize| min_and_median(results[&(s, t)].iter().map(|r| r.rate));
     let etcd_index = |name: &str| targets.iter().position(|t| t.name.starts_with(name));
@@ -81,10 +87,10 @@ pub fn table(summary: &Summary) -> String {
             let versus_etcd = peer.map(|p| format!("{:.2}", rate / median_rate(s, p).1)).unwrap_or_default();
             let versus_ceiling =
                 if target.peer == Peer::Registry && t > 0 { format!("{:.2}", rate / ceiling) } else { String::new() };
-            let versus_create = match versus_create {
-                Some(create) if is_update(target) => format!(" {:.2} |", rate / median_rate(s, create).1),
-                Some(_) => " |".into(),
-                None => String::new(),
+            let versus_create = match (versus_create, create_of(target)) {
+                (true, Some(create)) => format!(" {:.2} |", rate / median_rate(s, create).1),
+                (true, None) => " |".into(),
+                (false, _) => String::new(),
             };
             let _ = writeln!(
                 table,

@@ -319,9 +319,10 @@ impl Registry {
     /// revision and all but one fail their condition and start again, so under
     /// enough of them (the service benchmark updates one agreement from every
     /// connection) some would run out of attempts with ABORTED; in turn, each
-    /// commits at its first attempt. A turn ends once the write is applied, not
-    /// once it is durable: the next write to the record is planned while this
-    /// one is flushed, or sooner, and shares its flush when it reaches the
+    /// commits at its first attempt. A turn ends once the store has answered
+    /// the write (`Store::apply`: reads of the record see it), not once it is
+    /// durable: the next write to the record is planned while this one is
+    /// applied and flushed, and shares its batch and flush when it reaches the
     /// store's writer in time (a turn that lasted until durable would give each
     /// write to a record a flush of its own).
     pub(super) fn record_lock(&self, name: &str) -> &tokio::sync::Mutex<()> {

@@ -376,7 +376,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The revision of the last committed transaction, whoever committed it
-    /// (0 for an empty store).
+    /// (0 for an empty store): what a snapshot taken now shows. A write that
+    /// [`Store::apply`] answered may be later until it is durable.
     fn current_revision(&self) -> BoxFuture<'_, StoreResult<u64>>;
 
     /// The largest transaction it takes.
@@ -388,8 +389,9 @@ pub trait Store: Send + Sync + 'static {
     fn wait_durable(&self, revision: u64) -> BoxFuture<'static, StoreResult<()>>;
 
     /// Checks the conditions and applies the writes and the change-log entry as
-    /// one atomic step at the next revision; resolves once reads see it, which
-    /// may be before it is durable (the returned future, like
+    /// one atomic step at the next revision; resolves once
+    /// [`Store::get_many`] sees it (a [`Store::snapshot`] may show it only
+    /// later), which may be before it is durable (the returned future, like
     /// [`Store::wait_durable`], tells). A caller that holds other writes back
     /// until its own is in can let them go here, so the next one can be
     /// applied while this one is still being made durable. A transaction

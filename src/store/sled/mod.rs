@@ -9,14 +9,15 @@
 //! Writes go through one writer thread that applies transactions in order and
 //! group-commits: it takes every transaction waiting, checks each one's
 //! conditions against the tree and the transactions before it in the group,
-//! applies the group as one sled batch and answers each with its outcome (what
-//! waits for one write to a record can go on). Before it flushes, it yields
-//! once and takes as a further group what arrived meanwhile (the next write to
-//! a record whose turn a write just passed on), for up to `MAX_FLUSH_WAIT`;
-//! then it flushes once for them all (sled's `flush_async` deadlocks under
-//! concurrent awaiting writers, sled #1308) and tells them that they are
-//! durable. A transaction whose conditions fail writes nothing and does not
-//! disturb the rest of its group.
+//! stages its writes and answers it with its outcome at once (what waits for
+//! one write to a record can go on; point reads see staged writes, see
+//! `staged`). It yields and stages what arrived meanwhile (the next write to a
+//! record whose turn a write just passed on) into the same group, for up to
+//! `MAX_FLUSH_WAIT`; then it applies the group as one sled batch (sled writes
+//! its log to the disk at every batch) and flushes once for them all (sled's
+//! `flush_async` deadlocks under concurrent awaiting writers, sled #1308) and
+//! tells them that they are durable. A transaction whose conditions fail
+//! writes nothing and does not disturb the rest of its group.
 
 use std::fs::File;
 use std::ops::Deref;
@@ -35,6 +36,7 @@ use super::{
 
 mod cache;
 mod chunks;
+mod staged;
 #[cfg(test)]
 mod tests;
 mod views;
@@ -61,8 +63,8 @@ const CHANGE: u8 = b'c';
 
 /// Most transactions applied as one group.
 const MAX_GROUP: usize = 4096;
-/// Longest the writer goes on applying groups, each sent while the one before
-/// was applied, before it flushes them all.
+/// Longest the writer goes on staging transactions into a group, each round
+/// sent while the one before was staged, before it applies and flushes them.
 const MAX_FLUSH_WAIT: Duration = Duration::from_millis(2);
 
 /// How much a write has survived when it is acknowledged.
@@ -225,6 +227,26 @@ pub struct SledStore {
     waits: Arc<DurableWaits>,
     sender: Mutex<Option<mpsc::Sender<Message>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    #[cfg(test)]
+    apply_hold: Arc<ApplyHold>,
+}
+
+/// Whether the writer holds its groups back before applying them (tests
+/// look at what is answered and read meanwhile).
+#[cfg(test)]
+#[derive(Default)]
+struct ApplyHold {
+    held: Mutex<bool>,
+    released: std::sync::Condvar,
+}
+
+#[cfg(test)]
+impl SledStore {
+    /// Holds the writer's next groups before they are applied, or lets them go.
+    fn hold_applies(&self, held: bool) {
+        *self.apply_hold.held.lock().unwrap() = held;
+        self.apply_hold.released.notify_all();
+    }
 }
 
 /// What reads need, shared by the store, its views and (in part) the writer.
@@ -238,6 +260,8 @@ struct Reads {
     failure: Failure,
     /// Shared with the writer, which keeps what it overwrites for them.
     views: Arc<views::Views>,
+    /// Shared with the writer: what it answered and has not yet applied.
+    staged: Arc<staged::Staged>,
 }
 
 impl SledStore {
@@ -284,10 +308,16 @@ impl SledStore {
         let flushes = Arc::new(AtomicU64::new(0));
         let cache = Arc::new(cache::ReadCache::new(options.read_cache_bytes));
         let views = Arc::new(views::Views::default());
+        let staged = Arc::new(staged::Staged::default());
+        #[cfg(test)]
+        let apply_hold = Arc::new(ApplyHold::default());
         let writer = Writer {
             db: db.clone(),
             cache: cache.clone(),
             views: views.clone(),
+            staged: staged.clone(),
+            #[cfg(test)]
+            apply_hold: apply_hold.clone(),
             checkpoints: checkpoints.clone(),
             flushes: flushes.clone(),
             cache_capacity: options.cache_capacity,
@@ -313,7 +343,9 @@ impl SledStore {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
         Ok(SledStore {
-            reads: Arc::new(Reads { db, cache, applied, failure, views }),
+            reads: Arc::new(Reads { db, cache, applied, failure, views, staged }),
+            #[cfg(test)]
+            apply_hold,
             checkpoints,
             flushes,
             durable,
@@ -667,6 +699,14 @@ impl Reads {
             let mut found = Vec::with_capacity(keys.len());
             let mut raw_key = Vec::new();
             for key in keys {
+                // The latest state includes what the writer answered and has
+                // not applied yet; a view's does not.
+                if at.is_none()
+                    && let Some(staged) = self.staged.get(key)
+                {
+                    found.push(staged);
+                    continue;
+                }
                 raw_key.clear();
                 raw_key.push(USER);
                 raw_key.extend_from_slice(key);
@@ -1040,6 +1080,8 @@ struct Group {
     revision: u64,
     /// Bytes of keys and values the group writes.
     bytes: u64,
+    /// Transactions staged, committed or not.
+    staged: usize,
 }
 
 /// The single writer: applies transactions in arrival order, a group at a
@@ -1050,6 +1092,11 @@ struct Writer {
     cache: Arc<cache::ReadCache>,
     /// Open views, for which it keeps what it overwrites.
     views: Arc<views::Views>,
+    /// What it answered and has not yet applied, for point reads.
+    staged: Arc<staged::Staged>,
+    /// Holds groups back before they are applied, for tests.
+    #[cfg(test)]
+    apply_hold: Arc<ApplyHold>,
     checkpoints: Arc<Mutex<Checkpoints>>,
     flushes: Arc<AtomicU64>,
     cache_capacity: u64,
@@ -1096,29 +1143,41 @@ impl Writer {
             let mut backup = None;
             let durable_before = self.revision;
             let started = Instant::now();
-            // Groups applied before one flush: after each, the writes it
-            // answered get a moment to send what they let go (the next write
-            // to a record they wrote), which then shares the flush.
+            // Rounds staged into one group before one sled batch and one
+            // flush: after each, the writes it answered get a moment to send
+            // what they let go (the next write to a record they wrote), which
+            // then joins the group.
+            let mut group = Group::default();
             while let Some(first) = next.take() {
-                let mut group = Vec::new();
+                let mut round = Vec::new();
                 let mut message = Some(first);
                 while let Some(taken) = message.take() {
                     match taken {
-                        Message::Write(p) => group.push(p),
+                        Message::Write(p) => round.push(p),
                         Message::Close(reply) => close = Some(reply),
                         Message::Backup(out, reply) => backup = Some((out, reply)),
                     }
-                    if close.is_none() && backup.is_none() && group.len() < MAX_GROUP {
+                    if close.is_none() && backup.is_none() && round.len() < MAX_GROUP {
                         message = receiver.try_recv().ok();
                     }
                 }
-                self.apply_group(group);
-                if close.is_some() || backup.is_some() || started.elapsed() >= MAX_FLUSH_WAIT {
+                self.stage_round(&mut group, round);
+                if close.is_some()
+                    || backup.is_some()
+                    || started.elapsed() >= MAX_FLUSH_WAIT
+                    || group.staged >= MAX_GROUP
+                {
                     break;
                 }
                 std::thread::yield_now();
                 next = receiver.try_recv().ok();
             }
+            #[cfg(test)]
+            {
+                let held = self.apply_hold.held.lock().unwrap();
+                drop(self.apply_hold.released.wait_while(held, |held| *held).unwrap());
+            }
+            self.apply_group(group);
             self.make_durable(durable_before);
             if let Some((out, reply)) = backup {
                 let _ = reply.send(self.backup(out));
@@ -1218,16 +1277,18 @@ impl Writer {
         }
     }
 
-    /// Applies a group of transactions as one sled batch (each transaction's
-    /// conditions see the ones before it through `group`) and answers each
-    /// with its outcome; `make_durable` then tells them when they are durable.
-    fn apply_group(&mut self, pending: Vec<Pending>) {
+    /// Stages a round of transactions into `group` (each transaction's
+    /// conditions see the ones before it through `group`), shows their writes
+    /// to point reads (`Staged`) and answers each with its outcome: the next
+    /// write to a record they wrote can be planned, and join the group,
+    /// before the group is applied. `apply_group` then applies the group as
+    /// one sled batch, and `make_durable` tells them when they are durable.
+    fn stage_round(&mut self, group: &mut Group, pending: Vec<Pending>) {
         if pending.is_empty() {
             return;
         }
         let db = self.db.clone();
         let tree = db.tree();
-        let mut group = Group::default();
         let mut answers = Vec::with_capacity(pending.len());
         for p in pending {
             // (A read may have found the failure first.)
@@ -1242,15 +1303,26 @@ impl Writer {
                 (None, Ok(tree)) => {
                     // sled's reads fail too once its log could not be written
                     // (its own background flush may be the first to find out).
-                    let staged = self.stage(tree, &p.txn, &mut group);
-                    if let Err(e) = &staged {
-                        self.failure.report(e);
+                    let staged = self.stage(tree, &p.txn, group);
+                    match &staged {
+                        Ok(Outcome::Committed { revision }) => self.staged.show(&p.txn.ops, *revision),
+                        Ok(Outcome::ConditionFailed) => {}
+                        Err(e) => self.failure.report(e),
                     }
                     staged
                 }
             };
             answers.push((p.reply, result));
         }
+        group.staged += answers.len();
+        self.answer(answers);
+    }
+
+    /// Applies the transactions `stage_round` staged into `group` as one sled
+    /// batch. What it applies is durable after `make_durable`'s flush.
+    fn apply_group(&mut self, mut group: Group) {
+        let db = self.db.clone();
+        let tree = db.tree();
         if let (None, Ok(tree)) = (self.failure.get(), &tree)
             && group.revision > self.revision
         {
@@ -1274,16 +1346,18 @@ impl Writer {
                 Ok(views) => views,
                 Err(e) => {
                     self.failure.report(&e);
-                    return self.answer(answers);
+                    self.staged.clear();
+                    return;
                 }
             };
             let applied = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage);
-            // Before anything is acknowledged, and even after a failure (sled
+            // Before anything is durable, and even after a failure (sled
             // may have applied part of the batch).
             self.cache.forget(group.written.keys().map(Vec::as_slice));
             if !group.chunks.is_empty() {
                 self.cache.forget_members();
             }
+            self.staged.clear();
             match applied {
                 Ok(()) => {
                     self.recent.replace(std::mem::take(&mut group.chunks));
@@ -1294,11 +1368,12 @@ impl Writer {
             }
             drop(views);
         }
-        self.answer(answers);
+        // A group staged after a failure, or of failed conditions only.
+        self.staged.clear();
     }
 
-    /// Answers a group's transactions. Nothing of a group is applied once
-    /// the store has failed; what was applied waits for `make_durable`'s
+    /// Answers a round's transactions. Nothing is staged once the store has
+    /// failed; what was staged waits for `apply_group` and `make_durable`'s
     /// flush to be durable.
     fn answer(&self, mut answers: Vec<(oneshot::Sender<StoreResult<Outcome>>, StoreResult<Outcome>)>) {
         if let Some(e) = self.failure.get() {

@@ -51,6 +51,43 @@ mod conforms_with_a_small_read_cache {
     }));
 }
 
+/// The writer answers a write once it is staged, before its group is
+/// applied: reads of the latest state see it at once (so the next write to a
+/// record is planned while the one before is still being applied, and joins
+/// its batch), a view only once it is applied, and it is durable only after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_answered_and_read_before_its_group_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    commit(&store, txn(vec![put("k", "zero"), put("gone", "soon")], vec![])).await;
+    let before = store.current_revision().await.unwrap();
+    store.hold_applies(true);
+    let written = txn(vec![put("k", "one"), Op::Delete { key: b"gone".to_vec() }], vec![]);
+    let applied = tokio::time::timeout(std::time::Duration::from_secs(10), store.apply(written))
+        .await
+        .expect("answered while its group waits to be applied")
+        .unwrap();
+    let Outcome::Committed { revision } = applied.outcome else { panic!("{:?}", applied.outcome) };
+    let read = store.get_many(&[b"k", b"gone"]).await.unwrap();
+    let k = read[0].as_ref().expect("the staged put is read");
+    assert_eq!((k.mod_revision, &k.value[..]), (revision, &b"one"[..]));
+    assert_eq!(read[1], None, "the staged delete is read");
+    let view = store.snapshot().await.unwrap();
+    assert_eq!(view.revision(), before, "a view shows the applied revision");
+    let seen = view.get_many(&[b"k", b"gone"]).await.unwrap();
+    assert_eq!(seen[0].as_ref().map(|e| &e.value[..]), Some(&b"zero"[..]));
+    assert!(seen[1].is_some());
+    let mut durable = applied.durable;
+    let early = tokio::time::timeout(std::time::Duration::from_millis(100), &mut durable).await;
+    assert!(early.is_err(), "durable before its group was applied");
+    store.hold_applies(false);
+    durable.await.unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), revision);
+    let view = store.snapshot().await.unwrap();
+    assert_eq!(view.get_many(&[b"k"]).await.unwrap()[0].as_ref().map(|e| &e.value[..]), Some(&b"one"[..]));
+    assert_eq!(view.get_many(&[b"gone"]).await.unwrap()[0], None);
+}
+
 /// Runs of members are kept by the read cache, and readers racing the writer
 /// still never miss an acknowledged member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
