@@ -1320,56 +1320,57 @@ impl Writer {
 
     /// Applies the transactions `stage_round` staged into `group` as one sled
     /// batch. What it applies is durable after `make_durable`'s flush.
-    fn apply_group(&mut self, mut group: Group) {
+    fn apply_group(&mut self, group: Group) {
         let db = self.db.clone();
         let tree = db.tree();
         if let (None, Ok(tree)) = (self.failure.get(), &tree)
             && group.revision > self.revision
         {
-            group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
-            for (key, chunk) in &group.chunks {
-                group.bytes += key.len() as u64;
-                match chunk.members.is_empty() {
-                    false => {
-                        let encoded = chunk.encode();
-                        group.bytes += encoded.len() as u64;
-                        group.batch.insert(key.as_slice(), encoded)
-                    }
-                    true => group.batch.remove(key.as_slice()),
-                }
-            }
-            self.written_since_open += group.bytes;
-            // Readers wait from here until the group's revision is published.
-            let raw_keys = group.written.keys().map(|key| user_key(key)).chain(group.chunks.keys().cloned());
-            let recorded = self.views.record(tree, group.revision, raw_keys);
-            let views = match recorded {
-                Ok(views) => views,
-                Err(e) => {
-                    self.failure.report(&e);
-                    self.staged.clear();
-                    return;
-                }
-            };
-            let applied = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage);
-            // Before anything is durable, and even after a failure (sled
-            // may have applied part of the batch).
-            self.cache.forget(group.written.keys().map(Vec::as_slice));
-            if !group.chunks.is_empty() {
-                self.cache.forget_members();
-            }
-            self.staged.clear();
-            match applied {
-                Ok(()) => {
-                    self.recent.replace(std::mem::take(&mut group.chunks));
-                    self.revision = group.revision;
-                    self.applied.store(group.revision, Ordering::Release);
-                }
-                Err(e) => self.failure.report(&e),
-            }
-            drop(views);
+            self.write_group(tree, group);
         }
-        // A group staged after a failure, or of failed conditions only.
+        // After the read cache forgot the group's keys: its writes are now
+        // read from the tree, or were never applied (the store has failed).
         self.staged.clear();
+    }
+
+    /// `apply_group`'s batch: the group's writes, chunks and revision.
+    fn write_group(&mut self, tree: &sled::Db, mut group: Group) {
+        group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
+        for (key, chunk) in &group.chunks {
+            group.bytes += key.len() as u64;
+            match chunk.members.is_empty() {
+                false => {
+                    let encoded = chunk.encode();
+                    group.bytes += encoded.len() as u64;
+                    group.batch.insert(key.as_slice(), encoded)
+                }
+                true => group.batch.remove(key.as_slice()),
+            }
+        }
+        self.written_since_open += group.bytes;
+        // Readers wait from here until the group's revision is published.
+        let raw_keys = group.written.keys().map(|key| user_key(key)).chain(group.chunks.keys().cloned());
+        let recorded = self.views.record(tree, group.revision, raw_keys);
+        let views = match recorded {
+            Ok(views) => views,
+            Err(e) => return self.failure.report(&e),
+        };
+        let applied = tree.apply_batch(std::mem::take(&mut group.batch)).map_err(storage);
+        // Before anything is durable, and even after a failure (sled
+        // may have applied part of the batch).
+        self.cache.forget(group.written.keys().map(Vec::as_slice));
+        if !group.chunks.is_empty() {
+            self.cache.forget_members();
+        }
+        match applied {
+            Ok(()) => {
+                self.recent.replace(std::mem::take(&mut group.chunks));
+                self.revision = group.revision;
+                self.applied.store(group.revision, Ordering::Release);
+            }
+            Err(e) => self.failure.report(&e),
+        }
+        drop(views);
     }
 
     /// Answers a round's transactions. Nothing is staged once the store has
