@@ -48,8 +48,8 @@ pub struct ServeArgs {
     /// After this many MiB of records, index entries and changes written, the
     /// store closes and reopens its database (calls pause while it does, under
     /// a second for a large store) so that a start after a crash replays at most that
-    /// much of sled's log; 0 never does, and a start replays all written since
-    /// the previous one.
+    /// much of sled's log; 0 (the default) never does, and a start replays the
+    /// log written since the previous one, at most about the data dir's size.
     #[arg(long, env = "COOPERATION_REGISTRY_CHECKPOINT_MIB", default_value_t = crate::store::sled::DEFAULT_CHECKPOINT_MIB)]
     pub checkpoint_mib: u64,
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for calls in flight.

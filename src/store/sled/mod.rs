@@ -85,11 +85,14 @@ pub enum Durability {
 /// the cache (docs/performance.md gives the service benchmark's figures).
 pub const DEFAULT_CACHE_MIB: u64 = 192;
 
-/// The default for `SledOptions::checkpoint_bytes`, in MiB: a start after a
-/// crash then replays at most about this much of sled's log. Larger ones
-/// pause less often but for longer, make a start after a crash slower, and
-/// need more memory while they reopen (docs/operations.md, "Checkpoints").
-pub const DEFAULT_CHECKPOINT_MIB: u64 = 128;
+/// The default for `SledOptions::checkpoint_bytes`, in MiB: none. A
+/// checkpoint holds every call while sled reopens the data dir, longer than
+/// sled's own open (0.14–0.16 s at 1,000,000 agreements); without them a start
+/// after a crash replays sled's log, which its reuse of segments keeps within
+/// the data dir's size (about 1 s at 1,000,000 agreements: `CHECKPOINT_MIB=0
+/// cargo bench --bench import`, `benches/crash_start.sh`). A threshold bounds
+/// the replay at the cost of those pauses (docs/operations.md, "Checkpoints").
+pub const DEFAULT_CHECKPOINT_MIB: u64 = 0;
 
 /// The default for `SledOptions::read_cache_bytes`, in MiB: some 40,000
 /// agreements, the records a busy server reads again and again.
