@@ -3,7 +3,7 @@
 //! Layout: one sled tree, so that a transaction's writes, the revision counter and
 //! the change-log entry go to disk in one atomic batch. Keys are prefixed:
 //! `m` meta (format, schema, revision), `k` user keys, `c` change log by revision,
-//! `s` set members, many to a key (see `chunks`).
+//! `e` set members, many to a key (see `chunks`).
 //! A value is the 8-byte big-endian revision that wrote it, then the user bytes.
 //!
 //! Writes go through one writer thread that applies transactions in order and
@@ -44,9 +44,10 @@ mod views;
 /// Written in the meta keys; a data dir without them, or with other values, is refused.
 const FORMAT: &[u8] = b"cooperation-registry/sled";
 /// Bump when the on-disk layout changes incompatibly: 2 added set chunks,
-/// which a build of version 1 would not see. A data dir of an older version
-/// is marked with this one when opened (the layout only grew).
-pub const SCHEMA_VERSION: u64 = 2;
+/// which a build of version 1 would not see; 3 packs the members of all sets
+/// into one space of chunks (see `chunks`). A data dir of an older version is
+/// upgraded when opened.
+pub const SCHEMA_VERSION: u64 = 3;
 
 const META_FORMAT: &[u8] = b"mformat";
 /// A file beside sled's own, written once the database is initialised: if it is
@@ -338,7 +339,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             marked: (recorded, Instant::now()),
             failure: failure.clone(),
-            tails: chunks::Tails::default(),
+            places: chunks::Places::default(),
             recent: chunks::Recent::default(),
         };
         let handle = std::thread::Builder::new()
@@ -417,11 +418,15 @@ impl SledStore {
                 super::backup::BackupEntry::Change { revision, bytes } => {
                     batch.insert(&change_key(revision)[..], bytes)
                 }
-                super::backup::BackupEntry::Member { set, member, revision } => members.push((set, member, revision)),
+                super::backup::BackupEntry::Member { set, member, revision } => {
+                    members.push(chunks::Item { set_len: set.len(), entry: [set, member].concat(), revision })
+                }
             }
         }
+        members.sort_unstable_by(|a, b| a.entry.cmp(&b.entry));
         for (key, chunk) in chunks::pack(members) {
-            batch.insert(key, chunk.encode());
+            let encoded = chunk.encode(&key);
+            batch.insert(key, encoded);
         }
         batch.insert(META_REVISION, &revision.to_be_bytes()[..]);
         batch.insert(META_FIRST_CHANGE, &first_change.to_be_bytes()[..]);
@@ -455,6 +460,30 @@ fn refuse_foreign_dir(dir: &Path) -> StoreResult<()> {
     Ok(())
 }
 
+/// Brings a data dir of schema `from` to this build's: the set chunks of
+/// schema 2 are rewritten as chunks of the shared space (schema 1 has none),
+/// then the schema is marked and flushed, then the old chunks are removed.
+/// Cut short before the mark, it starts again at the next open; after it,
+/// the next open removes what is left of the old chunks.
+fn upgrade(tree: &sled::Db, dir: &Path, from: u64) -> StoreResult<()> {
+    let started = Instant::now();
+    let moved = chunks::upgrade_per_set_chunks(tree)?;
+    tree.flush().map_err(storage)?;
+    tree.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).map_err(storage)?;
+    tree.flush().map_err(storage)?;
+    chunks::remove_prefix(tree, chunks::PER_SET_CHUNK)?;
+    tree.flush().map_err(storage)?;
+    tracing::info!(
+        dir = %dir.display(),
+        from,
+        to = SCHEMA_VERSION,
+        set_members = moved,
+        seconds = started.elapsed().as_secs_f64(),
+        "upgraded the data dir's layout"
+    );
+    Ok(())
+}
+
 fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
     match tree.get(META_FORMAT).map_err(storage)? {
         Some(format) if format.as_ref() == FORMAT => {
@@ -474,7 +503,11 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
                 )));
             }
             if schema < SCHEMA_VERSION {
-                tree.insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).map_err(storage)?;
+                upgrade(tree, dir, schema)?;
+            }
+            // What an upgrade cut short after its mark left to remove.
+            if tree.scan_prefix([chunks::PER_SET_CHUNK]).next().is_some() {
+                chunks::remove_prefix(tree, chunks::PER_SET_CHUNK)?;
                 tree.flush().map_err(storage)?;
             }
             Ok(())
@@ -1125,8 +1158,8 @@ struct Writer {
     /// Set after a failed write or flush: the state on disk is unknown, so every
     /// later write is refused rather than risk acknowledging on top of it.
     failure: Failure,
-    /// The last chunk of each set the writer has touched.
-    tails: chunks::Tails,
+    /// Where the writer last found each set's members.
+    places: chunks::Places,
     /// The chunks the last group wrote.
     recent: chunks::Recent,
 }
@@ -1301,8 +1334,6 @@ impl Writer {
                     Err(StoreError::Storage(format!("writes are stopped after an earlier failure: {reason}")))
                 }
                 (None, Err(e)) => Err(e.clone()),
-                // A transaction the engine cannot hold is refused alone.
-                (None, Ok(_)) if let Err(e) = p.txn.ops.iter().try_for_each(chunks::check_op) => Err(e),
                 (None, Ok(tree)) => {
                     // sled's reads fail too once its log could not be written
                     // (its own background flush may be the first to find out).
@@ -1341,9 +1372,9 @@ impl Writer {
         group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
         for (key, chunk) in &group.chunks {
             group.bytes += key.len() as u64;
-            match chunk.members.is_empty() {
+            match chunk.items.is_empty() {
                 false => {
-                    let encoded = chunk.encode();
+                    let encoded = chunk.encode(key);
                     group.bytes += encoded.len() as u64;
                     group.batch.insert(key.as_slice(), encoded)
                 }
@@ -1427,7 +1458,7 @@ impl Writer {
         let revision = group.revision.max(self.revision) + 1;
         let header = revision.to_be_bytes();
         let mut sets =
-            chunks::Staging { tree, pending: &mut group.chunks, recent: &mut self.recent, tails: &mut self.tails };
+            chunks::Staging { tree, pending: &mut group.chunks, recent: &mut self.recent, places: &mut self.places };
         for op in &txn.ops {
             match op {
                 Op::Put { key, value } => {
@@ -1486,26 +1517,9 @@ impl Writer {
                         return Ok(false);
                     }
                 }
-                Ok(!Self::chunk_written_after(tree, prefix, *revision, group)?)
+                Ok(!chunks::added_after(tree, &group.chunks, prefix, *revision)?)
             }
         }
-    }
-
-    /// Whether a chunk of a set whose name starts with `prefix` was written
-    /// after `revision`, in the group or the tree.
-    fn chunk_written_after(tree: &sled::Db, prefix: &[u8], revision: u64, group: &Group) -> StoreResult<bool> {
-        let from = chunks::chunk_key(prefix, b"");
-        let mut in_group = group.chunks.range(from.clone()..).take_while(|(k, _)| k.starts_with(&from));
-        if in_group.any(|(_, chunk)| chunk.revision > revision) {
-            return Ok(true);
-        }
-        for item in tree.scan_prefix(&from) {
-            let (key, raw) = item.map_err(storage)?;
-            if !group.chunks.contains_key(key.as_ref()) && chunks::ChunkView::parse(&raw)?.revision > revision {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 
     /// Copies the tree as it is between two groups, so the copy is consistent
@@ -1521,11 +1535,10 @@ impl Writer {
                     writer.key(&key[1..], mod_revision, value)?;
                 }
                 Some(&CHANGE) => writer.change(decode_u64(&key[1..]).unwrap_or_default(), &value)?,
-                Some(&chunks::SET) => {
-                    let chunk = chunks::ChunkView::parse(&value)?;
-                    let set = &key[1..1 + chunk.set_len];
-                    for member in chunk.members() {
-                        writer.member(set, member?, chunk.revision)?;
+                Some(&chunks::CHUNK) => {
+                    let mut reader = chunks::Reader::new(&key, &value)?;
+                    while let Some(read) = reader.next_item()? {
+                        writer.member(read.set(), read.member(), read.revision)?;
                     }
                 }
                 _ => {}

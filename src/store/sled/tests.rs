@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Durability, SledOptions, SledStore};
 use crate::store::memory::MemoryStore;
-use crate::store::testkit::{RacingReaders, add, commit, conformance, put, txn};
+use crate::store::testkit::{RacingReaders, add, commit, conformance, members, members_before, put, txn};
 use crate::store::{Engine, Op, Outcome, Store, StoreError};
 
 /// A new sled store in a directory of its own, and the directory.
@@ -275,24 +275,6 @@ async fn backups_restore_everything() {
     }
 }
 
-/// A set member longer than sled's chunks hold fails its own transaction,
-/// writes none of it, and does not stop the store.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sled_store_refuses_an_oversized_member_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
-    let oversized = Op::Add { set: b"x/\0".to_vec(), member: vec![b'm'; 70_000] };
-    let refused = store.commit(txn(vec![put("a", "1"), oversized], vec![])).await;
-    assert!(matches!(refused, Err(StoreError::Storage(ref m)) if m.contains("65535")), "{refused:?}");
-    assert_eq!(store.get(b"a").await.unwrap(), None);
-    assert_eq!(store.current_revision().await.unwrap(), 0);
-    assert_eq!(
-        commit(&store, txn(vec![put("a", "2"), add("x/\0", "m")], vec![])).await,
-        Outcome::Committed { revision: 1 }
-    );
-    store.close().unwrap();
-}
-
 /// The names of the page-table snapshots sled has written in `dir`.
 fn sled_snapshots(dir: &std::path::Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
@@ -423,4 +405,84 @@ async fn durable_waits_wake_each_at_its_revision_and_end_the_rest() {
     waits.end();
     assert!(matches!(ninth.await.unwrap(), Err(StoreError::Full(_))));
     assert!(matches!(wait_for_durable(waits, failure, 10).await, Err(StoreError::Full(_))));
+}
+
+/// A data dir of schema 2 (each set's members in chunks of their own) opens
+/// upgraded: every member reads back, in order, at its set; the old chunks
+/// are gone; and old chunks left by an upgrade cut short after its mark are
+/// removed at the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
+    use super::chunks;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    for group in (0..300).collect::<Vec<_>>().chunks(7) {
+        let ops = group.iter().map(|i| add(&format!("x/{}\0", i % 3), &format!("m{:03}", (i * 7919) % 300))).collect();
+        commit(&store, txn(ops, vec![])).await;
+    }
+    commit(&store, txn(vec![put("a", "1"), add("y/\0", "only")], vec![])).await;
+    let expected = members(&store, "", "", 1000).await;
+    assert_eq!(expected.len(), 301);
+    store.close().unwrap();
+    drop(store);
+
+    // The same members as schema 2 kept them.
+    let per_set_chunk = |set: &[u8], members: &[Vec<u8>], revision: u64| {
+        let key = [&[chunks::PER_SET_CHUNK][..], set, &members[0]].concat();
+        let mut value = revision.to_be_bytes().to_vec();
+        value.extend_from_slice(&(set.len() as u32).to_be_bytes());
+        for member in members {
+            value.extend_from_slice(&(member.len() as u16).to_be_bytes());
+            value.extend_from_slice(member);
+        }
+        (key, value)
+    };
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let mut by_set: std::collections::BTreeMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
+        for stored in db.scan_prefix([chunks::CHUNK]) {
+            let (key, raw) = stored.unwrap();
+            for item in chunks::Chunk::decode(&key, &raw).unwrap().items {
+                by_set
+                    .entry(item.entry[..item.set_len].to_vec())
+                    .or_default()
+                    .push(item.entry[item.set_len..].to_vec());
+            }
+            db.remove(key).unwrap();
+        }
+        for (set, members) in &by_set {
+            for run in members.chunks(32) {
+                let (key, value) = per_set_chunk(set, run, 9);
+                db.insert(key, value).unwrap();
+            }
+        }
+        db.insert(b"mschema", &2u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    assert_eq!(members(&store, "", "", 1000).await, expected);
+    let in_x1: Vec<String> = expected.iter().filter(|m| m.starts_with("x/1\0")).cloned().collect();
+    assert_eq!(members(&store, "x/1\0", &in_x1[10], 3).await, in_x1[10..13]);
+    let in_x2: Vec<String> = expected.iter().filter(|m| m.starts_with("x/2\0")).rev().cloned().collect();
+    assert_eq!(members_before(&store, "x/2\0", "", 2).await, in_x2[..2]);
+    // Writes go on from where they were.
+    commit(&store, txn(vec![add("x/0\0", "m999")], vec![])).await;
+    assert_eq!(members(&store, "x/0\0", "x/0\0m990", 10).await, ["x/0\0m999"]);
+    store.close().unwrap();
+    drop(store);
+    {
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(db.scan_prefix([chunks::PER_SET_CHUNK]).count(), 0, "the old chunks are gone");
+        assert_eq!(db.get(b"mschema").unwrap().unwrap().as_ref(), &super::SCHEMA_VERSION.to_be_bytes());
+        let (key, value) = per_set_chunk(b"x/0\0", &[b"m000".to_vec()], 9);
+        db.insert(key, value).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    assert_eq!(members(&store, "", "", 1000).await.len(), 302);
+    store.close().unwrap();
+    drop(store);
+    let db = sled::open(dir.path()).unwrap();
+    assert_eq!(db.scan_prefix([chunks::PER_SET_CHUNK]).count(), 0, "what an upgrade left is removed");
 }
