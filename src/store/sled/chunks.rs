@@ -183,8 +183,8 @@ impl<'a> Reader<'a> {
 /// tree: each span is a live chunk's key and the next live chunk's key, and
 /// the chunk a set's last entry went to is looked at first (the next id of a
 /// set most often goes to the same chunk). The writer is the only one
-/// writing chunks while the store is open, and forgets a chunk's span
-/// whenever it splits, moves or removes it. It forgets every span when it
+/// writing chunks while the store is open: it splits a span where it splits
+/// its chunk, and forgets it when it moves or removes the chunk. It forgets every span when it
 /// holds too many.
 #[derive(Default)]
 pub(super) struct Places {
@@ -234,7 +234,16 @@ impl Places {
         }
     }
 
-    /// Forgets the span of `chunk`: it split, moved or went.
+    /// Splits the span of `chunk` at `upper`, the key of the chunk that
+    /// took its upper part, if the span is known.
+    fn split(&mut self, chunk: &[u8], upper: &[u8]) {
+        if let Some(next) = self.spans.get_mut(chunk) {
+            let next = std::mem::replace(next, Some(upper.to_vec()));
+            self.remember(upper, next);
+        }
+    }
+
+    /// Forgets the span of `chunk`: it moved or went.
     fn forget_chunk(&mut self, chunk: &[u8]) {
         self.spans.remove(chunk);
     }
@@ -447,8 +456,12 @@ impl Staging<'_> {
         if chunk.items.len() > MAX_ENTRIES {
             let split = split_point(&chunk.items, place, set);
             let upper = chunk.items.split_off(split);
-            self.places.forget_chunk(&key);
-            self.pending.insert(chunk_key(&upper[0].entry), Chunk { revision, items: upper });
+            let upper_key = chunk_key(&upper[0].entry);
+            self.places.split(&key, &upper_key);
+            if place >= split {
+                self.places.went_to(set, &upper_key);
+            }
+            self.pending.insert(upper_key, Chunk { revision, items: upper });
         }
         Ok(())
     }
