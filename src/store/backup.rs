@@ -119,63 +119,129 @@ impl BackupWriter {
 
 /// Reads and checks a whole backup: its revision, first change and entries.
 pub fn read_backup(input: &mut dyn Read) -> StoreResult<(u64, u64, Vec<BackupEntry>)> {
-    let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes).map_err(|e| StoreError::Storage(format!("cannot read the backup: {e}")))?;
-    let bad = |what: &str| StoreError::Incompatible(format!("not a complete cooperation-registry backup: {what}"));
-    let at = std::cell::Cell::new(0usize);
-    let take = |n: usize| -> StoreResult<&[u8]> {
-        let slice = bytes.get(at.get()..at.get() + n).ok_or_else(|| bad("it ends too early"))?;
-        at.set(at.get() + n);
-        Ok(slice)
-    };
-    if take(MAGIC.len())? != MAGIC {
-        return Err(bad("the header is missing"));
-    }
-    let u32_of = |b: &[u8]| u32::from_be_bytes(b.try_into().expect("4 bytes"));
-    let u64_of = |b: &[u8]| u64::from_be_bytes(b.try_into().expect("8 bytes"));
-    let format = u32_of(take(4)?);
-    if format != FORMAT && format != 1 {
-        return Err(StoreError::Incompatible(format!(
-            "backup format {format} is not one this build reads (1 to {FORMAT})"
-        )));
-    }
-    let revision = u64_of(take(8)?);
-    let first_change = u64_of(take(8)?);
+    let mut reader = BackupReader::new(input)?;
     let mut entries = Vec::new();
-    loop {
-        let start = at.get();
-        match take(1)?[0] {
+    while let Some(entry) = reader.next_entry()? {
+        entries.push(entry);
+    }
+    Ok((reader.revision, reader.first_change, entries))
+}
+
+/// Reads a backup an entry at a time, in bounded memory; the trailer's
+/// count and checksum are checked when it is reached, so what was read is
+/// known to be the whole backup, undamaged, only once `next_entry` has
+/// answered `None`.
+pub struct BackupReader<'a> {
+    input: std::io::BufReader<&'a mut dyn Read>,
+    hash: u64,
+    count: u64,
+    pub revision: u64,
+    pub first_change: u64,
+}
+
+fn incomplete(what: &str) -> StoreError {
+    StoreError::Incompatible(format!("not a complete cooperation-registry backup: {what}"))
+}
+
+impl<'a> BackupReader<'a> {
+    /// Reads the header.
+    pub fn new(input: &'a mut dyn Read) -> StoreResult<BackupReader<'a>> {
+        let mut reader = BackupReader {
+            input: std::io::BufReader::with_capacity(CHUNK, input),
+            hash: FNV_START,
+            count: 0,
+            revision: 0,
+            first_change: 0,
+        };
+        if reader.take(MAGIC.len())? != MAGIC {
+            return Err(incomplete("the header is missing"));
+        }
+        let format = reader.u32()?;
+        if format != FORMAT && format != 1 {
+            return Err(StoreError::Incompatible(format!(
+                "backup format {format} is not one this build reads (1 to {FORMAT})"
+            )));
+        }
+        reader.revision = reader.u64()?;
+        reader.first_change = reader.u64()?;
+        Ok(reader)
+    }
+
+    /// Fills `bytes` from the input, counted in the checksum.
+    fn fill(&mut self, bytes: &mut [u8]) -> StoreResult<()> {
+        self.input.read_exact(bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => incomplete("it ends too early"),
+            _ => StoreError::Storage(format!("cannot read the backup: {e}")),
+        })?;
+        self.hash = fnv(self.hash, bytes);
+        Ok(())
+    }
+
+    /// `n` bytes, read in steps so that a damaged length fails at the end of
+    /// the input rather than asking for memory it does not have.
+    fn take(&mut self, n: usize) -> StoreResult<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(n.min(CHUNK));
+        while bytes.len() < n {
+            let start = bytes.len();
+            bytes.resize(n.min(start + CHUNK), 0);
+            self.fill(&mut bytes[start..])?;
+        }
+        Ok(bytes)
+    }
+
+    fn u32(&mut self) -> StoreResult<u32> {
+        let mut bytes = [0; 4];
+        self.fill(&mut bytes)?;
+        Ok(u32::from_be_bytes(bytes))
+    }
+
+    fn u64(&mut self) -> StoreResult<u64> {
+        let mut bytes = [0; 8];
+        self.fill(&mut bytes)?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    fn sized(&mut self) -> StoreResult<Vec<u8>> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    /// The next entry; `None` once the trailer was read and matched.
+    pub fn next_entry(&mut self) -> StoreResult<Option<BackupEntry>> {
+        let before = self.hash;
+        let mut tag = [0u8; 1];
+        self.fill(&mut tag)?;
+        let entry = match tag[0] {
             1 => {
-                let len = u32_of(take(4)?) as usize;
-                let key = take(len)?.to_vec();
-                let mod_revision = u64_of(take(8)?);
-                let len = u32_of(take(4)?) as usize;
-                entries.push(BackupEntry::Key { key, mod_revision, value: take(len)?.to_vec() });
+                let key = self.sized()?;
+                let mod_revision = self.u64()?;
+                BackupEntry::Key { key, mod_revision, value: self.sized()? }
             }
             2 => {
-                let revision = u64_of(take(8)?);
-                let len = u32_of(take(4)?) as usize;
-                entries.push(BackupEntry::Change { revision, bytes: take(len)?.to_vec() });
+                let revision = self.u64()?;
+                BackupEntry::Change { revision, bytes: self.sized()? }
             }
             3 => {
-                let len = u32_of(take(4)?) as usize;
-                let set = take(len)?.to_vec();
-                let len = u32_of(take(4)?) as usize;
-                let member = take(len)?.to_vec();
-                entries.push(BackupEntry::Member { set, member, revision: u64_of(take(8)?) });
+                let set = self.sized()?;
+                let member = self.sized()?;
+                BackupEntry::Member { set, member, revision: self.u64()? }
             }
             0 => {
-                let count = u64_of(take(8)?);
-                let hash = u64_of(take(8)?);
-                if count != entries.len() as u64 || hash != fnv(FNV_START, &bytes[..start]) {
-                    return Err(bad("its checksum does not match"));
+                // The trailer's tag is not part of what it sums.
+                let (count, hash) = (self.u64()?, self.u64()?);
+                if count != self.count || hash != before {
+                    return Err(incomplete("its checksum does not match"));
                 }
-                if at.get() != bytes.len() {
-                    return Err(bad("there are bytes after its end"));
+                let mut rest = [0u8; 1];
+                let after = self.input.read(&mut rest).map_err(|e| StoreError::Storage(e.to_string()))?;
+                if after != 0 {
+                    return Err(incomplete("there are bytes after its end"));
                 }
-                return Ok((revision, first_change, entries));
+                return Ok(None);
             }
-            tag => return Err(bad(&format!("unknown entry tag {tag}"))),
-        }
+            tag => return Err(incomplete(&format!("unknown entry tag {tag}"))),
+        };
+        self.count += 1;
+        Ok(Some(entry))
     }
 }

@@ -238,7 +238,7 @@ impl Places {
     /// took its upper part, if the span is known.
     fn split(&mut self, chunk: &[u8], upper: &[u8]) {
         if let Some(next) = self.spans.get_mut(chunk) {
-            let next = std::mem::replace(next, Some(upper.to_vec()));
+            let next = next.replace(upper.to_vec());
             self.remember(upper, next);
         }
     }
@@ -603,22 +603,61 @@ pub(super) fn scan_before(
     Ok(out)
 }
 
-/// The chunks that hold `items`, given in order, as full as chunks get: for
-/// a restore and an upgrade.
-pub(super) fn pack(items: impl IntoIterator<Item = Item>) -> impl Iterator<Item = (Vec<u8>, Chunk)> {
-    let mut items = items.into_iter().peekable();
-    std::iter::from_fn(move || {
-        let first = items.next()?;
-        let key = chunk_key(&first.entry);
-        let mut chunk = Chunk { revision: first.revision, items: vec![first] };
-        while chunk.items.len() < MAX_ENTRIES
-            && let Some(item) = items.next()
-        {
-            chunk.revision = chunk.revision.max(item.revision);
-            chunk.items.push(item);
+/// Packs items that come in ascending order into full chunks, one at a
+/// time: for a restore and an upgrade.
+#[derive(Default)]
+pub(super) struct Packer {
+    filling: Option<(Vec<u8>, Chunk)>,
+}
+
+impl Packer {
+    /// Takes `item` into the chunk being filled, and answers that chunk when
+    /// the item starts the next; gives the item back if it is not above the
+    /// last one taken.
+    pub fn push(&mut self, item: Item) -> Result<Option<(Vec<u8>, Chunk)>, Item> {
+        match &mut self.filling {
+            Some((_, chunk)) if chunk.items.last().is_some_and(|last| last.entry >= item.entry) => Err(item),
+            Some((_, chunk)) if chunk.items.len() < MAX_ENTRIES => {
+                chunk.revision = chunk.revision.max(item.revision);
+                chunk.items.push(item);
+                Ok(None)
+            }
+            _ => {
+                let key = chunk_key(&item.entry);
+                let next = (key, Chunk { revision: item.revision, items: vec![item] });
+                Ok(self.filling.replace(next))
+            }
         }
-        Some((key, chunk))
-    })
+    }
+
+    /// The last chunk, if any.
+    pub fn finish(&mut self) -> Option<(Vec<u8>, Chunk)> {
+        self.filling.take()
+    }
+}
+
+/// Adds `items` (in any order) to the chunks in the tree, a group of them to
+/// a batch: for members a restore could not pack in order.
+pub(super) fn add_all(tree: &sled::Tree, items: Vec<Item>) -> StoreResult<()> {
+    let (mut places, mut recent) = (Places::default(), Recent::default());
+    for group in items.chunks(10_000) {
+        let mut pending = Pending::new();
+        let mut staging = Staging { tree, pending: &mut pending, recent: &mut recent, places: &mut places };
+        for item in group {
+            let (set, member) = item.entry.split_at(item.set_len);
+            staging.add(set, member, item.revision)?;
+        }
+        let mut batch = sled::Batch::default();
+        for (key, chunk) in &pending {
+            match chunk.items.is_empty() {
+                false => batch.insert(key.as_slice(), chunk.encode(key)),
+                true => batch.remove(key.as_slice()),
+            }
+        }
+        tree.apply_batch(batch).map_err(storage)?;
+        recent.replace(pending);
+    }
+    Ok(())
 }
 
 /// Rewrites the chunks of schema 2 (`s{set}{lowest member}`, one set each:
@@ -629,32 +668,31 @@ pub(super) fn pack(items: impl IntoIterator<Item = Item>) -> impl Iterator<Item 
 pub(super) fn upgrade_per_set_chunks(tree: &sled::Db) -> StoreResult<u64> {
     const BATCH: usize = 4096;
     remove_prefix(tree, CHUNK)?;
-    let mut moved = 0u64;
-    let mut failure = None;
-    let items = tree.scan_prefix([PER_SET_CHUNK]).flat_map(|stored| {
-        let read = stored.map_err(storage).and_then(|(key, raw)| per_set_items(&key, &raw));
-        match read {
-            Ok(items) => items,
-            Err(e) => {
-                failure.get_or_insert(e);
-                Vec::new()
+    let (mut moved, mut in_batch) = (0u64, 0);
+    let (mut packer, mut batch, mut unordered) = (Packer::default(), sled::Batch::default(), Vec::new());
+    for stored in tree.scan_prefix([PER_SET_CHUNK]) {
+        let (key, raw) = stored.map_err(storage)?;
+        for item in per_set_items(&key, &raw)? {
+            moved += 1;
+            match packer.push(item) {
+                Ok(Some((key, chunk))) => {
+                    batch.insert(key.as_slice(), chunk.encode(&key));
+                    in_batch += 1;
+                }
+                Ok(None) => {}
+                Err(item) => unordered.push(item),
             }
         }
-    });
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
-    for (key, chunk) in pack(items.inspect(|_| moved += 1)) {
-        batch.insert(key.as_slice(), chunk.encode(&key));
-        in_batch += 1;
-        if in_batch == BATCH {
+        if in_batch >= BATCH {
             tree.apply_batch(std::mem::take(&mut batch)).map_err(storage)?;
             in_batch = 0;
         }
     }
-    tree.apply_batch(batch).map_err(storage)?;
-    if let Some(e) = failure {
-        return Err(e);
+    if let Some((key, chunk)) = packer.finish() {
+        batch.insert(key.as_slice(), chunk.encode(&key));
     }
+    tree.apply_batch(batch).map_err(storage)?;
+    add_all(tree, unordered)?;
     Ok(moved)
 }
 
@@ -805,11 +843,19 @@ mod tests {
         assert_eq!(scan(&latest(&tree), b"i/c", b"", 10).unwrap().to_vec(), Vec::<Vec<u8>>::new());
         // A restore packs the same members into full chunks.
         let sets_of = |m: &Vec<u8>| *sets.iter().find(|s| m.starts_with(s)).unwrap();
-        let packed = pack(all.iter().map(|m| item(sets_of(m), &m[sets_of(m).len()..], 1)));
         let (_dir2, restored) = temporary_tree();
-        for (key, chunk) in packed {
-            restored.insert(&key, chunk.encode(&key)).unwrap();
+        let mut packer = Packer::default();
+        for m in &all {
+            if let Some((key, chunk)) = packer.push(item(sets_of(m), &m[sets_of(m).len()..], 1)).unwrap() {
+                restored.insert(&key, chunk.encode(&key)).unwrap();
+            }
         }
+        let (key, chunk) = packer.finish().unwrap();
+        restored.insert(&key, chunk.encode(&key)).unwrap();
+        assert!(packer.finish().is_none());
+        let again = item(sets_of(&all[0]), &all[0][sets_of(&all[0]).len()..], 1);
+        assert_eq!(packer.push(again.clone()).unwrap(), None);
+        assert_eq!(packer.push(again.clone()), Err(again), "an item not above the last is given back");
         assert_eq!(scan(&latest(&restored), b"i/", b"", usize::MAX).unwrap().to_vec(), all);
         assert!(restored.len() <= all.len() / MAX_ENTRIES + 1);
     }

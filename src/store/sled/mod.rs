@@ -59,6 +59,8 @@ const MARK_INTERVAL: Duration = Duration::from_secs(1);
 const META_SCHEMA: &[u8] = b"mschema";
 const META_REVISION: &[u8] = b"mrevision";
 const META_FIRST_CHANGE: &[u8] = b"mfirstchange";
+/// Present while a restore writes a data dir: a server refuses to open one.
+const META_RESTORING: &[u8] = b"mrestoring";
 const USER: u8 = b'k';
 const CHANGE: u8 = b'c';
 
@@ -396,9 +398,13 @@ fn open_error(dir: &Path, e: sled::Error) -> StoreError {
 
 impl SledStore {
     /// Builds a new data dir in `dir` (which must not hold anything) from a
-    /// backup; returns the revision it reflects.
+    /// backup; returns the revision it reflects. The backup is read and
+    /// written a batch at a time, in bounded memory; until it has all been
+    /// read and its checksum matched, the data dir is marked as a restore
+    /// under way, which a server refuses to open, and a restore that fails
+    /// removes what it wrote.
     pub fn restore(dir: &Path, input: &mut dyn std::io::Read) -> StoreResult<u64> {
-        let (revision, first_change, entries) = super::backup::read_backup(input)?;
+        let mut backup = super::backup::BackupReader::new(input)?;
         if std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false) {
             return Err(StoreError::Incompatible(format!(
                 "{} is not empty; restore into a new data dir",
@@ -406,41 +412,82 @@ impl SledStore {
             )));
         }
         let store = SledStore::open(dir, SledOptions { durability: Durability::Fsync, ..SledOptions::default() })?;
-        let mut batch = sled::Batch::default();
-        let mut members = Vec::new();
-        for entry in entries {
-            match entry {
-                super::backup::BackupEntry::Key { key, mod_revision, value } => {
-                    let mut stored = mod_revision.to_be_bytes().to_vec();
-                    stored.extend_from_slice(&value);
-                    batch.insert(user_key(&key), stored);
-                }
-                super::backup::BackupEntry::Change { revision, bytes } => {
-                    batch.insert(&change_key(revision)[..], bytes)
-                }
-                super::backup::BackupEntry::Member { set, member, revision } => {
-                    members.push(chunks::Item { set_len: set.len(), entry: [set, member].concat(), revision })
-                }
-            }
-        }
-        members.sort_unstable_by(|a, b| a.entry.cmp(&b.entry));
-        for (key, chunk) in chunks::pack(members) {
-            let encoded = chunk.encode(&key);
-            batch.insert(key, encoded);
-        }
-        batch.insert(META_REVISION, &revision.to_be_bytes()[..]);
-        batch.insert(META_FIRST_CHANGE, &first_change.to_be_bytes()[..]);
-        {
-            let tree = store.reads.db.tree()?;
-            tree.apply_batch(batch).map_err(storage)?;
-            tree.flush().map_err(storage)?;
-        }
-        store.close()?;
+        let restored = store.reads.db.tree().and_then(|tree| restore_into(&tree, &mut backup));
+        let closed = store.close();
         drop(store);
+        if let Err(e) = restored.and(closed) {
+            clear_dir(dir);
+            return Err(e);
+        }
         // Opened once more, so that sled replays the restored data and writes
         // its snapshot here rather than at the server's first start.
         reopen_tree(dir, SledOptions::default().cache_capacity)?.flush().map_err(storage)?;
-        Ok(revision)
+        Ok(backup.revision)
+    }
+}
+
+/// Bytes of keys and values a restore writes to sled in one batch.
+const RESTORE_BATCH_BYTES: usize = 32 << 20;
+
+/// Writes a backup's entries into a new tree, marked as a restore under way
+/// until the last is written.
+fn restore_into(tree: &sled::Db, backup: &mut super::backup::BackupReader<'_>) -> StoreResult<()> {
+    use super::backup::BackupEntry;
+    tree.insert(META_RESTORING, &[]).map_err(storage)?;
+    let (mut batch, mut bytes) = (sled::Batch::default(), 0);
+    let mut packer = chunks::Packer::default();
+    // Members out of order (no engine writes a backup so): added at the end.
+    let mut unordered = Vec::new();
+    while let Some(entry) = backup.next_entry()? {
+        match entry {
+            BackupEntry::Key { key, mod_revision, value } => {
+                let mut stored = mod_revision.to_be_bytes().to_vec();
+                stored.extend_from_slice(&value);
+                bytes += key.len() + stored.len();
+                batch.insert(user_key(&key), stored);
+            }
+            BackupEntry::Change { revision, bytes: change } => {
+                bytes += change.len();
+                batch.insert(&change_key(revision)[..], change)
+            }
+            BackupEntry::Member { set, member, revision } => {
+                let item = chunks::Item { set_len: set.len(), entry: [set, member].concat(), revision };
+                match packer.push(item) {
+                    Ok(Some((key, chunk))) => {
+                        let encoded = chunk.encode(&key);
+                        bytes += key.len() + encoded.len();
+                        batch.insert(key, encoded);
+                    }
+                    Ok(None) => {}
+                    Err(item) => unordered.push(item),
+                }
+            }
+        }
+        if bytes >= RESTORE_BATCH_BYTES {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(storage)?;
+            bytes = 0;
+        }
+    }
+    if let Some((key, chunk)) = packer.finish() {
+        let encoded = chunk.encode(&key);
+        batch.insert(key, encoded);
+    }
+    tree.apply_batch(batch).map_err(storage)?;
+    chunks::add_all(tree, unordered)?;
+    let mut done = sled::Batch::default();
+    done.insert(META_REVISION, &backup.revision.to_be_bytes()[..]);
+    done.insert(META_FIRST_CHANGE, &backup.first_change.to_be_bytes()[..]);
+    done.remove(META_RESTORING);
+    tree.apply_batch(done).map_err(storage)?;
+    tree.flush().map_err(storage)?;
+    Ok(())
+}
+
+/// Removes everything in `dir` (a restore's own files, after it failed).
+fn clear_dir(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
     }
 }
 
@@ -495,6 +542,12 @@ fn check_or_init_format(tree: &sled::Db, dir: &Path) -> StoreResult<()> {
                 .map_err(storage)?
                 .and_then(|b| decode_u64(&b))
                 .ok_or_else(|| StoreError::Incompatible(format!("{}: schema version missing", dir.display())))?;
+            if tree.contains_key(META_RESTORING).map_err(storage)? {
+                return Err(StoreError::Incompatible(format!(
+                    "{} holds a restore that did not finish; remove it and restore again",
+                    dir.display()
+                )));
+            }
             if schema > SCHEMA_VERSION {
                 return Err(StoreError::Incompatible(format!(
                     "{} holds schema version {schema}, newer than the {SCHEMA_VERSION} this build reads; \

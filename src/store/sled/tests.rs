@@ -264,9 +264,12 @@ async fn backups_restore_everything() {
         assert_eq!(next, Outcome::Committed { revision: 53 }, "the revision continues");
         restored.close().unwrap();
 
+        // A backup found damaged only at its end leaves nothing behind.
         let truncated = &bytes[..bytes.len() - 5];
-        let err = SledStore::restore(tempfile::tempdir().unwrap().path(), &mut &truncated[..]).unwrap_err();
+        let emptied = tempfile::tempdir().unwrap();
+        let err = SledStore::restore(emptied.path(), &mut &truncated[..]).unwrap_err();
         assert!(matches!(err, StoreError::Incompatible(_)), "{err}");
+        assert_eq!(std::fs::read_dir(emptied.path()).unwrap().count(), 0, "what the restore wrote is removed");
         let mut damaged = bytes.clone();
         damaged[100] ^= 1;
         assert!(SledStore::restore(tempfile::tempdir().unwrap().path(), &mut damaged.as_slice()).is_err());
@@ -485,4 +488,41 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
     drop(store);
     let db = sled::open(dir.path()).unwrap();
     assert_eq!(db.scan_prefix([chunks::PER_SET_CHUNK]).count(), 0, "what an upgrade left is removed");
+}
+
+/// A restore reads its backup as a stream and packs members as they come;
+/// members out of order (a backup no engine writes) are placed all the same;
+/// and a data dir whose restore did not finish is refused, not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_places_members_in_any_order_and_an_unfinished_one_is_refused() {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(1024);
+    let mut writer = crate::store::backup::BackupWriter::new(sender, 3, 1);
+    writer.key(b"r/a", 1, b"one").unwrap();
+    let mut expected = Vec::new();
+    for i in (0..300).map(|i| (i * 7919) % 300) {
+        let set = format!("x/{}\0", i % 3);
+        let member = format!("m{i:03}");
+        writer.member(set.as_bytes(), member.as_bytes(), 2).unwrap();
+        expected.push(format!("{set}{member}"));
+    }
+    writer.change(3, b"change").unwrap();
+    writer.finish().unwrap();
+    let bytes: Vec<u8> = receiver.into_iter().flatten().collect();
+    expected.sort();
+
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(SledStore::restore(dir.path(), &mut bytes.as_slice()).unwrap(), 3);
+    let restored = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    assert_eq!(members(&restored, "x/", "", 1000).await, expected);
+    assert_eq!(&restored.get(b"r/a").await.unwrap().unwrap().value[..], b"one");
+    restored.close().unwrap();
+    drop(restored);
+
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(b"mrestoring", &[]).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(dir.path(), SledOptions::default()).err().expect("an unfinished restore is refused");
+    assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("restore")), "{err}");
 }
