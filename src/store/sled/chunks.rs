@@ -19,8 +19,10 @@
 //! apart; each keeps its own revision, so a condition on one set is not
 //! failed by a write to its neighbour.
 //!
-//! Members that arrive in ascending order (ids are time-ordered) fill a chunk
-//! and start the next one; others split a full chunk in two.
+//! Ids added to the end of a set (they are time-ordered) fill a chunk and
+//! start the next one, and a full chunk that holds other sets' entries after
+//! the set's hands those on to a chunk of their own; other additions split a
+//! full chunk in two (see `split_point`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound::{self, Excluded, Included};
