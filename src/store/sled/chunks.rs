@@ -196,7 +196,9 @@ pub(super) struct Places {
     by_set: HashMap<Vec<u8>, Vec<u8>, foldhash::fast::RandomState>,
 }
 
-/// Most spans (and sets) [`Places`] holds: some 20 MB.
+/// Most spans (and sets) [`Places`] holds: at most some 60 MB with keys of
+/// about 80 bytes; about the chunks that the titles, title words and
+/// identifiers of a million agreements fill.
 const MAX_PLACES: usize = 131_072;
 
 fn holds(start: &[u8], next: &Option<Vec<u8>>, at: &[u8]) -> bool {
