@@ -864,6 +864,54 @@ mod tests {
         assert!(restored.len() <= all.len() / MAX_ENTRIES + 1);
     }
 
+    /// Random additions and removals over many small and a few large sets,
+    /// in groups of random size, agree with a plain ordered set after every
+    /// group: through splits, emptied chunks, entries below every chunk and
+    /// the writer's remembered spans.
+    #[test]
+    fn random_writes_agree_with_a_plain_ordered_set() {
+        let (_dir, tree) = temporary_tree();
+        let (mut places, mut recent) = (Places::default(), Recent::default());
+        let mut model = std::collections::BTreeSet::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |below: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % below
+        };
+        let mut revision = 0;
+        for _ in 0..60 {
+            let mut pending = Pending::new();
+            let mut staging = Staging { tree: &tree, pending: &mut pending, recent: &mut recent, places: &mut places };
+            for _ in 0..next(120) {
+                revision += 1;
+                let set = match next(4) {
+                    0 => format!("i/big\0{}\0", next(3)),
+                    _ => format!("i/t\0title {:04}\0", next(400)),
+                };
+                let member = format!("a{:04}", next(300));
+                let entry = [set.as_bytes(), member.as_bytes()].concat();
+                if next(3) == 0 {
+                    staging.remove(set.as_bytes(), member.as_bytes(), revision).unwrap();
+                    model.remove(&entry);
+                } else {
+                    staging.add(set.as_bytes(), member.as_bytes(), revision).unwrap();
+                    model.insert(entry);
+                }
+            }
+            apply(&tree, pending, &mut recent);
+            let all: Vec<Vec<u8>> = model.iter().cloned().collect();
+            assert_eq!(scan(&latest(&tree), b"i/", b"", usize::MAX).unwrap().to_vec(), all);
+        }
+        for stored in tree.scan_prefix([CHUNK]) {
+            let (key, raw) = stored.unwrap();
+            let chunk = Chunk::decode(&key, &raw).unwrap();
+            assert!((1..=MAX_ENTRIES).contains(&chunk.items.len()));
+            assert!(chunk.items.windows(2).all(|pair| pair[0].entry < pair[1].entry));
+        }
+    }
+
     /// Sets of one member each (unique values of an ordered index) share
     /// chunks; a set that grows at its end among them fills chunks of its
     /// own rather than splitting them in halves.
