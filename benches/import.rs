@@ -242,11 +242,12 @@ async fn check_records(addr: SocketAddr, agreements: usize) {
 /// the word and outline sets, the referrer sets), each set's name counted
 /// once, as the store keeps it once for many members; the change log.
 fn contents_of(backup: &Path) -> Vec<(String, u64)> {
-    use cooperation_registry::store::backup::{BackupEntry, read_backup};
-    let (_, _, entries) = read_backup(&mut File::open(backup).unwrap()).expect("the backup reads");
+    use cooperation_registry::store::backup::{BackupEntry, BackupReader};
+    let mut file = File::open(backup).unwrap();
+    let mut entries = BackupReader::new(&mut file).expect("the backup reads");
     let mut kinds: std::collections::BTreeMap<String, u64> = Default::default();
     let mut last_set = Vec::new();
-    for entry in entries {
+    while let Some(entry) = entries.next_entry().expect("the backup reads") {
         let (kind, bytes) = match entry {
             BackupEntry::Key { key, value, .. } => {
                 let prefix = String::from_utf8_lossy(&key[..key.iter().position(|b| *b == b'/').unwrap_or(0) + 1]);

@@ -117,16 +117,6 @@ impl BackupWriter {
     }
 }
 
-/// Reads and checks a whole backup: its revision, first change and entries.
-pub fn read_backup(input: &mut dyn Read) -> StoreResult<(u64, u64, Vec<BackupEntry>)> {
-    let mut reader = BackupReader::new(input)?;
-    let mut entries = Vec::new();
-    while let Some(entry) = reader.next_entry()? {
-        entries.push(entry);
-    }
-    Ok((reader.revision, reader.first_change, entries))
-}
-
 /// Reads a backup an entry at a time, in bounded memory; the trailer's
 /// count and checksum are checked when it is reached, so what was read is
 /// known to be the whole backup, undamaged, only once `next_entry` has

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::{EtcdOptions, EtcdStore, REQUEST_OVERHEAD, failed, prefix_end, revision_of};
 use crate::pb::etcd::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest, request_op};
-use crate::store::backup::{BackupEntry, read_backup};
+use crate::store::backup::{BackupEntry, BackupReader};
 use crate::store::{StoreError, StoreResult};
 
 /// How many fill writes are in flight at once.
@@ -19,11 +19,10 @@ struct Revision {
     puts: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Revision {
-    fn bytes(&self) -> usize {
-        self.puts.iter().map(|(key, value)| key.len() + value.len() + 16).sum()
-    }
+/// Bytes a put counts for in a transaction's size, beyond its key and value.
+const PUT_OVERHEAD: usize = 16;
 
+impl Revision {
     fn request(self) -> TxnRequest {
         let success = self
             .puts
@@ -50,12 +49,13 @@ impl EtcdStore {
     /// written. A restore cut short leaves a prefix to delete before trying
     /// again.
     pub async fn restore(options: EtcdOptions, input: &mut dyn std::io::Read) -> StoreResult<u64> {
-        let (last, first_change, entries) = read_backup(input)?;
+        let mut backup = BackupReader::new(input)?;
+        let (last, first_change) = (backup.revision, backup.first_change);
         let store = EtcdStore::connect(options)?;
         let inner = &store.0;
         let keys = &inner.keys;
-        let mut revisions: BTreeMap<u64, Revision> = BTreeMap::new();
-        for entry in entries {
+        let mut writes = ByRevision::new()?;
+        while let Some(entry) = backup.next_entry()? {
             let (revision, key, value) = match entry {
                 BackupEntry::Key { key, mod_revision, value } => (mod_revision, keys.key(&key), value),
                 BackupEntry::Member { set, member, revision } => {
@@ -69,7 +69,7 @@ impl EtcdStore {
                     "the backup holds a write at revision {revision}, outside its revisions 1..={last}"
                 )));
             }
-            revisions.entry(revision).or_default().puts.push((key, value));
+            writes.push(revision, &key, &value)?;
         }
 
         // Before anything is written: the prefix is empty, and every revision
@@ -89,11 +89,12 @@ impl EtcdStore {
             )));
         }
         let base = revision_of(held.header.as_ref())?;
-        let revision_one = revisions.entry(1).or_default();
-        revision_one.puts.push((keys.base(), base.to_be_bytes().to_vec()));
-        revision_one.puts.push((keys.first(), first_change.to_be_bytes().to_vec()));
-        let most_ops = revisions.values().map(|r| r.puts.len()).max().unwrap_or(0);
-        let most_bytes = revisions.values().map(Revision::bytes).max().unwrap_or(0);
+        let meta = [(keys.base(), base.to_be_bytes().to_vec()), (keys.first(), first_change.to_be_bytes().to_vec())];
+        let (ops, bytes) = writes.totals.entry(1).or_default();
+        *ops += meta.len();
+        *bytes += meta.iter().map(|(key, value)| key.len() + value.len() + PUT_OVERHEAD).sum::<usize>();
+        let most_ops = writes.totals.values().map(|(ops, _)| *ops).max().unwrap_or(0);
+        let most_bytes = writes.totals.values().map(|(_, bytes)| *bytes).max().unwrap_or(0);
         if most_ops > inner.limits.max_ops || most_bytes + REQUEST_OVERHEAD > inner.limits.max_bytes {
             return Err(StoreError::Incompatible(format!(
                 "a revision of the backup writes up to {most_ops} keys and {most_bytes} bytes, more than one \
@@ -107,9 +108,14 @@ impl EtcdStore {
         }
 
         let mut next = 1;
-        for (revision, writes) in revisions {
+        let revisions: Vec<u64> = writes.totals.keys().copied().collect();
+        for revision in revisions {
             store.fill(next, revision).await?;
-            let answer = inner.kv.clone().txn(writes.request()).await.map_err(failed)?.into_inner();
+            let mut puts = writes.of(revision)?;
+            if revision == 1 {
+                puts.puts.extend(meta.clone());
+            }
+            let answer = inner.kv.clone().txn(puts.request()).await.map_err(failed)?.into_inner();
             let landed = revision_of(answer.header.as_ref())?;
             if landed != base + revision {
                 return Err(StoreError::Storage(format!(
@@ -142,5 +148,56 @@ impl EtcdStore {
             remaining -= batch;
         }
         Ok(())
+    }
+}
+
+/// A backup's writes in the order of their revisions, spilled to a temporary
+/// sled tree on disk (removed when dropped): a backup lists keys in key
+/// order, and holding all of it in memory to group it by revision would
+/// take several times its size. Only each revision's count and bytes stay in
+/// memory.
+struct ByRevision {
+    spill: sled::Db,
+    /// Puts and their bytes, by revision.
+    totals: BTreeMap<u64, (usize, usize)>,
+    /// Orders the writes of one revision as they came.
+    written: u64,
+}
+
+fn spill_error(e: sled::Error) -> StoreError {
+    StoreError::Storage(format!("the restore's temporary spill failed: {e}"))
+}
+
+impl ByRevision {
+    fn new() -> StoreResult<ByRevision> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let path = std::env::temp_dir().join(format!("cooperation-registry-restore-{}-{nanos}", std::process::id()));
+        let spill =
+            sled::Config::new().path(path).temporary(true).cache_capacity(64 << 20).open().map_err(spill_error)?;
+        Ok(ByRevision { spill, totals: BTreeMap::new(), written: 0 })
+    }
+
+    fn push(&mut self, revision: u64, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        let (ops, bytes) = self.totals.entry(revision).or_default();
+        *ops += 1;
+        *bytes += key.len() + value.len() + PUT_OVERHEAD;
+        self.written += 1;
+        let spilled_key = [revision.to_be_bytes(), self.written.to_be_bytes()].concat();
+        let spilled = [&(key.len() as u32).to_be_bytes()[..], key, value].concat();
+        self.spill.insert(spilled_key, spilled).map_err(spill_error)?;
+        Ok(())
+    }
+
+    /// The writes of `revision`, in the order they came.
+    fn of(&self, revision: u64) -> StoreResult<Revision> {
+        let mut puts = Vec::new();
+        for spilled in self.spill.scan_prefix(revision.to_be_bytes()) {
+            let (_, raw) = spilled.map_err(spill_error)?;
+            let length = raw.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+            let key = length.and_then(|length| raw.get(4..4 + length));
+            let key = key.ok_or_else(|| StoreError::Storage("the restore's temporary spill is corrupt".into()))?;
+            puts.push((key.to_vec(), raw[4 + key.len()..].to_vec()));
+        }
+        Ok(Revision { puts })
     }
 }
