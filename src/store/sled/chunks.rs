@@ -34,6 +34,8 @@ use crate::store::{Members, StoreError, StoreResult};
 pub(super) const CHUNK: u8 = b'e';
 /// First byte of the chunks of schema 2, one set each: only an upgrade reads them.
 pub(super) const PER_SET_CHUNK: u8 = b's';
+/// Bytes of keys and values a restore or an upgrade writes to sled in one batch.
+pub(super) const LOAD_BATCH_BYTES: usize = 32 << 20;
 /// Most entries in a chunk: each added member rewrites its chunk, so a chunk
 /// stays about a kilobyte; 32 entries to a key instead of one.
 const MAX_ENTRIES: usize = 32;
@@ -401,18 +403,7 @@ impl Staging<'_> {
         if let Some(chunk) = self.pending.remove(key) {
             return Ok(Taken { chunk, from: Source::Pending });
         }
-        if let Some(chunk) = self.recent.0.remove(key) {
-            return Ok(Taken { chunk, from: Source::Recent });
-        }
-        let raw = match stored {
-            Some(raw) => raw,
-            None => self
-                .tree
-                .get(key)
-                .map_err(storage)?
-                .ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?,
-        };
-        Ok(Taken { chunk: Chunk::decode(key, &raw)?, from: Source::Tree })
+        load(self.tree, self.recent, key, stored)
     }
 
     /// Puts back a chunk taken and left as it was.
@@ -494,20 +485,7 @@ impl Staging<'_> {
         match self.pending.entry(key.to_vec()) {
             std::collections::btree_map::Entry::Occupied(held) => Ok((held.into_mut(), Source::Pending)),
             std::collections::btree_map::Entry::Vacant(place) => {
-                let (chunk, from) = match self.recent.0.remove(key) {
-                    Some(chunk) => (chunk, Source::Recent),
-                    None => {
-                        let raw = match stored {
-                            Some(raw) => raw,
-                            None => self
-                                .tree
-                                .get(key)
-                                .map_err(storage)?
-                                .ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?,
-                        };
-                        (Chunk::decode(key, &raw)?, Source::Tree)
-                    }
-                };
+                let Taken { chunk, from } = load(self.tree, self.recent, key, stored)?;
                 Ok((place.insert(chunk), from))
             }
         }
@@ -522,6 +500,22 @@ impl Staging<'_> {
             self.untouched(key, Taken { chunk, from });
         }
     }
+}
+
+/// The live chunk under `key` that the group has not staged: from the last
+/// group's, or from the tree (unless its value was read already).
+fn load(tree: &sled::Tree, recent: &mut Recent, key: &[u8], stored: Option<sled::IVec>) -> StoreResult<Taken> {
+    if let Some(chunk) = recent.0.remove(key) {
+        return Ok(Taken { chunk, from: Source::Recent });
+    }
+    let raw = match stored {
+        Some(raw) => raw,
+        None => {
+            let found = tree.get(key).map_err(storage)?;
+            found.ok_or_else(|| StoreError::Storage("a set chunk went missing".into()))?
+        }
+    };
+    Ok(Taken { chunk: Chunk::decode(key, &raw)?, from: Source::Tree })
 }
 
 /// Where a chunk that `set`'s new item at `place` overfilled splits: an item
@@ -640,9 +634,50 @@ impl Packer {
     }
 }
 
+/// Members written in bulk, for a restore or an upgrade: those that come in
+/// order fill chunks that go into the caller's batch; any out of order are
+/// kept and placed once the rest is in the tree.
+#[derive(Default)]
+pub(super) struct Loader {
+    packer: Packer,
+    unordered: Vec<Item>,
+}
+
+impl Loader {
+    /// Takes `item`; answers the bytes it put into `batch`.
+    pub fn push(&mut self, item: Item, batch: &mut sled::Batch) -> usize {
+        match self.packer.push(item) {
+            Ok(Some((key, chunk))) => put_chunk(batch, key, &chunk),
+            Ok(None) => 0,
+            Err(item) => {
+                self.unordered.push(item);
+                0
+            }
+        }
+    }
+
+    /// Puts the last chunk into `batch`, applies it, then places the items
+    /// that came out of order.
+    pub fn finish(mut self, tree: &sled::Tree, mut batch: sled::Batch) -> StoreResult<()> {
+        if let Some((key, chunk)) = self.packer.finish() {
+            put_chunk(&mut batch, key, &chunk);
+        }
+        tree.apply_batch(batch).map_err(storage)?;
+        add_all(tree, self.unordered)
+    }
+}
+
+/// Puts `chunk` under `key` into `batch`; answers the bytes.
+fn put_chunk(batch: &mut sled::Batch, key: Vec<u8>, chunk: &Chunk) -> usize {
+    let encoded = chunk.encode(&key);
+    let bytes = key.len() + encoded.len();
+    batch.insert(key, encoded);
+    bytes
+}
+
 /// Adds `items` (in any order) to the chunks in the tree, a group of them to
-/// a batch: for members a restore could not pack in order.
-pub(super) fn add_all(tree: &sled::Tree, items: Vec<Item>) -> StoreResult<()> {
+/// a batch.
+fn add_all(tree: &sled::Tree, items: Vec<Item>) -> StoreResult<()> {
     let (mut places, mut recent) = (Places::default(), Recent::default());
     for group in items.chunks(10_000) {
         let mut pending = Pending::new();
@@ -670,33 +705,21 @@ pub(super) fn add_all(tree: &sled::Tree, items: Vec<Item>) -> StoreResult<()> {
 /// shared space already there are what an upgrade stopped half way left:
 /// they are written again. Returns the members moved.
 pub(super) fn upgrade_per_set_chunks(tree: &sled::Db) -> StoreResult<u64> {
-    const BATCH: usize = 4096;
     remove_prefix(tree, CHUNK)?;
-    let (mut moved, mut in_batch) = (0u64, 0);
-    let (mut packer, mut batch, mut unordered) = (Packer::default(), sled::Batch::default(), Vec::new());
+    let (mut moved, mut bytes) = (0u64, 0);
+    let (mut loader, mut batch) = (Loader::default(), sled::Batch::default());
     for stored in tree.scan_prefix([PER_SET_CHUNK]) {
         let (key, raw) = stored.map_err(storage)?;
         for item in per_set_items(&key, &raw)? {
             moved += 1;
-            match packer.push(item) {
-                Ok(Some((key, chunk))) => {
-                    batch.insert(key.as_slice(), chunk.encode(&key));
-                    in_batch += 1;
-                }
-                Ok(None) => {}
-                Err(item) => unordered.push(item),
-            }
+            bytes += loader.push(item, &mut batch);
         }
-        if in_batch >= BATCH {
+        if bytes >= LOAD_BATCH_BYTES {
             tree.apply_batch(std::mem::take(&mut batch)).map_err(storage)?;
-            in_batch = 0;
+            bytes = 0;
         }
     }
-    if let Some((key, chunk)) = packer.finish() {
-        batch.insert(key.as_slice(), chunk.encode(&key));
-    }
-    tree.apply_batch(batch).map_err(storage)?;
-    add_all(tree, unordered)?;
+    loader.finish(tree, batch)?;
     Ok(moved)
 }
 
@@ -714,6 +737,19 @@ pub(super) fn remove_prefix(tree: &sled::Db, first: u8) -> StoreResult<()> {
         }
         tree.apply_batch(batch).map_err(storage)?;
     }
+}
+
+/// A chunk of schema 2, as that layout stored it: for tests of the upgrade.
+#[cfg(test)]
+pub(super) fn per_set_chunk(set: &[u8], members: &[&[u8]], revision: u64) -> (Vec<u8>, Vec<u8>) {
+    let key = [&[PER_SET_CHUNK][..], set, members[0]].concat();
+    let mut value = revision.to_be_bytes().to_vec();
+    value.extend_from_slice(&(set.len() as u32).to_be_bytes());
+    for member in members {
+        value.extend_from_slice(&(member.len() as u16).to_be_bytes());
+        value.extend_from_slice(member);
+    }
+    (key, value)
 }
 
 /// The items of a chunk of schema 2.
@@ -1008,18 +1044,6 @@ mod tests {
         });
         recent.replace(many.collect());
         assert!(recent.0.is_empty(), "a group of more than MAX_RECENT chunks is let go");
-    }
-
-    /// A chunk of schema 2, as that layout stored it.
-    fn per_set_chunk(set: &[u8], members: &[&[u8]], revision: u64) -> (Vec<u8>, Vec<u8>) {
-        let key = [&[PER_SET_CHUNK][..], set, members[0]].concat();
-        let mut value = revision.to_be_bytes().to_vec();
-        value.extend_from_slice(&(set.len() as u32).to_be_bytes());
-        for member in members {
-            value.extend_from_slice(&(member.len() as u16).to_be_bytes());
-            value.extend_from_slice(member);
-        }
-        (key, value)
     }
 
     /// An upgrade moves every member of the chunks of schema 2 into the

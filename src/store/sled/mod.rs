@@ -426,18 +426,13 @@ impl SledStore {
     }
 }
 
-/// Bytes of keys and values a restore writes to sled in one batch.
-const RESTORE_BATCH_BYTES: usize = 32 << 20;
-
 /// Writes a backup's entries into a new tree, marked as a restore under way
 /// until the last is written.
 fn restore_into(tree: &sled::Db, backup: &mut super::backup::BackupReader<'_>) -> StoreResult<()> {
     use super::backup::BackupEntry;
     tree.insert(META_RESTORING, &[]).map_err(storage)?;
     let (mut batch, mut bytes) = (sled::Batch::default(), 0);
-    let mut packer = chunks::Packer::default();
-    // Members out of order (no engine writes a backup so): added at the end.
-    let mut unordered = Vec::new();
+    let mut members = chunks::Loader::default();
     while let Some(entry) = backup.next_entry()? {
         match entry {
             BackupEntry::Key { key, mod_revision, value } => {
@@ -452,28 +447,16 @@ fn restore_into(tree: &sled::Db, backup: &mut super::backup::BackupReader<'_>) -
             }
             BackupEntry::Member { set, member, revision } => {
                 let item = chunks::Item { set_len: set.len(), entry: [set, member].concat(), revision };
-                match packer.push(item) {
-                    Ok(Some((key, chunk))) => {
-                        let encoded = chunk.encode(&key);
-                        bytes += key.len() + encoded.len();
-                        batch.insert(key, encoded);
-                    }
-                    Ok(None) => {}
-                    Err(item) => unordered.push(item),
-                }
+                bytes += members.push(item, &mut batch);
             }
         }
-        if bytes >= RESTORE_BATCH_BYTES {
+        if bytes >= chunks::LOAD_BATCH_BYTES {
             tree.apply_batch(std::mem::take(&mut batch)).map_err(storage)?;
             bytes = 0;
         }
     }
-    if let Some((key, chunk)) = packer.finish() {
-        let encoded = chunk.encode(&key);
-        batch.insert(key, encoded);
-    }
-    tree.apply_batch(batch).map_err(storage)?;
-    chunks::add_all(tree, unordered)?;
+    // Members out of order (no engine writes a backup so) are placed last.
+    members.finish(tree, batch)?;
     let mut done = sled::Batch::default();
     done.insert(META_REVISION, &backup.revision.to_be_bytes()[..]);
     done.insert(META_FIRST_CHANGE, &backup.first_change.to_be_bytes()[..]);

@@ -430,16 +430,6 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
     drop(store);
 
     // The same members as schema 2 kept them.
-    let per_set_chunk = |set: &[u8], members: &[Vec<u8>], revision: u64| {
-        let key = [&[chunks::PER_SET_CHUNK][..], set, &members[0]].concat();
-        let mut value = revision.to_be_bytes().to_vec();
-        value.extend_from_slice(&(set.len() as u32).to_be_bytes());
-        for member in members {
-            value.extend_from_slice(&(member.len() as u16).to_be_bytes());
-            value.extend_from_slice(member);
-        }
-        (key, value)
-    };
     {
         let db = sled::open(dir.path()).unwrap();
         let mut by_set: std::collections::BTreeMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
@@ -455,7 +445,8 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
         }
         for (set, members) in &by_set {
             for run in members.chunks(32) {
-                let (key, value) = per_set_chunk(set, run, 9);
+                let run: Vec<&[u8]> = run.iter().map(Vec::as_slice).collect();
+                let (key, value) = chunks::per_set_chunk(set, &run, 9);
                 db.insert(key, value).unwrap();
             }
         }
@@ -478,7 +469,7 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
         let db = sled::open(dir.path()).unwrap();
         assert_eq!(db.scan_prefix([chunks::PER_SET_CHUNK]).count(), 0, "the old chunks are gone");
         assert_eq!(db.get(b"mschema").unwrap().unwrap().as_ref(), &super::SCHEMA_VERSION.to_be_bytes());
-        let (key, value) = per_set_chunk(b"x/0\0", &[b"m000".to_vec()], 9);
+        let (key, value) = chunks::per_set_chunk(b"x/0\0", &[b"m000"], 9);
         db.insert(key, value).unwrap();
         db.flush().unwrap();
     }
