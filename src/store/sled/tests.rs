@@ -9,6 +9,30 @@ use crate::store::memory::MemoryStore;
 use crate::store::testkit::{RacingReaders, add, commit, conformance, members, members_before, put, txn};
 use crate::store::{Engine, Op, Outcome, Store, StoreError};
 
+/// Opens a data dir this process has just closed: sled's background threads
+/// may hold its lock a moment longer (the engine's own reopen waits the same way).
+fn open_after_close(dir: &std::path::Path) -> Result<SledStore, StoreError> {
+    for _ in 0..100 {
+        match SledStore::open(dir, SledOptions::default()) {
+            Err(StoreError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            other => return other,
+        }
+    }
+    SledStore::open(dir, SledOptions::default())
+}
+
+/// sled's own handle on a data dir this process has just closed (see
+/// `open_after_close`).
+fn raw_after_close(dir: &std::path::Path) -> sled::Db {
+    for _ in 0..100 {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    sled::open(dir).unwrap()
+}
+
 /// A new sled store in a directory of its own, and the directory.
 async fn open(options: SledOptions) -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -199,21 +223,21 @@ fn sled_store_refuses_foreign_newer_and_locked_dirs() {
     drop(store);
     let size = std::fs::metadata(damaged.path().join("db")).unwrap().len() as usize;
     std::fs::write(damaged.path().join("db"), vec![0x5au8; size.max(4096)]).unwrap();
-    let err = SledStore::open(damaged.path(), SledOptions::default()).err().expect("a damaged store is refused");
+    let err = open_after_close(damaged.path()).err().expect("a damaged store is refused");
     assert!(err.to_string().contains("damaged") || err.to_string().contains("readable"), "{err}");
     std::fs::remove_file(damaged.path().join("db")).unwrap();
-    let err = SledStore::open(damaged.path(), SledOptions::default()).err().expect("a removed database is refused");
+    let err = open_after_close(damaged.path()).err().expect("a removed database is refused");
     assert!(err.to_string().contains("restore"), "{err}");
 
     // A store of a newer schema.
     let newer = tempfile::tempdir().unwrap();
     SledStore::open(newer.path(), SledOptions::default()).unwrap().close().unwrap();
     {
-        let db = sled::open(newer.path()).unwrap();
+        let db = raw_after_close(newer.path());
         db.insert(b"mschema", &(super::SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(newer.path(), SledOptions::default()).err().unwrap();
+    let err = open_after_close(newer.path()).err().unwrap();
     assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("newer")), "{err}");
 
     // A store already open in this process (sled locks the directory).
@@ -247,7 +271,7 @@ async fn backups_restore_everything() {
 
         let target = tempfile::tempdir().unwrap();
         assert_eq!(SledStore::restore(target.path(), &mut bytes.as_slice()).unwrap(), 52);
-        let restored = SledStore::open(target.path(), SledOptions::default()).unwrap();
+        let restored = open_after_close(target.path()).unwrap();
         assert_eq!(restored.current_revision().await.unwrap(), 52);
         assert_eq!(
             restored.snapshot().await.unwrap().scan(b"r/", b"", 100).await.unwrap(),
@@ -431,7 +455,7 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
 
     // The same members as schema 2 kept them.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_after_close(dir.path());
         let mut by_set: std::collections::BTreeMap<Vec<u8>, Vec<Vec<u8>>> = Default::default();
         for stored in db.scan_prefix([chunks::CHUNK]) {
             let (key, raw) = stored.unwrap();
@@ -454,7 +478,7 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
         db.flush().unwrap();
     }
 
-    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    let store = open_after_close(dir.path()).unwrap();
     assert_eq!(members(&store, "", "", 1000).await, expected);
     let in_x1: Vec<String> = expected.iter().filter(|m| m.starts_with("x/1\0")).cloned().collect();
     assert_eq!(members(&store, "x/1\0", &in_x1[10], 3).await, in_x1[10..13]);
@@ -466,18 +490,18 @@ async fn a_data_dir_of_schema_2_is_upgraded_when_opened() {
     store.close().unwrap();
     drop(store);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_after_close(dir.path());
         assert_eq!(db.scan_prefix([chunks::PER_SET_CHUNK]).count(), 0, "the old chunks are gone");
         assert_eq!(db.get(b"mschema").unwrap().unwrap().as_ref(), &super::SCHEMA_VERSION.to_be_bytes());
         let (key, value) = chunks::per_set_chunk(b"x/0\0", &[b"m000"], 9);
         db.insert(key, value).unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    let store = open_after_close(dir.path()).unwrap();
     assert_eq!(members(&store, "", "", 1000).await.len(), 302);
     store.close().unwrap();
     drop(store);
-    let db = sled::open(dir.path()).unwrap();
+    let db = raw_after_close(dir.path());
     assert_eq!(db.scan_prefix([chunks::PER_SET_CHUNK]).count(), 0, "what an upgrade left is removed");
 }
 
@@ -503,17 +527,17 @@ async fn a_restore_places_members_in_any_order_and_an_unfinished_one_is_refused(
 
     let dir = tempfile::tempdir().unwrap();
     assert_eq!(SledStore::restore(dir.path(), &mut bytes.as_slice()).unwrap(), 3);
-    let restored = SledStore::open(dir.path(), SledOptions::default()).unwrap();
+    let restored = open_after_close(dir.path()).unwrap();
     assert_eq!(members(&restored, "x/", "", 1000).await, expected);
     assert_eq!(&restored.get(b"r/a").await.unwrap().unwrap().value[..], b"one");
     restored.close().unwrap();
     drop(restored);
 
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_after_close(dir.path());
         db.insert(b"mrestoring", &[]).unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(dir.path(), SledOptions::default()).err().expect("an unfinished restore is refused");
+    let err = open_after_close(dir.path()).err().expect("an unfinished restore is refused");
     assert!(matches!(err, StoreError::Incompatible(ref m) if m.contains("restore")), "{err}");
 }
