@@ -793,6 +793,18 @@ mod tests {
         super::super::views::TreeAt { tree, at: None }
     }
 
+    /// Every chunk in the tree holds 1 to `MAX_ENTRIES` entries, in order,
+    /// at or above its key.
+    fn assert_chunks_are_well_formed(tree: &sled::Tree) {
+        for stored in tree.scan_prefix([CHUNK]) {
+            let (key, raw) = stored.unwrap();
+            let chunk = Chunk::decode(&key, &raw).unwrap();
+            assert!((1..=MAX_ENTRIES).contains(&chunk.items.len()));
+            assert!(key[1..] <= chunk.items[0].entry[..], "a chunk's key is at or below its entries");
+            assert!(chunk.items.windows(2).all(|pair| pair[0].entry < pair[1].entry));
+        }
+    }
+
     fn item(set: &[u8], member: &[u8], revision: u64) -> Item {
         Item { entry: [set, member].concat(), set_len: set.len(), revision }
     }
@@ -862,12 +874,7 @@ mod tests {
         }
         let all: Vec<Vec<u8>> = model.iter().cloned().collect();
         assert_eq!(scan(&latest(&tree), b"i/", b"", usize::MAX).unwrap().to_vec(), all);
-        for stored in tree.scan_prefix([CHUNK]) {
-            let (key, raw) = stored.unwrap();
-            let chunk = Chunk::decode(&key, &raw).unwrap();
-            assert!((1..=MAX_ENTRIES).contains(&chunk.items.len()));
-            assert!(key[1..] <= chunk.items[0].entry[..], "a chunk's key is at or below its entries");
-        }
+        assert_chunks_are_well_formed(&tree);
         // From any start, within any prefix, up to a limit; and backwards.
         for (at, start) in all.iter().enumerate().step_by(17) {
             assert_eq!(scan(&latest(&tree), b"i/", start, 5).unwrap().to_vec(), all[at..(at + 5).min(all.len())]);
@@ -940,12 +947,7 @@ mod tests {
             let all: Vec<Vec<u8>> = model.iter().cloned().collect();
             assert_eq!(scan(&latest(&tree), b"i/", b"", usize::MAX).unwrap().to_vec(), all);
         }
-        for stored in tree.scan_prefix([CHUNK]) {
-            let (key, raw) = stored.unwrap();
-            let chunk = Chunk::decode(&key, &raw).unwrap();
-            assert!((1..=MAX_ENTRIES).contains(&chunk.items.len()));
-            assert!(chunk.items.windows(2).all(|pair| pair[0].entry < pair[1].entry));
-        }
+        assert_chunks_are_well_formed(&tree);
     }
 
     /// Sets of one member each (unique values of an ordered index) share
