@@ -188,8 +188,8 @@ impl<'a> Reader<'a> {
 /// the chunk a set's last entry went to is looked at first (the next id of a
 /// set most often goes to the same chunk). The writer is the only one
 /// writing chunks while the store is open: it splits a span where it splits
-/// its chunk, and forgets it when it moves or removes the chunk. It forgets every span when it
-/// holds too many.
+/// its chunk, and forgets it when it moves or removes the chunk. It forgets
+/// every span when it holds too many.
 #[derive(Default)]
 pub(super) struct Places {
     /// The next live chunk's key after each chunk's (`None`: the last).
@@ -667,6 +667,22 @@ impl Loader {
     }
 }
 
+/// Puts a group's pending chunk writes into `batch`: each chunk encoded, or
+/// removed if the group emptied it. Answers the bytes of keys and values.
+pub(super) fn write_pending(pending: &Pending, batch: &mut sled::Batch) -> u64 {
+    let mut bytes = 0;
+    for (key, chunk) in pending {
+        bytes += match is_live(chunk) {
+            true => put_chunk(batch, key.clone(), chunk),
+            false => {
+                batch.remove(key.as_slice());
+                key.len()
+            }
+        } as u64;
+    }
+    bytes
+}
+
 /// Puts `chunk` under `key` into `batch`; answers the bytes.
 fn put_chunk(batch: &mut sled::Batch, key: Vec<u8>, chunk: &Chunk) -> usize {
     let encoded = chunk.encode(&key);
@@ -687,12 +703,7 @@ fn add_all(tree: &sled::Tree, items: Vec<Item>) -> StoreResult<()> {
             staging.add(set, member, item.revision)?;
         }
         let mut batch = sled::Batch::default();
-        for (key, chunk) in &pending {
-            match chunk.items.is_empty() {
-                false => batch.insert(key.as_slice(), chunk.encode(key)),
-                true => batch.remove(key.as_slice()),
-            }
-        }
+        write_pending(&pending, &mut batch);
         tree.apply_batch(batch).map_err(storage)?;
         recent.replace(pending);
     }
@@ -780,12 +791,9 @@ mod tests {
 
     /// Writes a group's chunks to the tree and keeps them as the writer does.
     fn apply(tree: &sled::Tree, pending: Pending, recent: &mut Recent) {
-        for (key, chunk) in &pending {
-            match chunk.items.is_empty() {
-                false => tree.insert(key.as_slice(), chunk.encode(key)).unwrap(),
-                true => tree.remove(key).unwrap(),
-            };
-        }
+        let mut batch = sled::Batch::default();
+        write_pending(&pending, &mut batch);
+        tree.apply_batch(batch).unwrap();
         recent.replace(pending);
     }
 

@@ -1406,17 +1406,7 @@ impl Writer {
     /// `apply_group`'s batch: the group's writes, chunks and revision.
     fn write_group(&mut self, tree: &sled::Db, mut group: Group) {
         group.batch.insert(META_REVISION, &group.revision.to_be_bytes()[..]);
-        for (key, chunk) in &group.chunks {
-            group.bytes += key.len() as u64;
-            match chunk.items.is_empty() {
-                false => {
-                    let encoded = chunk.encode(key);
-                    group.bytes += encoded.len() as u64;
-                    group.batch.insert(key.as_slice(), encoded)
-                }
-                true => group.batch.remove(key.as_slice()),
-            }
-        }
+        group.bytes += chunks::write_pending(&group.chunks, &mut group.batch);
         self.written_since_open += group.bytes;
         // Readers wait from here until the group's revision is published.
         let raw_keys = group.written.keys().map(|key| user_key(key)).chain(group.chunks.keys().cloned());
